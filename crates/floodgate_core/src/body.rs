@@ -1,0 +1,88 @@
+//! Response body type and small response helpers.
+
+use crate::conn_state::ConnState;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Every response body floodgate produces.
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A short plain-text response, as the error pages of floodgate are.
+pub fn text(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Tells the connection's `ConnState` when the response body ends (or is dropped unfinished),
+/// so the socket wrapper starts the keep-alive / next-head deadline only then.
+pub struct Tracked {
+    inner: Body,
+    state: Option<Arc<ConnState>>,
+}
+
+impl Tracked {
+    pub fn new(inner: Body, state: Arc<ConnState>) -> Self {
+        Self {
+            inner,
+            state: Some(state),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.response_done();
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,316 @@
+//! Typed configuration. The `Default` impls here are the single source of every default;
+//! the TypeScript layer and the CLI pass user options through unchanged.
+//!
+//! Options arrive as JSON (camelCase keys). Unknown keys, negative sizes and unparseable
+//! strings are rejected with a message that starts with the option's name, which the
+//! TypeScript layer rethrows as a `TypeError` at construction time.
+
+use crate::units::{number_to_u64, parse_duration, parse_size};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::net::IpAddr;
+use std::time::Duration;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// Options of `new Server(...)`: connection-level protections shared by every mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Concurrent TCP connections per client address (IPv6: per /64). 0 disables the cap.
+    pub max_connections_per_ip: u32,
+    /// The whole request head must arrive within this, counted from accept (first request)
+    /// or from its first byte (later requests on a keep-alive connection).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    #[serde(deserialize_with = "duration")]
+    pub keep_alive_timeout: Duration,
+    /// Request line plus headers; larger heads get 431.
+    #[serde(deserialize_with = "size")]
+    pub max_header_size: u64,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    #[serde(deserialize_with = "cidrs")]
+    pub trust_proxy: Vec<IpNet>,
+    /// Accept cleartext HTTP/2 (h2c, prior knowledge) beside HTTP/1.1.
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_ip: 100,
+            header_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_header_size: 16 * KIB,
+            trust_proxy: Vec::new(),
+            http2: false,
+            http2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// Options of `new StreamingApp(...)`: the limits of one streaming mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct StreamingConfig {
+    /// Bytes read from a file and written per step; also the largest burst of the shaper.
+    #[serde(deserialize_with = "size")]
+    pub chunk_size: u64,
+    /// A client that takes no bytes for this long is disconnected (slow reader).
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
+    /// A whole response must be delivered within this. 0 disables.
+    #[serde(deserialize_with = "duration")]
+    pub download_timeout: Duration,
+    /// Bytes per second per connection. 0 disables shaping.
+    #[serde(deserialize_with = "size")]
+    pub rate_limit_bandwidth: u64,
+    /// Bytes per second summed over all connections of one client. 0 disables.
+    #[serde(deserialize_with = "size")]
+    pub per_client_bandwidth: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 64 * KIB,
+            send_timeout: Duration::from_secs(30),
+            download_timeout: Duration::from_secs(600),
+            rate_limit_bandwidth: 10 * MIB,
+            per_client_bandwidth: 0,
+        }
+    }
+}
+
+/// How `Content-Disposition` presents served files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Disposition {
+    #[default]
+    Inline,
+    Attachment,
+}
+
+/// Options of `streaming.files(prefix, {...})`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilesConfig {
+    /// Folder served; must exist. Nothing outside it is ever served.
+    pub root: String,
+    #[serde(default)]
+    pub disposition: Disposition,
+    /// `Cache-Control` value sent with files, if any.
+    #[serde(default)]
+    pub cache_control: Option<String>,
+}
+
+/// One route inside a streaming app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum RouteSpec {
+    Files {
+        prefix: String,
+        options: FilesConfig,
+    },
+}
+
+/// A streaming app with its routes, as mounted on a server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StreamingSpec {
+    #[serde(default)]
+    pub options: StreamingConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One mount of the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MountSpec {
+    pub prefix: String,
+    pub app: StreamingSpec,
+}
+
+/// Everything `listen` needs: the server options and its mount table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerSpec {
+    #[serde(default)]
+    pub options: ServerConfig,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+}
+
+/// Deserializes `T` from JSON; the error names the option (`"chunkSize: invalid size ..."`).
+pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    let parsed: T = serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })?;
+    Ok(parsed)
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.header_timeout.is_zero() {
+            return Err("headerTimeout: must be greater than 0".into());
+        }
+        if self.keep_alive_timeout.is_zero() {
+            return Err("keepAliveTimeout: must be greater than 0".into());
+        }
+        if self.max_header_size < KIB {
+            return Err("maxHeaderSize: must be at least 1kb".into());
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err("http2MaxConcurrentStreams: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl StreamingConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(KIB..=16 * MIB).contains(&self.chunk_size) {
+            return Err("chunkSize: must be between 1kb and 16mb".into());
+        }
+        if self.send_timeout.is_zero() {
+            return Err("sendTimeout: must be greater than 0".into());
+        }
+        for (name, rate) in [
+            ("rateLimitBandwidth", self.rate_limit_bandwidth),
+            ("perClientBandwidth", self.per_client_bandwidth),
+        ] {
+            if rate != 0 && rate < KIB {
+                return Err(format!(
+                    "{name}: must be 0 (off) or at least 1kb per second"
+                ));
+            }
+            if rate > u32::MAX as u64 {
+                return Err(format!("{name}: must be at most 4gb per second"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a mount prefix: starts with `/`, no trailing `/` (except the root), no `..`.
+pub fn normalize_prefix(name: &str, prefix: &str) -> Result<String, String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("{name}: prefix {prefix:?} must start with '/'"));
+    }
+    if prefix
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "{name}: prefix {prefix:?} must not contain '.' or '..' segments"
+        ));
+    }
+    let trimmed = prefix.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+impl ServerSpec {
+    pub fn validate(&mut self) -> Result<(), String> {
+        self.options.validate()?;
+        for mount in &mut self.mounts {
+            mount.prefix = normalize_prefix("mount", &mount.prefix)?;
+            mount.app.options.validate()?;
+            for route in &mut mount.app.routes {
+                match route {
+                    RouteSpec::Files { prefix, .. } => *prefix = normalize_prefix("files", prefix)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(f64),
+    Text(String),
+}
+
+fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    match NumberOrText::deserialize(deserializer)? {
+        NumberOrText::Number(n) => number_to_u64(n),
+        NumberOrText::Text(text) => parse_size(&text),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    match NumberOrText::deserialize(deserializer)? {
+        NumberOrText::Number(n) => number_to_u64(n).map(Duration::from_millis),
+        NumberOrText::Text(text) => parse_duration(&text),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("invalid CIDR or address {text:?}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_apply_to_missing_keys() {
+        let config: StreamingConfig = from_json(json!({ "chunkSize": "128kb" })).unwrap();
+        assert_eq!(config.chunk_size, 128 * KIB);
+        assert_eq!(config.send_timeout, StreamingConfig::default().send_timeout);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let err = from_json::<ServerConfig>(json!({ "maxHeaderSize": "10 parsecs" })).unwrap_err();
+        assert!(err.starts_with("maxHeaderSize:"), "{err}");
+        let err = from_json::<ServerConfig>(json!({ "headerTimeout": -1 })).unwrap_err();
+        assert!(err.starts_with("headerTimeout:"), "{err}");
+        let err = from_json::<ServerConfig>(json!({ "maxConections": 1 })).unwrap_err();
+        assert!(err.contains("maxConections"), "{err}");
+        let err = from_json::<ServerConfig>(json!({ "trustProxy": ["10.0.0.0/33"] })).unwrap_err();
+        assert!(err.starts_with("trustProxy"), "{err}");
+    }
+
+    #[test]
+    fn trust_proxy_accepts_cidrs_and_addresses() {
+        let config: ServerConfig =
+            from_json(json!({ "trustProxy": ["10.0.0.0/8", "::1", "127.0.0.1"] })).unwrap();
+        assert_eq!(config.trust_proxy.len(), 3);
+    }
+
+    #[test]
+    fn prefixes_are_normalized() {
+        assert_eq!(normalize_prefix("mount", "/stream/").unwrap(), "/stream");
+        assert_eq!(normalize_prefix("mount", "/").unwrap(), "/");
+        assert!(normalize_prefix("mount", "stream").is_err());
+        assert!(normalize_prefix("mount", "/a/../b").is_err());
+    }
+}

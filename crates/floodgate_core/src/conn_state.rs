@@ -1,0 +1,69 @@
+//! State one connection's request handling shares with its socket wrapper (`guarded_io`).
+//!
+//! The wrapper only sees bytes; these counters tell it whether a request is in flight (no
+//! head deadline then) and which send deadlines the current response has.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+pub struct ConnState {
+    /// When the connection was accepted: the origin of the millisecond fields below.
+    pub accepted_at: Instant,
+    requests_started: AtomicU64,
+    responses_done: AtomicU64,
+    send_timeout_ms: AtomicU64,
+    /// Deadline of the whole current response, in ms after `accepted_at`; 0 when none.
+    response_deadline_ms: AtomicU64,
+}
+
+impl ConnState {
+    pub fn new(accepted_at: Instant, send_timeout: Duration) -> Self {
+        Self {
+            accepted_at,
+            requests_started: AtomicU64::new(0),
+            responses_done: AtomicU64::new(0),
+            send_timeout_ms: AtomicU64::new(send_timeout.as_millis() as u64),
+            response_deadline_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn request_started(&self) {
+        self.requests_started.fetch_add(1, Relaxed);
+    }
+
+    pub fn response_done(&self) {
+        self.response_deadline_ms.store(0, Relaxed);
+        self.responses_done.fetch_add(1, Relaxed);
+    }
+
+    /// (requests started, responses done) so far.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.requests_started.load(Relaxed),
+            self.responses_done.load(Relaxed),
+        )
+    }
+
+    pub fn set_send_timeout(&self, timeout: Duration) {
+        self.send_timeout_ms
+            .store(timeout.as_millis() as u64, Relaxed);
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms.load(Relaxed))
+    }
+
+    pub fn set_response_deadline(&self, deadline: Instant) {
+        let ms = deadline
+            .saturating_duration_since(self.accepted_at)
+            .as_millis() as u64;
+        self.response_deadline_ms.store(ms.max(1), Relaxed);
+    }
+
+    pub fn response_deadline(&self) -> Option<Instant> {
+        match self.response_deadline_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(self.accepted_at + Duration::from_millis(ms)),
+        }
+    }
+}

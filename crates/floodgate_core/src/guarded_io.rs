@@ -1,0 +1,343 @@
+//! The socket wrapper hyper reads and writes through: head deadlines, head size, send stalls.
+//!
+//! hyper has no write timeout, its header timeout closes without a response, and hyper-util's
+//! protocol detection has no timeout at all. Wrapping the IO closes those gaps in one place,
+//! for HTTP/1 and h2c alike, without touching hyper:
+//! - the request head must arrive within `headerTimeout` (from accept for the first request,
+//!   from its first byte on a keep-alive connection) → `408` written here, then close;
+//! - an idle keep-alive connection closes after `keepAliveTimeout`, silently;
+//! - a head larger than `maxHeaderSize` → `431`, then close;
+//! - a write that makes no progress for `sendTimeout`, or passes the response deadline, ends
+//!   the connection.
+
+use crate::conn_state::ConnState;
+use crate::metrics::{Metrics, Rejection};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+#[derive(Clone, Copy)]
+pub struct HeadLimits {
+    pub header_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_header_size: usize,
+    pub http2: bool,
+}
+
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head(HeadProgress),
+    /// A request is being handled; no head deadline.
+    InRequest,
+    /// HTTP/2 after its preface: streams have no head deadline here.
+    Http2,
+}
+
+struct HeadProgress {
+    /// The first request of the connection (deadline counts from accept).
+    first: bool,
+    /// When this wait began: accept, or the end of the previous response.
+    since: Instant,
+    first_byte_at: Option<Instant>,
+    head_bytes: usize,
+    /// The head's blank line was seen (a request will follow); stops the size count.
+    terminated: bool,
+    previous_was_lf: bool,
+    /// The first bytes of the connection, while they may still be the h2 preface.
+    preface_matched: usize,
+}
+
+impl HeadProgress {
+    fn new(first: bool, since: Instant) -> Self {
+        Self {
+            first,
+            since,
+            first_byte_at: None,
+            head_bytes: 0,
+            terminated: false,
+            previous_was_lf: false,
+            preface_matched: 0,
+        }
+    }
+}
+
+enum Expiry {
+    /// A partial (or absent) head ran out of time: 408.
+    HeaderTimeout,
+    /// An idle keep-alive connection: close quietly.
+    Idle,
+}
+
+pub struct GuardedIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    metrics: Arc<Metrics>,
+    limits: HeadLimits,
+    phase: Phase,
+    /// `ConnState::progress()` as last seen, to notice requests starting and responses ending.
+    seen_progress: (u64, u64),
+    read_timer: Pin<Box<Sleep>>,
+    read_timer_at: Option<Instant>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+    write_timer_at: Option<Instant>,
+}
+
+impl<S> GuardedIo<S> {
+    pub fn new(inner: S, state: Arc<ConnState>, metrics: Arc<Metrics>, limits: HeadLimits) -> Self {
+        let accepted_at = state.accepted_at;
+        Self {
+            inner,
+            state,
+            metrics,
+            limits,
+            phase: Phase::Head(HeadProgress::new(true, accepted_at)),
+            seen_progress: (0, 0),
+            read_timer: Box::pin(tokio::time::sleep_until(accepted_at.into())),
+            read_timer_at: None,
+            write_timer: None,
+            write_timer_at: None,
+        }
+    }
+
+    /// Follows the request handling: a started request leaves the head phase, a finished
+    /// response (with nothing else in flight) starts waiting for the next head.
+    fn sync_phase(&mut self) {
+        if matches!(self.phase, Phase::Http2) {
+            return;
+        }
+        let progress = self.state.progress();
+        if progress == self.seen_progress {
+            return;
+        }
+        self.seen_progress = progress;
+        let (started, done) = progress;
+        self.phase = if started > done {
+            Phase::InRequest
+        } else {
+            Phase::Head(HeadProgress::new(false, Instant::now()))
+        };
+    }
+
+    /// Accounts bytes read while waiting for a head; `Err` when the head is too large.
+    fn on_head_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Phase::Head(head) = &mut self.phase else {
+            return Ok(());
+        };
+        if head.first_byte_at.is_none() {
+            head.first_byte_at = Some(Instant::now());
+        }
+        if self.limits.http2 && head.first && head.preface_matched == head.head_bytes {
+            let offset = head.preface_matched;
+            let wanted = &H2_PREFACE[offset.min(H2_PREFACE.len())..];
+            let common = wanted.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+            if common == bytes.len().min(wanted.len()) {
+                head.preface_matched += common;
+                if head.preface_matched == H2_PREFACE.len() {
+                    self.phase = Phase::Http2;
+                    return Ok(());
+                }
+            }
+        }
+        if head.terminated {
+            return Ok(());
+        }
+        // A head ends at an empty line; bare LF line endings count too, as in httparse.
+        for (index, byte) in bytes.iter().enumerate() {
+            match byte {
+                b'\n' if head.previous_was_lf => {
+                    head.terminated = true;
+                    head.head_bytes += index + 1;
+                    return Ok(());
+                }
+                b'\n' => head.previous_was_lf = true,
+                b'\r' => {}
+                _ => head.previous_was_lf = false,
+            }
+        }
+        head.head_bytes += bytes.len();
+        if head.head_bytes > self.limits.max_header_size && head.preface_matched < head.head_bytes {
+            self.metrics.reject(Rejection::HeaderTooLarge);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        Ok(())
+    }
+
+    fn head_deadline(&self) -> Option<(Instant, Expiry)> {
+        let Phase::Head(head) = &self.phase else {
+            return None;
+        };
+        if head.first {
+            return Some((
+                head.since + self.limits.header_timeout,
+                Expiry::HeaderTimeout,
+            ));
+        }
+        match head.first_byte_at {
+            Some(first_byte) => Some((
+                first_byte + self.limits.header_timeout,
+                Expiry::HeaderTimeout,
+            )),
+            None => Some((head.since + self.limits.keep_alive_timeout, Expiry::Idle)),
+        }
+    }
+
+    fn speaks_http1(&self) -> bool {
+        match &self.phase {
+            Phase::Head(head) => {
+                !(head.first && head.preface_matched > 0 && head.preface_matched == head.head_bytes)
+            }
+            Phase::InRequest => true,
+            Phase::Http2 => false,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> GuardedIo<S> {
+    /// Best-effort write of a short error response: one attempt, never waits.
+    fn write_final_response(&mut self, cx: &mut Context<'_>, response: &[u8]) {
+        if self.speaks_http1() {
+            let _ = Pin::new(&mut self.inner).poll_write(cx, response);
+        }
+    }
+
+    /// Polls the send deadlines while a write is blocked; `Ready(Err)` when one passed.
+    fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let stall_deadline = Instant::now() + self.state.send_timeout();
+        let response_deadline = self.state.response_deadline();
+        let deadline = match (self.write_timer_at, response_deadline) {
+            (Some(at), Some(response)) => at.min(response),
+            (Some(at), None) => at,
+            (None, Some(response)) => stall_deadline.min(response),
+            (None, None) => stall_deadline,
+        };
+        if self.write_timer_at != Some(deadline) {
+            let deadline_tokio = deadline.into();
+            match &mut self.write_timer {
+                Some(timer) => timer.as_mut().reset(deadline_tokio),
+                None => self.write_timer = Some(Box::pin(tokio::time::sleep_until(deadline_tokio))),
+            }
+            self.write_timer_at = Some(deadline);
+        }
+        let timer = self.write_timer.as_mut().expect("write timer armed above");
+        ready!(timer.as_mut().poll(cx));
+        let reason = match response_deadline {
+            Some(response) if Instant::now() >= response => Rejection::DownloadTimeout,
+            _ => Rejection::SendTimeout,
+        };
+        self.metrics.reject(reason);
+        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, reason.as_str()))
+    }
+
+    fn wrote(&mut self, written: usize) {
+        self.metrics.sent(written);
+        if written > 0 {
+            self.write_timer_at = None;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.sync_phase();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let bytes = &buf.filled()[before..];
+                this.metrics.received(bytes.len());
+                if !bytes.is_empty() && matches!(this.phase, Phase::Head(_)) {
+                    if let Err(err) = this.on_head_bytes(bytes) {
+                        this.write_final_response(cx, RESPONSE_431);
+                        return Poll::Ready(Err(err));
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let Some((deadline, expiry)) = this.head_deadline() else {
+                    return Poll::Pending;
+                };
+                if this.read_timer_at != Some(deadline) {
+                    this.read_timer.as_mut().reset(deadline.into());
+                    this.read_timer_at = Some(deadline);
+                }
+                ready!(this.read_timer.as_mut().poll(cx));
+                match expiry {
+                    Expiry::Idle => Poll::Ready(Ok(())),
+                    Expiry::HeaderTimeout => {
+                        this.metrics.reject(Rejection::HeaderTimeout);
+                        this.write_final_response(cx, RESPONSE_408);
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "header timeout",
+                        )))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(written)) => {
+                this.wrote(written);
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending => this.poll_write_stall(cx).map(Err),
+            other => other,
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(written)) => {
+                this.wrote(written);
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending => this.poll_write_stall(cx).map(Err),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

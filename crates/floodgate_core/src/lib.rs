@@ -1,0 +1,25 @@
+//! floodgate's engine: a protected HTTP streaming server on tokio and hyper 1.
+//!
+//! This crate has no napi: `floodgate_napi` is a thin binding over it. Entry point:
+//! [`server::listen`] with a [`config::ServerSpec`].
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod conn_state;
+pub mod delivery;
+pub mod disposition;
+pub mod file_body;
+pub mod files;
+pub mod guarded_io;
+pub mod limit;
+pub mod metrics;
+pub mod proxy;
+pub mod range;
+pub mod router;
+pub mod safe_path;
+pub mod server;
+pub mod units;
+
+pub use config::ServerSpec;
+pub use server::{listen, RunningServer};

@@ -1,0 +1,4 @@
+//! Protections applied before any handler runs: connection slots and bandwidth.
+
+pub mod bucket;
+pub mod conn;

@@ -1,0 +1,129 @@
+//! Server-wide counters and gauges: connections, bytes, and rejections by reason.
+//!
+//! Everything is a relaxed atomic: counters are read for `server.stats()` and tests, never used
+//! to make decisions, so no ordering between them is needed.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Why the server refused or cut off a client. The `as_str` names are the public labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    ConnectionLimit,
+    HeaderTimeout,
+    HeaderTooLarge,
+    SendTimeout,
+    DownloadTimeout,
+    NotFound,
+    MethodNotAllowed,
+    RangeNotSatisfiable,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 8] = [
+        Rejection::ConnectionLimit,
+        Rejection::HeaderTimeout,
+        Rejection::HeaderTooLarge,
+        Rejection::SendTimeout,
+        Rejection::DownloadTimeout,
+        Rejection::NotFound,
+        Rejection::MethodNotAllowed,
+        Rejection::RangeNotSatisfiable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::SendTimeout => "send_timeout",
+            Rejection::DownloadTimeout => "download_timeout",
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::RangeNotSatisfiable => "range_not_satisfiable",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    connections_live: AtomicI64,
+    connections_total: AtomicU64,
+    requests_total: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    rejections: [AtomicU64; Rejection::ALL.len()],
+}
+
+/// A point-in-time copy of the metrics, serialized for JS as camelCase.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub connections_live: i64,
+    pub connections_total: u64,
+    pub requests_total: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub rejections: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Metrics {
+    pub fn connection_opened(&self) {
+        self.connections_live.fetch_add(1, Relaxed);
+        self.connections_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_live.fetch_sub(1, Relaxed);
+    }
+
+    pub fn request(&self) {
+        self.requests_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn received(&self, bytes: usize) {
+        self.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn reject(&self, reason: Rejection) {
+        self.rejections[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejections(&self, reason: Rejection) -> u64 {
+        self.rejections[reason as usize].load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connections_live: self.connections_live.load(Relaxed),
+            connections_total: self.connections_total.load(Relaxed),
+            requests_total: self.requests_total.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            rejections: Rejection::ALL
+                .iter()
+                .map(|reason| (reason.as_str(), self.rejections(*reason)))
+                .collect(),
+        }
+    }
+}
+
+/// Counts one live connection for as long as it is held, so every exit path closes it.
+pub struct LiveConnection<'a>(&'a Metrics);
+
+impl<'a> LiveConnection<'a> {
+    pub fn new(metrics: &'a Metrics) -> Self {
+        metrics.connection_opened();
+        Self(metrics)
+    }
+}
+
+impl Drop for LiveConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}

@@ -1,0 +1,280 @@
+//! The accept loop and per-connection tasks: connection slots, hyper (HTTP/1.1, optional
+//! h2c) over the guarded socket, mount dispatch, graceful shutdown.
+
+use crate::app::{RequestContext, StreamingApp};
+use crate::body::{self, Body, Tracked};
+use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
+use crate::conn_state::ConnState;
+use crate::guarded_io::{GuardedIo, HeadLimits};
+use crate::limit::conn::{ConnectionLimiter, Slot};
+use crate::metrics::{LiveConnection, Metrics, Rejection, Snapshot};
+use crate::proxy::client_ip;
+use crate::router::MountTable;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const RESPONSE_429: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 35\r\n\r\nToo many connections from your IP.\n";
+/// How long a refused connection is drained before closing, so the client reads the 429
+/// instead of a reset (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Everything a connection task needs, shared by all of them.
+struct Shared {
+    config: ServerConfig,
+    mounts: MountTable<Arc<StreamingApp>>,
+    metrics: Arc<Metrics>,
+    limiter: Arc<ConnectionLimiter>,
+    builder: auto::Builder<TokioExecutor>,
+    default_send_timeout: Duration,
+}
+
+/// A listening server. Dropping it does not stop it; call `close`.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop_accepting: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Binds `addr` and starts serving `spec`. Must run inside a tokio runtime.
+pub async fn listen(mut spec: ServerSpec, addr: SocketAddr) -> Result<RunningServer, String> {
+    spec.validate()?;
+    let mut mounts = MountTable::default();
+    for mount in spec.mounts {
+        mounts.insert(mount.prefix, Arc::new(StreamingApp::build(mount.app)?));
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| format!("listen on {addr}: {err}"))?;
+    let local_addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let shared = Arc::new(Shared {
+        builder: hyper_builder(&spec.options),
+        limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
+        metrics: Arc::new(Metrics::default()),
+        mounts,
+        config: spec.options,
+        default_send_timeout: StreamingConfig::default().send_timeout,
+    });
+    let stop_accepting = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let accept_task = tokio::spawn(accept_loop(
+        listener,
+        Arc::clone(&shared),
+        stop_accepting.clone(),
+        abort.clone(),
+        tracker.clone(),
+    ));
+    Ok(RunningServer {
+        local_addr,
+        shared,
+        stop_accepting,
+        abort,
+        tracker,
+        accept_task: Mutex::new(Some(accept_task)),
+    })
+}
+
+fn hyper_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Head deadlines live in `GuardedIo`, which answers 408 where hyper would only close.
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if config.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn limiter(&self) -> &ConnectionLimiter {
+        &self.shared.limiter
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `drain`, then aborts the rest.
+    /// Calling it again (or concurrently) waits for the same shutdown.
+    pub async fn close(&self, drain: Duration) {
+        self.stop_accepting.cancel();
+        let accept_task = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = accept_task {
+            let _ = task.await;
+        }
+        self.tracker.close();
+        if tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop_accepting: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop_accepting.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(_) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let accepted_at = Instant::now();
+        let _ = stream.set_nodelay(true);
+        match shared.limiter.try_acquire(peer.ip()) {
+            Some(slot) => {
+                let task = serve_connection(
+                    stream,
+                    peer,
+                    accepted_at,
+                    slot,
+                    Arc::clone(&shared),
+                    stop_accepting.clone(),
+                    abort.clone(),
+                );
+                tracker.spawn(task);
+            }
+            None => {
+                shared.metrics.reject(Rejection::ConnectionLimit);
+                tracker.spawn(refuse_connection(stream, abort.clone()));
+            }
+        }
+    }
+}
+
+/// Answers 429 on a connection over the per-IP cap, then drains it briefly and closes.
+async fn refuse_connection(mut stream: TcpStream, abort: CancellationToken) {
+    let linger = async {
+        stream.write_all(RESPONSE_429).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, linger) => {}
+        _ = abort.cancelled() => {}
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    slot: Slot,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let _slot = slot;
+    let _live = LiveConnection::new(&shared.metrics);
+    let conn = Arc::new(ConnState::new(accepted_at, shared.default_send_timeout));
+    let limits = HeadLimits {
+        header_timeout: shared.config.header_timeout,
+        keep_alive_timeout: shared.config.keep_alive_timeout,
+        max_header_size: shared.config.max_header_size as usize,
+        http2: shared.config.http2,
+    };
+    let io = TokioIo::new(GuardedIo::new(
+        stream,
+        Arc::clone(&conn),
+        Arc::clone(&shared.metrics),
+        limits,
+    ));
+    let service = {
+        let shared = Arc::clone(&shared);
+        service_fn(move |request: Request<Incoming>| {
+            let response = handle(&shared, request, peer, &conn);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let connection = shared.builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = abort.cancelled() => {}
+    }
+}
+
+fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    conn: &Arc<ConnState>,
+) -> Response<Tracked> {
+    conn.request_started();
+    shared.metrics.request();
+    let response = match shared.mounts.find(request.uri().path()) {
+        Some((app, rel)) => {
+            let context = RequestContext {
+                client: client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy),
+                conn: Arc::clone(conn),
+                metrics: Arc::clone(&shared.metrics),
+            };
+            app.handle(&request, rel, context)
+        }
+        None => {
+            shared.metrics.reject(Rejection::NotFound);
+            body::text(StatusCode::NOT_FOUND, "Not Found\n")
+        }
+    };
+    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)))
+}

@@ -1,0 +1,187 @@
+/**
+ * floodgate's TypeScript API: a `Server` owning the listening socket, `StreamingApp`s mounted
+ * under path prefixes and served by Rust. Options are validated by the native core (one source
+ * of defaults); a wrong option throws a `TypeError` naming it, at construction.
+ */
+import * as native from './binding'
+
+/** A size in bytes, or a string such as `'64kb'`, `'100mb'`. */
+export type Size = number | string
+/** A duration in milliseconds, or a string such as `'30s'`, `'5m'`, `'250ms'`. */
+export type Duration = number | string
+
+export interface ServerOptions {
+  /** Concurrent TCP connections per client address (IPv6: per /64); 0 disables. Default 100. */
+  maxConnectionsPerIp?: number
+  /** The whole request head must arrive within this (slowloris). Default 10s. */
+  headerTimeout?: Duration
+  /** Idle keep-alive connections close after this. Default 5s. */
+  keepAliveTimeout?: Duration
+  /** Request line plus headers; larger heads get 431. Default 16kb. */
+  maxHeaderSize?: Size
+  /** CIDRs or addresses whose X-Forwarded-For / Forwarded headers are believed. Default []. */
+  trustProxy?: string[]
+  /** Accept cleartext HTTP/2 (prior knowledge) beside HTTP/1.1. Default false. */
+  http2?: boolean
+  /** Concurrent streams per HTTP/2 connection. Default 100. */
+  http2MaxConcurrentStreams?: number
+}
+
+export interface StreamingOptions {
+  /** Bytes read and written per step; the largest shaping burst. Default 64kb. */
+  chunkSize?: Size
+  /** A client that takes no bytes for this long is disconnected. Default 30s. */
+  sendTimeout?: Duration
+  /** A whole response must be delivered within this; 0 disables. Default 10m. */
+  downloadTimeout?: Duration
+  /** Bytes per second per connection; 0 disables. Default 10mb. */
+  rateLimitBandwidth?: Size
+  /** Bytes per second summed over one client's connections; 0 disables. Default 0. */
+  perClientBandwidth?: Size
+}
+
+export interface FilesOptions {
+  /** Folder to serve. Nothing outside it is ever served; dotfiles are never served. */
+  root: string
+  /** `inline` (default) or `attachment` (download with the file's name). */
+  disposition?: 'inline' | 'attachment'
+  /** `Cache-Control` sent with every file. */
+  cacheControl?: string
+}
+
+export interface ListenOptions {
+  /** Default 0: any free port. */
+  port?: number
+  /** Default '127.0.0.1'. */
+  host?: string
+}
+
+export interface AddressInfo {
+  port: number
+  address: string
+  url: string
+}
+
+export interface Stats {
+  connectionsLive: number
+  connectionsTotal: number
+  requestsTotal: number
+  bytesSent: number
+  bytesReceived: number
+  /** Refusals and cut-offs by reason: `connection_limit`, `header_timeout`, `send_timeout`, ... */
+  rejections: Record<string, number>
+}
+
+function validated<T extends object>(kind: string, options: T | undefined, what: string): T {
+  const value = options ?? ({} as T)
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new TypeError(`${what}: options must be an object`)
+  }
+  try {
+    native.validateOptions(kind, value)
+  } catch (err) {
+    throw new TypeError(`${what}: ${(err as Error).message}`)
+  }
+  return { ...value }
+}
+
+function checkPrefix(prefix: unknown, what: string): string {
+  if (typeof prefix !== 'string' || !prefix.startsWith('/')) {
+    throw new TypeError(`${what}: prefix must be a string starting with '/'`)
+  }
+  return prefix
+}
+
+type RouteSpec = { kind: 'files'; prefix: string; options: FilesOptions }
+
+/** A group of Rust-served streaming routes sharing one set of limits. */
+export class StreamingApp {
+  readonly options: StreamingOptions
+  readonly #routes: RouteSpec[] = []
+
+  constructor(options: StreamingOptions = {}) {
+    this.options = validated('streaming', options, 'StreamingApp')
+  }
+
+  /** Serves the files under `options.root` at `prefix` (GET/HEAD, Range, ETag, ...). */
+  files(prefix: string, options: FilesOptions): this {
+    checkPrefix(prefix, 'files')
+    this.#routes.push({ kind: 'files', prefix, options: validated('files', options, 'files') })
+    return this
+  }
+
+  /** @internal the JSON spec handed to the native core. */
+  toSpec() {
+    return { options: this.options, routes: this.#routes }
+  }
+}
+
+/** Owns the listening socket; apps are mounted under path prefixes, longest prefix wins. */
+export class Server {
+  readonly options: ServerOptions
+  readonly #mounts: { prefix: string; app: StreamingApp }[] = []
+  #native: native.NativeServer | undefined
+  #closing: Promise<void> | undefined
+  // The native server lives on Rust threads, which do not keep Node's event loop alive the way a
+  // listening `net.Server` does; this timer is that reference while the server is open.
+  #keepAlive: NodeJS.Timeout | undefined
+
+  constructor(options: ServerOptions = {}) {
+    this.options = validated('server', options, 'Server')
+  }
+
+  /** Mounts `app` at `prefix`; it sees request paths with the prefix stripped. */
+  mount(prefix: string, app: StreamingApp): this {
+    checkPrefix(prefix, 'mount')
+    if (!(app instanceof StreamingApp)) {
+      throw new TypeError('mount: app must be a StreamingApp')
+    }
+    if (this.#native) throw new Error('mount: the server is already listening')
+    this.#mounts.push({ prefix, app })
+    return this
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  async listen({ port = 0, host = '127.0.0.1' }: ListenOptions = {}): Promise<AddressInfo> {
+    if (this.#native) throw new Error('listen: the server is already listening')
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      throw new TypeError('listen: port must be an integer from 0 to 65535')
+    }
+    const spec = {
+      options: this.options,
+      mounts: this.#mounts.map(({ prefix, app }) => ({ prefix, app: app.toSpec() })),
+    }
+    this.#native = await native.listen(spec, host, port)
+    this.#keepAlive = setInterval(() => {}, 1 << 30)
+    return this.address()!
+  }
+
+  /** The bound address, or undefined before `listen`. */
+  address(): AddressInfo | undefined {
+    if (!this.#native) return undefined
+    const { port, address } = this.#native
+    const hostForUrl = address.includes(':') ? `[${address}]` : address
+    return { port, address, url: `http://${hostForUrl}:${port}` }
+  }
+
+  /** Live counters: connections, bytes, and rejections by reason. */
+  stats(): Stats {
+    if (!this.#native) throw new Error('stats: the server is not listening')
+    return this.#native.stats() as Stats
+  }
+
+  /**
+   * Stops accepting; in-flight requests get up to `drain` ms (default 30s) to finish, then the
+   * rest are aborted. Calling it again returns the same promise.
+   */
+  close({ drain = 30_000 }: { drain?: number } = {}): Promise<void> {
+    if (!this.#closing) {
+      const server = this.#native
+      this.#closing = (server ? server.close(Math.max(0, Math.floor(drain))) : Promise.resolve()).finally(() => {
+        clearInterval(this.#keepAlive)
+        this.#keepAlive = undefined
+      })
+    }
+    return this.#closing
+  }
+}
