@@ -3,7 +3,9 @@
 //! The wrapper only sees bytes; these counters tell it whether a request is in flight (no
 //! head deadline then) and which send deadlines the current response has.
 
+use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 pub struct ConnState {
@@ -14,6 +16,9 @@ pub struct ConnState {
     send_timeout_ms: AtomicU64,
     /// Deadline of the whole current response, in ms after `accepted_at`; 0 when none.
     response_deadline_ms: AtomicU64,
+    /// The socket reader parked while a request was in flight: it must re-arm its head
+    /// deadline when the response ends, even if no byte arrives to wake it.
+    reader: AtomicWaker,
 }
 
 impl ConnState {
@@ -24,6 +29,7 @@ impl ConnState {
             responses_done: AtomicU64::new(0),
             send_timeout_ms: AtomicU64::new(send_timeout.as_millis() as u64),
             response_deadline_ms: AtomicU64::new(0),
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -34,6 +40,12 @@ impl ConnState {
     pub fn response_done(&self) {
         self.response_deadline_ms.store(0, Relaxed);
         self.responses_done.fetch_add(1, Relaxed);
+        self.reader.wake();
+    }
+
+    /// Called by the socket reader when it parks during a request.
+    pub fn park_reader(&self, waker: &Waker) {
+        self.reader.register(waker);
     }
 
     /// (requests started, responses done) so far.

@@ -152,19 +152,20 @@ impl<S> GuardedIo<S> {
             return Ok(());
         }
         // A head ends at an empty line; bare LF line endings count too, as in httparse.
+        let mut counted = bytes.len();
         for (index, byte) in bytes.iter().enumerate() {
             match byte {
                 b'\n' if head.previous_was_lf => {
                     head.terminated = true;
-                    head.head_bytes += index + 1;
-                    return Ok(());
+                    counted = index + 1;
+                    break;
                 }
                 b'\n' => head.previous_was_lf = true,
                 b'\r' => {}
                 _ => head.previous_was_lf = false,
             }
         }
-        head.head_bytes += bytes.len();
+        head.head_bytes += counted;
         if head.head_bytes > self.limits.max_header_size && head.preface_matched < head.head_bytes {
             self.metrics.reject(Rejection::HeaderTooLarge);
             return Err(io::Error::new(
@@ -272,6 +273,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
             }
             Poll::Pending => {
                 let Some((deadline, expiry)) = this.head_deadline() else {
+                    if matches!(this.phase, Phase::InRequest) {
+                        this.state.park_reader(cx.waker());
+                    }
                     return Poll::Pending;
                 };
                 if this.read_timer_at != Some(deadline) {
