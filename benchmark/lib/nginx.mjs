@@ -1,0 +1,79 @@
+// nginx as a peer: a minimal config in a temp folder, sendfile on, one worker per core.
+import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from 'node:fs'
+import { tmpdir, cpus } from 'node:os'
+import { join } from 'node:path'
+import net from 'node:net'
+import { spawn } from 'node:child_process'
+import { childPids } from './proc.mjs'
+
+const NGINX = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/opt/homebrew/bin/nginx', '/usr/local/bin/nginx'].find(existsSync)
+
+export const nginxAvailable = () => Boolean(NGINX)
+
+function freePort() {
+  return new Promise((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address()
+      probe.close(() => resolve(port))
+    })
+  })
+}
+
+function waitForPort(port, timeout = 10_000) {
+  const until = Date.now() + timeout
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const socket = net.connect(port, '127.0.0.1', () => {
+        socket.destroy()
+        resolve()
+      })
+      socket.on('error', () => (Date.now() > until ? reject(new Error('nginx did not start')) : setTimeout(attempt, 50)))
+    }
+    attempt()
+  })
+}
+
+/** Starts nginx serving `root` at /stream/files/; resolves { port, pids, stop }. */
+export async function startNginx(root) {
+  const dir = mkdtempSync(join(tmpdir(), 'floodgate-nginx-'))
+  const port = await freePort()
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `worker_processes ${cpus().length};
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  server {
+    listen 127.0.0.1:${port};
+    location /stream/files/ { alias ${root}/; }
+  }
+}
+`,
+  )
+  const child = spawn(NGINX, ['-c', join(dir, 'nginx.conf'), '-p', dir, '-g', 'daemon off;'], { stdio: 'ignore' })
+  process.on('exit', () => child.kill('SIGKILL'))
+  await waitForPort(port)
+  return {
+    port,
+    pids: () => [child.pid, ...childPids(child.pid)],
+    stop: () =>
+      new Promise((resolve) => {
+        child.once('exit', () => {
+          rmSync(dir, { recursive: true, force: true })
+          resolve()
+        })
+        child.kill('SIGQUIT')
+        setTimeout(() => child.kill('SIGKILL'), 3000)
+      }),
+    log: () => (existsSync(join(dir, 'error.log')) ? readFileSync(join(dir, 'error.log'), 'utf8') : ''),
+  }
+}

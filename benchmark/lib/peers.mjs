@@ -1,0 +1,36 @@
+// The servers a workload is run against, each started fresh as a child process.
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { startServer, stopServer, childPids } from './proc.mjs'
+import { startNginx, nginxAvailable } from './nginx.mjs'
+
+const here = (path) => fileURLToPath(new URL(path, import.meta.url))
+
+function nodeServer(name, script, requirement) {
+  return {
+    name,
+    available: () => (requirement() ? true : `missing ${requirement.what}`),
+    async start(env) {
+      const { child, port } = await startServer(process.execPath, [here(script)], { env })
+      return { port, pids: () => [child.pid, ...childPids(child.pid)], stop: () => stopServer(child) }
+    },
+  }
+}
+
+const built = Object.assign(() => existsSync(here('../../index.js')) && existsSync(here('../../binding.js')), {
+  what: 'the built package (run npm install at the repository root)',
+})
+const fastifyInstalled = Object.assign(() => existsSync(here('../node_modules/fastify')), {
+  what: 'benchmark dependencies (npm install --prefix benchmark)',
+})
+
+export const PEERS = [
+  nodeServer('floodgate', '../servers/floodgate.mjs', built),
+  nodeServer('node-http', '../servers/node-http.mjs', () => true),
+  nodeServer('fastify', '../servers/fastify.mjs', fastifyInstalled),
+  {
+    name: 'nginx',
+    available: () => nginxAvailable() || 'nginx is not installed',
+    start: (env) => startNginx(env.ROOT),
+  },
+]

@@ -1,0 +1,80 @@
+// `npm run bench [-- --quick] [-- --only=files-64MiB-x16,download-1GiB]`: every workload against
+// floodgate and its peers in one run on this machine. Prints ratios (floodgate ÷ peer) and writes
+// benchmark/results/latest.json. Absolute figures vary by machine; compare ratios.
+import { writeFileSync, mkdirSync } from 'node:fs'
+import { cpus, totalmem, platform, release, arch } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { PEERS } from './lib/peers.mjs'
+import { makeFixtures } from './lib/fixtures.mjs'
+import files from './workloads/files.mjs'
+import download from './workloads/download.mjs'
+
+const WORKLOADS = [files, download]
+const args = process.argv.slice(2)
+const quick = args.includes('--quick')
+const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
+
+const machine = {
+  cores: cpus().length,
+  cpu: cpus()[0]?.model,
+  memoryGiB: Math.round(totalmem() / 1024 ** 3),
+  os: `${platform()} ${release()} ${arch()}`,
+  node: process.version,
+}
+const report = { date: new Date().toISOString(), command: `npm run bench -- ${args.join(' ')}`.trim(), machine, quick, workloads: [] }
+
+for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) {
+  const sizes = typeof workload.fixtures === 'function' ? workload.fixtures(quick) : workload.fixtures
+  const fixture = makeFixtures(sizes)
+  const entry = { name: workload.name, primary: workload.primary, results: {} }
+  for (const peer of PEERS.filter((p) => workload.peers.includes(p.name))) {
+    const available = peer.available()
+    if (available !== true) {
+      entry.results[peer.name] = { skipped: available }
+      console.error(`${workload.name}: ${peer.name} skipped (${available})`)
+      continue
+    }
+    const server = await peer.start({ ROOT: fixture.root })
+    try {
+      // One short warm-up so page cache and JIT are hot for everyone alike.
+      await workload.run({ port: server.port, pids: server.pids, quick: true, warmup: true }).catch(() => {})
+      entry.results[peer.name] = await workload.run({ port: server.port, pids: server.pids, quick })
+      console.error(`${workload.name}: ${peer.name} ${JSON.stringify(entry.results[peer.name])}`)
+    } catch (err) {
+      entry.results[peer.name] = { error: String(err.message ?? err) }
+    } finally {
+      await server.stop()
+    }
+  }
+  fixture.cleanup()
+  const subject = entry.results.floodgate?.[workload.primary]
+  entry.ratios = Object.fromEntries(
+    Object.entries(entry.results)
+      .filter(([name, result]) => name !== 'floodgate' && subject && result[workload.primary])
+      .map(([name, result]) => [name, subject / result[workload.primary]]),
+  )
+  report.workloads.push(entry)
+}
+
+const format = (value) => (typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : value ?? '—')
+const rows = [['workload', 'metric', ...PEERS.map((p) => p.name), ...PEERS.slice(1).map((p) => `floodgate÷${p.name}`)]]
+for (const entry of report.workloads) {
+  const metrics = [...new Set(Object.values(entry.results).flatMap((r) => Object.keys(r)))].filter((m) => !['error', 'skipped', 'errors'].includes(m))
+  for (const metric of metrics) {
+    rows.push([
+      entry.name,
+      metric,
+      ...PEERS.map((p) => format(entry.results[p.name]?.[metric] ?? entry.results[p.name]?.skipped ?? entry.results[p.name]?.error)),
+      ...PEERS.slice(1).map((p) => (metric === entry.primary ? format(entry.ratios[p.name]) : '')),
+    ])
+  }
+}
+const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => String(row[column]).length)))
+const line = (row) => `| ${row.map((cell, column) => String(cell).padEnd(widths[column])).join(' | ')} |`
+const table = [line(rows[0]), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n')
+console.log(`\n${report.date} · ${machine.cores} cores · ${machine.os} · Node ${machine.node} · ${report.command}\n`)
+console.log(table)
+report.table = table
+const results = fileURLToPath(new URL('./results/', import.meta.url))
+mkdirSync(results, { recursive: true })
+writeFileSync(`${results}/latest.json`, JSON.stringify(report, null, 2))

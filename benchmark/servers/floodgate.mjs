@@ -1,0 +1,13 @@
+// floodgate serving ROOT at /stream/files, unshaped, as the benchmark's subject.
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+const { Server, StreamingApp } = require('../../index.js')
+
+const server = new Server({ maxConnectionsPerIp: 0 })
+const app = new StreamingApp({ rateLimitBandwidth: 0, downloadTimeout: 0 })
+app.files('/files', { root: process.env.ROOT })
+server.mount('/stream', app)
+const { port } = await server.listen({ port: 0, host: '127.0.0.1' })
+console.log(`READY ${port}`)
+process.on('SIGTERM', () => server.close({ drain: 0 }).then(() => process.exit(0)))

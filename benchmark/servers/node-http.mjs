@@ -1,0 +1,20 @@
+// Node `http` + fs.createReadStream: the obvious way to serve a file from Node.
+import http from 'node:http'
+import { createReadStream, statSync } from 'node:fs'
+import { join, basename } from 'node:path'
+
+const root = process.env.ROOT
+const server = http.createServer((req, res) => {
+  const name = basename(req.url)
+  let stat
+  try {
+    stat = statSync(join(root, name))
+  } catch {
+    res.writeHead(404).end()
+    return
+  }
+  res.writeHead(200, { 'content-length': stat.size, 'content-type': 'application/octet-stream' })
+  createReadStream(join(root, name)).pipe(res)
+})
+server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`))
+process.on('SIGTERM', () => process.exit(0))
