@@ -188,7 +188,7 @@ test('CLI: serve <dir> prints the URL and serves the folder', async (t) => {
     },
   })
   t.truthy(url)
-  t.is(result.code, 0)
+  t.is(result.code, 0, `signal ${result.signal}, stderr: ${result.stderr}`)
 })
 
 test('CLI: a bad flag or a missing folder is a one-line error and a non-zero exit', async (t) => {

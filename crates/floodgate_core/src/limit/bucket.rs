@@ -53,7 +53,11 @@ impl ClientBuckets {
 
     /// Drops idle clients' state now and then, so the table stays bounded by active clients.
     fn evict_idle_now_and_then(&self) {
-        if self.calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
