@@ -23,7 +23,7 @@ export declare class NativeServer {
 export declare function listen(spec: any, host: string, port: number): Promise<NativeServer>
 
 /**
- * Checks one options object (`kind`: `server`, `streaming` or `files`) and throws naming the
+ * Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws naming the
  * offending option. Returns the options with every default filled in.
  */
 export declare function validateOptions(kind: string, options: any): any

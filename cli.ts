@@ -78,12 +78,13 @@ async function main(argv: string[]): Promise<void> {
     app.files('/', { root })
     server.mount('/', app)
     const { url } = await server.listen({ port, host: values.host })
-    process.stdout.write(`floodgate serving ${root} at ${url}/\n`)
+    // Handlers first: whoever reads the URL may signal at once.
     const stop = () => {
       server.close({ drain: 5_000 }).then(() => process.exit(0))
     }
     process.once('SIGINT', stop)
     process.once('SIGTERM', stop)
+    process.stdout.write(`floodgate serving ${root} at ${url}/\n`)
   } catch (err) {
     fail((err as Error).message)
   }

@@ -38,6 +38,33 @@ export interface StreamingOptions {
   rateLimitBandwidth?: Size
   /** Bytes per second summed over one client's connections; 0 disables. Default 0. */
   perClientBandwidth?: Size
+  /** Largest request body: 413 before reading when Content-Length says more. Default 100mb. */
+  maxUploadSize?: Size
+  /** A whole upload must arrive within this (408). Default 5m. */
+  uploadTimeout?: Duration
+  /** No body bytes for this long ends an upload (408). Default 30s. */
+  readTimeout?: Duration
+  /** After `minUploadRateGrace`, uploads averaging less than this per second are cut (408). Default 1kb; 0 disables. */
+  minUploadRate?: Size
+  /** Default 10s. */
+  minUploadRateGrace?: Duration
+  /** Bytes per second read from one connection's body (TCP backpressure); 0 disables. Default 0. */
+  rateLimitUploadBandwidth?: Size
+  /** Bytes per second read summed over one client's connections; 0 disables. Default 0. */
+  perClientUploadBandwidth?: Size
+  /** Requests per `rateLimitWindow` per client (user id, else address); 0 disables. Default 100. */
+  rateLimitRequests?: number
+  /** Default 1m. */
+  rateLimitWindow?: Duration
+  /** Requests allowed at once before the rate applies; 0 means `rateLimitRequests`. Default 0. */
+  rateLimitBurst?: number
+}
+
+export interface UploadsOptions {
+  /** Folder uploads are written to (atomically: temp file, then rename). */
+  dir: string
+  /** Replace an existing file (default true) or answer 409. */
+  overwrite?: boolean
 }
 
 export interface FilesOptions {
@@ -92,7 +119,9 @@ function checkPrefix(prefix: unknown, what: string): string {
   return prefix
 }
 
-type RouteSpec = { kind: 'files'; prefix: string; options: FilesOptions }
+type RouteSpec =
+  | { kind: 'files'; prefix: string; options: FilesOptions }
+  | { kind: 'uploads'; prefix: string; options: UploadsOptions }
 
 /** A group of Rust-served streaming routes sharing one set of limits. */
 export class StreamingApp {
@@ -107,6 +136,16 @@ export class StreamingApp {
   files(prefix: string, options: FilesOptions): this {
     checkPrefix(prefix, 'files')
     this.#routes.push({ kind: 'files', prefix, options: validated('files', options, 'files') })
+    return this
+  }
+
+  /**
+   * Receives raw `PUT`/`POST` bodies at `prefix/<name>` into `options.dir/<name>`: streamed to a
+   * temporary file, renamed into place only when complete; answers 201 `{ name, size, sha256 }`.
+   */
+  uploads(prefix: string, options: UploadsOptions): this {
+    checkPrefix(prefix, 'uploads')
+    this.#routes.push({ kind: 'uploads', prefix, options: validated('uploads', options, 'uploads') })
     return this
   }
 

@@ -27,7 +27,7 @@ export function fixture(files = {}) {
  */
 export async function startFiles(t, { server: serverOptions = {}, streaming = {}, files = {}, root }) {
   const server = new Server(serverOptions)
-  const app = new StreamingApp({ rateLimitBandwidth: 0, ...streaming })
+  const app = new StreamingApp({ rateLimitBandwidth: 0, rateLimitRequests: 0, ...streaming })
   app.files('/files', { root, ...files })
   server.mount('/stream', app)
   const { url, port } = await server.listen({ port: 0, host: '127.0.0.1' })

@@ -17,6 +17,9 @@ async function main() {
   streaming.files('/files', { root })
   server.mount('/stream', streaming)
   const { url } = await server.listen({ port: Number(process.env.PORT ?? 8080), host: '127.0.0.1' })
+  const stop = () => server.close({ drain: 5_000 }).then(() => process.exit(0))
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
   const files = `${url}/stream/files`
   console.log(`floodgate demo listening on ${url}
 
@@ -28,9 +31,6 @@ Try:
   curl -i ${files}/.secret                          # 404: dotfiles are not served
 
 Ctrl-C stops it (in-flight downloads get 5 s to finish).`)
-  const stop = () => server.close({ drain: 5_000 }).then(() => process.exit(0))
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
 }
 
 main().catch((err) => {

@@ -1,30 +1,43 @@
-//! A mounted streaming app: its limits and its routes (`files`, later uploads, SSE, ...).
+//! A mounted streaming app: its limits and its routes (files, uploads).
+//!
+//! Every request first passes the app's request-rate limiter (keyed by user, else address);
+//! then the route's own protections apply.
 
 use crate::body::{self, Body};
 use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
 use crate::conn_state::ConnState;
 use crate::delivery::Delivery;
 use crate::files::FilesMount;
-use crate::limit::bucket::ClientBuckets;
+use crate::limit::bucket::{ClientBuckets, Shaper};
+use crate::limit::conn::client_key;
+use crate::limit::rate::{Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::router::MountTable;
-use http::{Request, Response, StatusCode};
+use crate::upload::{UploadLimits, UploadsMount};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as HttpBody;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 enum Route {
     Files(FilesMount),
+    Uploads(UploadsMount),
 }
 
 pub struct StreamingApp {
     config: StreamingConfig,
     routes: MountTable<Route>,
-    client_buckets: Option<Arc<ClientBuckets>>,
+    download_buckets: Option<Arc<ClientBuckets>>,
+    upload_buckets: Option<Arc<ClientBuckets>>,
+    requests: Option<RequestLimiter>,
 }
 
 /// Who is asking, and over which connection.
 pub struct RequestContext {
     pub client: IpAddr,
+    /// The user id from the app's `identify`, when it gave one.
+    pub user: Option<String>,
     pub conn: Arc<ConnState>,
     pub metrics: Arc<Metrics>,
 }
@@ -38,32 +51,96 @@ impl StreamingApp {
                 RouteSpec::Files { prefix, options } => {
                     routes.insert(prefix, Route::Files(FilesMount::new(options)?))
                 }
+                RouteSpec::Uploads { prefix, options } => {
+                    routes.insert(prefix, Route::Uploads(UploadsMount::new(options)?))
+                }
             }
         }
-        let client_buckets = (config.per_client_bandwidth > 0)
-            .then(|| ClientBuckets::new(config.per_client_bandwidth, config.chunk_size));
+        let buckets = |rate: u64| (rate > 0).then(|| ClientBuckets::new(rate, config.chunk_size));
         Ok(Self {
+            download_buckets: buckets(config.per_client_bandwidth),
+            upload_buckets: buckets(config.per_client_upload_bandwidth),
+            requests: RequestLimiter::new(
+                config.rate_limit_requests,
+                config.rate_limit_window,
+                config.rate_limit_burst,
+            ),
             config,
             routes,
-            client_buckets,
         })
     }
 
-    pub fn handle<B>(
+    pub async fn handle<B>(
         &self,
-        request: &Request<B>,
+        request: Request<B>,
         rel: &str,
         context: RequestContext,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+    {
         context.conn.set_send_timeout(self.config.send_timeout);
-        let Some((route, rest)) = self.routes.find(rel) else {
-            context.metrics.reject(Rejection::NotFound);
-            return body::text(StatusCode::NOT_FOUND, "Not Found\n");
-        };
-        let delivery = self.delivery(&context);
-        match route {
-            Route::Files(files) => files.serve(request.method(), request.headers(), rest, delivery),
+        let decision = self.requests.as_ref().map(|limiter| {
+            let key = match &context.user {
+                Some(user) => format!("u:{user}"),
+                None => format!("a:{}", client_key(context.client)),
+            };
+            limiter.check(&key)
+        });
+        if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
+            context.metrics.reject(Rejection::RateLimited);
+            let mut response = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(decision.reset_seconds),
+            );
+            self.add_rate_headers(&mut response, decision);
+            return response;
         }
+        let mut response = match self.routes.find(rel) {
+            None => {
+                context.metrics.reject(Rejection::NotFound);
+                body::text(StatusCode::NOT_FOUND, "Not Found\n")
+            }
+            Some((Route::Files(files), rest)) => files.serve(
+                request.method(),
+                request.headers(),
+                rest,
+                self.delivery(&context),
+            ),
+            Some((Route::Uploads(uploads), rest)) => {
+                let rest = rest.to_string();
+                uploads
+                    .receive(request, &rest, self.upload_limits(&context))
+                    .await
+            }
+        };
+        if let Some(decision) = &decision {
+            self.add_rate_headers(&mut response, decision);
+        }
+        response
+    }
+
+    fn add_rate_headers(&self, response: &mut Response<Body>, decision: &Decision) {
+        let Some(limiter) = &self.requests else {
+            return;
+        };
+        let headers = response.headers_mut();
+        if let Ok(policy) = HeaderValue::from_str(&limiter.policy_header()) {
+            headers.insert("ratelimit-policy", policy);
+        }
+        if let Ok(state) = HeaderValue::from_str(&RequestLimiter::state_header(decision)) {
+            headers.insert("ratelimit", state);
+        }
+    }
+
+    fn client_bucket(
+        buckets: &Option<Arc<ClientBuckets>>,
+        context: &RequestContext,
+    ) -> Option<(Arc<ClientBuckets>, IpAddr)> {
+        buckets
+            .as_ref()
+            .map(|buckets| (Arc::clone(buckets), client_key(context.client)))
     }
 
     fn delivery(&self, context: &RequestContext) -> Delivery {
@@ -72,14 +149,36 @@ impl StreamingApp {
             conn: Arc::clone(&context.conn),
             chunk_size: self.config.chunk_size,
             per_connection: self.config.rate_limit_bandwidth,
-            client: self.client_buckets.as_ref().map(|buckets| {
-                (
-                    Arc::clone(buckets),
-                    crate::limit::conn::client_key(context.client),
-                )
-            }),
+            client: Self::client_bucket(&self.download_buckets, context),
             client_rate: self.config.per_client_bandwidth,
             download_timeout: self.config.download_timeout,
+        }
+    }
+
+    fn upload_limits(&self, context: &RequestContext) -> UploadLimits {
+        let config = &self.config;
+        let slowest = [
+            config.rate_limit_upload_bandwidth,
+            config.per_client_upload_bandwidth,
+        ]
+        .into_iter()
+        .filter(|rate| *rate > 0)
+        .min()
+        .unwrap_or(0);
+        UploadLimits {
+            max_size: config.max_upload_size,
+            read_timeout: config.read_timeout,
+            upload_timeout: config.upload_timeout,
+            min_rate: config.min_upload_rate,
+            min_rate_grace: config.min_upload_rate_grace,
+            chunk_size: config.chunk_size,
+            bandwidth: slowest,
+            shaper: Shaper::new(
+                config.rate_limit_upload_bandwidth,
+                config.chunk_size,
+                Self::client_bucket(&self.upload_buckets, context),
+            ),
+            metrics: Arc::clone(&context.metrics),
         }
     }
 }

@@ -72,6 +72,33 @@ pub struct StreamingConfig {
     /// Bytes per second summed over all connections of one client. 0 disables.
     #[serde(deserialize_with = "size")]
     pub per_client_bandwidth: u64,
+    /// Largest request body; a larger Content-Length is refused before reading (413).
+    #[serde(deserialize_with = "size")]
+    pub max_upload_size: u64,
+    /// A whole upload must arrive within this.
+    #[serde(deserialize_with = "duration")]
+    pub upload_timeout: Duration,
+    /// No body bytes for this long ends the upload (408).
+    #[serde(deserialize_with = "duration")]
+    pub read_timeout: Duration,
+    /// After `minUploadRateGrace`, an upload averaging less than this many bytes per second is
+    /// cut off (408), so a trickle cannot hold a slot for hours. 0 disables.
+    #[serde(deserialize_with = "size")]
+    pub min_upload_rate: u64,
+    #[serde(deserialize_with = "duration")]
+    pub min_upload_rate_grace: Duration,
+    /// Bytes per second read from one connection's request body. 0 disables.
+    #[serde(deserialize_with = "size")]
+    pub rate_limit_upload_bandwidth: u64,
+    /// Bytes per second read summed over one client's connections. 0 disables.
+    #[serde(deserialize_with = "size")]
+    pub per_client_upload_bandwidth: u64,
+    /// Requests per `rateLimitWindow` per client (user id, else address). 0 disables.
+    pub rate_limit_requests: u32,
+    #[serde(deserialize_with = "duration")]
+    pub rate_limit_window: Duration,
+    /// Requests a client may make at once before the rate applies; 0 means `rateLimitRequests`.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for StreamingConfig {
@@ -82,6 +109,16 @@ impl Default for StreamingConfig {
             download_timeout: Duration::from_secs(600),
             rate_limit_bandwidth: 10 * MIB,
             per_client_bandwidth: 0,
+            max_upload_size: 100 * MIB,
+            upload_timeout: Duration::from_secs(300),
+            read_timeout: Duration::from_secs(30),
+            min_upload_rate: KIB,
+            min_upload_rate_grace: Duration::from_secs(10),
+            rate_limit_upload_bandwidth: 0,
+            per_client_upload_bandwidth: 0,
+            rate_limit_requests: 100,
+            rate_limit_window: Duration::from_secs(60),
+            rate_limit_burst: 0,
         }
     }
 }
@@ -108,6 +145,21 @@ pub struct FilesConfig {
     pub cache_control: Option<String>,
 }
 
+/// Options of `streaming.uploads(prefix, {...})`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UploadsConfig {
+    /// Folder uploads are written to; must exist.
+    pub dir: String,
+    /// Replace an existing file (atomically) or answer 409.
+    #[serde(default = "yes")]
+    pub overwrite: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// One route inside a streaming app.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
@@ -115,6 +167,10 @@ pub enum RouteSpec {
     Files {
         prefix: String,
         options: FilesConfig,
+    },
+    Uploads {
+        prefix: String,
+        options: UploadsConfig,
     },
 }
 
@@ -186,9 +242,23 @@ impl StreamingConfig {
         if self.send_timeout.is_zero() {
             return Err("sendTimeout: must be greater than 0".into());
         }
+        for (name, duration) in [
+            ("uploadTimeout", self.upload_timeout),
+            ("readTimeout", self.read_timeout),
+            ("rateLimitWindow", self.rate_limit_window),
+        ] {
+            if duration.is_zero() {
+                return Err(format!("{name}: must be greater than 0"));
+            }
+        }
+        if self.rate_limit_window < Duration::from_secs(1) {
+            return Err("rateLimitWindow: must be at least 1s".into());
+        }
         for (name, rate) in [
             ("rateLimitBandwidth", self.rate_limit_bandwidth),
             ("perClientBandwidth", self.per_client_bandwidth),
+            ("rateLimitUploadBandwidth", self.rate_limit_upload_bandwidth),
+            ("perClientUploadBandwidth", self.per_client_upload_bandwidth),
         ] {
             if rate != 0 && rate < KIB {
                 return Err(format!(
@@ -233,6 +303,9 @@ impl ServerSpec {
             for route in &mut mount.app.routes {
                 match route {
                     RouteSpec::Files { prefix, .. } => *prefix = normalize_prefix("files", prefix)?,
+                    RouteSpec::Uploads { prefix, .. } => {
+                        *prefix = normalize_prefix("uploads", prefix)?
+                    }
                 }
             }
         }

@@ -24,6 +24,9 @@ use tokio::time::Sleep;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+/// How long, and how much input, a closing connection drains after its last response.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
 const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 #[derive(Clone, Copy)]
@@ -90,6 +93,13 @@ pub struct GuardedIo<S> {
     read_timer_at: Option<Instant>,
     write_timer: Option<Pin<Box<Sleep>>>,
     write_timer_at: Option<Instant>,
+    /// Set once the write side is shut: draining input until this deadline.
+    linger: Option<Lingering>,
+}
+
+struct Lingering {
+    deadline: Instant,
+    drained: usize,
 }
 
 impl<S> GuardedIo<S> {
@@ -106,6 +116,7 @@ impl<S> GuardedIo<S> {
             read_timer_at: None,
             write_timer: None,
             write_timer_at: None,
+            linger: None,
         }
     }
 
@@ -272,10 +283,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                // Any change of phase (a response ending) must wake this read to re-arm.
+                this.state.park_reader(cx.waker());
                 let Some((deadline, expiry)) = this.head_deadline() else {
-                    if matches!(this.phase, Phase::InRequest) {
-                        this.state.park_reader(cx.waker());
-                    }
                     return Poll::Pending;
                 };
                 if this.read_timer_at != Some(deadline) {
@@ -300,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -341,7 +351,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    /// Closes like nginx's lingering close: send FIN, then read and discard what the client is
+    /// still sending (a body refused with 413, say) for a short while, so that closing with
+    /// unread input does not reset the connection before the client has read the response.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let deadline = Instant::now() + LINGER_TIME;
+            this.read_timer.as_mut().reset(deadline.into());
+            this.read_timer_at = Some(deadline);
+            this.linger = Some(Lingering {
+                deadline,
+                drained: 0,
+            });
+        }
+        let mut sink = [0u8; 8192];
+        loop {
+            let linger = this.linger.as_mut().expect("set above");
+            if linger.drained > LINGER_BYTES || Instant::now() >= linger.deadline {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => linger.drained += buf.filled().len(),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    ready!(this.read_timer.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }

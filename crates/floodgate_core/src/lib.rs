@@ -20,6 +20,7 @@ pub mod router;
 pub mod safe_path;
 pub mod server;
 pub mod units;
+pub mod upload;
 
 pub use config::ServerSpec;
 pub use server::{listen, RunningServer};

@@ -17,10 +17,15 @@ pub enum Rejection {
     NotFound,
     MethodNotAllowed,
     RangeNotSatisfiable,
+    BodyTooLarge,
+    ReadTimeout,
+    UploadTimeout,
+    UploadTooSlow,
+    RateLimited,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -29,6 +34,11 @@ impl Rejection {
         Rejection::NotFound,
         Rejection::MethodNotAllowed,
         Rejection::RangeNotSatisfiable,
+        Rejection::BodyTooLarge,
+        Rejection::ReadTimeout,
+        Rejection::UploadTimeout,
+        Rejection::UploadTooSlow,
+        Rejection::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +51,11 @@ impl Rejection {
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::RangeNotSatisfiable => "range_not_satisfiable",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::ReadTimeout => "read_timeout",
+            Rejection::UploadTimeout => "upload_timeout",
+            Rejection::UploadTooSlow => "upload_too_slow",
+            Rejection::RateLimited => "rate_limited",
         }
     }
 }

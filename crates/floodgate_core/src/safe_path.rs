@@ -32,6 +32,36 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, Reject> {
     Ok(canonical)
 }
 
+/// Where an upload to `rel` may be written: a new or existing file whose folder exists inside
+/// `root`. Same segment rules as `resolve`; the folder is canonicalized, the name is not (it may
+/// not exist yet), so it cannot be a symlink trick either: an existing symlink at the name is
+/// refused.
+pub fn resolve_new(root: &Path, rel: &str) -> Result<PathBuf, Reject> {
+    let mut segments = Vec::new();
+    for raw in rel.split('/').filter(|segment| !segment.is_empty()) {
+        let segment = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| Reject::NotFound)?;
+        if !is_plain_segment(&segment) {
+            return Err(Reject::NotFound);
+        }
+        segments.push(segment.into_owned());
+    }
+    let name = segments.pop().ok_or(Reject::NotFound)?;
+    let folder = segments
+        .iter()
+        .fold(root.to_path_buf(), |path, segment| path.join(segment));
+    let folder = std::fs::canonicalize(folder).map_err(|_| Reject::NotFound)?;
+    if !folder.starts_with(root) || !folder.is_dir() {
+        return Err(Reject::NotFound);
+    }
+    let target = folder.join(name);
+    match std::fs::symlink_metadata(&target) {
+        Ok(meta) if !meta.is_file() => Err(Reject::NotFound),
+        _ => Ok(target),
+    }
+}
+
 fn is_plain_segment(segment: &str) -> bool {
     !segment.is_empty()
         && !segment.starts_with('.')
@@ -88,6 +118,27 @@ mod tests {
             "/%ff",
         ] {
             assert_eq!(resolve(&root, rel), Err(Reject::NotFound), "{rel}");
+        }
+    }
+
+    #[test]
+    fn upload_targets() {
+        let (_dir, root) = root();
+        assert_eq!(resolve_new(&root, "/new.bin"), Ok(root.join("new.bin")));
+        assert_eq!(
+            resolve_new(&root, "/docs/sub/c.txt"),
+            Ok(root.join("docs/sub/c.txt"))
+        );
+        for rel in [
+            "/",
+            "/docs",
+            "/missing/x.bin",
+            "/../x",
+            "/%2e%2e/x",
+            "/.hidden",
+            "/a%2fb",
+        ] {
+            assert_eq!(resolve_new(&root, rel), Err(Reject::NotFound), "{rel}");
         }
     }
 

@@ -238,8 +238,12 @@ async fn serve_connection(
     let service = {
         let shared = Arc::clone(&shared);
         service_fn(move |request: Request<Incoming>| {
-            let response = handle(&shared, request, peer, &conn);
-            async move { Ok::<_, Infallible>(response) }
+            // Counted before the handler's future first runs: the socket wrapper must leave its
+            // head deadline as soon as hyper has the head.
+            conn.request_started();
+            let shared = Arc::clone(&shared);
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(handle(&shared, request, peer, &conn).await) }
         })
     };
     let connection = shared.builder.serve_connection(io, service);
@@ -254,22 +258,23 @@ async fn serve_connection(
     }
 }
 
-fn handle(
+async fn handle(
     shared: &Shared,
     request: Request<Incoming>,
     peer: SocketAddr,
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
-    conn.request_started();
     shared.metrics.request();
-    let response = match shared.mounts.find(request.uri().path()) {
+    let path = request.uri().path().to_string();
+    let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {
             let context = RequestContext {
                 client: client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy),
+                user: None,
                 conn: Arc::clone(conn),
                 metrics: Arc::clone(&shared.metrics),
             };
-            app.handle(&request, rel, context)
+            app.handle(request, rel, context).await
         }
         None => {
             shared.metrics.reject(Rejection::NotFound);

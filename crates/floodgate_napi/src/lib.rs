@@ -3,8 +3,11 @@
 //! Options cross the boundary as plain JSON objects and are validated by the core's typed
 //! config (one source of defaults and error messages). No protection logic lives here.
 
-use floodgate_core::config::{self, FilesConfig, ServerConfig, ServerSpec, StreamingConfig};
+use floodgate_core::config::{
+    self, FilesConfig, ServerConfig, ServerSpec, StreamingConfig, UploadsConfig,
+};
 use floodgate_core::files::FilesMount;
+use floodgate_core::upload::UploadsMount;
 use floodgate_core::RunningServer;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -15,7 +18,7 @@ fn invalid(message: String) -> Error {
     Error::new(Status::InvalidArg, message)
 }
 
-/// Checks one options object (`kind`: `server`, `streaming` or `files`) and throws naming the
+/// Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws naming the
 /// offending option. Returns the options with every default filled in.
 #[napi]
 pub fn validate_options(kind: String, options: serde_json::Value) -> Result<serde_json::Value> {
@@ -31,6 +34,9 @@ pub fn validate_options(kind: String, options: serde_json::Value) -> Result<serd
         "streaming" => check::<StreamingConfig>(options.clone(), StreamingConfig::validate),
         "files" => check::<FilesConfig>(options.clone(), |files| {
             FilesMount::new(files.clone()).map(drop)
+        }),
+        "uploads" => check::<UploadsConfig>(options.clone(), |uploads| {
+            UploadsMount::new(uploads.clone()).map(drop)
         }),
         other => Err(format!("unknown options kind {other:?}")),
     }

@@ -1,4 +1,5 @@
-//! Protections applied before any handler runs: connection slots and bandwidth.
+//! Protections applied before any handler runs: connection slots, request rates and bandwidth.
 
 pub mod bucket;
 pub mod conn;
+pub mod rate;
