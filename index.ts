@@ -65,6 +65,8 @@ export interface UploadsOptions {
   dir: string
   /** Replace an existing file (default true) or answer 409. */
   overwrite?: boolean
+  /** Sync each upload to disk before it appears under its name (default true). */
+  fsync?: boolean
 }
 
 export interface FilesOptions {

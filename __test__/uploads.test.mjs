@@ -199,7 +199,8 @@ test('closing the server mid-upload removes the temp file', async (t) => {
   socket.write(Buffer.alloc(100 * 1024, 7))
   await eventually(() => leftovers(root).length === 1)
   await server.close({ drain: 200 })
-  t.deepEqual(leftovers(root), [])
+  // The disk worker drops the temporary file as soon as its upload is abandoned.
+  t.true(await eventually(() => leftovers(root).length === 0, { timeout: 2000 }))
   t.false(existsSync(join(root, 'closing.bin')))
   socket.destroy()
 })

@@ -4,12 +4,14 @@
 import { writeFileSync, mkdirSync } from 'node:fs'
 import { cpus, totalmem, platform, release, arch } from 'node:os'
 import { fileURLToPath } from 'node:url'
+import { spawnSync } from 'node:child_process'
 import { PEERS } from './lib/peers.mjs'
 import { makeFixtures } from './lib/fixtures.mjs'
 import files from './workloads/files.mjs'
 import download from './workloads/download.mjs'
+import upload, { uploadDir } from './workloads/upload.mjs'
 
-const WORKLOADS = [files, download]
+const WORKLOADS = [files, download, upload]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
@@ -26,19 +28,21 @@ const report = { date: new Date().toISOString(), command: `npm run bench -- ${ar
 for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) {
   const sizes = typeof workload.fixtures === 'function' ? workload.fixtures(quick) : workload.fixtures
   const fixture = makeFixtures(sizes)
+  const uploads = uploadDir()
   const entry = { name: workload.name, primary: workload.primary, results: {} }
-  for (const peer of PEERS.filter((p) => workload.peers.includes(p.name))) {
+  for (const peer of workload.peers.map((name) => PEERS.find((p) => p.name === name))) {
     const available = peer.available()
     if (available !== true) {
       entry.results[peer.name] = { skipped: available }
       console.error(`${workload.name}: ${peer.name} skipped (${available})`)
       continue
     }
-    const server = await peer.start({ ROOT: fixture.root })
+    const server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir })
     try {
       // One short warm-up so page cache and JIT are hot for everyone alike.
-      await workload.run({ port: server.port, pids: server.pids, quick: true, warmup: true }).catch(() => {})
-      entry.results[peer.name] = await workload.run({ port: server.port, pids: server.pids, quick })
+      await workload.run({ port: server.port, pids: server.pids, root: fixture.root, quick: true, warmup: true }).catch(() => {})
+      spawnSync('sync') // start every measured run with no dirty pages pending writeback
+      entry.results[peer.name] = await workload.run({ port: server.port, pids: server.pids, root: fixture.root, quick })
       console.error(`${workload.name}: ${peer.name} ${JSON.stringify(entry.results[peer.name])}`)
     } catch (err) {
       entry.results[peer.name] = { error: String(err.message ?? err) }
@@ -47,6 +51,7 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
     }
   }
   fixture.cleanup()
+  uploads.cleanup()
   const subject = entry.results.floodgate?.[workload.primary]
   entry.ratios = Object.fromEntries(
     Object.entries(entry.results)

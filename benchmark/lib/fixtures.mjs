@@ -1,6 +1,7 @@
 // Benchmark fixture files, made once per run in a temp folder.
 import { mkdtempSync, openSync, writeSync, closeSync, rmSync, chmodSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 
 export function makeFixtures(sizes) {
@@ -14,5 +15,7 @@ export function makeFixtures(sizes) {
     }
     closeSync(fd)
   }
+  // Flush the fixtures' dirty pages now, so no peer pays for their writeback mid-run.
+  spawnSync('sync')
   return { root, cleanup: () => rmSync(root, { recursive: true, force: true }) }
 }

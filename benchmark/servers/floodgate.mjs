@@ -5,8 +5,14 @@ const require = createRequire(import.meta.url)
 const { Server, StreamingApp } = require('../../index.js')
 
 const server = new Server({ maxConnectionsPerIp: 0 })
-const app = new StreamingApp({ rateLimitBandwidth: 0, rateLimitRequests: 0, downloadTimeout: 0 })
+const app = new StreamingApp({
+  rateLimitBandwidth: 0,
+  rateLimitRequests: 0,
+  downloadTimeout: 0,
+  maxUploadSize: '2gb',
+})
 app.files('/files', { root: process.env.ROOT })
+app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
 server.mount('/stream', app)
 const { port } = await server.listen({ port: 0, host: '127.0.0.1' })
 console.log(`READY ${port}`)

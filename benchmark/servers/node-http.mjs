@@ -1,11 +1,18 @@
 // Node `http` + fs.createReadStream: the obvious way to serve a file from Node.
 import http from 'node:http'
-import { createReadStream, statSync } from 'node:fs'
+import { createReadStream, createWriteStream, statSync } from 'node:fs'
+import { pipeline } from 'node:stream/promises'
 import { join, basename } from 'node:path'
 
 const root = process.env.ROOT
-const server = http.createServer((req, res) => {
+const server = http.createServer(async (req, res) => {
   const name = basename(req.url)
+  if (req.method === 'PUT') {
+    // The obvious upload: pipe the request into a file.
+    await pipeline(req, createWriteStream(join(process.env.UPLOAD_DIR ?? root, name)))
+    res.writeHead(201).end()
+    return
+  }
   let stat
   try {
     stat = statSync(join(root, name))

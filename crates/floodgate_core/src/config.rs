@@ -154,6 +154,10 @@ pub struct UploadsConfig {
     /// Replace an existing file (atomically) or answer 409.
     #[serde(default = "yes")]
     pub overwrite: bool,
+    /// Sync the file to disk before renaming it into place, so a crash can never leave a
+    /// complete-looking name with incomplete content. Off trades that for throughput.
+    #[serde(default = "yes")]
+    pub fsync: bool,
 }
 
 fn yes() -> bool {

@@ -21,6 +21,7 @@ pub mod safe_path;
 pub mod server;
 pub mod units;
 pub mod upload;
+pub mod upload_sink;
 
 pub use config::ServerSpec;
 pub use server::{listen, RunningServer};

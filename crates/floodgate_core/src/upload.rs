@@ -1,21 +1,20 @@
 //! `StreamingApp.uploads(prefix, { dir })`: a raw PUT/POST body streamed to a file, atomically.
 //!
 //! The body goes to a temporary dotfile beside the target (never served: dotfiles are refused)
-//! and is renamed into place only after the last byte arrived and was flushed to disk. Any
-//! failure — too large, too slow, client gone, server closing — drops the temporary file, which
-//! removes it. Memory stays one body frame, whatever the size.
+//! and is renamed into place only after the last byte arrived and was flushed to disk
+//! (`upload_sink`). Any failure — too large, too slow, client gone, server closing — drops the
+//! temporary file, which removes it. Memory stays a few batches, whatever the size.
 
 use crate::body::{self, Body};
 use crate::config::UploadsConfig;
 use crate::limit::bucket::{piece_size, Shaper};
 use crate::metrics::{Metrics, Rejection};
 use crate::safe_path;
-use bytes::Bytes;
+use crate::upload_sink::{SinkError, Stored, UploadSink};
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 pub struct UploadsMount {
     dir: PathBuf,
     overwrite: bool,
+    fsync: bool,
 }
 
 /// The app's limits for one upload.
@@ -56,6 +56,7 @@ impl UploadsMount {
         Ok(Self {
             dir,
             overwrite: config.overwrite,
+            fsync: config.fsync,
         })
     }
 
@@ -92,76 +93,47 @@ impl UploadsMount {
             // gets this instead of `100 Continue`, since hyper only sends that on the first read.
             return reject(&limits.metrics, Rejection::BodyTooLarge);
         }
-        let Some(folder) = target.parent() else {
-            return reject(&limits.metrics, Rejection::NotFound);
+        let Some(temp) = target.parent().and_then(|folder| {
+            tempfile::Builder::new()
+                .prefix(&temp_prefix(&target))
+                .suffix(".upload")
+                .tempfile_in(folder)
+                .ok()
+        }) else {
+            return server_error();
         };
-        let temp = match tempfile::Builder::new()
-            .prefix(&temp_prefix(&target))
-            .suffix(".upload")
-            .tempfile_in(folder)
-        {
-            Ok(temp) => temp,
-            Err(_) => {
-                return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        let sink = UploadSink::start(temp, target.clone(), self.overwrite, self.fsync);
+        match receive_body(request.into_body(), &sink, &limits).await {
+            Ok(()) => {}
+            Err(Stop::Rejected(reason)) => return reject(&limits.metrics, reason),
+            Err(Stop::ClientGone) => {
+                return body::text(StatusCode::BAD_REQUEST, "Upload aborted\n")
             }
-        };
-        match receive_body(request.into_body(), temp, &limits).await {
-            Ok((temp, size, sha256)) => self.commit(temp, &target, size, sha256).await,
-            Err(Stop::Rejected(reason)) => reject(&limits.metrics, reason),
-            Err(Stop::ClientGone) => body::text(StatusCode::BAD_REQUEST, "Upload aborted\n"),
-            Err(Stop::Disk) => {
-                body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
-            }
+            Err(Stop::Disk) => return server_error(),
+        }
+        match sink.commit().await {
+            Ok(stored) => self.created(&target, stored),
+            Err(SinkError::Exists) => conflict(),
+            Err(SinkError::Io(_) | SinkError::Abandoned) => server_error(),
         }
     }
 
-    /// Flushes the complete temporary file to disk and renames it into place.
-    async fn commit(
-        &self,
-        temp: tempfile::NamedTempFile,
-        target: &Path,
-        size: u64,
-        sha256: String,
-    ) -> Response<Body> {
-        let destination = target.to_path_buf();
-        let overwrite = self.overwrite;
-        let persisted = tokio::task::spawn_blocking(move || {
-            temp.as_file().sync_data()?;
-            if overwrite {
-                temp.persist(&destination)
-                    .map(drop)
-                    .map_err(|err| err.error)
-            } else {
-                // Link-then-unlink: fails atomically if the name appeared meanwhile.
-                temp.persist_noclobber(&destination)
-                    .map(drop)
-                    .map_err(|err| err.error)
-            }
-        })
-        .await;
-        match persisted {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) if err.kind() == std::io::ErrorKind::AlreadyExists => return conflict(),
-            _ => return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"),
-        }
-        let name = self.relative_name(target);
-        let json = serde_json::json!({ "name": name, "size": size, "sha256": sha256 }).to_string();
-        let mut response = Response::new(body::full(json));
+    fn created(&self, target: &Path, stored: Stored) -> Response<Body> {
+        let relative = target.strip_prefix(&self.dir).unwrap_or(target);
+        let name = relative
+            .iter()
+            .map(|part| part.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        let json =
+            serde_json::json!({ "name": name, "size": stored.size, "sha256": stored.sha256 });
+        let mut response = Response::new(body::full(json.to_string()));
         *response.status_mut() = StatusCode::CREATED;
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         response
-    }
-
-    fn relative_name(&self, target: &Path) -> String {
-        let relative = target.strip_prefix(&self.dir).unwrap_or(target);
-        relative
-            .iter()
-            .map(|part| part.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/")
     }
 }
 
@@ -173,27 +145,23 @@ fn temp_prefix(target: &Path) -> String {
     format!(".{name}.")
 }
 
-/// Reads the body frame by frame into `temp`, enforcing size, time, minimum rate and shaping.
-async fn receive_body<B>(
-    mut body: B,
-    mut temp: tempfile::NamedTempFile,
-    limits: &UploadLimits,
-) -> Result<(tempfile::NamedTempFile, u64, String), Stop>
+/// Reads the body frame by frame into the sink, enforcing size, time, minimum rate and
+/// shaping. Small frames are gathered into batches of a few chunks to spare write calls.
+async fn receive_body<B>(mut body: B, sink: &UploadSink, limits: &UploadLimits) -> Result<(), Stop>
 where
     B: HttpBody<Data = Bytes> + Unpin,
 {
     let started = Instant::now();
     let whole_deadline = started + limits.upload_timeout;
-    let mut hasher = Sha256::new();
+    let batch_size = (limits.chunk_size * 4) as usize;
+    let mut batch = BytesMut::new();
     let mut size: u64 = 0;
     loop {
-        let now = Instant::now();
-        let read_deadline = now + limits.read_timeout;
+        let read_deadline = Instant::now() + limits.read_timeout;
         // With no more bytes, the average rate falls under the minimum at this instant.
         let rate_deadline = (limits.min_rate > 0).then(|| {
-            let allowed = Duration::from_secs_f64(size as f64 / limits.min_rate as f64)
-                .max(limits.min_rate_grace);
-            started + allowed
+            let allowed = Duration::from_secs_f64(size as f64 / limits.min_rate as f64);
+            started + allowed.max(limits.min_rate_grace)
         });
         let (deadline, reason) = [
             (read_deadline, Rejection::ReadTimeout),
@@ -212,15 +180,24 @@ where
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        size += data.len() as u64;
+        let received = data.len() as u64;
+        size += received;
         if size > limits.max_size {
             return Err(Stop::Rejected(Rejection::BodyTooLarge));
         }
-        hasher.update(&data);
-        temp.write_all(&data).map_err(|_| Stop::Disk)?;
+        if batch.is_empty() && data.len() >= batch_size {
+            sink.write(data).await.map_err(|_| Stop::Disk)?;
+        } else {
+            batch.extend_from_slice(&data);
+            if batch.len() >= batch_size {
+                sink.write(batch.split().freeze())
+                    .await
+                    .map_err(|_| Stop::Disk)?;
+            }
+        }
         if limits.shaper.is_active() {
             let piece = piece_size(limits.chunk_size, limits.bandwidth);
-            let mut owed = data.len() as u64;
+            let mut owed = received;
             while owed > 0 {
                 let take = owed.min(piece);
                 limits.shaper.take(take).await;
@@ -228,12 +205,18 @@ where
             }
         }
     }
-    temp.flush().map_err(|_| Stop::Disk)?;
-    Ok((temp, size, format!("{:x}", hasher.finalize())))
+    if !batch.is_empty() {
+        sink.write(batch.freeze()).await.map_err(|_| Stop::Disk)?;
+    }
+    Ok(())
 }
 
 fn conflict() -> Response<Body> {
     body::text(StatusCode::CONFLICT, "A file with that name exists\n")
+}
+
+fn server_error() -> Response<Body> {
+    body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
 }
 
 /// A refusal that ends the connection: the rest of the body is not read.
@@ -241,7 +224,6 @@ fn reject(metrics: &Metrics, reason: Rejection) -> Response<Body> {
     metrics.reject(reason);
     let (status, message) = match reason {
         Rejection::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
-        Rejection::NotFound => (StatusCode::NOT_FOUND, "Not Found\n"),
         _ => (StatusCode::REQUEST_TIMEOUT, "Request Timeout\n"),
     };
     let mut response = body::text(status, message);

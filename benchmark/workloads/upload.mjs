@@ -1,0 +1,37 @@
+// A 256 MiB request body written to disk (curl -T): throughput and server RSS growth.
+// floodgate flushes each upload to disk (fsync) before answering; the Node peer does not.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { run, peakRss } from '../lib/proc.mjs'
+
+const MiB = 1024 ** 2
+
+export default {
+  name: 'upload-256MiB',
+  fixtures: (quick) => ({ 'body.bin': (quick ? 64 : 256) * MiB }),
+  peers: ['node-http', 'floodgate'],
+  // Disk writeback makes single runs noisy: the median of three uploads, each to a new name.
+  async run({ port, pids, root, warmup }) {
+    const runs = []
+    for (let i = 0; i < (warmup ? 1 : 3); i++) {
+      spawnSync('sync') // each upload starts with no dirty pages pending writeback
+      const url = `http://127.0.0.1:${port}/stream/up/received-${Date.now()}-${i}.bin`
+      const { result, before, peak } = await peakRss(pids, () =>
+        run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code} %{size_upload} %{time_total}', '-T', join(root, 'body.bin'), url]),
+      )
+      const [status, bytes, seconds] = result.stdout.trim().split(' ').map(Number)
+      if (status !== 201) throw new Error(`upload answered ${status}`)
+      runs.push({ 'GB/s': bytes / seconds / 1e9, 'RSS growth MiB': (peak - before) / MiB })
+    }
+    runs.sort((a, b) => a['GB/s'] - b['GB/s'])
+    return { ...runs[Math.floor(runs.length / 2)], 'RSS growth MiB': Math.max(...runs.map((r) => r['RSS growth MiB'])) }
+  },
+  primary: 'GB/s',
+}
+
+export function uploadDir() {
+  const dir = mkdtempSync(join(tmpdir(), 'floodgate-bench-up-'))
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+}
