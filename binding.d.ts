@@ -9,21 +9,57 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** A listening server. */
+/** A server: its JS bridge, and once listening, the running core server. */
 export declare class NativeServer {
-  get port(): number
-  get address(): string
+  /**
+   * `onRequests(batch)` receives JS-handled requests in batches; `onAborts(ids)` lists
+   * exchanges that ended before JS finished them.
+   */
+  constructor(onRequests: (arg: Array<NativeRequest>) => void, onAborts: (arg: Array<number>) => void)
+  /** Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts). */
+  listen(spec: any, host: string, port: number): Promise<BoundAddress>
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
   stats(): any
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
+  /** Answers exchange `id` with a complete body. `false` when the exchange is gone. */
+  respond(id: number, status: number, headers: Array<string>, body?: Buffer | string | undefined | null): boolean
+  /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */
+  respondStream(id: number, status: number, headers: Array<string>): boolean
+  /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */
+  respondFile(id: number, status: number, headers: Array<string>, path: string, filename: string | undefined | null, mediaType: string | undefined | null, attachment: boolean): boolean
+  /**
+   * Queues a chunk if there is room: `true` queued, `false` full (await `write`). Throws
+   * when the client is gone.
+   */
+  tryWrite(id: number, chunk: Buffer): boolean
+  /** Queues a chunk once the client has taken the previous ones. Rejects when it is gone. */
+  write(id: number, chunk: Buffer): Promise<void>
+  /** Ends a streamed response. */
+  end(id: number): void
+  /** The next chunk of the request body, or null at its end. */
+  readBody(id: number): Promise<Buffer | null>
 }
 
-/** Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts). */
-export declare function listen(spec: any, host: string, port: number): Promise<NativeServer>
+export interface BoundAddress {
+  port: number
+  address: string
+}
+
+/** One request as JS receives it. */
+export interface NativeRequest {
+  id: number
+  handler: number
+  method: string
+  url: string
+  headers: Array<string>
+  params: Array<string>
+  client: string
+  hasBody: boolean
+}
 
 /**
- * Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws naming the
- * offending option. Returns the options with every default filled in.
+ * Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws
+ * naming the offending option.
  */
-export declare function validateOptions(kind: string, options: any): any
+export declare function validateOptions(kind: string, options: any): void

@@ -3,7 +3,13 @@
  * under path prefixes and served by Rust. Options are validated by the native core (one source
  * of defaults); a wrong option throws a `TypeError` naming it, at construction.
  */
+import { EventEmitter } from 'node:events'
 import * as native from './binding'
+import { HandlerBridge, type Handler } from './handlers'
+
+export { StreamingResponse, FileResponse } from './handlers'
+export type { Handler, FetchHandler, HandlerContext, HandlerResult, StreamingInit, FileInit } from './handlers'
+export { fromNodeHandler } from './node-adapter'
 
 /** A size in bytes, or a string such as `'64kb'`, `'100mb'`. */
 export type Size = number | string
@@ -56,6 +62,10 @@ export interface StreamingOptions {
   rateLimitRequests?: number
   /** Default 1m. */
   rateLimitWindow?: Duration
+  /** A JS handler that has not answered within this gets 503. Default 30s. */
+  handlerTimeout?: Duration
+  /** JS requests in flight for this app; beyond it 503 + Retry-After without calling JS. Default 1024. */
+  maxInflight?: number
   /** Requests allowed at once before the rate applies; 0 means `rateLimitRequests`. Default 0. */
   rateLimitBurst?: number
 }
@@ -124,6 +134,15 @@ function checkPrefix(prefix: unknown, what: string): string {
 type RouteSpec =
   | { kind: 'files'; prefix: string; options: FilesOptions }
   | { kind: 'uploads'; prefix: string; options: UploadsOptions }
+  | { kind: 'handler'; method: string | null; path: string; handler: Handler }
+
+function checkHandler(handler: unknown, what: string): Handler {
+  const ok =
+    typeof handler === 'function' ||
+    (typeof handler === 'object' && handler !== null && typeof (handler as { fetch?: unknown }).fetch === 'function')
+  if (!ok) throw new TypeError(`${what}: handler must be a function or an object with a fetch method`)
+  return handler as Handler
+}
 
 /** A group of Rust-served streaming routes sharing one set of limits. */
 export class StreamingApp {
@@ -151,58 +170,120 @@ export class StreamingApp {
     return this
   }
 
-  /** @internal the JSON spec handed to the native core. */
-  toSpec() {
-    return { options: this.options, routes: this.#routes }
+  /** A JS handler for `method` (or any method) at `path` (`:param` segments, trailing `*`). */
+  route(method: string | null, path: string, handler: Handler): this {
+    checkPrefix(path, 'route')
+    this.#routes.push({ kind: 'handler', method, path, handler: checkHandler(handler, 'route') })
+    return this
+  }
+
+  get(path: string, handler: Handler): this {
+    return this.route('GET', path, handler)
+  }
+
+  post(path: string, handler: Handler): this {
+    return this.route('POST', path, handler)
+  }
+
+  put(path: string, handler: Handler): this {
+    return this.route('PUT', path, handler)
+  }
+
+  delete(path: string, handler: Handler): this {
+    return this.route('DELETE', path, handler)
+  }
+
+  all(path: string, handler: Handler): this {
+    return this.route(null, path, handler)
+  }
+
+  /** @internal the JSON spec handed to the native core; handlers become ids. */
+  toSpec(register: (handler: Handler) => number) {
+    const routes = this.#routes.map((route) =>
+      route.kind === 'handler' ? { ...route, handler: register(route.handler) } : route,
+    )
+    return { options: this.options, routes }
   }
 }
 
-/** Owns the listening socket; apps are mounted under path prefixes, longest prefix wins. */
-export class Server {
+/** Options of a JS handler mount (`server.mount('/api', handler, options)`). */
+export type HandlerMountOptions = Pick<
+  StreamingOptions,
+  'maxUploadSize' | 'readTimeout' | 'handlerTimeout' | 'maxInflight' | 'rateLimitRequests' | 'rateLimitWindow' | 'rateLimitBurst' | 'rateLimitBandwidth' | 'sendTimeout'
+>
+
+/**
+ * Owns the listening socket; apps are mounted under path prefixes, longest prefix wins.
+ * Emits `error` with the cause when a JS handler throws (logged when nobody listens).
+ */
+export class Server extends EventEmitter {
   readonly options: ServerOptions
   readonly #mounts: { prefix: string; app: StreamingApp }[] = []
+  readonly #bridge = new HandlerBridge((error) => this.#reportError(error))
   #native: native.NativeServer | undefined
+  #listening = false
   #closing: Promise<void> | undefined
   // The native server lives on Rust threads, which do not keep Node's event loop alive the way a
   // listening `net.Server` does; this timer is that reference while the server is open.
   #keepAlive: NodeJS.Timeout | undefined
 
   constructor(options: ServerOptions = {}) {
+    super()
     this.options = validated('server', options, 'Server')
   }
 
-  /** Mounts `app` at `prefix`; it sees request paths with the prefix stripped. */
-  mount(prefix: string, app: StreamingApp): this {
+  #reportError(error: unknown): void {
+    if (this.listenerCount('error') > 0) this.emit('error', error)
+    else console.error('floodgate: a handler failed:', error)
+  }
+
+  /**
+   * Mounts a `StreamingApp`, or a JS handler (a fetch-style function or an object with
+   * `fetch`, such as a Hono app) at `prefix`; it sees request paths with the prefix stripped.
+   * A handler mount has no rate or bandwidth limit unless `options` sets one.
+   */
+  mount(prefix: string, app: StreamingApp | Handler, options: HandlerMountOptions = {}): this {
     checkPrefix(prefix, 'mount')
+    if (this.#listening) throw new Error('mount: the server is already listening')
     if (!(app instanceof StreamingApp)) {
-      throw new TypeError('mount: app must be a StreamingApp')
+      const handler = checkHandler(app, 'mount')
+      app = new StreamingApp({ rateLimitRequests: 0, rateLimitBandwidth: 0, ...options }).all('/*', handler)
     }
-    if (this.#native) throw new Error('mount: the server is already listening')
     this.#mounts.push({ prefix, app })
     return this
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async listen({ port = 0, host = '127.0.0.1' }: ListenOptions = {}): Promise<AddressInfo> {
-    if (this.#native) throw new Error('listen: the server is already listening')
+    if (this.#listening) throw new Error('listen: the server is already listening')
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw new TypeError('listen: port must be an integer from 0 to 65535')
     }
+    this.#listening = true
     const spec = {
       options: this.options,
-      mounts: this.#mounts.map(({ prefix, app }) => ({ prefix, app: app.toSpec() })),
+      mounts: this.#mounts.map(({ prefix, app }) => ({ prefix, app: app.toSpec((h) => this.#bridge.register(h)) })),
     }
-    this.#native = await native.listen(spec, host, port)
+    const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts)
+    this.#bridge.native = server
+    try {
+      const { port: bound, address } = await server.listen(spec, host, port)
+      this.#native = server
+      const hostForUrl = address.includes(':') ? `[${address}]` : address
+      this.#address = { port: bound, address, url: `http://${hostForUrl}:${bound}` }
+    } catch (error) {
+      this.#listening = false
+      throw error
+    }
     this.#keepAlive = setInterval(() => {}, 1 << 30)
-    return this.address()!
+    return this.#address
   }
+
+  #address: AddressInfo | undefined
 
   /** The bound address, or undefined before `listen`. */
   address(): AddressInfo | undefined {
-    if (!this.#native) return undefined
-    const { port, address } = this.#native
-    const hostForUrl = address.includes(':') ? `[${address}]` : address
-    return { port, address, url: `http://${hostForUrl}:${port}` }
+    return this.#address
   }
 
   /** Live counters: connections, bytes, and rejections by reason. */

@@ -1,17 +1,20 @@
-//! A mounted streaming app: its limits and its routes (files, uploads).
+//! A mounted streaming app: its limits and its routes (JS handlers, files, uploads).
 //!
 //! Every request first passes the app's request-rate limiter (keyed by user, else address);
 //! then the route's own protections apply.
 
 use crate::body::{self, Body};
+use crate::bridge::Bridge;
 use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
 use crate::conn_state::ConnState;
 use crate::delivery::Delivery;
 use crate::files::FilesMount;
+use crate::js_call::{call_js, JsLimits, JsTarget};
 use crate::limit::bucket::{ClientBuckets, Shaper};
 use crate::limit::conn::client_key;
 use crate::limit::rate::{Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
+use crate::route_pattern::RoutePattern;
 use crate::router::MountTable;
 use crate::upload::{UploadLimits, UploadsMount};
 use bytes::Bytes;
@@ -19,10 +22,16 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 enum Route {
     Files(FilesMount),
     Uploads(UploadsMount),
+}
+
+struct JsRoute {
+    pattern: RoutePattern,
+    handler: u32,
 }
 
 pub struct StreamingApp {
@@ -31,6 +40,9 @@ pub struct StreamingApp {
     download_buckets: Option<Arc<ClientBuckets>>,
     upload_buckets: Option<Arc<ClientBuckets>>,
     requests: Option<RequestLimiter>,
+    js_routes: Vec<JsRoute>,
+    bridge: Option<Arc<Bridge>>,
+    inflight: Arc<Semaphore>,
 }
 
 /// Who is asking, and over which connection.
@@ -43,9 +55,10 @@ pub struct RequestContext {
 }
 
 impl StreamingApp {
-    pub fn build(spec: StreamingSpec) -> Result<Self, String> {
+    pub fn build(spec: StreamingSpec, bridge: Option<Arc<Bridge>>) -> Result<Self, String> {
         let config = spec.options;
         let mut routes = MountTable::default();
+        let mut js_routes = Vec::new();
         for route in spec.routes {
             match route {
                 RouteSpec::Files { prefix, options } => {
@@ -53,6 +66,19 @@ impl StreamingApp {
                 }
                 RouteSpec::Uploads { prefix, options } => {
                     routes.insert(prefix, Route::Uploads(UploadsMount::new(options)?))
+                }
+                RouteSpec::Handler {
+                    method,
+                    path,
+                    handler,
+                } => {
+                    if bridge.is_none() {
+                        return Err("route: JS handlers need the JS bridge".into());
+                    }
+                    js_routes.push(JsRoute {
+                        pattern: RoutePattern::parse(method.as_deref(), &path)?,
+                        handler,
+                    });
                 }
             }
         }
@@ -65,8 +91,11 @@ impl StreamingApp {
                 config.rate_limit_window,
                 config.rate_limit_burst,
             ),
+            inflight: Arc::new(Semaphore::new(config.max_inflight as usize)),
             config,
             routes,
+            js_routes,
+            bridge,
         })
     }
 
@@ -77,7 +106,7 @@ impl StreamingApp {
         context: RequestContext,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
         context.conn.set_send_timeout(self.config.send_timeout);
         let decision = self.requests.as_ref().map(|limiter| {
@@ -97,7 +126,54 @@ impl StreamingApp {
             self.add_rate_headers(&mut response, decision);
             return response;
         }
-        let mut response = match self.routes.find(rel) {
+        let js_route = self.js_routes.iter().find_map(|route| {
+            route
+                .pattern
+                .matches(request.method(), rel)
+                .map(|params| (route.handler, params))
+        });
+        let mut response = match (js_route, &self.bridge) {
+            (Some((handler, params)), Some(bridge)) => {
+                let query = request
+                    .uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                let target = JsTarget {
+                    bridge,
+                    handler,
+                    params,
+                    url: format!("{rel}{query}"),
+                    client: context.client,
+                };
+                let limits = JsLimits {
+                    max_body: self.config.max_upload_size,
+                    read_timeout: self.config.read_timeout,
+                    handler_timeout: self.config.handler_timeout,
+                    inflight: &self.inflight,
+                    metrics: &context.metrics,
+                };
+                let delivery = self.delivery(&context);
+                call_js(request, target, limits, delivery).await
+            }
+            _ => self.route(request, rel, &context).await,
+        };
+        if let Some(decision) = &decision {
+            self.add_rate_headers(&mut response, decision);
+        }
+        response
+    }
+
+    async fn route<B>(
+        &self,
+        request: Request<B>,
+        rel: &str,
+        context: &RequestContext,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+    {
+        match self.routes.find(rel) {
             None => {
                 context.metrics.reject(Rejection::NotFound);
                 body::text(StatusCode::NOT_FOUND, "Not Found\n")
@@ -106,19 +182,15 @@ impl StreamingApp {
                 request.method(),
                 request.headers(),
                 rest,
-                self.delivery(&context),
+                self.delivery(context),
             ),
             Some((Route::Uploads(uploads), rest)) => {
                 let rest = rest.to_string();
                 uploads
-                    .receive(request, &rest, self.upload_limits(&context))
+                    .receive(request, &rest, self.upload_limits(context))
                     .await
             }
-        };
-        if let Some(decision) = &decision {
-            self.add_rate_headers(&mut response, decision);
         }
-        response
     }
 
     fn add_rate_headers(&self, response: &mut Response<Body>, decision: &Decision) {

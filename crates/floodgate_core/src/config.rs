@@ -99,6 +99,11 @@ pub struct StreamingConfig {
     pub rate_limit_window: Duration,
     /// Requests a client may make at once before the rate applies; 0 means `rateLimitRequests`.
     pub rate_limit_burst: u32,
+    /// A JS handler that has not answered within this gets its request 503.
+    #[serde(deserialize_with = "duration")]
+    pub handler_timeout: Duration,
+    /// JS requests in flight for this app; beyond it, 503 + Retry-After without calling JS.
+    pub max_inflight: u32,
 }
 
 impl Default for StreamingConfig {
@@ -119,6 +124,8 @@ impl Default for StreamingConfig {
             rate_limit_requests: 100,
             rate_limit_window: Duration::from_secs(60),
             rate_limit_burst: 0,
+            handler_timeout: Duration::from_secs(30),
+            max_inflight: 1024,
         }
     }
 }
@@ -175,6 +182,13 @@ pub enum RouteSpec {
     Uploads {
         prefix: String,
         options: UploadsConfig,
+    },
+    /// A JS handler: `method` (any when absent) and a path pattern with `:param` segments and
+    /// an optional trailing `*`.
+    Handler {
+        method: Option<String>,
+        path: String,
+        handler: u32,
     },
 }
 
@@ -250,6 +264,7 @@ impl StreamingConfig {
             ("uploadTimeout", self.upload_timeout),
             ("readTimeout", self.read_timeout),
             ("rateLimitWindow", self.rate_limit_window),
+            ("handlerTimeout", self.handler_timeout),
         ] {
             if duration.is_zero() {
                 return Err(format!("{name}: must be greater than 0"));
@@ -310,6 +325,7 @@ impl ServerSpec {
                     RouteSpec::Uploads { prefix, .. } => {
                         *prefix = normalize_prefix("uploads", prefix)?
                     }
+                    RouteSpec::Handler { path, .. } => *path = normalize_prefix("route", path)?,
                 }
             }
         }

@@ -21,7 +21,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct FilesMount {
     root: PathBuf,
-    config: FilesConfig,
+    options: FileOptions,
+}
+
+/// How one file is presented: disposition, name, type, caching.
+#[derive(Debug, Clone, Default)]
+pub struct FileOptions {
+    pub disposition: Disposition,
+    /// The name in Content-Disposition; the file's own name when absent.
+    pub filename: Option<String>,
+    /// Content-Type; guessed from the extension when absent.
+    pub media_type: Option<String>,
+    pub cache_control: Option<String>,
 }
 
 /// What the validators of one file are.
@@ -38,7 +49,13 @@ impl FilesMount {
         if !root.is_dir() {
             return Err(format!("files: root {:?} is not a folder", config.root));
         }
-        Ok(Self { root, config })
+        let options = FileOptions {
+            disposition: config.disposition,
+            filename: None,
+            media_type: None,
+            cache_control: config.cache_control,
+        };
+        Ok(Self { root, options })
     }
 
     pub fn serve(
@@ -57,148 +74,157 @@ impl FilesMount {
             return response;
         }
         match safe_path::resolve(&self.root, rel) {
-            Ok(path) => self.serve_path(&path, method, headers, delivery),
+            Ok(path) => serve_file(&path, &self.options, method, headers, delivery),
             Err(_) => not_found(&delivery),
         }
     }
+}
 
-    /// Serves a file chosen by someone else (a JS handler's `FileResponse`), already trusted.
-    pub fn serve_path(
-        &self,
-        path: &Path,
-        method: &Method,
-        headers: &HeaderMap,
-        delivery: Delivery,
-    ) -> Response<Body> {
-        let Ok(file) = File::open(path) else {
-            return not_found(&delivery);
-        };
-        let Ok(meta) = file.metadata() else {
-            return not_found(&delivery);
-        };
-        if !meta.is_file() {
-            return not_found(&delivery);
-        }
-        let len = meta.len();
-        let validators = validators(len, meta.modified().unwrap_or(UNIX_EPOCH));
-        let mut response_headers = HeaderMap::new();
-        response_headers.insert(header::ETAG, validators.etag_value.clone());
-        response_headers.typed_insert(LastModified::from(validators.last_modified));
-        response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Some(cache_control) = self
-            .config
-            .cache_control
-            .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            response_headers.insert(header::CACHE_CONTROL, cache_control);
-        }
+/// Serves the file at `path` (already chosen and trusted: a files mount resolved it, or a JS
+/// handler's `FileResponse` named it) with validators, ranges and the delivery's limits.
+pub fn serve_file(
+    path: &Path,
+    options: &FileOptions,
+    method: &Method,
+    headers: &HeaderMap,
+    delivery: Delivery,
+) -> Response<Body> {
+    let Ok(file) = File::open(path) else {
+        return not_found(&delivery);
+    };
+    let Ok(meta) = file.metadata() else {
+        return not_found(&delivery);
+    };
+    if !meta.is_file() {
+        return not_found(&delivery);
+    }
+    let len = meta.len();
+    let validators = validators(len, meta.modified().unwrap_or(UNIX_EPOCH));
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::ETAG, validators.etag_value.clone());
+    response_headers.typed_insert(LastModified::from(validators.last_modified));
+    response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(cache_control) = options
+        .cache_control
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        response_headers.insert(header::CACHE_CONTROL, cache_control);
+    }
 
-        if is_not_modified(headers, &validators) {
+    if is_not_modified(headers, &validators) {
+        return with_headers(
+            Response::new(body::empty()),
+            StatusCode::NOT_MODIFIED,
+            response_headers,
+        );
+    }
+
+    let content_type = match options
+        .media_type
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
+        Some(media_type) => media_type,
+        None => content_type(path),
+    };
+    response_headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let filename = options
+        .filename
+        .as_deref()
+        .or_else(|| path.file_name().and_then(|name| name.to_str()));
+    let kind = match options.disposition {
+        Disposition::Inline => DispositionKind::Inline,
+        Disposition::Attachment => DispositionKind::Attachment,
+    };
+    response_headers.insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(kind, filename),
+    );
+
+    let range_header = headers
+        .get(header::RANGE)
+        .filter(|_| range_applies(headers, &validators));
+    let (status, content_length, segments) = match range::evaluate(range_header, len) {
+        RangeOutcome::Full => {
+            response_headers.insert(header::CONTENT_TYPE, content_type);
+            let segments = if len == 0 {
+                vec![]
+            } else {
+                vec![Segment::File {
+                    start: 0,
+                    end: len - 1,
+                }]
+            };
+            (StatusCode::OK, len, segments)
+        }
+        RangeOutcome::Partial(ranges) if ranges.len() == 1 => {
+            let (start, end) = ranges[0];
+            response_headers.insert(header::CONTENT_TYPE, content_type);
+            response_headers.insert(
+                header::CONTENT_RANGE,
+                header_value(range::content_range(start, end, len)),
+            );
+            (
+                StatusCode::PARTIAL_CONTENT,
+                end - start + 1,
+                vec![Segment::File { start, end }],
+            )
+        }
+        RangeOutcome::Partial(ranges) => {
+            let multipart = Multipart {
+                boundary: new_boundary(),
+                content_type: content_type
+                    .to_str()
+                    .unwrap_or("application/octet-stream")
+                    .to_string(),
+                len,
+            };
+            let content_length = multipart.body_len(&ranges);
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                header_value(format!(
+                    "multipart/byteranges; boundary={}",
+                    multipart.boundary
+                )),
+            );
+            let mut segments = Vec::with_capacity(ranges.len() * 2 + 1);
+            for (index, (start, end)) in ranges.iter().copied().enumerate() {
+                segments.push(Segment::Bytes(Bytes::from(multipart.part_header(
+                    index == 0,
+                    start,
+                    end,
+                ))));
+                segments.push(Segment::File { start, end });
+            }
+            segments.push(Segment::Bytes(Bytes::from(multipart.trailer())));
+            (StatusCode::PARTIAL_CONTENT, content_length, segments)
+        }
+        RangeOutcome::Unsatisfiable => {
+            delivery.metrics.reject(Rejection::RangeNotSatisfiable);
+            response_headers.insert(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes */{len}")),
+            );
+            let response = body::text(StatusCode::RANGE_NOT_SATISFIABLE, "Range Not Satisfiable\n");
             return with_headers(
-                Response::new(body::empty()),
-                StatusCode::NOT_MODIFIED,
+                response,
+                StatusCode::RANGE_NOT_SATISFIABLE,
                 response_headers,
             );
         }
+    };
+    response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
 
-        let content_type = content_type(path);
-        response_headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        let filename = path.file_name().and_then(|name| name.to_str());
-        let kind = match self.config.disposition {
-            Disposition::Inline => DispositionKind::Inline,
-            Disposition::Attachment => DispositionKind::Attachment,
-        };
-        response_headers.insert(
-            header::CONTENT_DISPOSITION,
-            content_disposition(kind, filename),
-        );
-
-        let range_header = headers
-            .get(header::RANGE)
-            .filter(|_| range_applies(headers, &validators));
-        let (status, content_length, segments) = match range::evaluate(range_header, len) {
-            RangeOutcome::Full => {
-                response_headers.insert(header::CONTENT_TYPE, content_type);
-                let segments = if len == 0 {
-                    vec![]
-                } else {
-                    vec![Segment::File {
-                        start: 0,
-                        end: len - 1,
-                    }]
-                };
-                (StatusCode::OK, len, segments)
-            }
-            RangeOutcome::Partial(ranges) if ranges.len() == 1 => {
-                let (start, end) = ranges[0];
-                response_headers.insert(header::CONTENT_TYPE, content_type);
-                response_headers.insert(
-                    header::CONTENT_RANGE,
-                    header_value(range::content_range(start, end, len)),
-                );
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    end - start + 1,
-                    vec![Segment::File { start, end }],
-                )
-            }
-            RangeOutcome::Partial(ranges) => {
-                let multipart = Multipart {
-                    boundary: new_boundary(),
-                    content_type: content_type
-                        .to_str()
-                        .unwrap_or("application/octet-stream")
-                        .to_string(),
-                    len,
-                };
-                let content_length = multipart.body_len(&ranges);
-                response_headers.insert(
-                    header::CONTENT_TYPE,
-                    header_value(format!(
-                        "multipart/byteranges; boundary={}",
-                        multipart.boundary
-                    )),
-                );
-                let mut segments = Vec::with_capacity(ranges.len() * 2 + 1);
-                for (index, (start, end)) in ranges.iter().copied().enumerate() {
-                    segments.push(Segment::Bytes(Bytes::from(multipart.part_header(
-                        index == 0,
-                        start,
-                        end,
-                    ))));
-                    segments.push(Segment::File { start, end });
-                }
-                segments.push(Segment::Bytes(Bytes::from(multipart.trailer())));
-                (StatusCode::PARTIAL_CONTENT, content_length, segments)
-            }
-            RangeOutcome::Unsatisfiable => {
-                delivery.metrics.reject(Rejection::RangeNotSatisfiable);
-                response_headers.insert(
-                    header::CONTENT_RANGE,
-                    header_value(format!("bytes */{len}")),
-                );
-                let response =
-                    body::text(StatusCode::RANGE_NOT_SATISFIABLE, "Range Not Satisfiable\n");
-                return with_headers(
-                    response,
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    response_headers,
-                );
-            }
-        };
-        response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
-
-        let body = if method == Method::HEAD || segments.is_empty() {
-            body::empty()
-        } else {
-            delivery.stream_file(file, VecDeque::from(segments))
-        };
-        with_headers(Response::new(body), status, response_headers)
-    }
+    let body = if method == Method::HEAD || segments.is_empty() {
+        body::empty()
+    } else {
+        delivery.stream_file(file, VecDeque::from(segments))
+    };
+    with_headers(Response::new(body), status, response_headers)
 }
 
 fn not_found(delivery: &Delivery) -> Response<Body> {

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod body;
+pub mod bridge;
 pub mod config;
 pub mod conn_state;
 pub mod delivery;
@@ -12,10 +13,12 @@ pub mod disposition;
 pub mod file_body;
 pub mod files;
 pub mod guarded_io;
+pub mod js_call;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod range;
+pub mod route_pattern;
 pub mod router;
 pub mod safe_path;
 pub mod server;

@@ -22,10 +22,12 @@ pub enum Rejection {
     UploadTimeout,
     UploadTooSlow,
     RateLimited,
+    HandlerTimeout,
+    InflightLimit,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -39,6 +41,8 @@ impl Rejection {
         Rejection::UploadTimeout,
         Rejection::UploadTooSlow,
         Rejection::RateLimited,
+        Rejection::HandlerTimeout,
+        Rejection::InflightLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +60,8 @@ impl Rejection {
             Rejection::UploadTimeout => "upload_timeout",
             Rejection::UploadTooSlow => "upload_too_slow",
             Rejection::RateLimited => "rate_limited",
+            Rejection::HandlerTimeout => "handler_timeout",
+            Rejection::InflightLimit => "inflight_limit",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::app::{RequestContext, StreamingApp};
 use crate::body::{self, Body, Tracked};
+use crate::bridge::Bridge;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
 use crate::conn_state::ConnState;
 use crate::guarded_io::{GuardedIo, HeadLimits};
@@ -51,12 +52,20 @@ pub struct RunningServer {
     accept_task: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Binds `addr` and starts serving `spec`. Must run inside a tokio runtime.
-pub async fn listen(mut spec: ServerSpec, addr: SocketAddr) -> Result<RunningServer, String> {
+/// Binds `addr` and starts serving `spec`; JS handler routes go through `bridge`. Must run
+/// inside a tokio runtime.
+pub async fn listen(
+    mut spec: ServerSpec,
+    addr: SocketAddr,
+    bridge: Option<Arc<Bridge>>,
+) -> Result<RunningServer, String> {
     spec.validate()?;
     let mut mounts = MountTable::default();
     for mount in spec.mounts {
-        mounts.insert(mount.prefix, Arc::new(StreamingApp::build(mount.app)?));
+        mounts.insert(
+            mount.prefix,
+            Arc::new(StreamingApp::build(mount.app, bridge.clone())?),
+        );
     }
     let listener = TcpListener::bind(addr)
         .await

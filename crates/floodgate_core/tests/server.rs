@@ -20,7 +20,9 @@ async fn start(root: &std::path::Path, options: serde_json::Value) -> RunningSer
         }]
     }))
     .unwrap();
-    listen(spec, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    listen(spec, "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap()
 }
 
 async fn exchange(addr: SocketAddr, request: &str) -> String {

@@ -1,28 +1,33 @@
 //! Node binding of floodgate: a thin layer over `floodgate_core`.
 //!
 //! Options cross the boundary as plain JSON objects and are validated by the core's typed
-//! config (one source of defaults and error messages). No protection logic lives here.
+//! config (one source of defaults and error messages). JS handlers are reached through
+//! `host::NapiHost` (batched ThreadsafeFunction calls). No protection logic lives here.
 
+mod host;
+
+use floodgate_core::bridge::{BodyError, Bridge, JsBody, JsFile, JsResponse};
 use floodgate_core::config::{
     self, FilesConfig, ServerConfig, ServerSpec, StreamingConfig, UploadsConfig,
 };
 use floodgate_core::files::FilesMount;
 use floodgate_core::upload::UploadsMount;
 use floodgate_core::RunningServer;
+use host::{NapiHost, NativeRequest};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn invalid(message: String) -> Error {
     Error::new(Status::InvalidArg, message)
 }
 
-/// Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws naming the
-/// offending option. Returns the options with every default filled in.
+/// Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws
+/// naming the offending option.
 #[napi]
-pub fn validate_options(kind: String, options: serde_json::Value) -> Result<serde_json::Value> {
-    fn check<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+pub fn validate_options(kind: String, options: serde_json::Value) -> Result<()> {
+    fn check<T: serde::de::DeserializeOwned>(
         options: serde_json::Value,
         validate: impl Fn(&T) -> std::result::Result<(), String>,
     ) -> std::result::Result<(), String> {
@@ -30,67 +35,211 @@ pub fn validate_options(kind: String, options: serde_json::Value) -> Result<serd
         validate(&parsed)
     }
     match kind.as_str() {
-        "server" => check::<ServerConfig>(options.clone(), ServerConfig::validate),
-        "streaming" => check::<StreamingConfig>(options.clone(), StreamingConfig::validate),
-        "files" => check::<FilesConfig>(options.clone(), |files| {
-            FilesMount::new(files.clone()).map(drop)
-        }),
-        "uploads" => check::<UploadsConfig>(options.clone(), |uploads| {
+        "server" => check::<ServerConfig>(options, ServerConfig::validate),
+        "streaming" => check::<StreamingConfig>(options, StreamingConfig::validate),
+        "files" => check::<FilesConfig>(options, |files| FilesMount::new(files.clone()).map(drop)),
+        "uploads" => check::<UploadsConfig>(options, |uploads| {
             UploadsMount::new(uploads.clone()).map(drop)
         }),
         other => Err(format!("unknown options kind {other:?}")),
     }
-    .map_err(invalid)?;
-    Ok(options)
+    .map_err(invalid)
 }
 
-/// A listening server.
+#[napi(object)]
+pub struct BoundAddress {
+    pub port: u32,
+    pub address: String,
+}
+
+/// A server: its JS bridge, and once listening, the running core server.
 #[napi]
 pub struct NativeServer {
-    inner: Arc<RunningServer>,
+    bridge: Arc<Bridge>,
+    running: Mutex<Option<Arc<RunningServer>>>,
 }
 
-/// Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts).
-#[napi]
-pub async fn listen(spec: serde_json::Value, host: String, port: u32) -> Result<NativeServer> {
-    let spec: ServerSpec = config::from_json(spec).map_err(invalid)?;
-    let port = u16::try_from(port).map_err(|_| invalid(format!("port: {port} is out of range")))?;
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|err| Error::from_reason(format!("listen: cannot resolve {host:?}: {err}")))?
-        .next()
-        .ok_or_else(|| Error::from_reason(format!("listen: {host:?} has no address")))?;
-    let server = floodgate_core::listen(spec, addr)
-        .await
-        .map_err(Error::from_reason)?;
-    Ok(NativeServer {
-        inner: Arc::new(server),
-    })
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut iter = flat.into_iter();
+    std::iter::from_fn(|| Some((iter.next()?, iter.next()?))).collect()
+}
+
+fn exchange_id(id: f64) -> u64 {
+    id as u64
 }
 
 #[napi]
 impl NativeServer {
-    #[napi(getter)]
-    pub fn port(&self) -> u32 {
-        self.inner.local_addr().port() as u32
+    /// `onRequests(batch)` receives JS-handled requests in batches; `onAborts(ids)` lists
+    /// exchanges that ended before JS finished them.
+    #[napi(constructor)]
+    pub fn new(
+        on_requests: Function<Vec<NativeRequest>, ()>,
+        on_aborts: Function<Vec<f64>, ()>,
+    ) -> Result<Self> {
+        let host = NapiHost::new(&on_requests, &on_aborts)?;
+        Ok(Self {
+            bridge: Bridge::new(Arc::new(host)),
+            running: Mutex::new(None),
+        })
     }
 
-    #[napi(getter)]
-    pub fn address(&self) -> String {
-        self.inner.local_addr().ip().to_string()
+    /// Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts).
+    #[napi]
+    pub async fn listen(
+        &self,
+        spec: serde_json::Value,
+        host: String,
+        port: u32,
+    ) -> Result<BoundAddress> {
+        let spec: ServerSpec = config::from_json(spec).map_err(invalid)?;
+        let port =
+            u16::try_from(port).map_err(|_| invalid(format!("port: {port} is out of range")))?;
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|err| Error::from_reason(format!("listen: cannot resolve {host:?}: {err}")))?
+            .next()
+            .ok_or_else(|| Error::from_reason(format!("listen: {host:?} has no address")))?;
+        let server = floodgate_core::listen(spec, addr, Some(Arc::clone(&self.bridge)))
+            .await
+            .map_err(Error::from_reason)?;
+        let bound = BoundAddress {
+            port: server.local_addr().port() as u32,
+            address: server.local_addr().ip().to_string(),
+        };
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(server));
+        Ok(bound)
+    }
+
+    fn running(&self) -> Option<Arc<RunningServer>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counters and gauges, see `floodgate_core::metrics::Snapshot`.
     #[napi]
     pub fn stats(&self) -> Result<serde_json::Value> {
-        serde_json::to_value(self.inner.stats()).map_err(|err| Error::from_reason(err.to_string()))
+        let server = self
+            .running()
+            .ok_or_else(|| Error::from_reason("the server is not listening"))?;
+        let mut stats = serde_json::to_value(server.stats())
+            .map_err(|err| Error::from_reason(err.to_string()))?;
+        stats["jsInFlight"] = self.bridge.in_flight().into();
+        Ok(stats)
     }
 
     /// Stops accepting and drains for up to `drainMs` before aborting what is left.
     #[napi]
     pub async fn close(&self, drain_ms: u32) -> Result<()> {
-        let server = Arc::clone(&self.inner);
-        server.close(Duration::from_millis(drain_ms as u64)).await;
+        if let Some(server) = self.running() {
+            server.close(Duration::from_millis(drain_ms as u64)).await;
+        }
         Ok(())
     }
+
+    /// Answers exchange `id` with a complete body. `false` when the exchange is gone.
+    #[napi]
+    pub fn respond(
+        &self,
+        id: f64,
+        status: u32,
+        headers: Vec<String>,
+        body: Option<Either<Buffer, String>>,
+    ) -> bool {
+        let body = match body {
+            None => JsBody::Empty,
+            Some(Either::A(buffer)) => JsBody::Bytes(Vec::<u8>::from(buffer).into()),
+            Some(Either::B(text)) => JsBody::Bytes(text.into()),
+        };
+        let response = JsResponse {
+            status: status as u16,
+            headers: pairs(headers),
+            body,
+        };
+        self.bridge.respond(exchange_id(id), response)
+    }
+
+    /// Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`.
+    #[napi]
+    pub fn respond_stream(&self, id: f64, status: u32, headers: Vec<String>) -> bool {
+        self.bridge
+            .respond_stream(exchange_id(id), status as u16, pairs(headers))
+    }
+
+    /// Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts).
+    #[napi]
+    pub fn respond_file(
+        &self,
+        id: f64,
+        status: u32,
+        headers: Vec<String>,
+        path: String,
+        filename: Option<String>,
+        media_type: Option<String>,
+        attachment: bool,
+    ) -> bool {
+        let file = JsFile {
+            path: path.into(),
+            filename,
+            media_type,
+            attachment,
+        };
+        let response = JsResponse {
+            status: status as u16,
+            headers: pairs(headers),
+            body: JsBody::File(file),
+        };
+        self.bridge.respond(exchange_id(id), response)
+    }
+
+    /// Queues a chunk if there is room: `true` queued, `false` full (await `write`). Throws
+    /// when the client is gone.
+    #[napi]
+    pub fn try_write(&self, id: f64, chunk: Buffer) -> Result<bool> {
+        self.bridge
+            .try_write(exchange_id(id), Vec::<u8>::from(chunk).into())
+            .map_err(|_| gone())
+    }
+
+    /// Queues a chunk once the client has taken the previous ones. Rejects when it is gone.
+    #[napi]
+    pub async fn write(&self, id: f64, chunk: Buffer) -> Result<()> {
+        let bytes = Vec::<u8>::from(chunk).into();
+        self.bridge
+            .write(exchange_id(id), bytes)
+            .await
+            .map_err(|_| gone())
+    }
+
+    /// Ends a streamed response.
+    #[napi]
+    pub fn end(&self, id: f64) {
+        self.bridge.end(exchange_id(id));
+    }
+
+    /// The next chunk of the request body, or null at its end.
+    #[napi]
+    pub async fn read_body(&self, id: f64) -> Result<Option<Buffer>> {
+        match self.bridge.read_body(exchange_id(id)).await {
+            Ok(chunk) => Ok(chunk.map(|bytes| bytes.to_vec().into())),
+            Err(BodyError::TooLarge) => {
+                Err(Error::new(Status::GenericFailure, "request body too large"))
+            }
+            Err(BodyError::Timeout) => Err(Error::new(
+                Status::GenericFailure,
+                "request body read timed out",
+            )),
+            Err(BodyError::Aborted) => Err(Error::new(
+                Status::GenericFailure,
+                "client aborted the request body",
+            )),
+            Err(BodyError::Gone) => Err(gone()),
+        }
+    }
+}
+
+fn gone() -> Error {
+    Error::new(Status::Cancelled, "the client is gone")
 }

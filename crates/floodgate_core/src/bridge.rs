@@ -1,0 +1,296 @@
+//! The JS handler bridge, napi-free: requests handed to a `JsHost` (the binding), responses and
+//! request-body reads coming back by exchange id.
+//!
+//! Rust never waits on JS while holding a lock: a request is registered, dispatched, and its
+//! response awaited on a oneshot. Every exchange is owned by a `Call` guard; when the client goes
+//! away or the handler times out, dropping the guard unregisters the exchange and tells JS to
+//! abort (`req.signal`, the generator's `return()`).
+
+use bytes::Bytes;
+use http_body::Body as HttpBody;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+/// What JS is given for one request.
+#[derive(Debug, Clone)]
+pub struct JsRequest {
+    pub id: u64,
+    pub handler: u32,
+    pub method: String,
+    /// Path (prefix stripped) and query.
+    pub url: String,
+    /// Flat `[name, value, name, value, ...]`.
+    pub headers: Vec<String>,
+    /// Flat `[name, value, ...]` of `:param` segments.
+    pub params: Vec<String>,
+    pub client: String,
+    pub has_body: bool,
+}
+
+/// A response body produced by JS.
+pub enum JsBody {
+    Empty,
+    Bytes(Bytes),
+    /// Chunks written by JS as the socket takes them (bounded channel: backpressure).
+    Stream(mpsc::Receiver<Bytes>),
+    /// A file chosen by JS, streamed by Rust like a files mount would.
+    File(JsFile),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JsFile {
+    pub path: PathBuf,
+    pub filename: Option<String>,
+    pub media_type: Option<String>,
+    pub attachment: bool,
+}
+
+pub struct JsResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: JsBody,
+}
+
+/// The JS side, as the binding implements it.
+pub trait JsHost: Send + Sync + 'static {
+    /// Hands a request to JS. Must not block; batching is the host's business.
+    fn dispatch(&self, request: JsRequest);
+    /// The exchange is over before JS finished it (client gone, timeout): abort its work.
+    fn abort(&self, id: u64);
+}
+
+/// Why reading a request body for JS failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The exchange is gone (answered, aborted, or never existed).
+    Gone,
+    TooLarge,
+    Timeout,
+    /// The client stopped sending mid-body.
+    Aborted,
+}
+
+type RequestBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A request body JS pulls from, with the app's size cap and read timeout.
+pub struct BodySource {
+    body: RequestBody,
+    received: u64,
+    max: u64,
+    read_timeout: Duration,
+}
+
+impl BodySource {
+    pub fn new<B>(body: B, max: u64, read_timeout: Duration) -> Self
+    where
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    {
+        Self {
+            body: body.boxed_unsync(),
+            received: 0,
+            max,
+            read_timeout,
+        }
+    }
+}
+
+struct Exchange {
+    respond: Option<oneshot::Sender<JsResponse>>,
+    body: Option<Arc<tokio::sync::Mutex<BodySource>>>,
+}
+
+/// Exchanges in flight between Rust and JS.
+pub struct Bridge {
+    host: Arc<dyn JsHost>,
+    exchanges: Mutex<HashMap<u64, Exchange>>,
+    /// Streamed responses JS is still writing, by exchange id.
+    streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    next_id: AtomicU64,
+}
+
+/// Chunks of a streamed response buffered between JS and the socket: JS runs at most this far
+/// ahead of what the client has taken.
+const STREAM_DEPTH: usize = 2;
+
+/// The exchange is over: the client left, the handler timed out, or it was already answered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gone;
+
+impl Bridge {
+    pub fn new(host: Arc<dyn JsHost>) -> Arc<Self> {
+        Arc::new(Self {
+            host,
+            exchanges: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn exchanges(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Exchange>> {
+        self.exchanges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers and dispatches a request; the returned guard receives the response.
+    pub fn start(
+        self: &Arc<Self>,
+        mut request: JsRequest,
+        body: Option<BodySource>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Call {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.id = id;
+        request.has_body = body.is_some();
+        let (sender, receiver) = oneshot::channel();
+        let exchange = Exchange {
+            respond: Some(sender),
+            body: body.map(|b| Arc::new(tokio::sync::Mutex::new(b))),
+        };
+        self.exchanges().insert(id, exchange);
+        self.host.dispatch(request);
+        Call {
+            id,
+            bridge: Arc::clone(self),
+            receiver: Some(receiver),
+            finished: false,
+            _permit: permit,
+        }
+    }
+
+    /// JS answered exchange `id`. `false` when nobody waits for it any more.
+    pub fn respond(&self, id: u64, response: JsResponse) -> bool {
+        let sender = self
+            .exchanges()
+            .get_mut(&id)
+            .and_then(|exchange| exchange.respond.take());
+        match sender {
+            Some(sender) => sender.send(response).is_ok(),
+            None => false,
+        }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Bytes>>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// JS answers `id` with a head and a body it will write chunk by chunk.
+    pub fn respond_stream(&self, id: u64, status: u16, headers: Vec<(String, String)>) -> bool {
+        let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
+        let response = JsResponse {
+            status,
+            headers,
+            body: JsBody::Stream(receiver),
+        };
+        // Registered first, so a write right after this call finds it.
+        self.streams().insert(id, sender);
+        let answered = self.respond(id, response);
+        if !answered {
+            self.streams().remove(&id);
+        }
+        answered
+    }
+
+    /// Queues a chunk without waiting: `Ok(false)` when the queue is full (wait with `write`).
+    pub fn try_write(&self, id: u64, chunk: Bytes) -> Result<bool, Gone> {
+        let streams = self.streams();
+        let sender = streams.get(&id).ok_or(Gone)?;
+        match sender.try_send(chunk) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+        }
+    }
+
+    /// Queues a chunk once the client has taken enough of the previous ones.
+    pub async fn write(&self, id: u64, chunk: Bytes) -> Result<(), Gone> {
+        let sender = self.streams().get(&id).cloned().ok_or(Gone)?;
+        sender.send(chunk).await.map_err(|_| Gone)
+    }
+
+    /// The streamed response is complete.
+    pub fn end(&self, id: u64) {
+        self.streams().remove(&id);
+    }
+
+    /// The next chunk of exchange `id`'s request body, `None` at its end.
+    pub async fn read_body(&self, id: u64) -> Result<Option<Bytes>, BodyError> {
+        let source = {
+            let exchanges = self.exchanges();
+            let exchange = exchanges.get(&id).ok_or(BodyError::Gone)?;
+            Arc::clone(exchange.body.as_ref().ok_or(BodyError::Gone)?)
+        };
+        let mut source = source.lock().await;
+        loop {
+            let read_timeout = source.read_timeout;
+            let frame = match tokio::time::timeout(read_timeout, source.body.frame()).await {
+                Err(_) => return Err(BodyError::Timeout),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(_))) => return Err(BodyError::Aborted),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                source.received += data.len() as u64;
+                if source.received > source.max {
+                    return Err(BodyError::TooLarge);
+                }
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// Exchanges currently registered (for tests and stats).
+    pub fn in_flight(&self) -> usize {
+        self.exchanges().len()
+    }
+
+    fn finish(&self, id: u64, aborted: bool) {
+        self.streams().remove(&id);
+        let removed = self.exchanges().remove(&id);
+        if aborted && removed.is_some() {
+            self.host.abort(id);
+        }
+    }
+}
+
+/// One exchange, from dispatch to the end of its response. Dropping it unfinished aborts it.
+pub struct Call {
+    id: u64,
+    bridge: Arc<Bridge>,
+    receiver: Option<oneshot::Receiver<JsResponse>>,
+    finished: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Call {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Waits for JS's response; `None` if JS dropped the exchange without answering.
+    pub async fn response(&mut self) -> Option<JsResponse> {
+        self.receiver.take()?.await.ok()
+    }
+
+    /// The exchange completed normally (the whole response was sent).
+    pub fn finish(mut self) {
+        self.finished = true;
+        self.bridge.finish(self.id, false);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.bridge.finish(self.id, true);
+        }
+    }
+}

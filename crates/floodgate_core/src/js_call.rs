@@ -1,0 +1,222 @@
+//! Serving a request through a JS handler: limits before JS is called, then the response JS
+//! gives back — bytes, a stream JS writes into, or a file Rust streams itself.
+
+use crate::body::{self, Body};
+use crate::bridge::{BodySource, Bridge, Call, JsBody, JsFile, JsRequest, JsResponse};
+use crate::config::Disposition;
+use crate::delivery::Delivery;
+use crate::files::{serve_file, FileOptions};
+use crate::limit::bucket::{piece_size, Shaper};
+use crate::metrics::{Metrics, Rejection};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::{BodyExt, StreamBody};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+
+/// The app's limits for JS-handled requests.
+pub struct JsLimits<'a> {
+    pub max_body: u64,
+    pub read_timeout: Duration,
+    pub handler_timeout: Duration,
+    pub inflight: &'a Arc<Semaphore>,
+    pub metrics: &'a Arc<Metrics>,
+}
+
+pub struct JsTarget<'a> {
+    pub bridge: &'a Arc<Bridge>,
+    pub handler: u32,
+    pub params: Vec<String>,
+    /// Path relative to the app, plus the query.
+    pub url: String,
+    pub client: IpAddr,
+}
+
+pub async fn call_js<B>(
+    request: Request<B>,
+    target: JsTarget<'_>,
+    limits: JsLimits<'_>,
+    delivery: Delivery,
+) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body) {
+        limits.metrics.reject(Rejection::BodyTooLarge);
+        let mut response = body::text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    let Ok(permit) = Arc::clone(limits.inflight).try_acquire_owned() else {
+        limits.metrics.reject(Rejection::InflightLimit);
+        let mut response = body::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let (parts, body) = request.into_parts();
+    let has_body = !matches!(parts.method, Method::GET | Method::HEAD)
+        && (declared.is_some_and(|length| length > 0)
+            || parts.headers.contains_key(header::TRANSFER_ENCODING));
+    let headers = parts
+        .headers
+        .iter()
+        .flat_map(|(name, value)| {
+            [
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ]
+        })
+        .collect();
+    let js_request = JsRequest {
+        id: 0,
+        handler: target.handler,
+        method: parts.method.as_str().to_string(),
+        url: target.url,
+        headers,
+        params: target.params,
+        client: target.client.to_string(),
+        has_body,
+    };
+    let source = has_body.then(|| BodySource::new(body, limits.max_body, limits.read_timeout));
+    let mut call = target.bridge.start(js_request, source, Some(permit));
+    let js_response = match tokio::time::timeout(limits.handler_timeout, call.response()).await {
+        Err(_) => {
+            limits.metrics.reject(Rejection::HandlerTimeout);
+            return body::text(StatusCode::SERVICE_UNAVAILABLE, "Handler timed out\n");
+        }
+        Ok(None) => {
+            return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        }
+        Ok(Some(response)) => response,
+    };
+    build_response(js_response, call, &parts.method, &parts.headers, delivery)
+}
+
+fn build_response(
+    js: JsResponse,
+    call: Call,
+    method: &Method,
+    request_headers: &http::HeaderMap,
+    delivery: Delivery,
+) -> Response<Body> {
+    let Ok(status) = StatusCode::from_u16(js.status) else {
+        return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
+    };
+    let mut headers = http::HeaderMap::with_capacity(js.headers.len());
+    for (name, value) in &js.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"),
+        }
+    }
+    let mut response = match js.body {
+        JsBody::Empty => {
+            call.finish();
+            Response::new(body::empty())
+        }
+        JsBody::Bytes(bytes) => {
+            call.finish();
+            Response::new(body::full(bytes))
+        }
+        JsBody::Stream(receiver) => Response::new(js_stream(receiver, call, &delivery)),
+        JsBody::File(file) => {
+            call.finish();
+            let served = serve_file(
+                &file.path,
+                &file_options(&file),
+                method,
+                request_headers,
+                delivery,
+            );
+            if !served.status().is_success() && served.status() != StatusCode::NOT_MODIFIED {
+                return served;
+            }
+            // The file's own headers (length, ranges, validators) win over the handler's.
+            let (mut parts, body) = served.into_parts();
+            for (name, value) in headers.iter() {
+                if !parts.headers.contains_key(name) {
+                    parts.headers.insert(name.clone(), value.clone());
+                }
+            }
+            if status != StatusCode::OK && parts.status == StatusCode::OK {
+                parts.status = status;
+            }
+            return Response::from_parts(parts, body);
+        }
+    };
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn file_options(file: &JsFile) -> FileOptions {
+    FileOptions {
+        disposition: if file.attachment {
+            Disposition::Attachment
+        } else {
+            Disposition::Inline
+        },
+        filename: file.filename.clone(),
+        media_type: file.media_type.clone(),
+        cache_control: None,
+    }
+}
+
+/// The body of a streamed JS response: chunks as JS writes them, shaped like files are. The
+/// exchange ends normally at the stream's end; dropped early (client gone), it aborts in JS.
+fn js_stream(receiver: mpsc::Receiver<Bytes>, call: Call, delivery: &Delivery) -> Body {
+    let shaper = Shaper::new(
+        delivery.per_connection,
+        delivery.chunk_size,
+        delivery.client.clone(),
+    );
+    let slowest = [delivery.per_connection, delivery.client_rate]
+        .into_iter()
+        .filter(|r| *r > 0)
+        .min()
+        .unwrap_or(0);
+    let piece = piece_size(delivery.chunk_size, slowest);
+    let state = (receiver, Some(call), shaper);
+    let frames = stream::unfold(state, move |(mut receiver, mut call, shaper)| async move {
+        match receiver.recv().await {
+            Some(bytes) => {
+                if shaper.is_active() {
+                    let mut owed = bytes.len() as u64;
+                    while owed > 0 {
+                        let take = owed.min(piece);
+                        shaper.take(take).await;
+                        owed -= take;
+                    }
+                }
+                Some((
+                    Ok::<_, std::io::Error>(Frame::data(bytes)),
+                    (receiver, call, shaper),
+                ))
+            }
+            None => {
+                if let Some(call) = call.take() {
+                    call.finish();
+                }
+                None
+            }
+        }
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
