@@ -27,7 +27,7 @@ export declare class NativeServer {
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */
   respondStream(id: number, status: number, headers: Array<string>): boolean
   /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */
-  respondFile(id: number, status: number, headers: Array<string>, path: string, filename: string | undefined | null, mediaType: string | undefined | null, attachment: boolean): boolean
+  respondFile(id: number, status: number, headers: Array<string>, file: NativeFile): boolean
   /**
    * Queues a chunk if there is room: `true` queued, `false` full (await `write`). Throws
    * when the client is gone.
@@ -44,6 +44,14 @@ export declare class NativeServer {
 export interface BoundAddress {
   port: number
   address: string
+}
+
+/** A file a handler answers with (`FileResponse`). */
+export interface NativeFile {
+  path: string
+  filename?: string
+  mediaType?: string
+  attachment?: boolean
 }
 
 /** One request as JS receives it. */

@@ -141,7 +141,7 @@ export class HandlerBridge {
     const server = this.native
     if (result instanceof FileResponse) {
       const { status = 200, filename, mediaType, attachment = false, headers } = result.init
-      server.respondFile(id, status, flatHeaders(new Headers(headers)), result.path, filename, mediaType, attachment)
+      server.respondFile(id, status, flatHeaders(new Headers(headers)), { path: result.path, filename, mediaType, attachment })
     } else if (result instanceof StreamingResponse) {
       const { status = 200, mediaType, headers: init } = result.init
       const headers = new Headers(init)

@@ -23,7 +23,7 @@ test('wrong options throw a TypeError naming the option, at construction', (t) =
     [() => new StreamingApp().files('/f', { root: '/definitely/not/here' }), /root/],
     [() => new StreamingApp().files('/f', { root, disposition: 'sideways' }), /disposition/],
     [() => new StreamingApp().files('f', { root }), /prefix/],
-    [() => new Server().mount('/x', {}), /StreamingApp/],
+    [() => new Server().mount('/x', {}), /handler must be a function or an object with a fetch method/],
   ]
   for (const [make, message] of cases) {
     const error = t.throws(make, { instanceOf: TypeError })

@@ -46,6 +46,15 @@ pub fn validate_options(kind: String, options: serde_json::Value) -> Result<()> 
     .map_err(invalid)
 }
 
+/// A file a handler answers with (`FileResponse`).
+#[napi(object)]
+pub struct NativeFile {
+    pub path: String,
+    pub filename: Option<String>,
+    pub media_type: Option<String>,
+    pub attachment: Option<bool>,
+}
+
 #[napi(object)]
 pub struct BoundAddress {
     pub port: u32,
@@ -175,16 +184,13 @@ impl NativeServer {
         id: f64,
         status: u32,
         headers: Vec<String>,
-        path: String,
-        filename: Option<String>,
-        media_type: Option<String>,
-        attachment: bool,
+        file: NativeFile,
     ) -> bool {
         let file = JsFile {
-            path: path.into(),
-            filename,
-            media_type,
-            attachment,
+            path: file.path.into(),
+            filename: file.filename,
+            media_type: file.media_type,
+            attachment: file.attachment.unwrap_or(false),
         };
         let response = JsResponse {
             status: status as u16,
