@@ -240,11 +240,33 @@ impl Bridge {
             if let Ok(data) = frame.into_data() {
                 source.received += data.len() as u64;
                 if source.received > source.max {
+                    drop(source);
+                    self.refuse_too_large(id);
                     return Err(BodyError::TooLarge);
                 }
                 return Ok(Some(data));
             }
         }
+    }
+
+    /// A body passed the cap while JS was reading it: answer 413 and close, whatever JS does.
+    fn refuse_too_large(&self, id: u64) {
+        let headers = vec![
+            (
+                "content-type".to_string(),
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            ("connection".to_string(), "close".to_string()),
+        ];
+        let body = JsBody::Bytes(Bytes::from_static(b"Payload Too Large\n"));
+        self.respond(
+            id,
+            JsResponse {
+                status: 413,
+                headers,
+                body,
+            },
+        );
     }
 
     /// Exchanges currently registered (for tests and stats).
