@@ -12,10 +12,11 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** A server: its JS bridge, and once listening, the running core server. */
 export declare class NativeServer {
   /**
-   * `onRequests(batch)` receives JS-handled requests in batches; `onAborts(ids)` lists
-   * exchanges that ended before JS finished them.
+   * `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
+   * (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
+   * finished them.
    */
-  constructor(onRequests: (arg: Array<NativeRequest>) => void, onAborts: (arg: Array<number>) => void)
+  constructor(onRequests: (numbers: number[], strings: string[]) => void, onAborts: (arg: Array<number>) => void)
   /** Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts). */
   listen(spec: any, host: string, port: number): Promise<BoundAddress>
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
@@ -23,11 +24,11 @@ export declare class NativeServer {
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
   /** Answers exchange `id` with a complete body. `false` when the exchange is gone. */
-  respond(id: number, status: number, headers: Array<string>, body?: Buffer | string | undefined | null): boolean
+  respond(id: number, status: number, headers: string, body?: Buffer | string | undefined | null): boolean
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */
-  respondStream(id: number, status: number, headers: Array<string>): boolean
+  respondStream(id: number, status: number, headers: string): boolean
   /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */
-  respondFile(id: number, status: number, headers: Array<string>, file: NativeFile): boolean
+  respondFile(id: number, status: number, headers: string, file: NativeFile): boolean
   /**
    * Queues a chunk if there is room: `true` queued, `false` full (await `write`). Throws
    * when the client is gone.
@@ -52,18 +53,6 @@ export interface NativeFile {
   filename?: string
   mediaType?: string
   attachment?: boolean
-}
-
-/** One request as JS receives it. */
-export interface NativeRequest {
-  id: number
-  handler: number
-  method: string
-  url: string
-  headers: Array<string>
-  params: Array<string>
-  client: string
-  hasBody: boolean
 }
 
 /**

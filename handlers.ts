@@ -4,7 +4,7 @@
  * file for Rust to stream. Nothing here throws into native code: every failure becomes a 500
  * and an `error` report.
  */
-import type { NativeRequest, NativeServer } from './binding'
+import type { NativeServer } from './binding'
 
 /** Anything `new Headers()` accepts. */
 export type HeaderInit = ConstructorParameters<typeof Headers>[0]
@@ -63,23 +63,52 @@ export class FileResponse {
   ) {}
 }
 
-function flatHeaders(headers: Headers): string[] {
-  const flat: string[] = []
+/** Header lists cross to Rust as one string, `name\0value\0...`: one conversion, not many. */
+function flatHeaders(headers: Headers): string {
+  let flat = ''
   headers.forEach((value, name) => {
-    if (name !== 'set-cookie') flat.push(name, value)
+    if (name !== 'set-cookie') flat += flat ? `\0${name}\0${value}` : `${name}\0${value}`
   })
-  for (const cookie of headers.getSetCookie()) flat.push('set-cookie', cookie)
+  for (const cookie of headers.getSetCookie()) flat += flat ? `\0set-cookie\0${cookie}` : `set-cookie\0${cookie}`
   return flat
+}
+
+/** The first value of `name` in a `name\0value\0...` list, without splitting it. */
+function findHeader(flat: string, name: string): string | undefined {
+  let at = 0
+  while (at < flat.length) {
+    const nameEnd = flat.indexOf('\0', at)
+    if (nameEnd < 0) return undefined
+    const valueEnd = flat.indexOf('\0', nameEnd + 1)
+    const end = valueEnd < 0 ? flat.length : valueEnd
+    if (nameEnd - at === name.length && flat.startsWith(name, at)) return flat.slice(nameEnd + 1, end)
+    at = end + 1
+  }
+  return undefined
+}
+
+/** One request as the native side sends it (see `crates/floodgate_napi/src/host.rs`). */
+interface NativeRequest {
+  id: number
+  handler: number
+  hasBody: boolean
+  method: string
+  url: string
+  client: string
+  /** `name\0value\0...` */
+  headers: string
+  /** `name\0value\0...` */
+  params: string
 }
 
 const toBuffer = (chunk: Uint8Array | string): Buffer =>
   typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
 
-const ERROR_HEADERS = ['content-type', 'text/plain; charset=utf-8']
+const ERROR_HEADERS = 'content-type\0text/plain; charset=utf-8'
 
 export class HandlerBridge {
   readonly handlers: Handler[] = []
-  readonly #inflight = new Map<number, AbortController>()
+  readonly #inflight = new Map<number, LazyRequest>()
   native!: NativeServer
 
   constructor(private readonly reportError: (error: unknown) => void) {}
@@ -91,50 +120,48 @@ export class HandlerBridge {
     return this.handlers.length - 1
   }
 
-  readonly onRequests = (batch: NativeRequest[]): void => {
-    for (const request of batch) void this.#handle(request)
+  readonly onRequests = (numbers: number[], strings: string[]): void => {
+    for (let n = 0, s = 0; n < numbers.length; n += 3, s += 5) {
+      void this.#handle({
+        id: numbers[n],
+        handler: numbers[n + 1],
+        hasBody: numbers[n + 2] === 1,
+        method: strings[s],
+        url: strings[s + 1],
+        client: strings[s + 2],
+        headers: strings[s + 3],
+        params: strings[s + 4],
+      })
+    }
   }
 
   readonly onAborts = (ids: number[]): void => {
-    for (const id of ids) this.#inflight.get(id)?.abort(new Error('client disconnected'))
+    for (const id of ids) this.#inflight.get(id)?.[kAbort]()
   }
 
   async #handle(native: NativeRequest): Promise<void> {
-    const controller = new AbortController()
-    this.#inflight.set(native.id, controller)
+    const request = new LazyRequest(native, this.native)
+    this.#inflight.set(native.id, request)
     try {
-      const request = this.#request(native, controller.signal)
       const context: HandlerContext = { params: {}, client: native.client }
-      for (let i = 0; i < native.params.length; i += 2) context.params[native.params[i]] = native.params[i + 1]
+      if (native.params) {
+        const params = native.params.split('\0')
+        for (let i = 0; i < params.length; i += 2) context.params[params[i]] = params[i + 1]
+      }
       const handler = this.handlers[native.handler]
       const result =
-        typeof handler === 'function' ? await handler(request, context) : await handler.fetch(request, context)
+        typeof handler === 'function'
+          ? await handler(request as unknown as Request, context)
+          : await handler.fetch(request as unknown as Request, context)
       await this.#send(native.id, result)
     } catch (error) {
-      if (!controller.signal.aborted) {
+      if (!request[kAborted]) {
         this.native.respond(native.id, 500, ERROR_HEADERS, 'Internal Server Error\n')
         this.reportError(error)
       }
     } finally {
       this.#inflight.delete(native.id)
     }
-  }
-
-  #request(native: NativeRequest, signal: AbortSignal): Request {
-    const headers = new Headers()
-    for (let i = 0; i < native.headers.length; i += 2) headers.append(native.headers[i], native.headers[i + 1])
-    const url = `http://${headers.get('host') ?? 'localhost'}${native.url}`
-    if (!native.hasBody) return new Request(url, { method: native.method, headers, signal })
-    const id = native.id
-    const server = this.native
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        const chunk = await server.readBody(id)
-        if (chunk) controller.enqueue(chunk)
-        else controller.close()
-      },
-    })
-    return new Request(url, { method: native.method, headers, body, signal, duplex: 'half' } as RequestInit)
   }
 
   async #send(id: number, result: HandlerResult): Promise<void> {
@@ -150,9 +177,9 @@ export class HandlerBridge {
     } else if (result instanceof Response) {
       await this.#sendResponse(id, result)
     } else if (typeof result === 'string') {
-      server.respond(id, 200, ['content-type', 'text/plain; charset=utf-8'], result)
+      server.respond(id, 200, 'content-type\0text/plain; charset=utf-8', result)
     } else if (result instanceof Uint8Array) {
-      server.respond(id, 200, ['content-type', 'application/octet-stream'], toBuffer(result))
+      server.respond(id, 200, 'content-type\0application/octet-stream', toBuffer(result))
     } else {
       throw new TypeError('a handler must return a Response, StreamingResponse, FileResponse, string or Uint8Array')
     }
@@ -161,6 +188,12 @@ export class HandlerBridge {
   async #sendResponse(id: number, response: Response): Promise<void> {
     const server = this.native
     const headers = flatHeaders(response.headers)
+    const source = bodySource(response)
+    if (source !== undefined) {
+      const body = typeof source === 'string' || source === null ? source : toBuffer(source)
+      server.respond(id, response.status, headers, body)
+      return
+    }
     if (!response.body) {
       server.respond(id, response.status, headers, null)
       return
@@ -212,4 +245,146 @@ export class HandlerBridge {
       throw error
     }
   }
+}
+
+const kNative = Symbol('native')
+const kServer = Symbol('server')
+const kReal = Symbol('request')
+const kHeaders = Symbol('headers')
+const kController = Symbol('controller')
+const kAborted = Symbol('aborted')
+const kAbort = Symbol('abort')
+
+/**
+ * A `Request` built only as far as the handler looks: method, url and headers are plain
+ * fields; anything else (the body, clone(), ...) materialises the real `Request` on first use.
+ * Building every `Request`, `Headers` and `AbortSignal` up front costs more than most handlers
+ * spend on their own work (@hono/node-server does the same).
+ */
+class LazyRequest {
+  [kNative]: NativeRequest
+  [kServer]: NativeServer
+  [kReal]: Request | undefined
+  [kHeaders]: Headers | undefined
+  [kController]: AbortController | undefined
+  [kAborted] = false
+  #url: string | undefined
+
+  constructor(native: NativeRequest, server: NativeServer) {
+    this[kNative] = native
+    this[kServer] = server
+  }
+
+  get method(): string {
+    return this[kNative].method
+  }
+
+  get url(): string {
+    if (this.#url === undefined) {
+      const native = this[kNative]
+      this.#url = `http://${findHeader(native.headers, 'host') ?? 'localhost'}${native.url}`
+    }
+    return this.#url
+  }
+
+  get headers(): Headers {
+    if (!this[kHeaders]) {
+      const flat = this[kNative].headers
+      const headers = new Headers()
+      if (flat) {
+        const parts = flat.split('\0')
+        for (let i = 0; i < parts.length; i += 2) headers.append(parts[i], parts[i + 1])
+      }
+      this[kHeaders] = headers
+    }
+    return this[kHeaders]
+  }
+
+  get signal(): AbortSignal {
+    if (!this[kController]) {
+      this[kController] = new AbortController()
+      if (this[kAborted]) this[kController].abort(new Error('client disconnected'))
+    }
+    return this[kController].signal
+  }
+
+  [kAbort](): void {
+    this[kAborted] = true
+    this[kController]?.abort(new Error('client disconnected'))
+  }
+
+  /** The real Request, for everything this class does not answer itself. */
+  materialise(): Request {
+    if (!this[kReal]) {
+      const native = this[kNative]
+      const init: RequestInit & { duplex?: string } = { method: native.method, headers: this.headers, signal: this.signal }
+      if (native.hasBody) {
+        const id = native.id
+        const server = this[kServer]
+        init.body = new ReadableStream<Uint8Array>({
+          async pull(controller) {
+            const chunk = await server.readBody(id)
+            if (chunk) controller.enqueue(chunk)
+            else controller.close()
+          },
+        })
+        init.duplex = 'half'
+      }
+      this[kReal] = new Request(this.url, init)
+    }
+    return this[kReal]
+  }
+}
+
+for (const name of [
+  'body',
+  'bodyUsed',
+  'cache',
+  'credentials',
+  'destination',
+  'duplex',
+  'integrity',
+  'keepalive',
+  'mode',
+  'redirect',
+  'referrer',
+  'referrerPolicy',
+]) {
+  Object.defineProperty(LazyRequest.prototype, name, {
+    get(this: LazyRequest) {
+      return (this.materialise() as unknown as Record<string, unknown>)[name]
+    },
+  })
+}
+for (const name of ['arrayBuffer', 'blob', 'bytes', 'clone', 'formData', 'json', 'text']) {
+  Object.defineProperty(LazyRequest.prototype, name, {
+    value(this: LazyRequest) {
+      const real = this.materialise() as unknown as Record<string, () => unknown>
+      return real[name]()
+    },
+  })
+}
+// `req instanceof Request` holds, as handlers and frameworks expect.
+Object.setPrototypeOf(LazyRequest.prototype, Request.prototype)
+
+let stateSymbol: symbol | null | undefined
+
+/**
+ * The body a `Response` was built from, when it was a string or bytes not yet read: `null` for
+ * no body, `undefined` when only reading the stream will tell. undici keeps that source in its
+ * internal state; where it is not found (another fetch implementation), the stream is read.
+ */
+function bodySource(response: Response): string | Uint8Array | null | undefined {
+  if (stateSymbol === undefined) {
+    stateSymbol = Object.getOwnPropertySymbols(response).find((symbol) => symbol.description === 'state') ?? null
+  }
+  if (stateSymbol === null || response.bodyUsed) return undefined
+  type State = { body?: { source?: unknown; stream?: ReadableStream } | null }
+  const state = (response as unknown as Record<symbol, State | undefined>)[stateSymbol]
+  if (!state || !('body' in state)) return undefined
+  const body = state.body
+  if (body === null || body === undefined) return null
+  if (body.stream?.locked) return undefined
+  const source = body.source
+  return typeof source === 'string' || source instanceof Uint8Array ? source : undefined
 }

@@ -10,8 +10,10 @@ import { makeFixtures } from './lib/fixtures.mjs'
 import files from './workloads/files.mjs'
 import download from './workloads/download.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
+import json from './workloads/json.mjs'
+import generator from './workloads/generator.mjs'
 
-const WORKLOADS = [files, download, upload]
+const WORKLOADS = [files, download, upload, json, generator]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

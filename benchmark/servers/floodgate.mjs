@@ -2,7 +2,7 @@
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
-const { Server, StreamingApp } = require('../../index.js')
+const { Server, StreamingApp, StreamingResponse } = require('../../index.js')
 
 const server = new Server({ maxConnectionsPerIp: 0 })
 const app = new StreamingApp({
@@ -13,7 +13,15 @@ const app = new StreamingApp({
 })
 app.files('/files', { root: process.env.ROOT })
 app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
+app.get('/generate', () => new StreamingResponse(chunks(), { mediaType: 'application/octet-stream' }))
 server.mount('/stream', app)
+server.mount('/api/json', () => Response.json({ hello: 'world' }))
+
+// The same chunks every peer writes: 100 MiB in 64 KiB pieces.
+async function* chunks() {
+  const chunk = Buffer.alloc(64 * 1024, 7)
+  for (let i = 0; i < 1600; i++) yield chunk
+}
 const { port } = await server.listen({ port: 0, host: '127.0.0.1' })
 console.log(`READY ${port}`)
 process.on('SIGTERM', () => server.close({ drain: 0 }).then(() => process.exit(0)))

@@ -6,6 +6,22 @@ import { join, basename } from 'node:path'
 
 const root = process.env.ROOT
 const server = http.createServer(async (req, res) => {
+  if (req.url === '/api/json') {
+    const body = JSON.stringify({ hello: 'world' })
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+    res.end(body)
+    return
+  }
+  if (req.url === '/stream/generate') {
+    // The same 100 MiB of 64 KiB chunks, written with backpressure.
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    const chunk = Buffer.alloc(64 * 1024, 7)
+    for (let i = 0; i < 1600; i++) {
+      if (!res.write(chunk)) await new Promise((resolve) => res.once('drain', resolve))
+    }
+    res.end()
+    return
+  }
   const name = basename(req.url)
   if (req.method === 'PUT') {
     // The obvious upload: pipe the request into a file.

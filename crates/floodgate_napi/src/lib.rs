@@ -13,7 +13,7 @@ use floodgate_core::config::{
 use floodgate_core::files::FilesMount;
 use floodgate_core::upload::UploadsMount;
 use floodgate_core::RunningServer;
-use host::{NapiHost, NativeRequest};
+use host::{NapiHost, OnRequests};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
@@ -68,9 +68,13 @@ pub struct NativeServer {
     running: Mutex<Option<Arc<RunningServer>>>,
 }
 
-fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
-    let mut iter = flat.into_iter();
-    std::iter::from_fn(|| Some((iter.next()?, iter.next()?))).collect()
+/// Splits `name\0value\0name\0value` (how JS sends header lists: one string, not many).
+fn pairs(joined: String) -> Vec<(String, String)> {
+    if joined.is_empty() {
+        return Vec::new();
+    }
+    let mut parts = joined.split('\0');
+    std::iter::from_fn(|| Some((parts.next()?.to_string(), parts.next()?.to_string()))).collect()
 }
 
 fn exchange_id(id: f64) -> u64 {
@@ -79,11 +83,13 @@ fn exchange_id(id: f64) -> u64 {
 
 #[napi]
 impl NativeServer {
-    /// `onRequests(batch)` receives JS-handled requests in batches; `onAborts(ids)` lists
-    /// exchanges that ended before JS finished them.
+    /// `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
+    /// (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
+    /// finished them.
     #[napi(constructor)]
     pub fn new(
-        on_requests: Function<Vec<NativeRequest>, ()>,
+        #[napi(ts_arg_type = "(numbers: number[], strings: string[]) => void")]
+        on_requests: OnRequests,
         on_aborts: Function<Vec<f64>, ()>,
     ) -> Result<Self> {
         let host = NapiHost::new(&on_requests, &on_aborts)?;
@@ -154,7 +160,7 @@ impl NativeServer {
         &self,
         id: f64,
         status: u32,
-        headers: Vec<String>,
+        headers: String,
         body: Option<Either<Buffer, String>>,
     ) -> bool {
         let body = match body {
@@ -172,20 +178,14 @@ impl NativeServer {
 
     /// Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`.
     #[napi]
-    pub fn respond_stream(&self, id: f64, status: u32, headers: Vec<String>) -> bool {
+    pub fn respond_stream(&self, id: f64, status: u32, headers: String) -> bool {
         self.bridge
             .respond_stream(exchange_id(id), status as u16, pairs(headers))
     }
 
     /// Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts).
     #[napi]
-    pub fn respond_file(
-        &self,
-        id: f64,
-        status: u32,
-        headers: Vec<String>,
-        file: NativeFile,
-    ) -> bool {
+    pub fn respond_file(&self, id: f64, status: u32, headers: String, file: NativeFile) -> bool {
         let file = JsFile {
             path: file.path.into(),
             filename: file.filename,
