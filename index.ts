@@ -68,6 +68,12 @@ export interface StreamingOptions {
   maxInflight?: number
   /** Requests allowed at once before the rate applies; 0 means `rateLimitRequests`. Default 0. */
   rateLimitBurst?: number
+  /**
+   * Names the user behind a request (from a token, a cookie, ...): per-user limits such as
+   * `rateLimitRequests` key on it instead of the client address. Return undefined for none.
+   * Called once per request, before any limit; keep it cheap.
+   */
+  identify?: (req: Request) => string | undefined | null | Promise<string | undefined | null>
 }
 
 export interface UploadsOptions {
@@ -146,11 +152,17 @@ function checkHandler(handler: unknown, what: string): Handler {
 
 /** A group of Rust-served streaming routes sharing one set of limits. */
 export class StreamingApp {
-  readonly options: StreamingOptions
+  readonly options: Omit<StreamingOptions, 'identify'>
   readonly #routes: RouteSpec[] = []
+  readonly #identify: StreamingOptions['identify']
 
   constructor(options: StreamingOptions = {}) {
-    this.options = validated('streaming', options, 'StreamingApp')
+    const { identify, ...rest } = (options ?? {}) as StreamingOptions
+    if (identify !== undefined && typeof identify !== 'function') {
+      throw new TypeError('StreamingApp: identify must be a function')
+    }
+    this.options = validated('streaming', rest, 'StreamingApp')
+    this.#identify = identify
   }
 
   /** Serves the files under `options.root` at `prefix` (GET/HEAD, Range, ETag, ...). */
@@ -202,7 +214,14 @@ export class StreamingApp {
     const routes = this.#routes.map((route) =>
       route.kind === 'handler' ? { ...route, handler: register(route.handler) } : route,
     )
-    return { options: this.options, routes }
+    const identify = this.#identify
+    if (!identify) return { options: this.options, routes }
+    // The answer crosses back as the body of a plain response: the user id, or empty for none.
+    const asHandler: Handler = async (req) => {
+      const user = await identify(req)
+      return user === undefined || user === null ? '' : String(user)
+    }
+    return { options: { ...this.options, identifyHandler: register(asHandler) }, routes }
   }
 }
 

@@ -293,3 +293,25 @@ test('a 1 GiB upload keeps the server process memory flat (RSS growth < 16 MiB)'
   t.true(growth < 16, `server RSS grew ${growth.toFixed(1)} MiB`)
   t.log(`server RSS growth during a 1 GiB upload: ${growth.toFixed(1)} MiB`)
 })
+
+test('identify: rate limits key on the user it names, else on the address', async (t) => {
+  const dir = fixture({ 'a.txt': 'a' })
+  t.teardown(dir.cleanup)
+  const server = new Server()
+  const app = new StreamingApp({
+    rateLimitRequests: 2,
+    identify: (req) => new URL(req.url).searchParams.get('token') ?? undefined,
+  })
+  app.files('/files', { root: dir.root })
+  server.mount('/', app)
+  const { url } = await server.listen({ port: 0 })
+  t.teardown(() => server.close({ drain: 0 }))
+  const get = (query, localAddress) => request(`${url}/files/a.txt${query}`, { localAddress }).then((r) => r.status)
+  // Alice spends her budget from two addresses: it is hers, not theirs.
+  t.deepEqual([await get('?token=alice', '127.0.0.12'), await get('?token=alice', '127.0.0.13')], [200, 200])
+  t.is(await get('?token=alice', '127.0.0.14'), 429)
+  // Bob, from one of Alice's addresses, has his own budget.
+  t.is(await get('?token=bob', '127.0.0.12'), 200)
+  // Anonymous requests fall back to the address.
+  t.deepEqual([await get('', '127.0.0.15'), await get('', '127.0.0.15'), await get('', '127.0.0.15')], [200, 200, 429])
+})

@@ -9,7 +9,7 @@ use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
 use crate::conn_state::ConnState;
 use crate::delivery::Delivery;
 use crate::files::FilesMount;
-use crate::js_call::{call_js, JsLimits, JsTarget};
+use crate::js_call::{call_js, identify, JsLimits, JsTarget};
 use crate::limit::bucket::{ClientBuckets, Shaper};
 use crate::limit::conn::client_key;
 use crate::limit::rate::{Decision, RequestLimiter};
@@ -109,6 +109,32 @@ impl StreamingApp {
         B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
         context.conn.set_send_timeout(self.config.send_timeout);
+        let mut context = context;
+        if let (Some(handler), Some(bridge)) = (self.config.identify_handler, &self.bridge) {
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let target = JsTarget {
+                bridge,
+                handler,
+                params: Vec::new(),
+                url: format!("{rel}{query}"),
+                client: context.client,
+            };
+            match identify(
+                &request,
+                target,
+                self.config.handler_timeout,
+                &context.metrics,
+            )
+            .await
+            {
+                Ok(user) => context.user = user,
+                Err(response) => return response,
+            }
+        }
         let decision = self.requests.as_ref().map(|limiter| {
             let key = match &context.user {
                 Some(user) => format!("u:{user}"),

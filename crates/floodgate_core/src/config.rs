@@ -104,6 +104,9 @@ pub struct StreamingConfig {
     pub handler_timeout: Duration,
     /// JS requests in flight for this app; beyond it, 503 + Retry-After without calling JS.
     pub max_inflight: u32,
+    /// Set by the TypeScript layer when the app has an `identify(req)` function: the handler
+    /// id that names the user (per-user limits key on it; the client address otherwise).
+    pub identify_handler: Option<u32>,
 }
 
 impl Default for StreamingConfig {
@@ -126,6 +129,7 @@ impl Default for StreamingConfig {
             rate_limit_burst: 0,
             handler_timeout: Duration::from_secs(30),
             max_inflight: 1024,
+            identify_handler: None,
         }
     }
 }

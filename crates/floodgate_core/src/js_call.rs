@@ -104,6 +104,62 @@ where
     build_response(js_response, call, &parts.method, &parts.headers, delivery)
 }
 
+/// Asks the app's `identify(req)` who is asking: `Ok(None)` when it names nobody, `Err` with
+/// the response to send when it failed or took longer than the handler timeout.
+pub async fn identify<B>(
+    request: &Request<B>,
+    target: JsTarget<'_>,
+    handler_timeout: Duration,
+    metrics: &Metrics,
+) -> Result<Option<String>, Response<Body>> {
+    let js_request = JsRequest {
+        id: 0,
+        handler: target.handler,
+        method: request.method().as_str().to_string(),
+        url: target.url,
+        headers: flat_headers(request.headers()),
+        params: Vec::new(),
+        client: target.client.to_string(),
+        has_body: false,
+    };
+    let mut call = target.bridge.start(js_request, None, None);
+    let answer = match tokio::time::timeout(handler_timeout, call.response()).await {
+        Err(_) => {
+            metrics.reject(Rejection::HandlerTimeout);
+            return Err(body::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Handler timed out\n",
+            ));
+        }
+        Ok(answer) => answer,
+    };
+    call.finish();
+    match answer {
+        Some(JsResponse {
+            status: 200,
+            body: JsBody::Bytes(user),
+            ..
+        }) if !user.is_empty() => Ok(Some(String::from_utf8_lossy(&user).into_owned())),
+        Some(JsResponse { status: 200, .. }) => Ok(None),
+        _ => Err(body::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error\n",
+        )),
+    }
+}
+
+fn flat_headers(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .iter()
+        .flat_map(|(name, value)| {
+            [
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ]
+        })
+        .collect()
+}
+
 fn build_response(
     js: JsResponse,
     call: Call,
