@@ -4,12 +4,15 @@
  * of defaults); a wrong option throws a `TypeError` naming it, at construction.
  */
 import { EventEmitter } from 'node:events'
-import * as native from './binding'
+import type * as Native from './binding'
+import { loadNative } from './loader'
 import { HandlerBridge, type Handler } from './handlers'
 
 export { StreamingResponse, FileResponse } from './handlers'
 export type { Handler, FetchHandler, HandlerContext, HandlerResult, StreamingInit, FileInit } from './handlers'
 export { fromNodeHandler } from './node-adapter'
+
+const native = loadNative()
 
 /** A size in bytes, or a string such as `'64kb'`, `'100mb'`. */
 export type Size = number | string
@@ -239,7 +242,7 @@ export class Server extends EventEmitter {
   readonly options: ServerOptions
   readonly #mounts: { prefix: string; app: StreamingApp }[] = []
   readonly #bridge = new HandlerBridge((error) => this.#reportError(error))
-  #native: native.NativeServer | undefined
+  #native: Native.NativeServer | undefined
   #listening = false
   #closing: Promise<void> | undefined
   // The native server lives on Rust threads, which do not keep Node's event loop alive the way a
