@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { spawnSync } from 'node:child_process'
 import { PEERS } from './lib/peers.mjs'
 import { makeFixtures } from './lib/fixtures.mjs'
+import { chart } from './lib/chart.mjs'
 import files from './workloads/files.mjs'
 import download from './workloads/download.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
@@ -85,3 +86,4 @@ report.table = table
 const results = fileURLToPath(new URL('./results/', import.meta.url))
 mkdirSync(results, { recursive: true })
 writeFileSync(`${results}/latest.json`, JSON.stringify(report, null, 2))
+writeFileSync(`${results}/latest.svg`, chart(report))
