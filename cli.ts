@@ -8,7 +8,8 @@ import { parseArgs } from 'node:util'
 import { Server, StreamingApp } from './index'
 
 const USAGE = `usage: floodgate serve <dir> [--port N] [--host H] [--max-connections-per-ip N]
-                       [--rate-limit-bandwidth SIZE] [--chunk-size SIZE] [--config file.json]`
+                       [--rate-limit-bandwidth SIZE] [--chunk-size SIZE]
+                       [--upload-dir DIR] [--max-upload-size SIZE] [--config file.json]`
 
 function fail(message: string): never {
   process.stderr.write(`floodgate: ${message}\n`)
@@ -33,6 +34,8 @@ async function main(argv: string[]): Promise<void> {
         'max-connections-per-ip': { type: 'string' },
         'rate-limit-bandwidth': { type: 'string' },
         'chunk-size': { type: 'string' },
+        'upload-dir': { type: 'string' },
+        'max-upload-size': { type: 'string' },
         config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -74,7 +77,10 @@ async function main(argv: string[]): Promise<void> {
         rateLimitBandwidth: numberOrText(values['rate-limit-bandwidth']),
       }),
       ...(values['chunk-size'] !== undefined && { chunkSize: numberOrText(values['chunk-size']) }),
+      ...(values['max-upload-size'] !== undefined && { maxUploadSize: numberOrText(values['max-upload-size']) }),
     })
+    // With --upload-dir, PUT/POST /upload/<name> stores files there; everything else is the folder.
+    if (values['upload-dir'] !== undefined) app.uploads('/upload', { dir: resolve(values['upload-dir']) })
     app.files('/', { root })
     server.mount('/', app)
     const { url } = await server.listen({ port, host: values.host })
@@ -85,6 +91,7 @@ async function main(argv: string[]): Promise<void> {
     process.once('SIGINT', stop)
     process.once('SIGTERM', stop)
     process.stdout.write(`floodgate serving ${root} at ${url}/\n`)
+    if (values['upload-dir'] !== undefined) process.stdout.write(`uploads: PUT ${url}/upload/<name>\n`)
   } catch (err) {
     fail((err as Error).message)
   }

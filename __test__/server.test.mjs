@@ -175,7 +175,10 @@ test('h2c: half a preface is closed at headerTimeout', async (t) => {
 
 test('CLI: serve <dir> prints the URL and serves the folder', async (t) => {
   let url
-  const result = await runNode(['cli.js', 'serve', root, '--port', '0', '--max-connections-per-ip', '5'], {
+  const uploads = fixture()
+  t.teardown(uploads.cleanup)
+  const args = ['cli.js', 'serve', root, '--port', '0', '--max-connections-per-ip', '5', '--upload-dir', uploads.root, '--max-upload-size', '1kb']
+  const result = await runNode(args, {
     onStdout: async (stdout, child) => {
       const match = /at (http:\/\/\S+)\//.exec(stdout)
       if (match && !url) {
@@ -183,6 +186,10 @@ test('CLI: serve <dir> prints the URL and serves the folder', async (t) => {
         const res = await request(`${url}/small.txt`)
         t.is(res.status, 200)
         t.is(res.body.toString(), 'hello\n')
+        const stored = await fetch(`${url}/upload/note.txt`, { method: 'PUT', body: 'note' })
+        t.is(stored.status, 201)
+        const tooBig = await fetch(`${url}/upload/big.txt`, { method: 'PUT', body: 'x'.repeat(2048) })
+        t.is(tooBig.status, 413)
         child.kill('SIGTERM')
       }
     },
