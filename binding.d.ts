@@ -23,6 +23,10 @@ export declare class NativeServer {
   stats(): any
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
+  /** Publishes `data` on `topic` to every matching event stream; returns how many it reached. */
+  publish(topic: string, data: string, event?: string | undefined | null, id?: string | undefined | null): number
+  /** The sequence number of the last published event (snapshots are taken as of it). */
+  busSeq(): number
   /** Answers exchange `id` with a complete body. `false` when the exchange is gone. */
   respond(id: number, status: number, headers: string, body?: Buffer | string | undefined | null): boolean
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */

@@ -57,6 +57,12 @@ export interface StreamingOptions {
   minUploadRate?: Size
   /** Default 10s. */
   minUploadRateGrace?: Duration
+  /** A comment line keeps a quiet event stream open through proxies this often. Default 15s. */
+  sseKeepAlive?: Duration
+  /** Event streams one user (or address) may hold; more get 429. Default 10. */
+  sseMaxConnectionsPerUser?: number
+  /** Event streams the app holds at once; more get 503. Default 10000. */
+  sseMaxConnections?: number
   /** Bytes per second read from one connection's body (TCP backpressure); 0 disables. Default 0. */
   rateLimitUploadBandwidth?: Size
   /** Bytes per second read summed over one client's connections; 0 disables. Default 0. */
@@ -140,10 +146,45 @@ function checkPrefix(prefix: unknown, what: string): string {
   return prefix
 }
 
+export type SseUser = string | undefined
+
+export interface SseOptions {
+  /**
+   * Who opens the stream (from `?token=`, a cookie, ...). Return the user id; return nothing, or
+   * throw an error whose `status` is 401 or 403, to refuse the stream. Runs once per connection,
+   * before the 200. Without it, streams are anonymous and capped per client address.
+   */
+  authenticate?: (req: Request) => string | undefined | null | Promise<string | undefined | null>
+  /** The topics the stream subscribes to, NATS-style: `attacker.42.>`, `a.*.c`. */
+  topics: string[] | ((req: Request, user: SseUser) => string[] | Promise<string[]>)
+  /**
+   * Sent first, as an event named `snapshot` (an object is sent as JSON). Events published
+   * before it is called are covered by it; later ones follow it, none lost, none twice.
+   */
+  snapshot?: (req: Request, user: SseUser) => unknown
+  /** Called exactly once per stream when it ends: `client`, `overflow` or `shutdown`. */
+  onClose?: (user: SseUser, reason: 'client' | 'overflow' | 'shutdown') => void
+  /** Events queued per connection for a slow reader. Default 256. */
+  queueEvents?: number
+  /** Bytes queued per connection. Default 1mb. */
+  queueBytes?: Size
+  /** On a full queue: drop the oldest event (default), drop the new one, or end the stream. */
+  overflow?: 'dropOldest' | 'dropNewest' | 'close'
+  /** `retry:` (ms) sent when the stream opens. */
+  retry?: number
+}
+
+/** What the server lends an app when it is turned into a spec. */
+interface SpecContext {
+  register(handler: Handler): number
+  busSeq(): number
+}
+
 type RouteSpec =
   | { kind: 'files'; prefix: string; options: FilesOptions }
   | { kind: 'uploads'; prefix: string; options: UploadsOptions }
   | { kind: 'handler'; method: string | null; path: string; handler: Handler }
+  | { kind: 'sse'; prefix: string; options: SseOptions }
 
 function checkHandler(handler: unknown, what: string): Handler {
   const ok =
@@ -185,6 +226,25 @@ export class StreamingApp {
     return this
   }
 
+  /**
+   * Server-Sent Events at `prefix`: authenticate, subscribe to topics, send a snapshot, then
+   * every event `server.publish` sends on a matching topic, with keepalive comments, per-user
+   * caps (`sseMaxConnectionsPerUser`) and a bounded queue per connection.
+   */
+  sse(prefix: string, options: SseOptions): this {
+    checkPrefix(prefix, 'sse')
+    const { authenticate, topics, snapshot, onClose, ...rest } = options ?? ({} as SseOptions)
+    if (typeof topics !== 'function' && !Array.isArray(topics)) {
+      throw new TypeError('sse: topics must be an array or a function')
+    }
+    for (const [name, fn] of Object.entries({ authenticate, snapshot, onClose })) {
+      if (fn !== undefined && typeof fn !== 'function') throw new TypeError(`sse: ${name} must be a function`)
+    }
+    validated('sse', rest, 'sse')
+    this.#routes.push({ kind: 'sse', prefix, options })
+    return this
+  }
+
   /** A JS handler for `method` (or any method) at `path` (`:param` segments, trailing `*`). */
   route(method: string | null, path: string, handler: Handler): this {
     checkPrefix(path, 'route')
@@ -213,10 +273,12 @@ export class StreamingApp {
   }
 
   /** @internal the JSON spec handed to the native core; handlers become ids. */
-  toSpec(register: (handler: Handler) => number) {
-    const routes = this.#routes.map((route) =>
-      route.kind === 'handler' ? { ...route, handler: register(route.handler) } : route,
-    )
+  toSpec({ register, busSeq }: SpecContext) {
+    const routes = this.#routes.map((route) => {
+      if (route.kind === 'handler') return { ...route, handler: register(route.handler) }
+      if (route.kind === 'sse') return { kind: 'sse', prefix: route.prefix, options: sseSpec(route.options, register, busSeq) }
+      return route
+    })
     const identify = this.#identify
     if (!identify) return { options: this.options, routes }
     // The answer crosses back as the body of a plain response: the user id, or empty for none.
@@ -226,6 +288,42 @@ export class StreamingApp {
     }
     return { options: { ...this.options, identifyHandler: register(asHandler) }, routes }
   }
+}
+
+/** Turns an SSE route's JS functions into handlers whose answers cross back as JSON bodies. */
+function sseSpec(options: SseOptions, register: (handler: Handler) => number, busSeq: () => number) {
+  const { authenticate, topics, snapshot, onClose, ...rest } = options
+  const setup: Handler = async (req) => {
+    let user: SseUser
+    if (authenticate) {
+      try {
+        user = (await authenticate(req)) ?? undefined
+      } catch (error) {
+        const status = (error as { status?: unknown })?.status
+        if (status === 401 || status === 403) return new Response(null, { status })
+        throw error
+      }
+      if (user === undefined) return new Response(null, { status: 401 })
+    }
+    const list = typeof topics === 'function' ? await topics(req, user) : topics
+    return Response.json({ user: user ?? null, topics: list })
+  }
+  const spec: Record<string, unknown> = { ...rest, setupHandler: register(setup) }
+  if (snapshot) {
+    spec.snapshotHandler = register(async (req, { params }) => {
+      // Taken before the snapshot is built: published events up to here are in it.
+      const seq = busSeq()
+      const value = await snapshot(req, params.user || undefined)
+      return Response.json({ seq, data: typeof value === 'string' ? value : JSON.stringify(value) })
+    })
+  }
+  if (onClose) {
+    spec.closeHandler = register((_req, { params }) => {
+      onClose(params.user || undefined, params.reason as 'client' | 'overflow' | 'shutdown')
+      return ''
+    })
+  }
+  return spec
 }
 
 /** Options of a JS handler mount (`server.mount('/api', handler, options)`). */
@@ -284,7 +382,10 @@ export class Server extends EventEmitter {
     this.#listening = true
     const spec = {
       options: this.options,
-      mounts: this.#mounts.map(({ prefix, app }) => ({ prefix, app: app.toSpec((h) => this.#bridge.register(h)) })),
+      mounts: this.#mounts.map(({ prefix, app }) => ({
+        prefix,
+        app: app.toSpec({ register: (h) => this.#bridge.register(h), busSeq: () => this.#native?.busSeq() ?? 0 }),
+      })),
     }
     const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts)
     this.#bridge.native = server
@@ -306,6 +407,20 @@ export class Server extends EventEmitter {
   /** The bound address, or undefined before `listen`. */
   address(): AddressInfo | undefined {
     return this.#address
+  }
+
+  /**
+   * Sends `data` (a string, or any value as JSON) to every event stream subscribed to a pattern
+   * matching `topic`; returns how many streams it reached.
+   */
+  publish(topic: string, data: unknown, { event, id }: { event?: string; id?: string } = {}): number {
+    if (!this.#native) throw new Error('publish: the server is not listening')
+    const text = typeof data === 'string' ? data : JSON.stringify(data)
+    try {
+      return this.#native.publish(topic, text, event, id)
+    } catch (error) {
+      throw new TypeError((error as Error).message)
+    }
   }
 
   /** Live counters: connections, bytes, and rejections by reason. */

@@ -5,6 +5,7 @@
 
 use crate::body::{self, Body};
 use crate::bridge::Bridge;
+use crate::bus::Bus;
 use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
 use crate::conn_state::ConnState;
 use crate::delivery::Delivery;
@@ -16,6 +17,7 @@ use crate::limit::rate::{Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::route_pattern::RoutePattern;
 use crate::router::MountTable;
+use crate::sse::{SseContext, SseRoute};
 use crate::upload::{UploadLimits, UploadsMount};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -23,10 +25,12 @@ use http_body::Body as HttpBody;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 enum Route {
     Files(FilesMount),
     Uploads(UploadsMount),
+    Sse(SseRoute),
 }
 
 struct JsRoute {
@@ -52,6 +56,9 @@ pub struct RequestContext {
     pub user: Option<String>,
     pub conn: Arc<ConnState>,
     pub metrics: Arc<Metrics>,
+    pub bus: Arc<Bus>,
+    /// Cancelled when the server starts closing: endless responses (event streams) end then.
+    pub shutdown: CancellationToken,
 }
 
 impl StreamingApp {
@@ -66,6 +73,17 @@ impl StreamingApp {
                 }
                 RouteSpec::Uploads { prefix, options } => {
                     routes.insert(prefix, Route::Uploads(UploadsMount::new(options)?))
+                }
+                RouteSpec::Sse { prefix, options } => {
+                    if bridge.is_none() {
+                        return Err("sse: event streams need the JS bridge".into());
+                    }
+                    let route = SseRoute::new(
+                        options,
+                        config.sse_max_connections_per_user,
+                        config.sse_max_connections,
+                    );
+                    routes.insert(prefix, Route::Sse(route))
                 }
                 RouteSpec::Handler {
                     method,
@@ -215,6 +233,27 @@ impl StreamingApp {
                 uploads
                     .receive(request, &rest, self.upload_limits(context))
                     .await
+            }
+            Some((Route::Sse(sse), _)) => {
+                let Some(bridge) = &self.bridge else {
+                    return body::text(StatusCode::NOT_FOUND, "Not Found\n");
+                };
+                let query = request
+                    .uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                let sse_context = SseContext {
+                    bridge,
+                    bus: &context.bus,
+                    metrics: &context.metrics,
+                    shutdown: context.shutdown.clone(),
+                    keep_alive: self.config.sse_keep_alive,
+                    handler_timeout: self.config.handler_timeout,
+                    client: context.client,
+                    url: format!("{rel}{query}"),
+                };
+                sse.open(&request, sse_context).await
             }
         }
     }

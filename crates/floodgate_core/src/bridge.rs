@@ -164,6 +164,22 @@ impl Bridge {
         }
     }
 
+    /// Tells JS something without waiting for an answer (`onClose`, say): a request with
+    /// exchange id 0, which no response can match.
+    pub fn notify(&self, handler: u32, params: Vec<String>, client: String) {
+        let request = JsRequest {
+            id: 0,
+            handler,
+            method: "NOTIFY".into(),
+            url: "/".into(),
+            headers: Vec::new(),
+            params,
+            client,
+            has_body: false,
+        };
+        self.host.dispatch(request);
+    }
+
     /// JS answered exchange `id`. `false` when nobody waits for it any more.
     pub fn respond(&self, id: u64, response: JsResponse) -> bool {
         let sender = self

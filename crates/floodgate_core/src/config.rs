@@ -107,6 +107,13 @@ pub struct StreamingConfig {
     /// Set by the TypeScript layer when the app has an `identify(req)` function: the handler
     /// id that names the user (per-user limits key on it; the client address otherwise).
     pub identify_handler: Option<u32>,
+    /// A comment line is sent on a quiet event stream this often, so proxies keep it open.
+    #[serde(deserialize_with = "duration")]
+    pub sse_keep_alive: Duration,
+    /// Event streams one user (or address) may hold at once; more get 429.
+    pub sse_max_connections_per_user: u32,
+    /// Event streams the app holds at once; more get 503.
+    pub sse_max_connections: u32,
 }
 
 impl Default for StreamingConfig {
@@ -130,6 +137,9 @@ impl Default for StreamingConfig {
             handler_timeout: Duration::from_secs(30),
             max_inflight: 1024,
             identify_handler: None,
+            sse_keep_alive: Duration::from_secs(15),
+            sse_max_connections_per_user: 10,
+            sse_max_connections: 10_000,
         }
     }
 }
@@ -175,6 +185,50 @@ fn yes() -> bool {
     true
 }
 
+/// What a full event-stream queue does with one more event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Overflow {
+    /// Drop the oldest queued event (counted).
+    #[default]
+    DropOldest,
+    /// Drop the new event (counted).
+    DropNewest,
+    /// End the stream.
+    Close,
+}
+
+/// Options of `streaming.sse(prefix, {...})` (its JS functions are registered as handlers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SseConfig {
+    /// Events queued per connection for a slow reader.
+    pub queue_events: u32,
+    #[serde(deserialize_with = "size")]
+    pub queue_bytes: u64,
+    pub overflow: Overflow,
+    /// `retry:` sent when the stream opens, in milliseconds.
+    pub retry: Option<u32>,
+    /// Set by the TypeScript layer: authenticate + topics, snapshot, onClose.
+    pub setup_handler: u32,
+    pub snapshot_handler: Option<u32>,
+    pub close_handler: Option<u32>,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            queue_events: 256,
+            queue_bytes: MIB,
+            overflow: Overflow::DropOldest,
+            retry: None,
+            setup_handler: 0,
+            snapshot_handler: None,
+            close_handler: None,
+        }
+    }
+}
+
 /// One route inside a streaming app.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
@@ -193,6 +247,10 @@ pub enum RouteSpec {
         method: Option<String>,
         path: String,
         handler: u32,
+    },
+    Sse {
+        prefix: String,
+        options: SseConfig,
     },
 }
 
@@ -269,6 +327,7 @@ impl StreamingConfig {
             ("readTimeout", self.read_timeout),
             ("rateLimitWindow", self.rate_limit_window),
             ("handlerTimeout", self.handler_timeout),
+            ("sseKeepAlive", self.sse_keep_alive),
         ] {
             if duration.is_zero() {
                 return Err(format!("{name}: must be greater than 0"));
@@ -330,6 +389,12 @@ impl ServerSpec {
                         *prefix = normalize_prefix("uploads", prefix)?
                     }
                     RouteSpec::Handler { path, .. } => *path = normalize_prefix("route", path)?,
+                    RouteSpec::Sse { prefix, options } => {
+                        *prefix = normalize_prefix("sse", prefix)?;
+                        if options.queue_events == 0 {
+                            return Err("sse: queueEvents must be at least 1".into());
+                        }
+                    }
                 }
             }
         }

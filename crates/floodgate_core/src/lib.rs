@@ -6,6 +6,7 @@
 pub mod app;
 pub mod body;
 pub mod bridge;
+pub mod bus;
 pub mod config;
 pub mod conn_state;
 pub mod delivery;
@@ -22,6 +23,7 @@ pub mod route_pattern;
 pub mod router;
 pub mod safe_path;
 pub mod server;
+pub mod sse;
 pub mod units;
 pub mod upload;
 pub mod upload_sink;

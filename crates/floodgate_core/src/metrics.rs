@@ -24,10 +24,13 @@ pub enum Rejection {
     RateLimited,
     HandlerTimeout,
     InflightLimit,
+    SseLimit,
+    SseOverflow,
+    SseEventDropped,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 18] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -43,6 +46,9 @@ impl Rejection {
         Rejection::RateLimited,
         Rejection::HandlerTimeout,
         Rejection::InflightLimit,
+        Rejection::SseLimit,
+        Rejection::SseOverflow,
+        Rejection::SseEventDropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +68,9 @@ impl Rejection {
             Rejection::RateLimited => "rate_limited",
             Rejection::HandlerTimeout => "handler_timeout",
             Rejection::InflightLimit => "inflight_limit",
+            Rejection::SseLimit => "sse_limit",
+            Rejection::SseOverflow => "sse_overflow",
+            Rejection::SseEventDropped => "sse_event_dropped",
         }
     }
 }

@@ -4,6 +4,7 @@
 use crate::app::{RequestContext, StreamingApp};
 use crate::body::{self, Body, Tracked};
 use crate::bridge::Bridge;
+use crate::bus::Bus;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
 use crate::conn_state::ConnState;
 use crate::guarded_io::{GuardedIo, HeadLimits};
@@ -40,6 +41,8 @@ struct Shared {
     limiter: Arc<ConnectionLimiter>,
     builder: auto::Builder<TokioExecutor>,
     default_send_timeout: Duration,
+    bus: Arc<Bus>,
+    shutdown: CancellationToken,
 }
 
 /// A listening server. Dropping it does not stop it; call `close`.
@@ -71,7 +74,10 @@ pub async fn listen(
         .await
         .map_err(|err| format!("listen on {addr}: {err}"))?;
     let local_addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let stop_accepting = CancellationToken::new();
     let shared = Arc::new(Shared {
+        bus: Bus::new(),
+        shutdown: stop_accepting.clone(),
         builder: hyper_builder(&spec.options),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
         metrics: Arc::new(Metrics::default()),
@@ -79,7 +85,6 @@ pub async fn listen(
         config: spec.options,
         default_send_timeout: StreamingConfig::default().send_timeout,
     });
-    let stop_accepting = CancellationToken::new();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let accept_task = tokio::spawn(accept_loop(
@@ -137,6 +142,11 @@ impl RunningServer {
 
     pub fn limiter(&self) -> &ConnectionLimiter {
         &self.shared.limiter
+    }
+
+    /// The topic bus event streams subscribe to.
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.shared.bus
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then aborts the rest.
@@ -282,6 +292,8 @@ async fn handle(
                 user: None,
                 conn: Arc::clone(conn),
                 metrics: Arc::clone(&shared.metrics),
+                bus: Arc::clone(&shared.bus),
+                shutdown: shared.shutdown.clone(),
             };
             app.handle(request, rel, context).await
         }

@@ -8,7 +8,7 @@ mod host;
 
 use floodgate_core::bridge::{BodyError, Bridge, JsBody, JsFile, JsResponse};
 use floodgate_core::config::{
-    self, FilesConfig, ServerConfig, ServerSpec, StreamingConfig, UploadsConfig,
+    self, FilesConfig, ServerConfig, ServerSpec, SseConfig, StreamingConfig, UploadsConfig,
 };
 use floodgate_core::files::FilesMount;
 use floodgate_core::upload::UploadsMount;
@@ -38,6 +38,7 @@ pub fn validate_options(kind: String, options: serde_json::Value) -> Result<()> 
         "server" => check::<ServerConfig>(options, ServerConfig::validate),
         "streaming" => check::<StreamingConfig>(options, StreamingConfig::validate),
         "files" => check::<FilesConfig>(options, |files| FilesMount::new(files.clone()).map(drop)),
+        "sse" => check::<SseConfig>(options, |_| Ok(())),
         "uploads" => check::<UploadsConfig>(options, |uploads| {
             UploadsMount::new(uploads.clone()).map(drop)
         }),
@@ -152,6 +153,32 @@ impl NativeServer {
             server.close(Duration::from_millis(drain_ms as u64)).await;
         }
         Ok(())
+    }
+
+    /// Publishes `data` on `topic` to every matching event stream; returns how many it reached.
+    #[napi]
+    pub fn publish(
+        &self,
+        topic: String,
+        data: String,
+        event: Option<String>,
+        id: Option<String>,
+    ) -> Result<u32> {
+        floodgate_core::bus::validate(&topic, false)
+            .map_err(|message| invalid(format!("publish: {message}")))?;
+        let server = self
+            .running()
+            .ok_or_else(|| Error::from_reason("publish: the server is not listening"))?;
+        Ok(server
+            .bus()
+            .publish(&topic, &data, event.as_deref(), id.as_deref()) as u32)
+    }
+
+    /// The sequence number of the last published event (snapshots are taken as of it).
+    #[napi]
+    pub fn bus_seq(&self) -> f64 {
+        self.running()
+            .map_or(0.0, |server| server.bus().current_seq() as f64)
     }
 
     /// Answers exchange `id` with a complete body. `false` when the exchange is gone.

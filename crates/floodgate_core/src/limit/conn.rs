@@ -5,6 +5,7 @@
 //! IPv6 clients are grouped by /64, since one host usually owns a whole /64.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
@@ -22,19 +23,20 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts open connections per client key and refuses those over `max` (0: no cap).
-pub struct ConnectionLimiter {
+/// Counts open connections per key (a client address, or a user) and refuses those over
+/// `max` (0: no cap).
+pub struct ConnectionLimiter<K: Hash + Eq + Clone = IpAddr> {
     max: u32,
-    open: Mutex<HashMap<IpAddr, u32>>,
+    open: Mutex<HashMap<K, u32>>,
 }
 
 /// One held slot; dropping it frees the slot.
-pub struct Slot {
-    limiter: Arc<ConnectionLimiter>,
-    key: IpAddr,
+pub struct Slot<K: Hash + Eq + Clone = IpAddr> {
+    limiter: Arc<ConnectionLimiter<K>>,
+    key: K,
 }
 
-impl ConnectionLimiter {
+impl<K: Hash + Eq + Clone> ConnectionLimiter<K> {
     pub fn new(max: u32) -> Arc<Self> {
         Arc::new(Self {
             max,
@@ -42,14 +44,16 @@ impl ConnectionLimiter {
         })
     }
 
-    /// Takes a slot for `ip`, or `None` when that client already holds `max`.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let key = client_key(ip);
-        let mut open = self
-            .open
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<K, u32>> {
+        self.open
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry(key).or_insert(0);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a slot for `key`, or `None` when that key already holds `max`.
+    pub fn try_acquire_key(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+        let mut open = self.table();
+        let count = open.entry(key.clone()).or_insert(0);
         if self.max != 0 && *count >= self.max {
             return None;
         }
@@ -60,31 +64,32 @@ impl ConnectionLimiter {
         })
     }
 
-    /// Open connections of the client owning `ip`.
-    pub fn open_for(&self, ip: IpAddr) -> u32 {
-        let open = self
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        open.get(&client_key(ip)).copied().unwrap_or(0)
+    /// Slots held by `key`.
+    pub fn open_for_key(&self, key: &K) -> u32 {
+        self.table().get(key).copied().unwrap_or(0)
     }
 
-    /// Distinct clients holding at least one slot (the table never keeps empty entries).
+    /// Distinct keys holding at least one slot (the table never keeps empty entries).
     pub fn tracked_clients(&self) -> usize {
-        self.open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.table().len()
     }
 }
 
-impl Drop for Slot {
+impl ConnectionLimiter<IpAddr> {
+    /// Takes a slot for the client owning `ip`.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        self.try_acquire_key(client_key(ip))
+    }
+
+    /// Open connections of the client owning `ip`.
+    pub fn open_for(&self, ip: IpAddr) -> u32 {
+        self.open_for_key(&client_key(ip))
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut open = self
-            .limiter
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = self.limiter.table();
         if let Some(count) = open.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {

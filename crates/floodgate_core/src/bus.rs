@@ -1,0 +1,252 @@
+//! Topic publish/subscribe shared by SSE (and later WebSocket) subscribers, NATS-style:
+//! topics are dot-separated tokens, `*` matches one token, a trailing `>` one or more.
+//!
+//! An event is framed once and shared (`Bytes` is reference-counted) by every subscriber whose
+//! patterns match; each event gets a bus-wide sequence number, and recent events are kept per
+//! topic so a reconnecting client can resume from its `Last-Event-ID`.
+
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Recent events kept per topic for `Last-Event-ID` resume.
+const RING_SIZE: usize = 256;
+
+/// A published event, framed for delivery.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub seq: u64,
+    /// The `id:` clients see: the publisher's, or the sequence number.
+    pub id: String,
+    pub frame: Bytes,
+}
+
+/// Where a subscriber's events go; implemented by each connection's bounded queue.
+pub trait Sink: Send + Sync {
+    fn deliver(&self, event: &Event);
+}
+
+/// Does `pattern` (possibly with `*` and a trailing `>`) match `topic`?
+pub fn matches(pattern: &str, topic: &str) -> bool {
+    let mut topic_tokens = topic.split('.');
+    let mut pattern_tokens = pattern.split('.').peekable();
+    while let Some(token) = pattern_tokens.next() {
+        if token == ">" && pattern_tokens.peek().is_none() {
+            return topic_tokens.next().is_some();
+        }
+        match topic_tokens.next() {
+            Some(actual) if token == "*" || token == actual => {}
+            _ => return false,
+        }
+    }
+    topic_tokens.next().is_none()
+}
+
+/// A valid topic: non-empty tokens, no wildcards. Patterns may also use `*` and a final `>`.
+pub fn validate(text: &str, pattern: bool) -> Result<(), String> {
+    let tokens: Vec<&str> = text.split('.').collect();
+    for (index, token) in tokens.iter().enumerate() {
+        let wildcard = *token == "*" || (*token == ">" && index + 1 == tokens.len());
+        if token.is_empty() || token.contains(char::is_whitespace) || (!pattern && wildcard) {
+            return Err(format!("invalid topic {text:?}"));
+        }
+        if !wildcard && (token.contains('*') || token.contains('>')) {
+            return Err(format!("invalid topic {text:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Frames one SSE event: `id:`, optional `event:`, and `data:` lines (multi-line data split).
+pub fn frame(id: &str, event: Option<&str>, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 32);
+    out.push_str("id: ");
+    out.push_str(id);
+    out.push('\n');
+    if let Some(event) = event {
+        out.push_str("event: ");
+        out.push_str(event);
+        out.push('\n');
+    }
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+struct Subscription {
+    patterns: Vec<String>,
+    sink: Arc<dyn Sink>,
+}
+
+#[derive(Default)]
+pub struct Bus {
+    seq: AtomicU64,
+    subscriptions: RwLock<HashMap<u64, Subscription>>,
+    next_subscription: AtomicU64,
+    recent: Mutex<HashMap<String, VecDeque<Event>>>,
+}
+
+/// Unsubscribes when dropped.
+pub struct SubscriptionGuard {
+    bus: Arc<Bus>,
+    id: u64,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.bus
+            .subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Bus {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The sequence number of the last published event.
+    pub fn current_seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    pub fn subscribe(
+        self: &Arc<Self>,
+        patterns: Vec<String>,
+        sink: Arc<dyn Sink>,
+    ) -> SubscriptionGuard {
+        let id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Subscription { patterns, sink });
+        SubscriptionGuard {
+            bus: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Publishes `data` on `topic`; returns how many subscribers it reached.
+    pub fn publish(&self, topic: &str, data: &str, event: Option<&str>, id: Option<&str>) -> usize {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = id.map(str::to_string).unwrap_or_else(|| seq.to_string());
+        let event = Event {
+            seq,
+            frame: frame(&id, event, data),
+            id,
+        };
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let ring = recent.entry(topic.to_string()).or_default();
+            if ring.len() == RING_SIZE {
+                ring.pop_front();
+            }
+            ring.push_back(event.clone());
+        }
+        let subscriptions = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
+        let mut reached = 0;
+        for subscription in subscriptions.values() {
+            if subscription
+                .patterns
+                .iter()
+                .any(|pattern| matches(pattern, topic))
+            {
+                subscription.sink.deliver(&event);
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    /// Events after `last_id` on topics matching `patterns`, in order; `None` when `last_id` is
+    /// no longer (or never was) held.
+    pub fn since(&self, patterns: &[String], last_id: &str) -> Option<Vec<Event>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let rings: Vec<&VecDeque<Event>> = recent
+            .iter()
+            .filter(|(topic, _)| patterns.iter().any(|pattern| matches(pattern, topic)))
+            .map(|(_, ring)| ring)
+            .collect();
+        let after = rings
+            .iter()
+            .flat_map(|ring| ring.iter())
+            .find(|event| event.id == last_id)?
+            .seq;
+        let mut events: Vec<Event> = rings
+            .iter()
+            .flat_map(|ring| ring.iter())
+            .filter(|event| event.seq > after)
+            .cloned()
+            .collect();
+        events.sort_by_key(|event| event.seq);
+        Some(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_rules() {
+        assert!(matches("a.b.c", "a.b.c"));
+        assert!(!matches("a.b", "a.b.c"));
+        assert!(matches("a.*.c", "a.x.c"));
+        assert!(!matches("a.*.c", "a.x.y.c"));
+        assert!(matches("attacker.42.>", "attacker.42.observation"));
+        assert!(matches("attacker.42.>", "attacker.42.a.b"));
+        assert!(!matches("attacker.42.>", "attacker.42"));
+        assert!(!matches("attacker.42.>", "attacker.43.x"));
+        assert!(matches(">", "anything.at.all"));
+        assert!(matches("*", "one"));
+        assert!(!matches("*", "one.two"));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate("a.b", false).is_ok());
+        assert!(validate("a.*", false).is_err());
+        assert!(validate("a.*.>", true).is_ok());
+        assert!(validate("a.>.b", true).is_err());
+        assert!(validate("a..b", true).is_err());
+        assert!(validate("a.b*", true).is_err());
+    }
+
+    #[test]
+    fn framing_splits_lines() {
+        assert_eq!(
+            &frame("7", Some("update"), "one\ntwo")[..],
+            b"id: 7\nevent: update\ndata: one\ndata: two\n\n"
+        );
+    }
+
+    struct Collect(Mutex<Vec<u64>>);
+    impl Sink for Collect {
+        fn deliver(&self, event: &Event) {
+            self.0.lock().unwrap().push(event.seq);
+        }
+    }
+
+    #[test]
+    fn publish_reaches_matching_subscribers_and_resume_replays() {
+        let bus = Bus::new();
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let guard = bus.subscribe(vec!["a.>".into()], sink.clone());
+        assert_eq!(bus.publish("a.x", "1", None, None), 1);
+        assert_eq!(bus.publish("b.x", "2", None, None), 0);
+        assert_eq!(bus.publish("a.y", "3", None, None), 1);
+        assert_eq!(*sink.0.lock().unwrap(), vec![1, 3]);
+        let replay = bus.since(&["a.>".into()], "1").unwrap();
+        assert_eq!(replay.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+        assert!(bus.since(&["a.>".into()], "999").is_none());
+        drop(guard);
+        assert_eq!(bus.publish("a.x", "4", None, None), 0);
+    }
+}

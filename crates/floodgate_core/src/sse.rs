@@ -1,0 +1,449 @@
+//! `StreamingApp.sse(prefix, {...})`: Server-Sent Events with per-user caps, a snapshot on
+//! connect, keepalive comments, bounded per-connection queues and `Last-Event-ID` resume.
+//!
+//! Opening a stream: JS authenticates and names the topics (one exchange), the per-user and
+//! global caps are checked, the connection subscribes to the bus (so nothing published from
+//! now on is lost), then JS builds the snapshot (a second exchange). Events already queued with
+//! a sequence number up to the snapshot's are dropped: the snapshot includes them.
+
+use crate::body::{self, Body};
+use crate::bridge::{Bridge, JsBody, JsRequest, JsResponse};
+use crate::bus::{self, Bus, Event, Sink};
+use crate::config::{Overflow, SseConfig};
+use crate::limit::conn::ConnectionLimiter;
+use crate::metrics::{Metrics, Rejection};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// An SSE route with its caps.
+pub struct SseRoute {
+    config: SseConfig,
+    per_user: Arc<ConnectionLimiter<String>>,
+    total: Arc<Semaphore>,
+}
+
+/// What the app and the server lend an SSE connection.
+pub struct SseContext<'a> {
+    pub bridge: &'a Arc<Bridge>,
+    pub bus: &'a Arc<Bus>,
+    pub metrics: &'a Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub keep_alive: Duration,
+    pub handler_timeout: Duration,
+    pub client: IpAddr,
+    pub url: String,
+}
+
+#[derive(Deserialize)]
+struct Setup {
+    user: Option<String>,
+    topics: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    seq: u64,
+    data: String,
+    event: Option<String>,
+}
+
+/// Why a stream ended, as `onClose` reports it.
+#[derive(Clone, Copy)]
+enum CloseReason {
+    Client,
+    Overflow,
+    Shutdown,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Overflow => "overflow",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl SseRoute {
+    pub fn new(config: SseConfig, per_user: u32, total: u32) -> Self {
+        Self {
+            config,
+            per_user: ConnectionLimiter::new(per_user),
+            total: Arc::new(Semaphore::new(total as usize)),
+        }
+    }
+
+    pub async fn open<B>(&self, request: &Request<B>, context: SseContext<'_>) -> Response<Body> {
+        if request.method() != Method::GET {
+            context.metrics.reject(Rejection::MethodNotAllowed);
+            let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        let setup = match ask_js(request, &context, self.config.setup_handler, Vec::new()).await {
+            Ok(answer) => answer,
+            Err(response) => return response,
+        };
+        let Ok(setup) = serde_json::from_slice::<Setup>(&setup) else {
+            return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
+        };
+        if setup
+            .topics
+            .iter()
+            .any(|topic| bus::validate(topic, true).is_err())
+        {
+            return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
+        }
+        let key = setup
+            .user
+            .clone()
+            .unwrap_or_else(|| context.client.to_string());
+        let Some(slot) = self.per_user.try_acquire_key(key) else {
+            context.metrics.reject(Rejection::SseLimit);
+            return too_many(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many event streams for this user\n",
+            );
+        };
+        let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
+            context.metrics.reject(Rejection::SseLimit);
+            return too_many(StatusCode::SERVICE_UNAVAILABLE, "Too many event streams\n");
+        };
+        let queue = Arc::new(EventQueue::new(&self.config, Arc::clone(context.metrics)));
+        let subscription = context
+            .bus
+            .subscribe(setup.topics.clone(), queue.clone() as Arc<dyn Sink>);
+
+        let mut opening = Vec::new();
+        if let Some(retry) = self.config.retry {
+            opening.push(Bytes::from(format!("retry: {retry}\n\n")));
+        }
+        let resumed = request
+            .headers()
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|last| context.bus.since(&setup.topics, last));
+        match (resumed, self.config.snapshot_handler) {
+            (Some(missed), _) => {
+                queue.skip_through(missed.last().map_or(0, |event| event.seq));
+                opening.extend(missed.into_iter().map(|event| event.frame));
+            }
+            (None, Some(handler)) => {
+                let params = vec!["user".to_string(), setup.user.clone().unwrap_or_default()];
+                let answer = match ask_js(request, &context, handler, params).await {
+                    Ok(answer) => answer,
+                    Err(response) => return response,
+                };
+                let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&answer) else {
+                    return body::text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal Server Error\n",
+                    );
+                };
+                queue.skip_through(snapshot.seq);
+                let event = snapshot.event.as_deref().or(Some("snapshot"));
+                opening.push(bus::frame(&snapshot.seq.to_string(), event, &snapshot.data));
+            }
+            (None, None) => {}
+        }
+
+        let on_close = self.config.close_handler.map(|handler| OnClose {
+            bridge: Arc::clone(context.bridge),
+            handler,
+            user: setup.user.unwrap_or_default(),
+            client: context.client,
+            reason: CloseReason::Client,
+        });
+        let held = Held {
+            _slot: slot,
+            _permit: permit,
+            _subscription: subscription,
+            on_close,
+        };
+        let stream = event_stream(opening, queue, context.keep_alive, context.shutdown, held);
+        let mut response = Response::new(stream);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+}
+
+fn too_many(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = body::text(status, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// One JS exchange whose answer is a JSON body; a non-200 answer is passed to the client.
+async fn ask_js<B>(
+    request: &Request<B>,
+    context: &SseContext<'_>,
+    handler: u32,
+    params: Vec<String>,
+) -> Result<Bytes, Response<Body>> {
+    let js_request = JsRequest {
+        id: 0,
+        handler,
+        method: request.method().as_str().to_string(),
+        url: context.url.clone(),
+        headers: request
+            .headers()
+            .iter()
+            .flat_map(|(n, v)| {
+                [
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ]
+            })
+            .collect(),
+        params,
+        client: context.client.to_string(),
+        has_body: false,
+    };
+    let mut call = context.bridge.start(js_request, None, None);
+    let answer = match tokio::time::timeout(context.handler_timeout, call.response()).await {
+        Err(_) => {
+            context.metrics.reject(Rejection::HandlerTimeout);
+            return Err(body::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Handler timed out\n",
+            ));
+        }
+        Ok(answer) => answer,
+    };
+    call.finish();
+    match answer {
+        Some(JsResponse {
+            status: 200,
+            body: JsBody::Bytes(bytes),
+            ..
+        }) => Ok(bytes),
+        Some(JsResponse { status, .. }) if (400..500).contains(&status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let reason = status.canonical_reason().unwrap_or("Refused");
+            Err(body::text(
+                status,
+                if status == StatusCode::FORBIDDEN {
+                    "Forbidden\n"
+                } else {
+                    reason_line(reason)
+                },
+            ))
+        }
+        _ => Err(body::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error\n",
+        )),
+    }
+}
+
+fn reason_line(reason: &'static str) -> &'static str {
+    match reason {
+        "Unauthorized" => "Unauthorized\n",
+        _ => "Refused\n",
+    }
+}
+
+/// A connection's bounded queue of events not yet written.
+struct EventQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+    max_events: usize,
+    max_bytes: usize,
+    overflow: Overflow,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    events: VecDeque<Event>,
+    bytes: usize,
+    /// Events up to this sequence number are already covered (snapshot or replay).
+    skip_through: u64,
+    overflowed: bool,
+}
+
+impl EventQueue {
+    fn new(config: &SseConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            ready: Notify::new(),
+            max_events: config.queue_events as usize,
+            max_bytes: config.queue_bytes as usize,
+            overflow: config.overflow,
+            metrics,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn skip_through(&self, seq: u64) {
+        let mut state = self.state();
+        state.skip_through = seq;
+        while state.events.front().is_some_and(|event| event.seq <= seq) {
+            if let Some(event) = state.events.pop_front() {
+                state.bytes -= event.frame.len();
+            }
+        }
+    }
+
+    /// The next event to write; `Err` once the queue overflowed under the `close` policy.
+    fn pop(&self) -> Result<Option<Event>, ()> {
+        let mut state = self.state();
+        if state.overflowed {
+            return Err(());
+        }
+        let event = state.events.pop_front();
+        if let Some(event) = &event {
+            state.bytes -= event.frame.len();
+        }
+        Ok(event)
+    }
+}
+
+impl Sink for EventQueue {
+    fn deliver(&self, event: &Event) {
+        let mut state = self.state();
+        if state.overflowed || event.seq <= state.skip_through {
+            return;
+        }
+        let full = |state: &QueueState| {
+            state.events.len() >= self.max_events
+                || state.bytes + event.frame.len() > self.max_bytes
+        };
+        while full(&state) {
+            match self.overflow {
+                Overflow::DropOldest if !state.events.is_empty() => {
+                    if let Some(old) = state.events.pop_front() {
+                        state.bytes -= old.frame.len();
+                    }
+                    self.metrics.reject(Rejection::SseEventDropped);
+                }
+                Overflow::DropOldest | Overflow::DropNewest => {
+                    self.metrics.reject(Rejection::SseEventDropped);
+                    return;
+                }
+                Overflow::Close => {
+                    state.overflowed = true;
+                    drop(state);
+                    self.ready.notify_one();
+                    return;
+                }
+            }
+        }
+        state.bytes += event.frame.len();
+        state.events.push_back(event.clone());
+        drop(state);
+        self.ready.notify_one();
+    }
+}
+
+/// Calls `onClose(user, reason)` in JS exactly once, when the stream's resources are dropped.
+struct OnClose {
+    bridge: Arc<Bridge>,
+    handler: u32,
+    user: String,
+    client: IpAddr,
+    reason: CloseReason,
+}
+
+impl Drop for OnClose {
+    fn drop(&mut self) {
+        let params = vec![
+            "user".into(),
+            self.user.clone(),
+            "reason".into(),
+            self.reason.as_str().into(),
+        ];
+        self.bridge
+            .notify(self.handler, params, self.client.to_string());
+    }
+}
+
+/// What an open stream holds: its slots, its subscription, its close notice.
+struct Held {
+    _slot: crate::limit::conn::Slot<String>,
+    _permit: OwnedSemaphorePermit,
+    _subscription: bus::SubscriptionGuard,
+    on_close: Option<OnClose>,
+}
+
+impl Held {
+    fn closing(&mut self, reason: CloseReason) {
+        if let Some(on_close) = &mut self.on_close {
+            on_close.reason = reason;
+        }
+    }
+}
+
+fn event_stream(
+    opening: Vec<Bytes>,
+    queue: Arc<EventQueue>,
+    keep_alive: Duration,
+    shutdown: CancellationToken,
+    held: Held,
+) -> Body {
+    struct State {
+        opening: VecDeque<Bytes>,
+        queue: Arc<EventQueue>,
+        keep_alive: Duration,
+        shutdown: CancellationToken,
+        held: Held,
+    }
+    let state = State {
+        opening: opening.into(),
+        queue,
+        keep_alive,
+        shutdown,
+        held,
+    };
+    let frames = stream::unfold(state, |mut state| async move {
+        if let Some(bytes) = state.opening.pop_front() {
+            return Some((Ok::<_, std::io::Error>(Frame::data(bytes)), state));
+        }
+        loop {
+            match state.queue.pop() {
+                Err(()) => {
+                    state.queue.metrics.reject(Rejection::SseOverflow);
+                    state.held.closing(CloseReason::Overflow);
+                    return None;
+                }
+                Ok(Some(event)) => return Some((Ok(Frame::data(event.frame)), state)),
+                Ok(None) => {}
+            }
+            tokio::select! {
+                _ = state.queue.ready.notified() => continue,
+                _ = tokio::time::sleep(state.keep_alive) => {
+                    return Some((Ok(Frame::data(Bytes::from_static(b":\n\n"))), state));
+                }
+                _ = state.shutdown.cancelled() => {
+                    state.held.closing(CloseReason::Shutdown);
+                    return None;
+                }
+            }
+        }
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
