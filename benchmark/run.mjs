@@ -13,8 +13,9 @@ import download from './workloads/download.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
 import json from './workloads/json.mjs'
 import generator from './workloads/generator.mjs'
+import sse from './workloads/sse.mjs'
 
-const WORKLOADS = [files, download, upload, json, generator]
+const WORKLOADS = [files, download, upload, json, generator, sse]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

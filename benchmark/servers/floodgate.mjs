@@ -3,6 +3,7 @@ import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
 const { Server, StreamingApp, StreamingResponse } = require('../../index.js')
+const { publishFor } = require('./publish.cjs')
 
 const server = new Server({ maxConnectionsPerIp: 0 })
 const app = new StreamingApp({
@@ -10,11 +11,20 @@ const app = new StreamingApp({
   rateLimitRequests: 0,
   downloadTimeout: 0,
   maxUploadSize: '2gb',
+  sseMaxConnectionsPerUser: 0,
+  sseMaxConnections: 50_000,
 })
 app.files('/files', { root: process.env.ROOT })
 app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
 app.get('/generate', () => new StreamingResponse(chunks(), { mediaType: 'application/octet-stream' }))
+app.sse('/sse', { topics: ['bench'] })
 server.mount('/stream', app)
+server.mount('/api/publish', (req) => {
+  // Starts a publishing run: rate events per second for the given seconds.
+  const params = new URL(req.url).searchParams
+  publishFor(Number(params.get('rate')), Number(params.get('seconds')), (data) => server.publish('bench', data))
+  return new Response(null, { status: 204 })
+})
 server.mount('/api/json', () => Response.json({ hello: 'world' }))
 
 // The same chunks every peer writes: 100 MiB in 64 KiB pieces.

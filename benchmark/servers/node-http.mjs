@@ -2,14 +2,36 @@
 import http from 'node:http'
 import { createReadStream, createWriteStream, statSync } from 'node:fs'
 import { pipeline } from 'node:stream/promises'
+import { createRequire } from 'node:module'
 import { join, basename } from 'node:path'
 
 const root = process.env.ROOT
+const require = createRequire(import.meta.url)
+const { publishFor } = require('./publish.cjs')
+// SSE fan-out written the obvious way: every subscriber's response, one write each per event.
+const subscribers = new Set()
 const server = http.createServer(async (req, res) => {
   if (req.url === '/api/json') {
     const body = JSON.stringify({ hello: 'world' })
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
     res.end(body)
+    return
+  }
+  if (req.url === '/stream/sse') {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
+    res.flushHeaders()
+    subscribers.add(res)
+    req.on('close', () => subscribers.delete(res))
+    return
+  }
+  if (req.url.startsWith('/api/publish')) {
+    const params = new URL(req.url, 'http://x').searchParams
+    let id = 0
+    publishFor(Number(params.get('rate')), Number(params.get('seconds')), (data) => {
+      const frame = `id: ${++id}\ndata: ${data}\n\n`
+      for (const subscriber of subscribers) subscriber.write(frame)
+    })
+    res.writeHead(204).end()
     return
   }
   if (req.url === '/stream/generate') {

@@ -8,7 +8,8 @@
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use tokio::sync::mpsc;
 
 /// Recent events kept per topic for `Last-Event-ID` resume.
 const RING_SIZE: usize = 256;
@@ -89,6 +90,7 @@ pub struct Bus {
     subscriptions: RwLock<HashMap<u64, Subscription>>,
     next_subscription: AtomicU64,
     recent: Mutex<HashMap<String, VecDeque<Event>>>,
+    fanout: OnceLock<mpsc::UnboundedSender<(Event, Vec<Arc<dyn Sink>>)>>,
 }
 
 /// Unsubscribes when dropped.
@@ -150,19 +152,42 @@ impl Bus {
             }
             ring.push_back(event.clone());
         }
-        let subscriptions = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
-        let mut reached = 0;
-        for subscription in subscriptions.values() {
-            if subscription
-                .patterns
-                .iter()
-                .any(|pattern| matches(pattern, topic))
-            {
-                subscription.sink.deliver(&event);
-                reached += 1;
-            }
+        let sinks: Vec<Arc<dyn Sink>> = {
+            let subscriptions = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
+            subscriptions
+                .values()
+                .filter(|subscription| {
+                    subscription
+                        .patterns
+                        .iter()
+                        .any(|pattern| matches(pattern, topic))
+                })
+                .map(|subscription| Arc::clone(&subscription.sink))
+                .collect()
+        };
+        let reached = sinks.len();
+        match self.fanout.get() {
+            // Delivered from a runtime task: waking thousands of streams from a worker thread
+            // uses its local run queue, where waking them from the publishing (JS) thread goes
+            // through the runtime's shared injection queue, one wake-up at a time.
+            Some(fanout) if fanout.send((event.clone(), sinks.clone())).is_ok() => {}
+            _ => sinks.iter().for_each(|sink| sink.deliver(&event)),
         }
         reached
+    }
+
+    /// Moves delivery onto a task of the current tokio runtime (in order, one event at a time).
+    pub fn start_fanout(self: &Arc<Self>) {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<(Event, Vec<Arc<dyn Sink>>)>();
+        if self.fanout.set(sender).is_ok() {
+            tokio::spawn(async move {
+                while let Some((event, sinks)) = receiver.recv().await {
+                    for sink in &sinks {
+                        sink.deliver(&event);
+                    }
+                }
+            });
+        }
     }
 
     /// Events after `last_id` on topics matching `patterns`, in order; `None` when `last_id` is

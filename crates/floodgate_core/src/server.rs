@@ -75,8 +75,10 @@ pub async fn listen(
         .map_err(|err| format!("listen on {addr}: {err}"))?;
     let local_addr = listener.local_addr().map_err(|err| err.to_string())?;
     let stop_accepting = CancellationToken::new();
+    let bus = Bus::new();
+    bus.start_fanout();
     let shared = Arc::new(Shared {
-        bus: Bus::new(),
+        bus,
         shutdown: stop_accepting.clone(),
         builder: hyper_builder(&spec.options),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),

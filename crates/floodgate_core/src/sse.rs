@@ -411,13 +411,17 @@ fn event_stream(
         keep_alive: Duration,
         shutdown: CancellationToken,
         held: Held,
+        /// One timer per stream, re-armed after each write (not a new one per event).
+        quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
     }
+    let quiet = Box::pin(tokio::time::sleep(keep_alive));
     let state = State {
         opening: opening.into(),
         queue,
         keep_alive,
         shutdown,
         held,
+        quiet,
     };
     let frames = stream::unfold(state, |mut state| async move {
         if let Some(bytes) = state.opening.pop_front() {
@@ -430,12 +434,18 @@ fn event_stream(
                     state.held.closing(CloseReason::Overflow);
                     return None;
                 }
-                Ok(Some(event)) => return Some((Ok(Frame::data(event.frame)), state)),
+                Ok(Some(event)) => {
+                    let next = tokio::time::Instant::now() + state.keep_alive;
+                    state.quiet.as_mut().reset(next);
+                    return Some((Ok(Frame::data(event.frame)), state));
+                }
                 Ok(None) => {}
             }
             tokio::select! {
                 _ = state.queue.ready.notified() => continue,
-                _ = tokio::time::sleep(state.keep_alive) => {
+                _ = state.quiet.as_mut() => {
+                    let next = tokio::time::Instant::now() + state.keep_alive;
+                    state.quiet.as_mut().reset(next);
                     return Some((Ok(Frame::data(Bytes::from_static(b":\n\n"))), state));
                 }
                 _ = state.shutdown.cancelled() => {
