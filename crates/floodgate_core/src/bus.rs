@@ -79,6 +79,9 @@ pub fn frame(id: &str, event: Option<&str>, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// One event and the subscribers it goes to.
+type Delivery = (Event, Vec<Arc<dyn Sink>>);
+
 struct Subscription {
     patterns: Vec<String>,
     sink: Arc<dyn Sink>,
@@ -90,7 +93,7 @@ pub struct Bus {
     subscriptions: RwLock<HashMap<u64, Subscription>>,
     next_subscription: AtomicU64,
     recent: Mutex<HashMap<String, VecDeque<Event>>>,
-    fanout: OnceLock<mpsc::UnboundedSender<(Event, Vec<Arc<dyn Sink>>)>>,
+    fanout: OnceLock<mpsc::UnboundedSender<Delivery>>,
 }
 
 /// Unsubscribes when dropped.
@@ -178,7 +181,7 @@ impl Bus {
 
     /// Moves delivery onto a task of the current tokio runtime (in order, one event at a time).
     pub fn start_fanout(self: &Arc<Self>) {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<(Event, Vec<Arc<dyn Sink>>)>();
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Delivery>();
         if self.fanout.set(sender).is_ok() {
             tokio::spawn(async move {
                 while let Some((event, sinks)) = receiver.recv().await {
