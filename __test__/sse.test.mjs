@@ -303,9 +303,11 @@ test("a browser's EventSource (headless Chromium) gets the snapshot and live eve
     ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', `--user-data-dir=${profile}`, `${url}/`],
     { stdio: 'ignore' },
   )
-  t.teardown(() => {
+  const exited = new Promise((resolve) => browser.on('exit', resolve))
+  t.teardown(async () => {
     browser.kill('SIGKILL')
-    rmSync(profile, { recursive: true, force: true })
+    await exited // Chromium's helpers may still write into the profile until it is gone
+    rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 })
   })
   await eventually(() => server.stats().connectionsLive >= 1 && server.publish('user.ada.ping', 'ping 1') > 0, { timeout: 20_000 })
   server.publish('user.ada.ping', 'ping 2')

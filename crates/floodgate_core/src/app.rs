@@ -129,16 +129,11 @@ impl StreamingApp {
         context.conn.set_send_timeout(self.config.send_timeout);
         let mut context = context;
         if let (Some(handler), Some(bridge)) = (self.config.identify_handler, &self.bridge) {
-            let query = request
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
             let target = JsTarget {
                 bridge,
                 handler,
                 params: Vec::new(),
-                url: format!("{rel}{query}"),
+                url: relative_url(rel, request.uri()),
                 client: context.client,
             };
             match identify(
@@ -178,16 +173,11 @@ impl StreamingApp {
         });
         let mut response = match (js_route, &self.bridge) {
             (Some((handler, params)), Some(bridge)) => {
-                let query = request
-                    .uri()
-                    .query()
-                    .map(|q| format!("?{q}"))
-                    .unwrap_or_default();
                 let target = JsTarget {
                     bridge,
                     handler,
                     params,
-                    url: format!("{rel}{query}"),
+                    url: relative_url(rel, request.uri()),
                     client: context.client,
                 };
                 let limits = JsLimits {
@@ -238,11 +228,6 @@ impl StreamingApp {
                 let Some(bridge) = &self.bridge else {
                     return body::text(StatusCode::NOT_FOUND, "Not Found\n");
                 };
-                let query = request
-                    .uri()
-                    .query()
-                    .map(|q| format!("?{q}"))
-                    .unwrap_or_default();
                 let sse_context = SseContext {
                     bridge,
                     bus: &context.bus,
@@ -251,7 +236,7 @@ impl StreamingApp {
                     keep_alive: self.config.sse_keep_alive,
                     handler_timeout: self.config.handler_timeout,
                     client: context.client,
-                    url: format!("{rel}{query}"),
+                    url: relative_url(rel, request.uri()),
                 };
                 sse.open(&request, sse_context).await
             }
@@ -317,5 +302,13 @@ impl StreamingApp {
             ),
             metrics: Arc::clone(&context.metrics),
         }
+    }
+}
+
+/// The path relative to the app, with the query: what JS sees as the request URL.
+fn relative_url(rel: &str, uri: &http::Uri) -> String {
+    match uri.query() {
+        Some(query) => format!("{rel}?{query}"),
+        None => rel.to_string(),
     }
 }

@@ -104,48 +104,66 @@ where
     build_response(js_response, call, &parts.method, &parts.headers, delivery)
 }
 
-/// Asks the app's `identify(req)` who is asking: `Ok(None)` when it names nobody, `Err` with
-/// the response to send when it failed or took longer than the handler timeout.
-pub async fn identify<B>(
+/// Asks JS something about `request` (its body is not passed): the bytes of a 200 answer; a
+/// 4xx answer goes to the client as that status; a failure or timeout is a 500 or 503.
+pub async fn ask<B>(
     request: &Request<B>,
     target: JsTarget<'_>,
     handler_timeout: Duration,
     metrics: &Metrics,
-) -> Result<Option<String>, Response<Body>> {
+) -> Result<Bytes, Response<Body>> {
     let js_request = JsRequest {
         id: 0,
         handler: target.handler,
         method: request.method().as_str().to_string(),
         url: target.url,
         headers: flat_headers(request.headers()),
-        params: Vec::new(),
+        params: target.params,
         client: target.client.to_string(),
         has_body: false,
     };
     let mut call = target.bridge.start(js_request, None, None);
-    let answer = match tokio::time::timeout(handler_timeout, call.response()).await {
-        Err(_) => {
-            metrics.reject(Rejection::HandlerTimeout);
-            return Err(body::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Handler timed out\n",
-            ));
-        }
-        Ok(answer) => answer,
+    let Ok(answer) = tokio::time::timeout(handler_timeout, call.response()).await else {
+        metrics.reject(Rejection::HandlerTimeout);
+        return Err(body::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Handler timed out\n",
+        ));
     };
     call.finish();
     match answer {
         Some(JsResponse {
             status: 200,
-            body: JsBody::Bytes(user),
+            body: JsBody::Bytes(bytes),
             ..
-        }) if !user.is_empty() => Ok(Some(String::from_utf8_lossy(&user).into_owned())),
-        Some(JsResponse { status: 200, .. }) => Ok(None),
+        }) => Ok(bytes),
+        Some(JsResponse { status: 200, .. }) => Ok(Bytes::new()),
+        Some(JsResponse { status: 401, .. }) => {
+            Err(body::text(StatusCode::UNAUTHORIZED, "Unauthorized\n"))
+        }
+        Some(JsResponse { status: 403, .. }) => {
+            Err(body::text(StatusCode::FORBIDDEN, "Forbidden\n"))
+        }
+        Some(JsResponse { status, .. }) if (400..500).contains(&status) => Err(body::text(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            "Refused\n",
+        )),
         _ => Err(body::text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal Server Error\n",
         )),
     }
+}
+
+/// Asks the app's `identify(req)` who is asking: `Ok(None)` when it names nobody.
+pub async fn identify<B>(
+    request: &Request<B>,
+    target: JsTarget<'_>,
+    handler_timeout: Duration,
+    metrics: &Metrics,
+) -> Result<Option<String>, Response<Body>> {
+    let user = ask(request, target, handler_timeout, metrics).await?;
+    Ok((!user.is_empty()).then(|| String::from_utf8_lossy(&user).into_owned()))
 }
 
 fn flat_headers(headers: &http::HeaderMap) -> Vec<String> {

@@ -15,16 +15,9 @@ pub enum Reject {
 
 /// `root` must be canonical; `rel` is the raw (percent-encoded) path after the mount prefix.
 pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, Reject> {
-    let mut path = root.to_path_buf();
-    for raw in rel.split('/').filter(|segment| !segment.is_empty()) {
-        let segment = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| Reject::NotFound)?;
-        if !is_plain_segment(&segment) {
-            return Err(Reject::NotFound);
-        }
-        path.push(segment.as_ref());
-    }
+    let path = segments(rel)?
+        .iter()
+        .fold(root.to_path_buf(), |path, segment| path.join(segment));
     let canonical = std::fs::canonicalize(&path).map_err(|_| Reject::NotFound)?;
     if !canonical.starts_with(root) || !canonical.is_file() {
         return Err(Reject::NotFound);
@@ -37,16 +30,7 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, Reject> {
 /// not exist yet), so it cannot be a symlink trick either: an existing symlink at the name is
 /// refused.
 pub fn resolve_new(root: &Path, rel: &str) -> Result<PathBuf, Reject> {
-    let mut segments = Vec::new();
-    for raw in rel.split('/').filter(|segment| !segment.is_empty()) {
-        let segment = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| Reject::NotFound)?;
-        if !is_plain_segment(&segment) {
-            return Err(Reject::NotFound);
-        }
-        segments.push(segment.into_owned());
-    }
+    let mut segments = segments(rel)?;
     let name = segments.pop().ok_or(Reject::NotFound)?;
     let folder = segments
         .iter()
@@ -60,6 +44,23 @@ pub fn resolve_new(root: &Path, rel: &str) -> Result<PathBuf, Reject> {
         Ok(meta) if !meta.is_file() => Err(Reject::NotFound),
         _ => Ok(target),
     }
+}
+
+/// The decoded segments of `rel`, each decoded on its own and checked to be plain.
+fn segments(rel: &str) -> Result<Vec<String>, Reject> {
+    rel.split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|raw| {
+            let segment = percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| Reject::NotFound)?;
+            if is_plain_segment(&segment) {
+                Ok(segment.into_owned())
+            } else {
+                Err(Reject::NotFound)
+            }
+        })
+        .collect()
 }
 
 fn is_plain_segment(segment: &str) -> bool {

@@ -7,9 +7,10 @@
 //! a sequence number up to the snapshot's are dropped: the snapshot includes them.
 
 use crate::body::{self, Body};
-use crate::bridge::{Bridge, JsBody, JsRequest, JsResponse};
+use crate::bridge::Bridge;
 use crate::bus::{self, Bus, Event, Sink};
 use crate::config::{Overflow, SseConfig};
+use crate::js_call::{ask, JsTarget};
 use crate::limit::conn::ConnectionLimiter;
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;
@@ -194,74 +195,21 @@ fn too_many(status: StatusCode, message: &'static str) -> Response<Body> {
     response
 }
 
-/// One JS exchange whose answer is a JSON body; a non-200 answer is passed to the client.
+/// One JS exchange whose answer is a JSON body.
 async fn ask_js<B>(
     request: &Request<B>,
     context: &SseContext<'_>,
     handler: u32,
     params: Vec<String>,
 ) -> Result<Bytes, Response<Body>> {
-    let js_request = JsRequest {
-        id: 0,
+    let target = JsTarget {
+        bridge: context.bridge,
         handler,
-        method: request.method().as_str().to_string(),
-        url: context.url.clone(),
-        headers: request
-            .headers()
-            .iter()
-            .flat_map(|(n, v)| {
-                [
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                ]
-            })
-            .collect(),
         params,
-        client: context.client.to_string(),
-        has_body: false,
+        url: context.url.clone(),
+        client: context.client,
     };
-    let mut call = context.bridge.start(js_request, None, None);
-    let answer = match tokio::time::timeout(context.handler_timeout, call.response()).await {
-        Err(_) => {
-            context.metrics.reject(Rejection::HandlerTimeout);
-            return Err(body::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Handler timed out\n",
-            ));
-        }
-        Ok(answer) => answer,
-    };
-    call.finish();
-    match answer {
-        Some(JsResponse {
-            status: 200,
-            body: JsBody::Bytes(bytes),
-            ..
-        }) => Ok(bytes),
-        Some(JsResponse { status, .. }) if (400..500).contains(&status) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
-            let reason = status.canonical_reason().unwrap_or("Refused");
-            Err(body::text(
-                status,
-                if status == StatusCode::FORBIDDEN {
-                    "Forbidden\n"
-                } else {
-                    reason_line(reason)
-                },
-            ))
-        }
-        _ => Err(body::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error\n",
-        )),
-    }
-}
-
-fn reason_line(reason: &'static str) -> &'static str {
-    match reason {
-        "Unauthorized" => "Unauthorized\n",
-        _ => "Refused\n",
-    }
+    ask(request, target, context.handler_timeout, context.metrics).await
 }
 
 /// A connection's bounded queue of events not yet written.
