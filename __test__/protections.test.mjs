@@ -1,5 +1,6 @@
 // Connection-level protections: each one tripped, and legitimate traffic passing beside it.
 import test from 'ava'
+import http from 'node:http'
 import { fixture, startFiles, request, rawExchange, connect, untilClosed, sleep, eventually } from './helpers.mjs'
 
 const MiB = 1024 * 1024
@@ -192,23 +193,32 @@ async function timedDownload(url, options) {
   return { res, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
 }
 
-test('rateLimitBandwidth: the download arrives at the configured rate (±3 %)', async (t) => {
+test('rateLimitBandwidth: the download arrives at the configured rate (+3 % at most)', async (t) => {
   const rate = 1 * MiB
-  const { base } = await startFiles(t, { root, streaming: { rateLimitBandwidth: rate, chunkSize: '64kb' } })
-  // one.bin is 1 MiB; fetch it 3 times back to back on one connection-less client = 3 s at rate.
-  let bytes = 0
-  const started = process.hrtime.bigint()
-  const agent = new (await import('node:http')).Agent({ keepAlive: true, maxSockets: 1 })
-  for (let i = 0; i < 3; i++) {
-    const res = await request(`${base}/one.bin`, { agent })
-    bytes += res.body.length
-  }
-  agent.destroy()
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9
-  // Each download may start with a burst of one chunk; the rest is paced.
-  const paced = bytes - 3 * 64 * 1024
-  const measured = paced / seconds
-  t.true(measured <= rate * 1.03 && measured >= rate * 0.95, `measured ${(measured / MiB).toFixed(3)} MiB/s`)
+  const chunk = 64 * 1024
+  const { base } = await startFiles(t, { root, streaming: { rateLimitBandwidth: rate, chunkSize: chunk } })
+  // One 3 MiB download (a range of big.bin), timed from its first byte to its last.
+  const { bytes, seconds } = await new Promise((resolve, reject) => {
+    http
+      .get(`${base}/big.bin`, { headers: { range: `bytes=0-${3 * MiB - 1}` }, agent: false }, (res) => {
+        let first
+        let received = 0
+        res.on('data', (data) => {
+          first ??= process.hrtime.bigint()
+          received += data.length
+        })
+        res.on('end', () => resolve({ bytes: received, seconds: Number(process.hrtime.bigint() - first) / 1e9 }))
+        res.on('error', reject)
+      })
+      .on('error', reject)
+  })
+  t.is(bytes, 3 * MiB)
+  // The first chunk may arrive as a burst; the rest is paced. The shaper must never run fast;
+  // it may look a little slow when the shared machine is busy (generous lower bound).
+  const measured = (bytes - chunk) / seconds
+  t.log(`measured ${(measured / MiB).toFixed(3)} MiB/s for a 1 MiB/s limit`)
+  t.true(measured <= rate * 1.03, `measured ${(measured / MiB).toFixed(3)} MiB/s`)
+  t.true(measured >= rate * 0.85, `measured ${(measured / MiB).toFixed(3)} MiB/s`)
 })
 
 test('perClientBandwidth caps the sum over one client; other clients are not slowed', async (t) => {
