@@ -229,6 +229,7 @@ impl StreamingApp {
                     return body::text(StatusCode::NOT_FOUND, "Not Found\n");
                 };
                 let sse_context = SseContext {
+                    conn: &context.conn,
                     bridge,
                     bus: &context.bus,
                     metrics: &context.metrics,

@@ -19,6 +19,10 @@ pub struct ConnState {
     /// The socket reader parked while a request was in flight: it must re-arm its head
     /// deadline when the response ends, even if no byte arrives to wake it.
     reader: AtomicWaker,
+    /// The socket writer parked on a full send buffer, and whether the connection must end
+    /// anyway (a slow event-stream reader over its queue bound).
+    writer: AtomicWaker,
+    aborted: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -30,6 +34,8 @@ impl ConnState {
             send_timeout_ms: AtomicU64::new(send_timeout.as_millis() as u64),
             response_deadline_ms: AtomicU64::new(0),
             reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+            aborted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -41,6 +47,21 @@ impl ConnState {
         self.response_deadline_ms.store(0, Relaxed);
         self.responses_done.fetch_add(1, Relaxed);
         self.reader.wake();
+    }
+
+    /// Ends the connection even while its writes are blocked on a client that does not read.
+    pub fn abort(&self) {
+        self.aborted.store(true, Relaxed);
+        self.writer.wake();
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Relaxed)
+    }
+
+    /// Called by the socket writer when a write must wait for the client.
+    pub fn park_writer(&self, waker: &Waker) {
+        self.writer.register(waker);
     }
 
     /// Called by the socket reader when it parks during a request.

@@ -227,6 +227,13 @@ impl<S: AsyncWrite + Unpin> GuardedIo<S> {
 
     /// Polls the send deadlines while a write is blocked; `Ready(Err)` when one passed.
     fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.state.park_writer(cx.waker());
+        if self.state.is_aborted() {
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection aborted",
+            ));
+        }
         let stall_deadline = Instant::now() + self.state.send_timeout();
         let response_deadline = self.state.response_deadline();
         let deadline = match (self.write_timer_at, response_deadline) {

@@ -10,6 +10,7 @@ use crate::body::{self, Body};
 use crate::bridge::Bridge;
 use crate::bus::{self, Bus, Event, Sink};
 use crate::config::{Overflow, SseConfig};
+use crate::conn_state::ConnState;
 use crate::js_call::{ask, JsTarget};
 use crate::limit::conn::ConnectionLimiter;
 use crate::metrics::{Metrics, Rejection};
@@ -35,6 +36,7 @@ pub struct SseRoute {
 
 /// What the app and the server lend an SSE connection.
 pub struct SseContext<'a> {
+    pub conn: &'a Arc<ConnState>,
     pub bridge: &'a Arc<Bridge>,
     pub bus: &'a Arc<Bus>,
     pub metrics: &'a Arc<Metrics>,
@@ -123,7 +125,11 @@ impl SseRoute {
             context.metrics.reject(Rejection::SseLimit);
             return too_many(StatusCode::SERVICE_UNAVAILABLE, "Too many event streams\n");
         };
-        let queue = Arc::new(EventQueue::new(&self.config, Arc::clone(context.metrics)));
+        let queue = Arc::new(EventQueue::new(
+            &self.config,
+            Arc::clone(context.metrics),
+            Arc::clone(context.conn),
+        ));
         let subscription = context
             .bus
             .subscribe(setup.topics.clone(), queue.clone() as Arc<dyn Sink>);
@@ -162,6 +168,7 @@ impl SseRoute {
         }
 
         let on_close = self.config.close_handler.map(|handler| OnClose {
+            queue: Arc::clone(&queue),
             bridge: Arc::clone(context.bridge),
             handler,
             user: setup.user.unwrap_or_default(),
@@ -215,6 +222,9 @@ async fn ask_js<B>(
 /// A connection's bounded queue of events not yet written.
 struct EventQueue {
     state: Mutex<QueueState>,
+    /// The stream's connection: ended at once on overflow under the `close` policy, since a
+    /// reader that stopped reading would otherwise keep its blocked write open.
+    conn: Arc<ConnState>,
     ready: Notify,
     max_events: usize,
     max_bytes: usize,
@@ -232,9 +242,10 @@ struct QueueState {
 }
 
 impl EventQueue {
-    fn new(config: &SseConfig, metrics: Arc<Metrics>) -> Self {
+    fn new(config: &SseConfig, metrics: Arc<Metrics>, conn: Arc<ConnState>) -> Self {
         Self {
             state: Mutex::new(QueueState::default()),
+            conn,
             ready: Notify::new(),
             max_events: config.queue_events as usize,
             max_bytes: config.queue_bytes as usize,
@@ -258,6 +269,10 @@ impl EventQueue {
     }
 
     /// The next event to write; `Err` once the queue overflowed under the `close` policy.
+    fn overflowed(&self) -> bool {
+        self.state().overflowed
+    }
+
     fn pop(&self) -> Result<Option<Event>, ()> {
         let mut state = self.state();
         if state.overflowed {
@@ -296,6 +311,8 @@ impl Sink for EventQueue {
                 Overflow::Close => {
                     state.overflowed = true;
                     drop(state);
+                    self.metrics.reject(Rejection::SseOverflow);
+                    self.conn.abort();
                     self.ready.notify_one();
                     return;
                 }
@@ -310,6 +327,7 @@ impl Sink for EventQueue {
 
 /// Calls `onClose(user, reason)` in JS exactly once, when the stream's resources are dropped.
 struct OnClose {
+    queue: Arc<EventQueue>,
     bridge: Arc<Bridge>,
     handler: u32,
     user: String,
@@ -319,11 +337,16 @@ struct OnClose {
 
 impl Drop for OnClose {
     fn drop(&mut self) {
+        let reason = if self.queue.overflowed() {
+            CloseReason::Overflow
+        } else {
+            self.reason
+        };
         let params = vec![
             "user".into(),
             self.user.clone(),
             "reason".into(),
-            self.reason.as_str().into(),
+            reason.as_str().into(),
         ];
         self.bridge
             .notify(self.handler, params, self.client.to_string());
@@ -377,11 +400,7 @@ fn event_stream(
         }
         loop {
             match state.queue.pop() {
-                Err(()) => {
-                    state.queue.metrics.reject(Rejection::SseOverflow);
-                    state.held.closing(CloseReason::Overflow);
-                    return None;
-                }
+                Err(()) => return None,
                 Ok(Some(event)) => {
                     let next = tokio::time::Instant::now() + state.keep_alive;
                     state.quiet.as_mut().reset(next);

@@ -103,13 +103,13 @@ impl UploadsMount {
             return server_error();
         };
         let sink = UploadSink::start(temp, target.clone(), self.overwrite, self.fsync);
-        match receive_body(request.into_body(), &sink, &limits).await {
-            Ok(()) => {}
-            Err(Stop::Rejected(reason)) => return reject(&limits.metrics, reason),
-            Err(Stop::ClientGone) => {
-                return body::text(StatusCode::BAD_REQUEST, "Upload aborted\n")
-            }
-            Err(Stop::Disk) => return server_error(),
+        if let Err(stop) = receive_body(request.into_body(), &sink, &limits).await {
+            sink.abandon().await;
+            return match stop {
+                Stop::Rejected(reason) => reject(&limits.metrics, reason),
+                Stop::ClientGone => body::text(StatusCode::BAD_REQUEST, "Upload aborted\n"),
+                Stop::Disk => server_error(),
+            };
         }
         match sink.commit().await {
             Ok(stored) => self.created(&target, stored),

@@ -60,6 +60,13 @@ impl UploadSink {
             .map_err(|_| SinkError::Abandoned)
     }
 
+    /// The upload failed: stop the worker and wait until it has removed the temporary file, so
+    /// the refusal the client gets is only sent once nothing is left on disk.
+    pub async fn abandon(self) {
+        drop(self.sender);
+        let _ = self.worker.await;
+    }
+
     /// Everything arrived: flush, sync and rename into place.
     pub async fn commit(self) -> Result<Stored, SinkError> {
         if self.sender.send(Message::Commit).await.is_err() {
