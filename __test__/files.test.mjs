@@ -2,7 +2,7 @@
 import test from 'ava'
 import { symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { fixture, startFiles, request, rawExchange, curl } from './helpers.mjs'
+import { fixture, startFiles, request, rawExchange, curl, serverProcess } from './helpers.mjs'
 
 const DIGITS = Buffer.from('0123456789'.repeat(100)) // 1000 bytes
 const files = {
@@ -243,26 +243,21 @@ filesTest('paths outside any mount get 404 and are counted', async (t) => {
 
 test('serving a 1 GiB file keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
   const { openSync, writeSync, closeSync } = await import('node:fs')
-  const { spawn } = await import('node:child_process')
-  const { readFileSync } = await import('node:fs')
   const dir = fixture()
   t.teardown(dir.cleanup)
   const fd = openSync(join(dir.root, 'huge.bin'), 'w')
   const block = Buffer.alloc(1024 * 1024, 1)
   for (let i = 0; i < 1024; i++) writeSync(fd, block)
   closeSync(fd)
-  // The server runs in its own process, so only its memory is measured.
-  const script = `
-    const { Server, StreamingApp } = require(${JSON.stringify(new URL('../index.js', import.meta.url).pathname)})
+  const { port, rss } = await serverProcess(
+    t,
+    `const { Server, StreamingApp } = floodgate
     const server = new Server()
     const app = new StreamingApp({ rateLimitBandwidth: 0, rateLimitRequests: 0 })
     app.files('/', { root: ${JSON.stringify(dir.root)} })
     server.mount('/', app)
-    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => child.kill('SIGKILL'))
-  const port = await new Promise((resolve) => child.stdout.on('data', (d) => resolve(Number(/READY (\d+)/.exec(d)[1]))))
-  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))[1]) * 1024
+    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`,
+  )
   const before = rss()
   let peak = before
   const sampler = setInterval(() => (peak = Math.max(peak, rss())), 20)

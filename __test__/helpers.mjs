@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import net from 'node:net'
 import http from 'node:http'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 
 const require = createRequire(import.meta.url)
 export const floodgate = require('../index.js')
@@ -106,4 +107,18 @@ export async function eventually(check, { timeout = 5_000, interval = 25 } = {})
     if (Date.now() > until) return value
     await sleep(interval)
   }
+}
+
+/**
+ * Runs `script` (CommonJS, with `floodgate` in scope as the built package) in its own Node
+ * process, so that process's memory can be measured alone. The script prints `READY <port>`.
+ * Resolves { port, rss } where rss() reads the child's resident set size in bytes (Linux).
+ */
+export async function serverProcess(t, script) {
+  const prelude = `const floodgate = require(${JSON.stringify(new URL('../index.js', import.meta.url).pathname)});`
+  const child = spawn(process.execPath, ['-e', prelude + script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  const port = await new Promise((resolve) => child.stdout.on('data', (d) => resolve(Number(/READY (\d+)/.exec(d)[1]))))
+  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))[1]) * 1024
+  return { port, rss }
 }

@@ -4,8 +4,7 @@ import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import http from 'node:http'
-import { spawn } from 'node:child_process'
-import { Server, StreamingApp, fixture, connect, untilClosed, sleep, eventually, request } from './helpers.mjs'
+import { Server, StreamingApp, fixture, connect, untilClosed, sleep, eventually, request, serverProcess } from './helpers.mjs'
 
 const MiB = 1024 * 1024
 
@@ -265,18 +264,15 @@ test('rateLimitRequests: burst, then 429 with Retry-After and RateLimit headers,
 test('a 1 GiB upload keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
   const dir = fixture()
   t.teardown(dir.cleanup)
-  // The server runs in its own process, so only its memory is measured.
-  const script = `
-    const { Server, StreamingApp } = require(${JSON.stringify(new URL('../index.js', import.meta.url).pathname)})
+  const { port, rss } = await serverProcess(
+    t,
+    `const { Server, StreamingApp } = floodgate
     const server = new Server()
     const app = new StreamingApp({ maxUploadSize: '2gb', rateLimitRequests: 0 })
     app.uploads('/up', { dir: ${JSON.stringify(dir.root)} })
     server.mount('/', app)
-    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => child.kill('SIGKILL'))
-  const port = await new Promise((resolve) => child.stdout.on('data', (d) => resolve(Number(/READY (\d+)/.exec(d)[1]))))
-  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))[1]) * 1024
+    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`,
+  )
   await upload(`http://127.0.0.1:${port}/up/warm.bin`, Buffer.alloc(MiB))
   const before = rss()
   let peak = before

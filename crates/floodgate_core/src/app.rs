@@ -157,8 +157,9 @@ impl StreamingApp {
         });
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
             context.metrics.reject(Rejection::RateLimited);
-            let mut response = body::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
-            response.headers_mut().insert(
+            let mut response = body::text_with(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests\n",
                 header::RETRY_AFTER,
                 HeaderValue::from(decision.reset_seconds),
             );

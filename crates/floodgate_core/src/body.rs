@@ -34,6 +34,18 @@ pub fn text(status: StatusCode, message: &'static str) -> Response<Body> {
     response
 }
 
+/// A short plain-text response with one more header (`Allow`, `Retry-After`, ...).
+pub fn text_with(
+    status: StatusCode,
+    message: &'static str,
+    name: header::HeaderName,
+    value: HeaderValue,
+) -> Response<Body> {
+    let mut response = text(status, message);
+    response.headers_mut().insert(name, value);
+    response
+}
+
 /// Tells the connection's `ConnState` when the response body ends (or is dropped unfinished),
 /// so the socket wrapper starts the keep-alive / next-head deadline only then.
 pub struct Tracked {

@@ -67,10 +67,12 @@ impl FilesMount {
     ) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
             delivery.metrics.reject(Rejection::MethodNotAllowed);
-            let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            let response = body::text_with(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed\n",
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD"),
+            );
             return response;
         }
         match safe_path::resolve(&self.root, rel) {

@@ -90,10 +90,12 @@ impl SseRoute {
     pub async fn open<B>(&self, request: &Request<B>, context: SseContext<'_>) -> Response<Body> {
         if request.method() != Method::GET {
             context.metrics.reject(Rejection::MethodNotAllowed);
-            let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            let response = body::text_with(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed\n",
+                header::ALLOW,
+                HeaderValue::from_static("GET"),
+            );
             return response;
         }
         let setup = match ask_js(request, &context, self.config.setup_handler, Vec::new()).await {
@@ -195,11 +197,12 @@ impl SseRoute {
 }
 
 fn too_many(status: StatusCode, message: &'static str) -> Response<Body> {
-    let mut response = body::text(status, message);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    response
+    body::text_with(
+        status,
+        message,
+        header::RETRY_AFTER,
+        HeaderValue::from_static("5"),
+    )
 }
 
 /// One JS exchange whose answer is a JSON body.

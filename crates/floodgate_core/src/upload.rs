@@ -71,10 +71,12 @@ impl UploadsMount {
     {
         if request.method() != Method::PUT && request.method() != Method::POST {
             limits.metrics.reject(Rejection::MethodNotAllowed);
-            let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("PUT, POST"));
+            let response = body::text_with(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed\n",
+                header::ALLOW,
+                HeaderValue::from_static("PUT, POST"),
+            );
             return response;
         }
         let Ok(target) = safe_path::resolve_new(&self.dir, rel) else {
@@ -226,9 +228,10 @@ fn reject(metrics: &Metrics, reason: Rejection) -> Response<Body> {
         Rejection::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
         _ => (StatusCode::REQUEST_TIMEOUT, "Request Timeout\n"),
     };
-    let mut response = body::text(status, message);
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+    body::text_with(
+        status,
+        message,
+        header::CONNECTION,
+        HeaderValue::from_static("close"),
+    )
 }
