@@ -14,9 +14,10 @@ export declare class NativeServer {
   /**
    * `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
    * (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
-   * finished them.
+   * finished them; `onWsEvents(numbers, strings, payload)` WebSocket opens, messages and
+   * closes, in order.
    */
-  constructor(onRequests: (numbers: number[], strings: string[]) => void, onAborts: (arg: Array<number>) => void)
+  constructor(onRequests: (numbers: number[], strings: string[]) => void, onAborts: (arg: Array<number>) => void, onWsEvents: (numbers: Float64Array, strings: string[], payload: Buffer) => void)
   /** Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts). */
   listen(spec: any, host: string, port: number): Promise<BoundAddress>
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
@@ -44,6 +45,16 @@ export declare class NativeServer {
   end(id: number): void
   /** The next chunk of the request body, or null at its end. */
   readBody(id: number): Promise<Buffer | null>
+  /**
+   * Carries out a batch of `ws.send` / `ws.close` calls: `entries` holds `id, kind, length,
+   * code` per call (kind 0 text, 1 binary, 2 close), `payload` their bytes end to end.
+   */
+  wsSend(entries: Float64Array, payload: Buffer): void
+  /** Subscribes WebSocket `id` to a topic pattern; `false` when the socket is gone. */
+  wsSubscribe(id: number, topic: string): boolean
+  wsUnsubscribe(id: number, topic: string): boolean
+  /** Bytes queued for WebSocket `id` and not yet written to its socket. */
+  wsBufferedAmount(id: number): number
 }
 
 export interface BoundAddress {

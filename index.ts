@@ -7,10 +7,13 @@ import { EventEmitter } from 'node:events'
 import type * as Native from './binding'
 import { loadNative } from './loader'
 import { HandlerBridge, type Handler } from './handlers'
+import { WebSocketBridge, nativeRouteOptions, type WebSocketRoute } from './ws'
 
 export { StreamingResponse, FileResponse } from './handlers'
 export type { Handler, FetchHandler, HandlerContext, HandlerResult, StreamingInit, FileInit } from './handlers'
 export { fromNodeHandler } from './node-adapter'
+export { ServerWebSocket } from './ws'
+export type { WebSocketRoute, WebSocketMessage, WebSocketData } from './ws'
 
 const native = loadNative()
 
@@ -63,6 +66,24 @@ export interface StreamingOptions {
   sseMaxConnectionsPerUser?: number
   /** Event streams the app holds at once; more get 503. Default 10000. */
   sseMaxConnections?: number
+  /** Largest WebSocket message (and frame); larger ones close the socket with 1009. Default 1mb. */
+  wsMaxMessageSize?: Size
+  /** No message from the client this long closes the socket (1000, "Idle timeout"); 0 disables. Default 60s. */
+  wsIdleTimeout?: Duration
+  /** WebSockets one user (or, when anonymous, one address) may hold; more get 429. 0: no cap. Default 10. */
+  wsMaxConnectionsPerUser?: number
+  /** WebSockets one client address (IPv6: /64) may hold; more get 429. 0: no cap. Default 100. */
+  wsMaxConnectionsPerIp?: number
+  /** WebSockets the app holds at once; more get 503. Default 10000. */
+  wsMaxConnections?: number
+  /** Messages per second one socket may send (burst: a second's worth); over it: 1008 or a pause. 0: no cap. Default 100. */
+  wsMaxMessagesPerSecond?: number
+  /** Message bytes per second one socket may send; 0: no cap. Default 0. */
+  wsMaxBytesPerSecond?: Size
+  /** The server pings each socket this often; 0 disables. Default 30s. */
+  wsPingInterval?: Duration
+  /** A ping unanswered this long drops the connection (dead peer). Default 10s. */
+  wsPongTimeout?: Duration
   /** Bytes per second read from one connection's body (TCP backpressure); 0 disables. Default 0. */
   rateLimitUploadBandwidth?: Size
   /** Bytes per second read summed over one client's connections; 0 disables. Default 0. */
@@ -117,6 +138,10 @@ export interface AddressInfo {
 }
 
 export interface Stats {
+  /** Open WebSocket sessions, and messages received from and sent to them. */
+  wsConnections: number
+  wsMessagesIn: number
+  wsMessagesOut: number
   connectionsLive: number
   connectionsTotal: number
   requestsTotal: number
@@ -177,6 +202,7 @@ export interface SseOptions {
 /** What the server lends an app when it is turned into a spec. */
 interface SpecContext {
   register(handler: Handler): number
+  registerWs(route: WebSocketRoute): number
   busSeq(): number
 }
 
@@ -185,6 +211,7 @@ type RouteSpec =
   | { kind: 'uploads'; prefix: string; options: UploadsOptions }
   | { kind: 'handler'; method: string | null; path: string; handler: Handler }
   | { kind: 'sse'; prefix: string; options: SseOptions }
+  | { kind: 'ws'; prefix: string; options: WebSocketRoute }
 
 function checkHandler(handler: unknown, what: string): Handler {
   const ok =
@@ -245,6 +272,22 @@ export class StreamingApp {
     return this
   }
 
+  /**
+   * Raw WebSockets at `prefix` (and below it): the upgrade, every limit and the fan-out of
+   * `server.publish` run in Rust; `open`, `message` and `close` run here, in order per socket.
+   */
+  ws(prefix: string, route: WebSocketRoute): this {
+    checkPrefix(prefix, 'ws')
+    if (typeof route !== 'object' || route === null) throw new TypeError('ws: options must be an object')
+    for (const name of ['authenticate', 'open', 'message', 'close', 'batch'] as const) {
+      if (route[name] !== undefined && typeof route[name] !== 'function') throw new TypeError(`ws: ${name} must be a function`)
+    }
+    if (route.telemetry && typeof route.batch !== 'function') throw new TypeError('ws: telemetry needs a batch function')
+    validated('ws', nativeRouteOptions(route), 'ws')
+    this.#routes.push({ kind: 'ws', prefix, options: { ...route } })
+    return this
+  }
+
   /** A JS handler for `method` (or any method) at `path` (`:param` segments, trailing `*`). */
   route(method: string | null, path: string, handler: Handler): this {
     checkPrefix(path, 'route')
@@ -273,9 +316,10 @@ export class StreamingApp {
   }
 
   /** @internal the JSON spec handed to the native core; handlers become ids. */
-  toSpec({ register, busSeq }: SpecContext) {
+  toSpec({ register, registerWs, busSeq }: SpecContext) {
     const routes = this.#routes.map((route) => {
       if (route.kind === 'handler') return { ...route, handler: register(route.handler) }
+      if (route.kind === 'ws') return { kind: 'ws', prefix: route.prefix, options: wsSpec(route.options, register, registerWs) }
       if (route.kind === 'sse') return { kind: 'sse', prefix: route.prefix, options: sseSpec(route.options, register, busSeq) }
       return route
     })
@@ -326,6 +370,27 @@ function sseSpec(options: SseOptions, register: (handler: Handler) => number, bu
   return spec
 }
 
+/** A WebSocket route's spec: its Rust options, its id in JS, and `authenticate` as a handler. */
+function wsSpec(route: WebSocketRoute, register: (handler: Handler) => number, registerWs: (route: WebSocketRoute) => number) {
+  const spec: Record<string, unknown> = { ...nativeRouteOptions(route), route: registerWs(route) }
+  const { authenticate } = route
+  if (authenticate) {
+    // The answer crosses back as the body of a plain response: the user id, or 401 / 403.
+    spec.authenticateHandler = register(async (req) => {
+      let user: string | undefined | null
+      try {
+        user = await authenticate(req)
+      } catch (error) {
+        const status = (error as { status?: unknown })?.status
+        if (status === 401 || status === 403) return new Response(null, { status })
+        throw error
+      }
+      return user === undefined || user === null || user === '' ? new Response(null, { status: 401 }) : String(user)
+    })
+  }
+  return spec
+}
+
 /** Options of a JS handler mount (`server.mount('/api', handler, options)`). */
 export type HandlerMountOptions = Pick<
   StreamingOptions,
@@ -340,6 +405,7 @@ export class Server extends EventEmitter {
   readonly options: ServerOptions
   readonly #mounts: { prefix: string; app: StreamingApp }[] = []
   readonly #bridge = new HandlerBridge((error) => this.#reportError(error))
+  readonly #ws = new WebSocketBridge((error) => this.#reportError(error))
   #native: Native.NativeServer | undefined
   #listening = false
   #closing: Promise<void> | undefined
@@ -384,11 +450,16 @@ export class Server extends EventEmitter {
       options: this.options,
       mounts: this.#mounts.map(({ prefix, app }) => ({
         prefix,
-        app: app.toSpec({ register: (h) => this.#bridge.register(h), busSeq: () => this.#native?.busSeq() ?? 0 }),
+        app: app.toSpec({
+          register: (h) => this.#bridge.register(h),
+          registerWs: (route) => this.#ws.register(route),
+          busSeq: () => this.#native?.busSeq() ?? 0,
+        }),
       })),
     }
-    const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts)
+    const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts, this.#ws.onWsEvents)
     this.#bridge.native = server
+    this.#ws.native = server
     try {
       const { port: bound, address } = await server.listen(spec, host, port)
       this.#native = server
@@ -410,8 +481,8 @@ export class Server extends EventEmitter {
   }
 
   /**
-   * Sends `data` (a string, or any value as JSON) to every event stream subscribed to a pattern
-   * matching `topic`; returns how many streams it reached.
+   * Sends `data` (a string, or any value as JSON) to every event stream and WebSocket subscribed
+   * to a pattern matching `topic`; returns how many subscribers it reached.
    */
   publish(topic: string, data: unknown, { event, id }: { event?: string; id?: string } = {}): number {
     if (!this.#native) throw new Error('publish: the server is not listening')

@@ -19,6 +19,7 @@ use crate::route_pattern::RoutePattern;
 use crate::router::MountTable;
 use crate::sse::{SseContext, SseRoute};
 use crate::upload::{UploadLimits, UploadsMount};
+use crate::ws::{WsContext, WsRoute};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
@@ -31,6 +32,7 @@ enum Route {
     Files(FilesMount),
     Uploads(UploadsMount),
     Sse(SseRoute),
+    Ws(WsRoute),
 }
 
 struct JsRoute {
@@ -59,6 +61,9 @@ pub struct RequestContext {
     pub bus: Arc<Bus>,
     /// Cancelled when the server starts closing: endless responses (event streams) end then.
     pub shutdown: CancellationToken,
+    /// Where WebSocket sessions are spawned, and the token that aborts them after the drain.
+    pub tracker: tokio_util::task::TaskTracker,
+    pub abort: CancellationToken,
 }
 
 impl StreamingApp {
@@ -84,6 +89,12 @@ impl StreamingApp {
                         config.sse_max_connections,
                     );
                     routes.insert(prefix, Route::Sse(route))
+                }
+                RouteSpec::Ws { prefix, options } => {
+                    if bridge.is_none() {
+                        return Err("ws: WebSockets need the JS bridge".into());
+                    }
+                    routes.insert(prefix, Route::Ws(WsRoute::new(options, &config)))
                 }
                 RouteSpec::Handler {
                     method,
@@ -224,6 +235,24 @@ impl StreamingApp {
                 uploads
                     .receive(request, &rest, self.upload_limits(context))
                     .await
+            }
+            Some((Route::Ws(ws), _)) => {
+                let Some(bridge) = &self.bridge else {
+                    return body::text(StatusCode::NOT_FOUND, "Not Found\n");
+                };
+                let ws_context = WsContext {
+                    bridge,
+                    metrics: &context.metrics,
+                    app: &self.config,
+                    client: context.client,
+                    user: context.user.clone(),
+                    url: relative_url(rel, request.uri()),
+                    conn: &context.conn,
+                    shutdown: context.shutdown.clone(),
+                    abort: context.abort.clone(),
+                    tracker: &context.tracker,
+                };
+                ws.upgrade(request, ws_context).await
             }
             Some((Route::Sse(sse), _)) => {
                 let Some(bridge) = &self.bridge else {

@@ -6,6 +6,7 @@
 //! away or the handler times out, dropping the guard unregisters the exchange and tells JS to
 //! abort (`req.signal`, the generator's `return()`).
 
+use crate::ws_hub::{WsEvent, WsHub};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -63,6 +64,9 @@ pub trait JsHost: Send + Sync + 'static {
     fn dispatch(&self, request: JsRequest);
     /// The exchange is over before JS finished it (client gone, timeout): abort its work.
     fn abort(&self, id: u64);
+    /// A WebSocket session opened, received a message, or closed. Must not block; events of
+    /// one session must reach JS in the order given.
+    fn ws_event(&self, event: WsEvent);
 }
 
 /// Why reading a request body for JS failed.
@@ -112,6 +116,8 @@ pub struct Bridge {
     /// Streamed responses JS is still writing, by exchange id.
     streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
     next_id: AtomicU64,
+    /// Open WebSocket sessions, which JS sends to by id.
+    ws: Arc<WsHub>,
 }
 
 /// Chunks of a streamed response buffered between JS and the socket: JS runs at most this far
@@ -129,7 +135,16 @@ impl Bridge {
             exchanges: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            ws: WsHub::new(),
         })
+    }
+
+    pub fn ws_hub(&self) -> &Arc<WsHub> {
+        &self.ws
+    }
+
+    pub fn ws_event(&self, event: WsEvent) {
+        self.host.ws_event(event);
     }
 
     fn exchanges(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Exchange>> {

@@ -1,4 +1,4 @@
-//! Topic publish/subscribe shared by SSE (and later WebSocket) subscribers, NATS-style:
+//! Topic publish/subscribe shared by SSE and WebSocket subscribers, NATS-style:
 //! topics are dot-separated tokens, `*` matches one token, a trailing `>` one or more.
 //!
 //! An event is framed once and shared (`Bytes` is reference-counted) by every subscriber whose
@@ -20,7 +20,10 @@ pub struct Event {
     pub seq: u64,
     /// The `id:` clients see: the publisher's, or the sequence number.
     pub id: String,
+    /// The SSE frame (`id:`, `event:`, `data:` lines).
     pub frame: Bytes,
+    /// The data as published: what a WebSocket subscriber receives as a text message.
+    pub data: Bytes,
 }
 
 /// Where a subscriber's events go; implemented by each connection's bounded queue.
@@ -145,6 +148,7 @@ impl Bus {
         let event = Event {
             seq,
             frame: frame(&id, event, data),
+            data: Bytes::copy_from_slice(data.as_bytes()),
             id,
         };
         {

@@ -114,6 +114,30 @@ pub struct StreamingConfig {
     pub sse_max_connections_per_user: u32,
     /// Event streams the app holds at once; more get 503.
     pub sse_max_connections: u32,
+    /// Largest WebSocket message (and frame); a larger one closes the socket with 1009.
+    #[serde(deserialize_with = "size")]
+    pub ws_max_message_size: u64,
+    /// A WebSocket with no message from its client for this long is closed (1000, "Idle
+    /// timeout"). 0 disables.
+    #[serde(deserialize_with = "duration")]
+    pub ws_idle_timeout: Duration,
+    /// WebSockets one user (or, when anonymous, one address) may hold; more get 429. 0: no cap.
+    pub ws_max_connections_per_user: u32,
+    /// WebSockets one client address (IPv6: /64) may hold; more get 429. 0: no cap.
+    pub ws_max_connections_per_ip: u32,
+    /// WebSockets the app holds at once; more get 503.
+    pub ws_max_connections: u32,
+    /// Messages per second one WebSocket may send (burst: one second's worth). 0: no cap.
+    pub ws_max_messages_per_second: u32,
+    /// Message bytes per second one WebSocket may send. 0: no cap.
+    #[serde(deserialize_with = "size")]
+    pub ws_max_bytes_per_second: u64,
+    /// The server pings each WebSocket this often; 0 disables.
+    #[serde(deserialize_with = "duration")]
+    pub ws_ping_interval: Duration,
+    /// A ping unanswered for this long means a dead peer: the connection is dropped.
+    #[serde(deserialize_with = "duration")]
+    pub ws_pong_timeout: Duration,
 }
 
 impl Default for StreamingConfig {
@@ -140,6 +164,15 @@ impl Default for StreamingConfig {
             sse_keep_alive: Duration::from_secs(15),
             sse_max_connections_per_user: 10,
             sse_max_connections: 10_000,
+            ws_max_message_size: MIB,
+            ws_idle_timeout: Duration::from_secs(60),
+            ws_max_connections_per_user: 10,
+            ws_max_connections_per_ip: 100,
+            ws_max_connections: 10_000,
+            ws_max_messages_per_second: 100,
+            ws_max_bytes_per_second: 0,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_pong_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -229,6 +262,46 @@ impl Default for SseConfig {
     }
 }
 
+/// What a WebSocket over its message or byte rate gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RateAction {
+    /// Close with 1008 (policy violation).
+    #[default]
+    Close,
+    /// Stop reading until the rate allows more (TCP backpressure on the client).
+    Pause,
+}
+
+/// Options of `streaming.ws(prefix, {...})` (its JS functions are registered as handlers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct WsConfig {
+    /// Messages queued per connection for a slow reader.
+    pub queue_messages: u32,
+    #[serde(deserialize_with = "size")]
+    pub queue_bytes: u64,
+    /// On a full queue: drop the oldest or the new message (counted), or close with 1013.
+    pub overflow: Overflow,
+    pub rate_limit_action: RateAction,
+    /// Set by the TypeScript layer: the route's id in JS, and its `authenticate` handler.
+    pub route: u32,
+    pub authenticate_handler: Option<u32>,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            queue_messages: 1024,
+            queue_bytes: MIB,
+            overflow: Overflow::DropOldest,
+            rate_limit_action: RateAction::Close,
+            route: 0,
+            authenticate_handler: None,
+        }
+    }
+}
+
 /// One route inside a streaming app.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
@@ -251,6 +324,10 @@ pub enum RouteSpec {
     Sse {
         prefix: String,
         options: SseConfig,
+    },
+    Ws {
+        prefix: String,
+        options: WsConfig,
     },
 }
 
@@ -328,10 +405,19 @@ impl StreamingConfig {
             ("rateLimitWindow", self.rate_limit_window),
             ("handlerTimeout", self.handler_timeout),
             ("sseKeepAlive", self.sse_keep_alive),
+            ("wsPongTimeout", self.ws_pong_timeout),
         ] {
             if duration.is_zero() {
                 return Err(format!("{name}: must be greater than 0"));
             }
+        }
+        if !(125..=64 * MIB).contains(&self.ws_max_message_size) {
+            return Err("wsMaxMessageSize: must be between 125 bytes and 64mb".into());
+        }
+        if self.ws_max_bytes_per_second != 0
+            && self.ws_max_bytes_per_second < self.ws_max_message_size
+        {
+            return Err("wsMaxBytesPerSecond: must be 0 (off) or at least wsMaxMessageSize".into());
         }
         if self.rate_limit_window < Duration::from_secs(1) {
             return Err("rateLimitWindow: must be at least 1s".into());
@@ -389,6 +475,10 @@ impl ServerSpec {
                         *prefix = normalize_prefix("uploads", prefix)?
                     }
                     RouteSpec::Handler { path, .. } => *path = normalize_prefix("route", path)?,
+                    RouteSpec::Ws { prefix, options } => {
+                        *prefix = normalize_prefix("ws", prefix)?;
+                        options.validate()?;
+                    }
                     RouteSpec::Sse { prefix, options } => {
                         *prefix = normalize_prefix("sse", prefix)?;
                         if options.queue_events == 0 {
@@ -397,6 +487,18 @@ impl ServerSpec {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl WsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_messages == 0 {
+            return Err("ws: queueMessages must be at least 1".into());
+        }
+        if self.queue_bytes < KIB {
+            return Err("ws: queueBytes must be at least 1kb".into());
         }
         Ok(())
     }

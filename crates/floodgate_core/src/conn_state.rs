@@ -23,6 +23,8 @@ pub struct ConnState {
     /// anyway (a slow event-stream reader over its queue bound).
     writer: AtomicWaker,
     aborted: std::sync::atomic::AtomicBool,
+    /// The connection was handed to a WebSocket session: no more HTTP heads or deadlines.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -36,6 +38,7 @@ impl ConnState {
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
             aborted: std::sync::atomic::AtomicBool::new(false),
+            upgraded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -53,6 +56,16 @@ impl ConnState {
     pub fn abort(&self) {
         self.aborted.store(true, Relaxed);
         self.writer.wake();
+    }
+
+    /// The response being sent is a `101 Switching Protocols`: after it the socket carries
+    /// WebSocket frames, which the session bounds with its own timers.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Relaxed);
+    }
+
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Relaxed)
     }
 
     pub fn is_aborted(&self) -> bool {

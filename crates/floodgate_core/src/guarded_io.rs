@@ -11,7 +11,8 @@
 //!   the connection.
 
 use crate::conn_state::ConnState;
-use crate::metrics::{Metrics, Rejection};
+use crate::limit::conn::Slot;
+use crate::metrics::{LiveConnection, Metrics, Rejection};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -44,6 +45,8 @@ enum Phase {
     InRequest,
     /// HTTP/2 after its preface: streams have no head deadline here.
     Http2,
+    /// A WebSocket session owns the socket (its own idle and ping timers apply).
+    Upgraded,
 }
 
 struct HeadProgress {
@@ -95,6 +98,10 @@ pub struct GuardedIo<S> {
     write_timer_at: Option<Instant>,
     /// Set once the write side is shut: draining input until this deadline.
     linger: Option<Lingering>,
+    /// The client's connection slot and the live-connection count, held by the socket itself
+    /// so they last exactly as long as it does, upgraded sessions included.
+    _slot: Slot,
+    _live: LiveConnection,
 }
 
 struct Lingering {
@@ -103,9 +110,17 @@ struct Lingering {
 }
 
 impl<S> GuardedIo<S> {
-    pub fn new(inner: S, state: Arc<ConnState>, metrics: Arc<Metrics>, limits: HeadLimits) -> Self {
+    pub fn new(
+        inner: S,
+        state: Arc<ConnState>,
+        metrics: Arc<Metrics>,
+        limits: HeadLimits,
+        slot: Slot,
+    ) -> Self {
         let accepted_at = state.accepted_at;
         Self {
+            _slot: slot,
+            _live: LiveConnection::new(&metrics),
             inner,
             state,
             metrics,
@@ -123,7 +138,11 @@ impl<S> GuardedIo<S> {
     /// Follows the request handling: a started request leaves the head phase, a finished
     /// response (with nothing else in flight) starts waiting for the next head.
     fn sync_phase(&mut self) {
-        if matches!(self.phase, Phase::Http2) {
+        if matches!(self.phase, Phase::Http2 | Phase::Upgraded) {
+            return;
+        }
+        if self.state.is_upgraded() {
+            self.phase = Phase::Upgraded;
             return;
         }
         let progress = self.state.progress();
@@ -212,7 +231,7 @@ impl<S> GuardedIo<S> {
                 !(head.first && head.preface_matched > 0 && head.preface_matched == head.head_bytes)
             }
             Phase::InRequest => true,
-            Phase::Http2 => false,
+            Phase::Http2 | Phase::Upgraded => false,
         }
     }
 }

@@ -27,6 +27,9 @@ pub mod sse;
 pub mod units;
 pub mod upload;
 pub mod upload_sink;
+pub mod ws;
+pub mod ws_hub;
+pub mod ws_session;
 
 pub use config::ServerSpec;
 pub use server::{listen, RunningServer};

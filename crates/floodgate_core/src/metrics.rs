@@ -27,10 +27,18 @@ pub enum Rejection {
     SseLimit,
     SseOverflow,
     SseEventDropped,
+    WsLimit,
+    WsMessageTooLarge,
+    WsRateLimited,
+    WsIdleTimeout,
+    WsPongTimeout,
+    WsMessageDropped,
+    WsOverflow,
+    WsProtocolError,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 18] = [
+    pub const ALL: [Rejection; 26] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -49,6 +57,14 @@ impl Rejection {
         Rejection::SseLimit,
         Rejection::SseOverflow,
         Rejection::SseEventDropped,
+        Rejection::WsLimit,
+        Rejection::WsMessageTooLarge,
+        Rejection::WsRateLimited,
+        Rejection::WsIdleTimeout,
+        Rejection::WsPongTimeout,
+        Rejection::WsMessageDropped,
+        Rejection::WsOverflow,
+        Rejection::WsProtocolError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +87,14 @@ impl Rejection {
             Rejection::SseLimit => "sse_limit",
             Rejection::SseOverflow => "sse_overflow",
             Rejection::SseEventDropped => "sse_event_dropped",
+            Rejection::WsLimit => "ws_limit",
+            Rejection::WsMessageTooLarge => "ws_message_too_large",
+            Rejection::WsRateLimited => "ws_rate_limited",
+            Rejection::WsIdleTimeout => "ws_idle_timeout",
+            Rejection::WsPongTimeout => "ws_pong_timeout",
+            Rejection::WsMessageDropped => "ws_message_dropped",
+            Rejection::WsOverflow => "ws_overflow",
+            Rejection::WsProtocolError => "ws_protocol_error",
         }
     }
 }
@@ -82,6 +106,9 @@ pub struct Metrics {
     requests_total: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    ws_live: AtomicI64,
+    ws_messages_in: AtomicU64,
+    ws_messages_out: AtomicU64,
     rejections: [AtomicU64; Rejection::ALL.len()],
 }
 
@@ -94,6 +121,10 @@ pub struct Snapshot {
     pub requests_total: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Open WebSocket sessions.
+    pub ws_connections: i64,
+    pub ws_messages_in: u64,
+    pub ws_messages_out: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -119,6 +150,22 @@ impl Metrics {
         self.bytes_received.fetch_add(bytes as u64, Relaxed);
     }
 
+    pub fn ws_opened(&self) {
+        self.ws_live.fetch_add(1, Relaxed);
+    }
+
+    pub fn ws_closed(&self) {
+        self.ws_live.fetch_sub(1, Relaxed);
+    }
+
+    pub fn ws_received(&self) {
+        self.ws_messages_in.fetch_add(1, Relaxed);
+    }
+
+    pub fn ws_sent(&self, messages: u64) {
+        self.ws_messages_out.fetch_add(messages, Relaxed);
+    }
+
     pub fn reject(&self, reason: Rejection) {
         self.rejections[reason as usize].fetch_add(1, Relaxed);
     }
@@ -134,6 +181,9 @@ impl Metrics {
             requests_total: self.requests_total.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
+            ws_connections: self.ws_live.load(Relaxed),
+            ws_messages_in: self.ws_messages_in.load(Relaxed),
+            ws_messages_out: self.ws_messages_out.load(Relaxed),
             rejections: Rejection::ALL
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
@@ -143,16 +193,16 @@ impl Metrics {
 }
 
 /// Counts one live connection for as long as it is held, so every exit path closes it.
-pub struct LiveConnection<'a>(&'a Metrics);
+pub struct LiveConnection(std::sync::Arc<Metrics>);
 
-impl<'a> LiveConnection<'a> {
-    pub fn new(metrics: &'a Metrics) -> Self {
+impl LiveConnection {
+    pub fn new(metrics: &std::sync::Arc<Metrics>) -> Self {
         metrics.connection_opened();
-        Self(metrics)
+        Self(std::sync::Arc::clone(metrics))
     }
 }
 
-impl Drop for LiveConnection<'_> {
+impl Drop for LiveConnection {
     fn drop(&mut self) {
         self.0.connection_closed();
     }

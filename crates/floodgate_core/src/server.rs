@@ -9,7 +9,7 @@ use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
 use crate::conn_state::ConnState;
 use crate::guarded_io::{GuardedIo, HeadLimits};
 use crate::limit::conn::{ConnectionLimiter, Slot};
-use crate::metrics::{LiveConnection, Metrics, Rejection, Snapshot};
+use crate::metrics::{Metrics, Rejection, Snapshot};
 use crate::proxy::client_ip;
 use crate::router::MountTable;
 use http::{Request, Response, StatusCode};
@@ -43,6 +43,10 @@ struct Shared {
     default_send_timeout: Duration,
     bus: Arc<Bus>,
     shutdown: CancellationToken,
+    /// Upgraded (WebSocket) sessions outlive their HTTP connection task: they are spawned
+    /// here, so `close` drains and then aborts them like any connection.
+    tracker: TaskTracker,
+    abort: CancellationToken,
 }
 
 /// A listening server. Dropping it does not stop it; call `close`.
@@ -77,9 +81,13 @@ pub async fn listen(
     let stop_accepting = CancellationToken::new();
     let bus = Bus::new();
     bus.start_fanout();
+    let abort = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         bus,
         shutdown: stop_accepting.clone(),
+        tracker: tracker.clone(),
+        abort: abort.clone(),
         builder: hyper_builder(&spec.options),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
         metrics: Arc::new(Metrics::default()),
@@ -87,8 +95,6 @@ pub async fn listen(
         config: spec.options,
         default_send_timeout: StreamingConfig::default().send_timeout,
     });
-    let abort = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let accept_task = tokio::spawn(accept_loop(
         listener,
         Arc::clone(&shared),
@@ -241,8 +247,6 @@ async fn serve_connection(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
-    let _slot = slot;
-    let _live = LiveConnection::new(&shared.metrics);
     let conn = Arc::new(ConnState::new(accepted_at, shared.default_send_timeout));
     let limits = HeadLimits {
         header_timeout: shared.config.header_timeout,
@@ -255,6 +259,7 @@ async fn serve_connection(
         Arc::clone(&conn),
         Arc::clone(&shared.metrics),
         limits,
+        slot,
     ));
     let service = {
         let shared = Arc::clone(&shared);
@@ -267,7 +272,7 @@ async fn serve_connection(
             async move { Ok::<_, Infallible>(handle(&shared, request, peer, &conn).await) }
         })
     };
-    let connection = shared.builder.serve_connection(io, service);
+    let connection = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
@@ -296,6 +301,8 @@ async fn handle(
                 metrics: Arc::clone(&shared.metrics),
                 bus: Arc::clone(&shared.bus),
                 shutdown: shared.shutdown.clone(),
+                tracker: shared.tracker.clone(),
+                abort: shared.abort.clone(),
             };
             app.handle(request, rel, context).await
         }

@@ -12,6 +12,7 @@
 //! `handlers.ts` reads the same layout.
 
 use floodgate_core::bridge::{JsHost, JsRequest};
+use floodgate_core::ws_hub::{JsBacklog, WsEvent};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
@@ -31,6 +32,19 @@ struct Aborts {
     scheduled: bool,
 }
 
+/// WebSocket events waiting for the JS thread. Per event, numbers `kind, id, a, b`:
+/// open `0, id, route, hasUser` (strings: user, client, url); message `1, id, binary, length`
+/// (its bytes appended to the payload); close `2, id, code, 0` (strings: reason).
+#[derive(Default)]
+struct WsEvents {
+    numbers: Vec<f64>,
+    strings: Vec<String>,
+    payload: Vec<u8>,
+    /// Released when the batch reaches JS, so sessions paused on the backlog read again.
+    backlogs: Vec<JsBacklog>,
+    scheduled: bool,
+}
+
 fn join_pairs(flat: &[String]) -> String {
     flat.join("\0")
 }
@@ -41,16 +55,26 @@ pub type RequestBatch = FnArgs<(Vec<f64>, Vec<String>)>;
 pub type OnRequests<'env> = Function<'env, RequestBatch, ()>;
 type DeliverRequests = ThreadsafeFunction<(), (), RequestBatch, Status, false, true>;
 type DeliverAborts = ThreadsafeFunction<(), (), Vec<f64>, Status, false, true>;
+/// The arguments of `onWsEvents`: numbers, strings, and the messages' bytes end to end.
+pub type WsBatch = FnArgs<(Float64Array, Vec<String>, Buffer)>;
+pub type OnWsEvents<'env> = Function<'env, WsBatch, ()>;
+type DeliverWsEvents = ThreadsafeFunction<(), (), WsBatch, Status, false, true>;
 
 pub struct NapiHost {
     requests: Arc<Mutex<Requests>>,
     aborts: Arc<Mutex<Aborts>>,
     deliver_requests: DeliverRequests,
     deliver_aborts: DeliverAborts,
+    ws_events: Arc<Mutex<WsEvents>>,
+    deliver_ws_events: DeliverWsEvents,
 }
 
 impl NapiHost {
-    pub fn new(on_requests: &OnRequests, on_aborts: &Function<Vec<f64>, ()>) -> Result<Self> {
+    pub fn new(
+        on_requests: &OnRequests,
+        on_aborts: &Function<Vec<f64>, ()>,
+        on_ws_events: &OnWsEvents,
+    ) -> Result<Self> {
         let requests = Arc::new(Mutex::new(Requests::default()));
         let drained = Arc::clone(&requests);
         let deliver_requests = on_requests
@@ -74,11 +98,33 @@ impl NapiHost {
                 batch.scheduled = false;
                 Ok(std::mem::take(&mut batch.ids))
             })?;
+        let ws_events = Arc::new(Mutex::new(WsEvents::default()));
+        let drained = Arc::clone(&ws_events);
+        let deliver_ws_events = on_ws_events
+            .build_threadsafe_function::<()>()
+            .weak::<true>()
+            .build_callback(move |_: ThreadsafeCallContext<()>| {
+                let mut batch = drained.lock().unwrap_or_else(|p| p.into_inner());
+                batch.scheduled = false;
+                let numbers = std::mem::take(&mut batch.numbers);
+                let strings = std::mem::take(&mut batch.strings);
+                let payload = std::mem::take(&mut batch.payload);
+                let backlogs = std::mem::take(&mut batch.backlogs);
+                drop(batch);
+                drop(backlogs);
+                Ok(FnArgs::from((
+                    Float64Array::new(numbers),
+                    strings,
+                    Buffer::from(payload),
+                )))
+            })?;
         Ok(Self {
             requests,
             aborts,
             deliver_requests,
             deliver_aborts,
+            ws_events,
+            deliver_ws_events,
         })
     }
 }
@@ -102,6 +148,50 @@ impl JsHost for NapiHost {
             batch.scheduled = true;
             drop(batch);
             self.deliver_requests
+                .call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+
+    fn ws_event(&self, event: WsEvent) {
+        let mut batch = self.ws_events.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            WsEvent::Open {
+                id,
+                route,
+                user,
+                client,
+                url,
+            } => {
+                let has_user = if user.is_some() { 1.0 } else { 0.0 };
+                batch
+                    .numbers
+                    .extend([0.0, id as f64, route as f64, has_user]);
+                batch
+                    .strings
+                    .extend([user.unwrap_or_default(), client, url]);
+            }
+            WsEvent::Message {
+                id,
+                data,
+                binary,
+                backlog,
+            } => {
+                let binary = if binary { 1.0 } else { 0.0 };
+                batch
+                    .numbers
+                    .extend([1.0, id as f64, binary, data.len() as f64]);
+                batch.payload.extend_from_slice(&data);
+                batch.backlogs.push(backlog);
+            }
+            WsEvent::Close { id, code, reason } => {
+                batch.numbers.extend([2.0, id as f64, code as f64, 0.0]);
+                batch.strings.push(reason);
+            }
+        }
+        if !batch.scheduled {
+            batch.scheduled = true;
+            drop(batch);
+            self.deliver_ws_events
                 .call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }

@@ -9,11 +9,13 @@ mod host;
 use floodgate_core::bridge::{BodyError, Bridge, JsBody, JsFile, JsResponse};
 use floodgate_core::config::{
     self, FilesConfig, ServerConfig, ServerSpec, SseConfig, StreamingConfig, UploadsConfig,
+    WsConfig,
 };
 use floodgate_core::files::FilesMount;
 use floodgate_core::upload::UploadsMount;
+use floodgate_core::ws_hub::HubError;
 use floodgate_core::RunningServer;
-use host::{NapiHost, OnRequests};
+use host::{NapiHost, OnRequests, OnWsEvents};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,7 @@ pub fn validate_options(kind: String, options: serde_json::Value) -> Result<()> 
         "streaming" => check::<StreamingConfig>(options, StreamingConfig::validate),
         "files" => check::<FilesConfig>(options, |files| FilesMount::new(files.clone()).map(drop)),
         "sse" => check::<SseConfig>(options, |_| Ok(())),
+        "ws" => check::<WsConfig>(options, WsConfig::validate),
         "uploads" => check::<UploadsConfig>(options, |uploads| {
             UploadsMount::new(uploads.clone()).map(drop)
         }),
@@ -86,14 +89,19 @@ fn exchange_id(id: f64) -> u64 {
 impl NativeServer {
     /// `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
     /// (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
-    /// finished them.
+    /// finished them; `onWsEvents(numbers, strings, payload)` WebSocket opens, messages and
+    /// closes, in order.
     #[napi(constructor)]
     pub fn new(
         #[napi(ts_arg_type = "(numbers: number[], strings: string[]) => void")]
         on_requests: OnRequests,
         on_aborts: Function<Vec<f64>, ()>,
+        #[napi(
+            ts_arg_type = "(numbers: Float64Array, strings: string[], payload: Buffer) => void"
+        )]
+        on_ws_events: OnWsEvents,
     ) -> Result<Self> {
-        let host = NapiHost::new(&on_requests, &on_aborts)?;
+        let host = NapiHost::new(&on_requests, &on_aborts, &on_ws_events)?;
         Ok(Self {
             bridge: Bridge::new(Arc::new(host)),
             running: Mutex::new(None),
@@ -270,6 +278,50 @@ impl NativeServer {
             )),
             Err(BodyError::Gone) => Err(gone()),
         }
+    }
+}
+
+#[napi]
+impl NativeServer {
+    /// Carries out a batch of `ws.send` / `ws.close` calls: `entries` holds `id, kind, length,
+    /// code` per call (kind 0 text, 1 binary, 2 close), `payload` their bytes end to end.
+    #[napi]
+    pub fn ws_send(&self, entries: Float64Array, payload: Buffer) -> Result<()> {
+        self.bridge
+            .ws_hub()
+            .send_batch(&entries, &payload)
+            .map_err(|_| invalid("wsSend: malformed batch".into()))
+    }
+
+    /// Subscribes WebSocket `id` to a topic pattern; `false` when the socket is gone.
+    #[napi]
+    pub fn ws_subscribe(&self, id: f64, topic: String) -> Result<bool> {
+        let server = self
+            .running()
+            .ok_or_else(|| Error::from_reason("subscribe: the server is not listening"))?;
+        match self
+            .bridge
+            .ws_hub()
+            .subscribe(server.bus(), exchange_id(id), &topic)
+        {
+            Ok(subscribed) => Ok(subscribed),
+            Err(HubError::InvalidTopic(message)) => Err(invalid(format!("subscribe: {message}"))),
+            Err(HubError::Malformed) => Err(invalid("subscribe: malformed".into())),
+        }
+    }
+
+    #[napi]
+    pub fn ws_unsubscribe(&self, id: f64, topic: String) -> bool {
+        self.bridge.ws_hub().unsubscribe(exchange_id(id), &topic)
+    }
+
+    /// Bytes queued for WebSocket `id` and not yet written to its socket.
+    #[napi]
+    pub fn ws_buffered_amount(&self, id: f64) -> f64 {
+        self.bridge
+            .ws_hub()
+            .get(exchange_id(id))
+            .map_or(0.0, |session| session.buffered_amount() as f64)
     }
 }
 

@@ -1,0 +1,270 @@
+//! `StreamingApp.ws(prefix, {...})`: the WebSocket upgrade, with everything checked before the
+//! `101`: the handshake headers, `authenticate` in JS, and the per-user, per-address and
+//! per-app caps. The session itself runs in `ws_session`.
+
+use crate::body::{self, Body};
+use crate::bridge::Bridge;
+use crate::config::{StreamingConfig, WsConfig};
+use crate::js_call::{identify, JsTarget};
+use crate::limit::conn::{client_key, ConnectionLimiter, Slot};
+use crate::metrics::{Metrics, Rejection};
+use crate::ws_hub::QueueLimits;
+use crate::ws_session::{self, SessionLimits, SessionStart};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// A WebSocket route with its caps.
+pub struct WsRoute {
+    config: WsConfig,
+    limits: SessionLimits,
+    per_user: Arc<ConnectionLimiter<String>>,
+    per_ip: Arc<ConnectionLimiter<IpAddr>>,
+    total: Arc<Semaphore>,
+}
+
+/// What an open session holds until it ends: its slots under every cap.
+pub struct Held {
+    _user: Slot<String>,
+    _ip: Slot<IpAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the app lends an upgrade.
+pub struct WsContext<'a> {
+    pub bridge: &'a Arc<Bridge>,
+    pub metrics: &'a Arc<Metrics>,
+    pub app: &'a StreamingConfig,
+    pub client: IpAddr,
+    /// The user `identify` named, if any (`authenticate` overrides it).
+    pub user: Option<String>,
+    pub url: String,
+    pub conn: &'a Arc<crate::conn_state::ConnState>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub abort: tokio_util::sync::CancellationToken,
+    pub tracker: &'a tokio_util::task::TaskTracker,
+}
+
+impl WsRoute {
+    pub fn new(config: WsConfig, app: &StreamingConfig) -> Self {
+        let limits = SessionLimits {
+            max_message_size: app.ws_max_message_size as usize,
+            idle_timeout: app.ws_idle_timeout,
+            messages_per_second: app.ws_max_messages_per_second,
+            bytes_per_second: app.ws_max_bytes_per_second,
+            rate_action: config.rate_limit_action,
+            ping_interval: app.ws_ping_interval,
+            pong_timeout: app.ws_pong_timeout,
+            queue: QueueLimits {
+                messages: config.queue_messages as usize,
+                bytes: config.queue_bytes as usize,
+                overflow: config.overflow,
+            },
+            route: config.route,
+        };
+        Self {
+            per_user: ConnectionLimiter::new(app.ws_max_connections_per_user),
+            per_ip: ConnectionLimiter::new(app.ws_max_connections_per_ip),
+            total: Arc::new(Semaphore::new(app.ws_max_connections as usize)),
+            limits,
+            config,
+        }
+    }
+
+    pub async fn upgrade<B>(
+        &self,
+        mut request: Request<B>,
+        context: WsContext<'_>,
+    ) -> Response<Body> {
+        let accept_key = match handshake_key(request.method(), request.headers()) {
+            Ok(key) => key,
+            Err(response) => {
+                context.metrics.reject(Rejection::WsProtocolError);
+                return *response;
+            }
+        };
+        let mut user = context.user.clone();
+        if let Some(handler) = self.config.authenticate_handler {
+            let target = JsTarget {
+                bridge: context.bridge,
+                handler,
+                params: Vec::new(),
+                url: context.url.clone(),
+                client: context.client,
+            };
+            match identify(
+                &request,
+                target,
+                context.app.handler_timeout,
+                context.metrics,
+            )
+            .await
+            {
+                Ok(named) => user = named.or(user),
+                Err(response) => return response,
+            }
+        }
+        let held = match self.acquire(user.as_deref(), context.client) {
+            Ok(held) => held,
+            Err(response) => {
+                context.metrics.reject(Rejection::WsLimit);
+                return *response;
+            }
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        context.conn.mark_upgraded();
+        let start = SessionStart {
+            on_upgrade,
+            limits: self.limits.clone(),
+            user,
+            client: context.client,
+            url: context.url,
+            bridge: Arc::clone(context.bridge),
+            metrics: Arc::clone(context.metrics),
+            shutdown: context.shutdown,
+            abort: context.abort,
+            held,
+        };
+        context.tracker.spawn(ws_session::run(start));
+
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&accept_key) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        response
+    }
+
+    fn acquire(&self, user: Option<&str>, client: IpAddr) -> Result<Held, Box<Response<Body>>> {
+        let address = client_key(client);
+        let user_key = user.map_or_else(|| format!("a:{address}"), |user| format!("u:{user}"));
+        let Some(user_slot) = self.per_user.try_acquire_key(user_key) else {
+            return Err(too_many(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many WebSockets for this user\n",
+            ));
+        };
+        let Some(ip_slot) = self.per_ip.try_acquire_key(address) else {
+            return Err(too_many(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many WebSockets from your address\n",
+            ));
+        };
+        let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
+            return Err(too_many(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many WebSockets\n",
+            ));
+        };
+        Ok(Held {
+            _user: user_slot,
+            _ip: ip_slot,
+            _permit: permit,
+        })
+    }
+}
+
+fn too_many(status: StatusCode, message: &'static str) -> Box<Response<Body>> {
+    Box::new(body::text_with(
+        status,
+        message,
+        header::RETRY_AFTER,
+        HeaderValue::from_static("5"),
+    ))
+}
+
+/// Checks an upgrade request (RFC 6455 section 4.2.1) and returns its `Sec-WebSocket-Accept`.
+fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<String, Box<Response<Body>>> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|text| {
+                text.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(Box::new(body::text_with(
+            StatusCode::UPGRADE_REQUIRED,
+            "This is a WebSocket endpoint\n",
+            header::UPGRADE,
+            HeaderValue::from_static("websocket"),
+        )));
+    }
+    if method != Method::GET || !has_token(header::CONNECTION, "upgrade") {
+        return Err(Box::new(body::text(
+            StatusCode::BAD_REQUEST,
+            "Bad WebSocket upgrade\n",
+        )));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|version| version != "13")
+    {
+        return Err(Box::new(body::text_with(
+            StatusCode::BAD_REQUEST,
+            "Unsupported WebSocket version\n",
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        )));
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !key.is_empty() => Ok(derive_accept_key(key.as_bytes())),
+        _ => Err(Box::new(body::text(
+            StatusCode::BAD_REQUEST,
+            "Missing Sec-WebSocket-Key\n",
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        headers
+    }
+
+    #[test]
+    fn accepts_the_rfc_example() {
+        let key = handshake_key(&Method::GET, &upgrade_headers()).unwrap();
+        assert_eq!(key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn refuses_plain_and_malformed_requests() {
+        let status = |method: Method, headers: &HeaderMap| {
+            handshake_key(&method, headers).unwrap_err().status()
+        };
+        assert_eq!(
+            status(Method::GET, &HeaderMap::new()),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        assert_eq!(
+            status(Method::POST, &upgrade_headers()),
+            StatusCode::BAD_REQUEST
+        );
+        let mut old = upgrade_headers();
+        old.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(status(Method::GET, &old), StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,448 @@
+//! WebSocket sessions as JS and the topic bus reach them: a registry by id, each session's
+//! bounded outbound queue, and the events a session hands to JS.
+//!
+//! JS never touches a socket. `ws.send` and `ws.close` calls are gathered in JS and cross in
+//! one call per turn of its event loop ([`WsHub::send_batch`]); `server.publish` reaches a
+//! session through its queue, which the bus sees as a [`Sink`]. The session task drains the
+//! queue into the socket as fast as the client reads, and not faster: a full queue drops
+//! messages (counted) or closes the socket with 1013, as the route says.
+
+use crate::bus::{self, Bus, Event, Sink, SubscriptionGuard};
+use crate::config::Overflow;
+use crate::metrics::{Metrics, Rejection};
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// Close code for "try again later", sent when a slow reader's queue overflows.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// What a session tells JS, in order per session.
+pub enum WsEvent {
+    Open {
+        id: u64,
+        route: u32,
+        user: Option<String>,
+        client: String,
+        url: String,
+    },
+    Message {
+        id: u64,
+        data: Bytes,
+        binary: bool,
+        /// Counts the message against the session's backlog until the host hands it to JS.
+        backlog: JsBacklog,
+    },
+    Close {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A message on its way to JS. Dropping it (once the host has passed it to the JS thread)
+/// takes it off the session's backlog, so a session paused on a busy JS thread reads again.
+pub struct JsBacklog {
+    session: Arc<SessionHandle>,
+    bytes: usize,
+}
+
+impl Drop for JsBacklog {
+    fn drop(&mut self) {
+        let before = self
+            .session
+            .js_backlog
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        if before >= JS_BACKLOG_LIMIT && before - self.bytes < JS_BACKLOG_LIMIT {
+            self.session.waker.wake();
+        }
+    }
+}
+
+/// Message bytes a session may have on their way to JS before it stops reading its socket:
+/// a flood cannot pile up work for a JS thread that is not keeping up.
+pub const JS_BACKLOG_LIMIT: usize = 1 << 20;
+
+/// A close the session should send (from JS, or after an overflow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: String,
+}
+
+#[derive(Default)]
+struct Outbound {
+    messages: VecDeque<Message>,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+/// Bounds of a session's outbound queue.
+#[derive(Clone, Copy)]
+pub struct QueueLimits {
+    pub messages: usize,
+    pub bytes: usize,
+    pub overflow: Overflow,
+}
+
+/// One session as the rest of the server sees it.
+pub struct SessionHandle {
+    pub id: u64,
+    outbound: Mutex<Outbound>,
+    /// The session task, woken when there is something to send or it may read again.
+    pub waker: AtomicWaker,
+    limits: QueueLimits,
+    metrics: Arc<Metrics>,
+    js_backlog: AtomicUsize,
+    /// Bytes queued but not yet handed to the socket (`ws.bufferedAmount`).
+    queued_bytes: AtomicUsize,
+    closed: AtomicBool,
+    subscriptions: Mutex<HashMap<String, SubscriptionGuard>>,
+}
+
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
+impl SessionHandle {
+    fn outbound(&self) -> std::sync::MutexGuard<'_, Outbound> {
+        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a message for the socket, applying the overflow policy when the queue is full.
+    pub fn enqueue(&self, message: Message) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let size = payload_len(&message);
+        let mut outbound = self.outbound();
+        if outbound.close.is_some() {
+            return;
+        }
+        let full = |outbound: &Outbound| {
+            outbound.messages.len() >= self.limits.messages
+                || outbound.bytes + size > self.limits.bytes
+        };
+        while full(&outbound) {
+            match self.limits.overflow {
+                Overflow::DropOldest if !outbound.messages.is_empty() => {
+                    if let Some(old) = outbound.messages.pop_front() {
+                        outbound.bytes -= payload_len(&old);
+                    }
+                    self.metrics.reject(Rejection::WsMessageDropped);
+                }
+                Overflow::DropOldest | Overflow::DropNewest => {
+                    self.metrics.reject(Rejection::WsMessageDropped);
+                    return;
+                }
+                Overflow::Close => {
+                    self.metrics.reject(Rejection::WsOverflow);
+                    outbound.messages.clear();
+                    outbound.bytes = 0;
+                    outbound.close = Some(CloseRequest {
+                        code: CLOSE_TRY_AGAIN_LATER,
+                        reason: "Send queue overflow".into(),
+                    });
+                    self.queued_bytes.store(0, Ordering::Relaxed);
+                    drop(outbound);
+                    self.waker.wake();
+                    return;
+                }
+            }
+        }
+        outbound.bytes += size;
+        outbound.messages.push_back(message);
+        self.queued_bytes.store(outbound.bytes, Ordering::Relaxed);
+        drop(outbound);
+        self.waker.wake();
+    }
+
+    /// Asks the session to close with `code` after what is already queued.
+    pub fn request_close(&self, request: CloseRequest) {
+        let mut outbound = self.outbound();
+        if outbound.close.is_none() {
+            outbound.close = Some(request);
+        }
+        drop(outbound);
+        self.waker.wake();
+    }
+
+    /// Takes up to `max` queued messages, and the close request once the queue is empty.
+    pub fn drain(&self, into: &mut Vec<Message>, max: usize) -> Option<CloseRequest> {
+        let mut outbound = self.outbound();
+        while into.len() < max {
+            let Some(message) = outbound.messages.pop_front() else {
+                break;
+            };
+            outbound.bytes -= payload_len(&message);
+            into.push(message);
+        }
+        self.queued_bytes.store(outbound.bytes, Ordering::Relaxed);
+        if outbound.messages.is_empty() {
+            outbound.close.take()
+        } else {
+            None
+        }
+    }
+
+    pub fn buffered_amount(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A message leaves for JS: the returned guard keeps it on the backlog until dropped.
+    pub fn to_js(self: &Arc<Self>, bytes: usize) -> JsBacklog {
+        self.js_backlog.fetch_add(bytes, Ordering::AcqRel);
+        JsBacklog {
+            session: Arc::clone(self),
+            bytes,
+        }
+    }
+
+    /// Too many bytes are waiting for JS: stop reading until the backlog drains.
+    pub fn js_backlogged(&self) -> bool {
+        self.js_backlog.load(Ordering::Acquire) >= JS_BACKLOG_LIMIT
+    }
+
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SubscriptionGuard>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sink for SessionHandle {
+    fn deliver(&self, event: &Event) {
+        if let Ok(text) = Utf8Bytes::try_from(event.data.clone()) {
+            self.enqueue(Message::Text(text));
+        }
+    }
+}
+
+/// Every open session of a server, by id.
+#[derive(Default)]
+pub struct WsHub {
+    sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
+    next_id: AtomicU64,
+}
+
+/// Removes its session from the hub (and the bus) when the session ends, however it ends.
+pub struct Registration {
+    hub: Arc<WsHub>,
+    pub handle: Arc<SessionHandle>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.handle.closed.store(true, Ordering::Release);
+        // The bus holds the handle as a sink: dropping the guards breaks that cycle.
+        self.handle.subscriptions().clear();
+        self.hub
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.handle.id);
+        self.handle.metrics.ws_closed();
+    }
+}
+
+/// Why `send_batch` or `subscribe` could not be carried out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HubError {
+    /// The numbers of a send batch do not describe the payload.
+    Malformed,
+    InvalidTopic(String),
+}
+
+/// Entry kinds of a send batch, as `ws.ts` writes them.
+const SEND_TEXT: f64 = 0.0;
+const SEND_BINARY: f64 = 1.0;
+const SEND_CLOSE: f64 = 2.0;
+
+impl WsHub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn register(self: &Arc<Self>, limits: QueueLimits, metrics: Arc<Metrics>) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = Arc::new(SessionHandle {
+            id,
+            outbound: Mutex::new(Outbound::default()),
+            waker: AtomicWaker::new(),
+            limits,
+            metrics: Arc::clone(&metrics),
+            js_backlog: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashMap::new()),
+        });
+        metrics.ws_opened();
+        self.sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&handle));
+        Registration {
+            hub: Arc::clone(self),
+            handle,
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<SessionHandle>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Carries out a batch of `ws.send` / `ws.close` calls: `entries` is `[id, kind, length,
+    /// code]` per call (kind 0 text, 1 binary, 2 close), `payload` their bytes end to end.
+    /// Calls on sessions that are gone are skipped.
+    pub fn send_batch(&self, entries: &[f64], payload: &[u8]) -> Result<(), HubError> {
+        if !entries.len().is_multiple_of(4) {
+            return Err(HubError::Malformed);
+        }
+        let payload = Bytes::copy_from_slice(payload);
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        let mut offset = 0usize;
+        for entry in entries.chunks_exact(4) {
+            let (id, kind, length, code) = (entry[0] as u64, entry[1], entry[2] as usize, entry[3]);
+            let end = offset
+                .checked_add(length)
+                .filter(|end| *end <= payload.len());
+            let Some(end) = end else {
+                return Err(HubError::Malformed);
+            };
+            let bytes = payload.slice(offset..end);
+            offset = end;
+            let Some(session) = sessions.get(&id) else {
+                continue;
+            };
+            if kind == SEND_TEXT {
+                if let Ok(text) = Utf8Bytes::try_from(bytes) {
+                    session.enqueue(Message::Text(text));
+                }
+            } else if kind == SEND_BINARY {
+                session.enqueue(Message::Binary(bytes));
+            } else if kind == SEND_CLOSE {
+                let reason = String::from_utf8_lossy(&bytes).into_owned();
+                session.request_close(CloseRequest {
+                    code: code as u16,
+                    reason,
+                });
+            } else {
+                return Err(HubError::Malformed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes session `id` to a topic pattern; `false` when the session is gone.
+    pub fn subscribe(&self, bus: &Arc<Bus>, id: u64, pattern: &str) -> Result<bool, HubError> {
+        bus::validate(pattern, true).map_err(HubError::InvalidTopic)?;
+        let Some(session) = self.get(id) else {
+            return Ok(false);
+        };
+        let mut subscriptions = session.subscriptions();
+        if session.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        if !subscriptions.contains_key(pattern) {
+            let sink: Arc<dyn Sink> = Arc::clone(&session) as Arc<dyn Sink>;
+            let guard = bus.subscribe(vec![pattern.to_string()], sink);
+            subscriptions.insert(pattern.to_string(), guard);
+        }
+        Ok(true)
+    }
+
+    pub fn unsubscribe(&self, id: u64, pattern: &str) -> bool {
+        match self.get(id) {
+            Some(session) => session.subscriptions().remove(pattern).is_some(),
+            None => false,
+        }
+    }
+
+    /// Open sessions (for stats and tests).
+    pub fn len(&self) -> usize {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(overflow: Overflow) -> QueueLimits {
+        QueueLimits {
+            messages: 2,
+            bytes: 1024,
+            overflow,
+        }
+    }
+
+    #[test]
+    fn send_batch_slices_the_payload_per_entry() {
+        let hub = WsHub::new();
+        let registration = hub.register(limits(Overflow::DropOldest), Arc::default());
+        let id = registration.handle.id as f64;
+        hub.send_batch(&[id, 0.0, 2.0, 0.0, id, 1.0, 3.0, 0.0], b"hiabc")
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(registration.handle.drain(&mut out, 16), None);
+        assert_eq!(out, vec![Message::text("hi"), Message::binary(&b"abc"[..])]);
+        assert_eq!(
+            hub.send_batch(&[id, 0.0, 9.0, 0.0], b"short"),
+            Err(HubError::Malformed)
+        );
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_or_closes() {
+        let hub = WsHub::new();
+        let metrics = Arc::new(Metrics::default());
+        let dropping = hub.register(limits(Overflow::DropOldest), Arc::clone(&metrics));
+        for text in ["1", "2", "3"] {
+            dropping.handle.enqueue(Message::text(text));
+        }
+        let mut out = Vec::new();
+        dropping.handle.drain(&mut out, 16);
+        assert_eq!(out, vec![Message::text("2"), Message::text("3")]);
+        assert_eq!(metrics.rejections(Rejection::WsMessageDropped), 1);
+
+        let closing = hub.register(limits(Overflow::Close), Arc::clone(&metrics));
+        for text in ["1", "2", "3"] {
+            closing.handle.enqueue(Message::text(text));
+        }
+        let mut out = Vec::new();
+        let close = closing.handle.drain(&mut out, 16);
+        assert!(out.is_empty());
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_TRY_AGAIN_LATER));
+    }
+
+    #[test]
+    fn registration_drop_unsubscribes_and_unregisters() {
+        let hub = WsHub::new();
+        let bus = Bus::new();
+        let registration = hub.register(limits(Overflow::DropOldest), Arc::default());
+        let id = registration.handle.id;
+        assert_eq!(hub.subscribe(&bus, id, "a.>"), Ok(true));
+        assert!(hub.subscribe(&bus, id, "a..b").is_err());
+        assert_eq!(bus.publish("a.x", "1", None, None), 1);
+        drop(registration);
+        assert_eq!(bus.publish("a.x", "2", None, None), 0);
+        assert!(hub.is_empty());
+        assert_eq!(hub.subscribe(&bus, id, "a.>"), Ok(false));
+    }
+}
