@@ -28,14 +28,14 @@ export interface WebSocketRoute {
    * Without it, sockets are anonymous (or named by the app's `identify`) and capped per address.
    */
   authenticate?: (req: Request) => string | undefined | null | Promise<string | undefined | null>
-  open?: (ws: ServerWebSocket) => void | Promise<void>
+  open?: (ws: ServerWebSocket) => unknown
   /** Text messages arrive as strings, binary ones as Buffers; in order per socket. */
-  message?: (ws: ServerWebSocket, data: string | Buffer, isBinary: boolean) => void | Promise<void>
+  message?: (ws: ServerWebSocket, data: string | Buffer, isBinary: boolean) => unknown
   /** Called exactly once per socket: the close code (1005: none given, 1006: connection lost). */
-  close?: (ws: ServerWebSocket, code: number, reason: string) => void | Promise<void>
+  close?: (ws: ServerWebSocket, code: number, reason: string) => unknown
   /** Fire-and-forget input: `message` is not called; `batch` gets every delivery's messages at once. */
   telemetry?: boolean
-  batch?: (messages: WebSocketMessage[]) => void | Promise<void>
+  batch?: (messages: WebSocketMessage[]) => unknown
   /** Outbound messages queued per socket for a slow reader. Default 1024. */
   queueMessages?: number
   /** Outbound bytes queued per socket. Default 1mb. */

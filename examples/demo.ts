@@ -1,6 +1,6 @@
 /**
  * `npm start`: a floodgate server with business handlers in JS beside protected streaming
- * routes served by Rust — files, uploads and a streamed report.
+ * routes served by Rust — files, uploads, a streamed report and a WebSocket chat.
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -36,6 +36,11 @@ async function main() {
   streaming.get('/download/:name', (req, { params }) =>
     params.name === 'hello' ? new FileResponse(join(root, 'hello.txt'), { attachment: true }) : new Response('no', { status: 404 }),
   )
+  // Every message is published to the room; Rust fans it out to every subscribed socket.
+  streaming.ws('/chat', {
+    open: (ws) => ws.subscribe('chat.room'),
+    message: (ws, data) => server.publish('chat.room', `${ws.remoteAddress}: ${String(data)}`),
+  })
   server.mount('/stream', streaming)
   server.mount('/api', (req: Request) => Response.json({ ok: true, path: new URL(req.url).pathname }))
 
@@ -56,6 +61,10 @@ Try:
   curl -i -T README.md ${s}/upload/readme.md           # an atomic upload: 201 {name,size,sha256}
   curl -i --path-as-is ${s}/files/../../etc/passwd     # 404: never outside the root
   curl -i ${s}/files/.secret                           # 404: dotfiles are not served
+
+And in two browser tabs' consoles, a WebSocket chat room:
+  ws = new WebSocket('${s.replace('http', 'ws')}/chat'); ws.onmessage = (e) => console.log(e.data)
+  ws.send('hello')
 
 Ctrl-C stops it (in-flight transfers get 5 s to finish).`)
 }
