@@ -122,3 +122,188 @@ export async function serverProcess(t, script) {
   const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))[1]) * 1024
   return { port, rss }
 }
+
+// ---- WebSocket helpers: the ws package as a client, a hand-made handshake, headless Chromium ----
+
+export const WebSocketClient = require('ws')
+const { createHash, randomBytes } = require('node:crypto')
+
+/**
+ * A server with one StreamingApp at /ws whose WebSocket routes are `routes` ({ '/echo': { ... } });
+ * `setup(app)` may add other routes before it listens. Returns { server, app, port, url, base }
+ * where `base` is `ws://127.0.0.1:PORT/ws`.
+ */
+export async function startWs(t, routes, appOptions = {}, { setup, ...serverOptions } = {}) {
+  const server = new Server(serverOptions)
+  const app = new StreamingApp({ rateLimitRequests: 0, ...appOptions })
+  for (const [path, handlers] of Object.entries(routes)) app.ws(path, handlers)
+  setup?.(app)
+  server.mount('/ws', app)
+  const { url, port } = await server.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => server.close({ drain: 0 }))
+  return { server, app, port, url, base: `ws://127.0.0.1:${port}/ws` }
+}
+
+/**
+ * Opens a ws client (no permessage-deflate, so sizes on the wire are the sizes sent). Resolves
+ * once open with { client, messages: [{ data, isBinary }], texts: [string], pings, closed,
+ * closing } (`closing` resolves { code, reason, at } on close). Rejects with { status, headers }
+ * when the upgrade is answered with anything but 101. Terminated at teardown when `t` is given.
+ */
+export function wsOpen(t, url, options = {}) {
+  const client = new WebSocketClient(url, { perMessageDeflate: false, handshakeTimeout: 10_000, ...options })
+  const state = { client, messages: [], texts: [], pings: 0, closed: undefined, error: undefined }
+  client.on('error', (error) => (state.error = error))
+  client.on('message', (data, isBinary) => {
+    const value = isBinary ? Buffer.from(data) : data.toString()
+    state.messages.push({ data: value, isBinary })
+    if (!isBinary) state.texts.push(value)
+  })
+  client.on('ping', () => state.pings++)
+  state.closing = new Promise((resolve) =>
+    client.on('close', (code, reason) => {
+      state.closed = { code, reason: reason.toString(), at: Date.now() }
+      resolve(state.closed)
+    }),
+  )
+  if (t) t.teardown(() => client.terminate())
+  return new Promise((resolve, reject) => {
+    client.once('open', () => {
+      state.openedAt = Date.now()
+      resolve(state)
+    })
+    client.once('unexpected-response', (req, res) => {
+      res.resume()
+      reject(Object.assign(new Error(`upgrade answered ${res.statusCode}`), { status: res.statusCode, headers: res.headers }))
+      client.terminate()
+    })
+    client.once('close', () => reject(state.error ?? new Error('closed before it opened')))
+  })
+}
+
+/** An upgrade that must be refused before 101: resolves { status, headers }; rejects if it opens. */
+export async function wsRefused(url, options = {}) {
+  let opened
+  try {
+    opened = await wsOpen(undefined, url, options)
+  } catch (error) {
+    if (error.status) return { status: error.status, headers: error.headers }
+    throw error
+  }
+  opened.client.terminate()
+  throw new Error(`${url} opened instead of being refused`)
+}
+
+/** The Sec-WebSocket-Accept a server must answer for `key` (RFC 6455 §4.2.2). */
+export const wsAccept = (key) => createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64')
+
+/** A masked client frame (RFC 6455 §5.2). */
+export function wsFrame(opcode, payload = Buffer.alloc(0), { fin = true } = {}) {
+  const data = Buffer.from(payload)
+  const mask = randomBytes(4)
+  const len = data.length
+  const head = len < 126 ? Buffer.from([0, 0x80 | len]) : len < 65536 ? Buffer.alloc(4) : Buffer.alloc(10)
+  if (len >= 126 && len < 65536) {
+    head[1] = 0x80 | 126
+    head.writeUInt16BE(len, 2)
+  } else if (len >= 65536) {
+    head[1] = 0x80 | 127
+    head.writeBigUInt64BE(BigInt(len), 2)
+  }
+  head[0] = (fin ? 0x80 : 0) | opcode
+  const masked = Buffer.from(data.map((byte, i) => byte ^ mask[i % 4]))
+  return Buffer.concat([head, mask, masked])
+}
+
+/**
+ * Completes a WebSocket handshake by hand on a raw socket and then only listens: it never
+ * answers a ping. Resolves after the response head with { socket, status, head, key, frames:
+ * [{ opcode, fin, payload, at }], openedAt, closed, closing } (`closing` resolves at TCP close).
+ */
+export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
+  return new Promise((resolve, reject) => {
+    const key = randomBytes(16).toString('base64')
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress })
+    const state = { socket, key, status: 0, head: '', frames: [], closed: false, closedAt: 0 }
+    let buffer = Buffer.alloc(0)
+    let headDone = false
+    state.closing = new Promise((done) =>
+      socket.on('close', () => {
+        state.closed = true
+        state.closedAt = Date.now()
+        if (!headDone) reject(new Error('closed before the handshake answer'))
+        done()
+      }),
+    )
+    socket.on('error', () => {})
+    socket.on('connect', () =>
+      socket.write(
+        `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${headers}\r\n`,
+      ),
+    )
+    socket.on('data', (chunk) => {
+      buffer = Buffer.concat([buffer, chunk])
+      if (!headDone) {
+        const end = buffer.indexOf('\r\n\r\n')
+        if (end < 0) return
+        state.head = buffer.subarray(0, end).toString('latin1')
+        state.status = Number(/^HTTP\/1\.1 (\d{3})/.exec(state.head)?.[1])
+        buffer = buffer.subarray(end + 4)
+        headDone = true
+        state.openedAt = Date.now()
+        resolve(state)
+      }
+      for (;;) {
+        if (buffer.length < 2) break
+        let len = buffer[1] & 0x7f
+        let offset = 2
+        if (len === 126) {
+          if (buffer.length < 4) break
+          len = buffer.readUInt16BE(2)
+          offset = 4
+        } else if (len === 127) {
+          if (buffer.length < 10) break
+          len = Number(buffer.readBigUInt64BE(2))
+          offset = 10
+        }
+        if (buffer[1] & 0x80) offset += 4
+        if (buffer.length < offset + len) break
+        state.frames.push({ opcode: buffer[0] & 0x0f, fin: Boolean(buffer[0] & 0x80), payload: buffer.subarray(offset, offset + len), at: Date.now() })
+        buffer = buffer.subarray(offset + len)
+      }
+    })
+  })
+}
+
+/** Opens `url` in headless Chromium until the test ends (the whole process group is killed). */
+export function chromium(t, url) {
+  const profile = mkdtempSync(join(tmpdir(), 'floodgate-chromium-'))
+  const browser = spawn(
+    'chromium',
+    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', `--user-data-dir=${profile}`, url],
+    { stdio: 'ignore', detached: true },
+  )
+  const exited = new Promise((resolve) => browser.on('exit', resolve))
+  t.teardown(async () => {
+    try {
+      process.kill(-browser.pid, 'SIGKILL')
+    } catch {}
+    await exited
+    try {
+      rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
+    } catch {
+      // A helper that outlived the group kill may still hold it; a stray temp folder is harmless.
+    }
+  })
+  return browser
+}
+
+/** Resolves what `state.closing` resolves (a wsOpen or rawWebSocket state); throws after `ms`. */
+export function closedWithin(state, ms = 10_000) {
+  let timer
+  const timeout = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`not closed within ${ms} ms`)), ms)
+  })
+  return Promise.race([state.closing, timeout]).finally(() => clearTimeout(timer))
+}

@@ -192,6 +192,15 @@ impl SessionHandle {
         }
     }
 
+    /// The session is closing: what is queued is dropped, and nothing more is taken.
+    pub fn stop_sending(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut outbound = self.outbound();
+        outbound.messages.clear();
+        outbound.bytes = 0;
+        self.queued_bytes.store(0, Ordering::Relaxed);
+    }
+
     pub fn buffered_amount(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
     }

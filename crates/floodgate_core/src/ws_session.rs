@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -118,19 +119,23 @@ pub async fn run(start: SessionStart) {
         end = poll_fn(|cx| session.poll(cx)) => end,
         _ = abort.cancelled() => End::dropped(),
     };
-    if end.graceful {
-        // FIN and a short drain of what the client still sends (the socket wrapper's
-        // lingering close), rather than a reset.
-        let _ = tokio::time::timeout(Duration::from_secs(2), session.ws.get_mut().shutdown()).await;
-    }
-    drop(session);
     bridge.ws_event(WsEvent::Close {
         id,
         code: end.code,
         reason: end.reason,
     });
+    // The caps' slots are free as soon as JS hears of the close.
     drop(registration);
     drop(held);
+    if end.graceful {
+        // FIN and a short drain of what the client still sends (the socket wrapper's
+        // lingering close), rather than a reset.
+        let linger = tokio::time::timeout(Duration::from_secs(2), session.ws.get_mut().shutdown());
+        tokio::select! {
+            _ = linger => {}
+            _ = abort.cancelled() => {}
+        }
+    }
 }
 
 /// How a session ended, as JS's `close(ws, code, reason)` reports it.
@@ -276,6 +281,11 @@ impl Session {
             if let Some(end) = self.poll_timers(cx) {
                 return Poll::Ready(end);
             }
+            // After a read error tungstenite reads no more, so no close reply can arrive: the
+            // session is over once its own close frame is out.
+            if self.reading_done && !self.unflushed && matches!(self.state, State::Closing { .. }) {
+                return Poll::Ready(self.finished());
+            }
             if !wrote && !read {
                 return Poll::Pending;
             }
@@ -288,7 +298,8 @@ impl Session {
     /// Moves queued messages into the socket as it takes them; `true` if anything moved.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progressed = false;
-        loop {
+        // After a close frame nothing more may be sent (`begin_close` emptied the queue).
+        while matches!(self.state, State::Open) {
             if self.outgoing.is_empty() {
                 let close = self.handle.drain(&mut self.scratch, BATCH);
                 self.outgoing.extend(self.scratch.drain(..));
@@ -372,6 +383,7 @@ impl Session {
                         (u16::from(frame.code), frame.reason.to_string())
                     });
                     if matches!(self.state, State::Open) {
+                        self.handle.stop_sending();
                         self.state = State::Closing {
                             deadline: Instant::now() + CLOSE_TIMEOUT,
                             code,
@@ -430,6 +442,10 @@ impl Session {
                 self.begin_close(1007, "Invalid UTF-8");
                 Ok(())
             }
+            // The peer closed the TCP connection without a close frame.
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Err(self.end_abnormally())
+            }
             WsError::Protocol(_) => {
                 self.metrics.reject(Rejection::WsProtocolError);
                 self.begin_close(1002, "Protocol error");
@@ -445,6 +461,7 @@ impl Session {
             return;
         }
         self.outgoing.clear();
+        self.handle.stop_sending();
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),

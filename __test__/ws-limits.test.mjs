@@ -1,0 +1,312 @@
+// WebSocket protections: each limit tripped with the close code or status it promises, and
+// legitimate traffic passing beside it. Clients are the ws package, on loopback addresses only.
+import test from 'ava'
+import { startWs, wsOpen, wsRefused, closedWithin, request, sleep, eventually } from './helpers.mjs'
+
+const KiB = 1024
+const rejections = (server) => server.stats().rejections
+
+test('1009: a single frame over wsMaxMessageSize closes the connection; one under it passes', async (t) => {
+  const got = []
+  const { server, base } = await startWs(t, { '/in': { message: (ws, data) => got.push(data.length) } }, { wsMaxMessageSize: '64kb' })
+  const ok = await wsOpen(t, `${base}/in`)
+  ok.client.send(Buffer.alloc(60_000, 1))
+  t.true(await eventually(() => got.length === 1))
+  t.deepEqual(got, [60_000])
+  t.is(ok.closed, undefined)
+
+  const big = await wsOpen(t, `${base}/in`)
+  big.client.send(Buffer.alloc(70_000, 2))
+  const closed = await closedWithin(big)
+  t.is(closed.code, 1009)
+  t.deepEqual(got, [60_000], 'the oversize message never reached the handler')
+  t.is(rejections(server).ws_message_too_large, 1)
+  t.is(ok.closed, undefined, 'the other connection is unaffected')
+})
+
+test('1009: a fragmented message whose fragments each fit but whose total does not', async (t) => {
+  const got = []
+  const { server, base } = await startWs(t, { '/in': { message: (ws, data, isBinary) => got.push([data.length, isBinary]) } }, { wsMaxMessageSize: '64kb' })
+  const ok = await wsOpen(t, `${base}/in`)
+  ok.client.send(Buffer.alloc(20_000, 1), { fin: false })
+  ok.client.send(Buffer.alloc(20_000, 2), { fin: true })
+  t.true(await eventually(() => got.length === 1))
+  t.deepEqual(got, [[40_000, true]], 'fragments under the limit arrive as one message')
+
+  const c = await wsOpen(t, `${base}/in`)
+  c.client.send(Buffer.alloc(30_000, 3), { fin: false })
+  c.client.send(Buffer.alloc(30_000, 4), { fin: false })
+  c.client.send(Buffer.alloc(30_000, 5), { fin: true })
+  const closed = await closedWithin(c)
+  t.is(closed.code, 1009)
+  t.deepEqual(got, [[40_000, true]])
+  t.is(rejections(server).ws_message_too_large, 1)
+  t.is(ok.closed, undefined)
+})
+
+test('1008: a message flood over wsMaxMessagesPerSecond closes the connection', async (t) => {
+  let count = 0
+  const { server, base } = await startWs(t, { '/in': { message: () => count++ } }, { wsMaxMessagesPerSecond: 20 })
+  const c = await wsOpen(t, `${base}/in`)
+  for (let i = 0; i < 200; i++) c.client.send(`m${i}`)
+  const closed = await closedWithin(c)
+  t.is(closed.code, 1008)
+  t.true(count < 200, `${count} of 200 flooded messages were handled before the close`)
+  t.is(rejections(server).ws_rate_limited, 1)
+})
+
+test('1008: bytes over wsMaxBytesPerSecond close the connection', async (t) => {
+  const { server, base } = await startWs(t, { '/in': {} }, { wsMaxBytesPerSecond: '64kb', wsMaxMessageSize: '64kb', wsMaxMessagesPerSecond: 0 })
+  const c = await wsOpen(t, `${base}/in`)
+  for (let i = 0; i < 20; i++) c.client.send(Buffer.alloc(32 * KiB, i))
+  const closed = await closedWithin(c)
+  t.is(closed.code, 1008)
+  t.is(rejections(server).ws_rate_limited, 1)
+})
+
+test("rateLimitAction 'pause': a flood is slowed, not closed, and every message arrives in order", async (t) => {
+  const got = []
+  const { server, base } = await startWs(
+    t,
+    { '/in': { rateLimitAction: 'pause', message: (ws, data) => got.push(data) } },
+    { wsMaxMessagesPerSecond: 20 },
+  )
+  const c = await wsOpen(t, `${base}/in`)
+  const started = Date.now()
+  for (let i = 0; i < 60; i++) c.client.send(`m${i}`)
+  t.true(await eventually(() => got.length === 60, { timeout: 15_000 }), `${got.length} of 60 arrived`)
+  const elapsed = Date.now() - started
+  t.deepEqual(got, Array.from({ length: 60 }, (_, i) => `m${i}`))
+  // 60 messages at 20/s: at least 40 of them wait for the rate, about 2 s.
+  t.true(elapsed >= 1000, `60 messages at 20/s took ${elapsed} ms`)
+  await sleep(300)
+  t.is(c.closed, undefined, 'still open')
+  t.is(server.stats().wsConnections, 1)
+})
+
+test("1000 'Idle timeout' after wsIdleTimeout without a message; a talking client stays", async (t) => {
+  const { server, base } = await startWs(t, { '/in': {} }, { wsIdleTimeout: '1s', wsPingInterval: 0 })
+  const [quiet, talker] = await Promise.all([wsOpen(t, `${base}/in`), wsOpen(t, `${base}/in`)])
+  const chatter = setInterval(() => talker.client.send('still here'), 300)
+  t.teardown(() => clearInterval(chatter))
+  const closed = await closedWithin(quiet)
+  const lived = closed.at - quiet.openedAt
+  t.is(closed.code, 1000)
+  t.is(closed.reason, 'Idle timeout')
+  t.true(lived >= 800 && lived < 4000, `idle close after ${lived} ms (timeout 1 s)`)
+  t.is(rejections(server).ws_idle_timeout, 1)
+  await sleep(Math.max(0, 2500 - (Date.now() - talker.openedAt)))
+  t.is(talker.closed, undefined, 'a client sending every 300 ms is not idle')
+  clearInterval(chatter)
+  talker.client.close()
+})
+
+test("1013: overflow 'close' ends a connection whose client stopped reading", async (t) => {
+  const closes = []
+  const { server, base } = await startWs(t, {
+    '/firehose': {
+      queueMessages: 8,
+      queueBytes: '256kb',
+      overflow: 'close',
+      open: (ws) => ws.subscribe('firehose'),
+      close: (ws, code) => closes.push(code),
+    },
+  })
+  const c = await wsOpen(t, `${base}/firehose`)
+  await eventually(() => server.publish('firehose', 'warm') === 1)
+  c.client._socket.pause() // stops reading: the kernel buffers fill, then the server's queue
+  const big = 'x'.repeat(64 * KiB)
+  for (let i = 0; i < 800 && !rejections(server).ws_overflow; i++) {
+    server.publish('firehose', big)
+    if (i % 50 === 49) await sleep(10)
+  }
+  t.true(await eventually(() => rejections(server).ws_overflow === 1), 'the overflow was counted')
+  c.client._socket.resume()
+  const closed = await closedWithin(c)
+  t.is(closed.code, 1013, 'the client reads what was sent, then a close frame with 1013')
+  t.true(await eventually(() => closes.length === 1))
+  t.true(await eventually(() => server.stats().wsConnections === 0))
+})
+
+test("dropOldest: a client that never reads keeps a bounded queue, drops counted; the server stays responsive", async (t) => {
+  let stuckWs
+  const { server, base, url } = await startWs(t, {
+    '/firehose': {
+      queueMessages: 16,
+      open(ws) {
+        if (new URL(ws.url, 'http://x').searchParams.has('stuck')) stuckWs = ws
+        ws.subscribe('firehose')
+      },
+    },
+    '/echo': { message: (ws, data) => ws.send(data) },
+  }, {}, { setup: (app) => app.get('/ping', () => 'pong') })
+  const stuck = await wsOpen(t, `${base}/firehose?stuck`)
+  t.true(await eventually(() => stuckWs && server.publish('firehose', 'warm') === 1))
+  await eventually(() => stuck.texts.length === 1)
+  stuck.client._socket.pause()
+  const big = 'x'.repeat(64 * KiB)
+  let maxBuffered = 0
+  const total = 2000
+  for (let i = 0; i < total; i++) {
+    server.publish('firehose', `${i}:${big}`)
+    if (i % 100 === 99) {
+      maxBuffered = Math.max(maxBuffered, stuckWs.bufferedAmount)
+      await sleep(5)
+    }
+  }
+  await sleep(200)
+  maxBuffered = Math.max(maxBuffered, stuckWs.bufferedAmount)
+  const dropped = rejections(server).ws_message_dropped
+  t.true(dropped > 1000, `${dropped} of ${total} messages dropped`)
+  t.true(maxBuffered <= 1.25 * 1024 * KiB, `bufferedAmount peaked at ${maxBuffered} bytes (queue: 16 messages, 1mb)`)
+  t.true(maxBuffered > 0, 'bufferedAmount reports the queue')
+  t.is(rejections(server).ws_overflow ?? 0, 0)
+
+  // The server still answers everyone else at once.
+  const echo = await wsOpen(t, `${base}/echo`)
+  const sent = Date.now()
+  echo.client.send('are you there')
+  t.true(await eventually(() => echo.texts.length === 1, { timeout: 2000 }))
+  t.true(Date.now() - sent < 1000, `echo took ${Date.now() - sent} ms`)
+  t.is((await request(`${url}/ws/ping`)).status, 200)
+
+  // Once it reads again it gets the newest messages; it was never closed.
+  stuck.client._socket.resume()
+  t.true(await eventually(() => stuck.texts.at(-1)?.startsWith(`${total - 1}:`), { timeout: 10_000 }), 'the last message arrives')
+  t.true(stuck.texts.length < total / 2, `${stuck.texts.length} messages delivered`)
+  t.is(stuck.closed, undefined)
+  stuck.client.close()
+  echo.client.close()
+})
+
+test('per-user cap: 429 + Retry-After before 101; the slot is freed after a close', async (t) => {
+  const { server, base } = await startWs(
+    t,
+    { '/u': { authenticate: (req) => new URL(req.url).searchParams.get('u') } },
+    { wsMaxConnectionsPerUser: 2 },
+  )
+  const first = await wsOpen(t, `${base}/u?u=ada`)
+  const second = await wsOpen(t, `${base}/u?u=ada`)
+  const refused = await wsRefused(`${base}/u?u=ada`)
+  t.is(refused.status, 429)
+  t.truthy(refused.headers['retry-after'], 'Retry-After is set')
+  t.is(rejections(server).ws_limit, 1)
+  const bob = await wsOpen(t, `${base}/u?u=bob`)
+  t.is(server.stats().wsConnections, 3)
+  first.client.close()
+  await closedWithin(first)
+  const reopened = await eventually(async () => {
+    try {
+      return await wsOpen(t, `${base}/u?u=ada`)
+    } catch {
+      return false
+    }
+  }, { timeout: 5000 })
+  t.truthy(reopened, 'a new connection is accepted once one closed')
+  t.is(reopened.closed, undefined)
+  for (const c of [second, bob, reopened]) c.client.close()
+})
+
+test('per-IP cap: 429 over it for that address whatever the user; other addresses unaffected', async (t) => {
+  const seen = []
+  const { server, base } = await startWs(
+    t,
+    {
+      '/ip': {
+        authenticate: (req) => new URL(req.url).searchParams.get('u'),
+        open: (ws) => seen.push(ws.remoteAddress),
+      },
+    },
+    { wsMaxConnectionsPerIp: 3, wsMaxConnectionsPerUser: 0 },
+  )
+  const held = []
+  for (const u of ['a', 'b', 'c']) held.push(await wsOpen(t, `${base}/ip?u=${u}`, { localAddress: '127.0.0.2' }))
+  const refused = await wsRefused(`${base}/ip?u=d`, { localAddress: '127.0.0.2' })
+  t.is(refused.status, 429)
+  t.truthy(refused.headers['retry-after'])
+  t.is(rejections(server).ws_limit, 1)
+  for (const u of ['e', 'f', 'g']) held.push(await wsOpen(t, `${base}/ip?u=${u}`, { localAddress: '127.0.0.3' }))
+  held.push(await wsOpen(t, `${base}/ip?u=h`, { localAddress: '127.0.0.4' }))
+  t.is(server.stats().wsConnections, 7)
+  t.true(await eventually(() => seen.length === 7))
+  t.deepEqual(seen.filter((a) => a === '127.0.0.2').length, 3)
+  t.is(rejections(server).ws_limit, 1, 'nobody else was refused')
+  for (const c of held) c.client.close()
+})
+
+test('app total wsMaxConnections: 503 over it', async (t) => {
+  const { server, base } = await startWs(t, { '/all': {} }, { wsMaxConnections: 2 })
+  const a = await wsOpen(t, `${base}/all`, { localAddress: '127.0.0.2' })
+  const b = await wsOpen(t, `${base}/all`, { localAddress: '127.0.0.3' })
+  const refused = await wsRefused(`${base}/all`, { localAddress: '127.0.0.4' })
+  t.is(refused.status, 503)
+  t.is(rejections(server).ws_limit, 1)
+  a.client.close()
+  await closedWithin(a)
+  const again = await eventually(async () => {
+    try {
+      return await wsOpen(t, `${base}/all`, { localAddress: '127.0.0.4' })
+    } catch {
+      return false
+    }
+  })
+  t.truthy(again, 'a slot freed by a close is usable')
+  b.client.close()
+  again.client.close()
+})
+
+test('legitimate traffic passes every protection: a normal client under all limits is never closed', async (t) => {
+  const got = []
+  const closes = []
+  const { server, base } = await startWs(
+    t,
+    {
+      '/app': {
+        authenticate: (req) => new URL(req.url).searchParams.get('u'),
+        queueMessages: 16,
+        open: (ws) => ws.subscribe(`user.${ws.user}.>`),
+        message(ws, data) {
+          got.push(data.length)
+          ws.send(data)
+        },
+        close: (ws, code) => closes.push(code),
+      },
+    },
+    {
+      wsMaxMessageSize: '64kb',
+      wsIdleTimeout: '1s',
+      wsMaxConnectionsPerUser: 2,
+      wsMaxConnectionsPerIp: 4,
+      wsMaxMessagesPerSecond: 20,
+      wsMaxBytesPerSecond: '512kb',
+      wsPingInterval: 300,
+      wsPongTimeout: 1000,
+    },
+  )
+  const c = await wsOpen(t, `${base}/app?u=ada`)
+  const message = Buffer.alloc(60_000, 9) // just under the size limit, 5 a second: 300 KB/s
+  const sent = []
+  const started = Date.now()
+  while (Date.now() - started < 3000) {
+    c.client.send(message)
+    sent.push(message.length)
+    server.publish('user.ada.note', `note ${sent.length}`)
+    await sleep(200)
+  }
+  t.true(await eventually(() => c.messages.filter((m) => m.isBinary).length === sent.length))
+  t.deepEqual(got, sent)
+  t.true(c.messages.filter((m) => m.isBinary).every((m) => m.data.equals(message)))
+  t.is(c.texts.length, sent.length, 'every published note arrived')
+  t.true(c.pings >= 3, `${c.pings} pings answered`)
+  t.is(c.closed, undefined)
+  t.deepEqual(closes, [])
+  const limits = ['ws_limit', 'ws_message_too_large', 'ws_rate_limited', 'ws_idle_timeout', 'ws_pong_timeout', 'ws_message_dropped', 'ws_overflow']
+  t.deepEqual(
+    limits.map((name) => [name, rejections(server)[name] ?? 0]),
+    limits.map((name) => [name, 0]),
+  )
+  c.client.close(1000)
+  t.is((await closedWithin(c)).code, 1000)
+  t.true(await eventually(() => closes.length === 1))
+  t.deepEqual(closes, [1000])
+})
