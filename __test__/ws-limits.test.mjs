@@ -16,9 +16,12 @@ test('1009: a single frame over wsMaxMessageSize closes the connection; one unde
   t.is(ok.closed, undefined)
 
   const big = await wsOpen(t, `${base}/in`)
+  const sent = Date.now()
   big.client.send(Buffer.alloc(70_000, 2))
   const closed = await closedWithin(big)
   t.is(closed.code, 1009)
+  t.true(closed.at - sent < 2000, `the connection ended ${closed.at - sent} ms after the oversize frame`)
+  t.true(await eventually(() => server.stats().wsConnections === 1), 'its session is gone')
   t.deepEqual(got, [60_000], 'the oversize message never reached the handler')
   t.is(rejections(server).ws_message_too_large, 1)
   t.is(ok.closed, undefined, 'the other connection is unaffected')
@@ -36,9 +39,12 @@ test('1009: a fragmented message whose fragments each fit but whose total does n
   const c = await wsOpen(t, `${base}/in`)
   c.client.send(Buffer.alloc(30_000, 3), { fin: false })
   c.client.send(Buffer.alloc(30_000, 4), { fin: false })
+  const sent = Date.now()
   c.client.send(Buffer.alloc(30_000, 5), { fin: true })
   const closed = await closedWithin(c)
   t.is(closed.code, 1009)
+  t.true(closed.at - sent < 2000, `the connection ended ${closed.at - sent} ms after the fragment that went over`)
+  t.true(await eventually(() => server.stats().wsConnections === 1), 'its session is gone')
   t.deepEqual(got, [[40_000, true]])
   t.is(rejections(server).ws_message_too_large, 1)
   t.is(ok.closed, undefined)
@@ -205,6 +211,18 @@ test('per-user cap: 429 + Retry-After before 101; the slot is freed after a clos
   t.truthy(reopened, 'a new connection is accepted once one closed')
   t.is(reopened.closed, undefined)
   for (const c of [second, bob, reopened]) c.client.close()
+})
+
+test('per-user cap without authenticate: anonymous sockets are capped per client address', async (t) => {
+  const { server, base } = await startWs(t, { '/anon': {} }, { wsMaxConnectionsPerUser: 2, wsMaxConnectionsPerIp: 0 })
+  const held = [await wsOpen(t, `${base}/anon`, { localAddress: '127.0.0.6' }), await wsOpen(t, `${base}/anon`, { localAddress: '127.0.0.6' })]
+  const refused = await wsRefused(`${base}/anon`, { localAddress: '127.0.0.6' })
+  t.is(refused.status, 429)
+  t.truthy(refused.headers['retry-after'])
+  held.push(await wsOpen(t, `${base}/anon`, { localAddress: '127.0.0.7' }))
+  t.is(server.stats().wsConnections, 3)
+  t.is(rejections(server).ws_limit, 1)
+  for (const c of held) c.client.close()
 })
 
 test('per-IP cap: 429 over it for that address whatever the user; other addresses unaffected', async (t) => {

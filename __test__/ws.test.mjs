@@ -146,6 +146,40 @@ test('TCP dropped without a close frame (FIN or RST): close(ws, 1006) at once, t
   t.is(server.stats().wsConnections, 0)
 })
 
+test('telemetry: batch gets every message as { ws, data, isBinary }, in order; message is not called', async (t) => {
+  const batches = []
+  let messageCalls = 0
+  const { base } = await startWs(
+    t,
+    {
+      '/telemetry': {
+        telemetry: true,
+        batch: (messages) => batches.push(messages.map(({ ws, data, isBinary }) => [ws.url, isBinary ? [...data] : data, isBinary])),
+        message: () => messageCalls++,
+      },
+    },
+    { wsMaxMessagesPerSecond: 0 },
+  )
+  const [a, b] = await Promise.all([wsOpen(t, `${base}/telemetry?c=a`), wsOpen(t, `${base}/telemetry?c=b`)])
+  for (let i = 0; i < 250; i++) {
+    a.client.send(`a${i}`)
+    b.client.send(Buffer.from([i]))
+  }
+  const total = () => batches.reduce((sum, batch) => sum + batch.length, 0)
+  t.true(await eventually(() => total() === 500), `${total()} of 500 delivered`)
+  await sleep(100)
+  t.is(total(), 500)
+  t.is(messageCalls, 0)
+  const all = batches.flat()
+  const fromA = all.filter(([url]) => url.endsWith('c=a'))
+  const fromB = all.filter(([url]) => url.endsWith('c=b'))
+  t.deepEqual(fromA.map(([, data, isBinary]) => [data, isBinary]), Array.from({ length: 250 }, (_, i) => [`a${i}`, false]))
+  t.deepEqual(fromB.map(([, data, isBinary]) => [data, isBinary]), Array.from({ length: 250 }, (_, i) => [[i], true]))
+  t.true(batches.length < 500, `500 messages in ${batches.length} batch calls`)
+  a.client.close()
+  b.client.close()
+})
+
 test('the ws object: user, remoteAddress, url, bufferedAmount; close and subscribe check their arguments', async (t) => {
   let seen
   const { base } = await startWs(t, {
