@@ -82,6 +82,17 @@ pub fn frame(id: &str, event: Option<&str>, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// The published data as bytes: for one-line data a view into its SSE frame (`data: ...\n\n`
+/// ends it), so the event is held once, not twice; a copy otherwise.
+fn data_within(frame: &Bytes, data: &str) -> Bytes {
+    let one_line = !data.contains('\n') && !data.ends_with('\r');
+    let end = frame.len().saturating_sub(2);
+    match end.checked_sub(data.len()) {
+        Some(start) if one_line && &frame[start..end] == data.as_bytes() => frame.slice(start..end),
+        _ => Bytes::copy_from_slice(data.as_bytes()),
+    }
+}
+
 /// One event and the subscribers it goes to.
 type Delivery = (Event, Vec<Arc<dyn Sink>>);
 
@@ -145,10 +156,11 @@ impl Bus {
     pub fn publish(&self, topic: &str, data: &str, event: Option<&str>, id: Option<&str>) -> usize {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let id = id.map(str::to_string).unwrap_or_else(|| seq.to_string());
+        let frame = frame(&id, event, data);
         let event = Event {
             seq,
-            frame: frame(&id, event, data),
-            data: Bytes::copy_from_slice(data.as_bytes()),
+            data: data_within(&frame, data),
+            frame,
             id,
         };
         {
@@ -249,6 +261,14 @@ mod tests {
         assert!(validate("a.>.b", true).is_err());
         assert!(validate("a..b", true).is_err());
         assert!(validate("a.b*", true).is_err());
+    }
+
+    #[test]
+    fn websocket_data_is_the_published_text() {
+        for data in ["one line", "", "two\nlines", "cr\r", "ends\n"] {
+            let framed = frame("1", None, data);
+            assert_eq!(&data_within(&framed, data)[..], data.as_bytes());
+        }
     }
 
     #[test]
