@@ -1,6 +1,7 @@
 // `npm run bench [-- --quick] [-- --only=files-64MiB-x16,download-1GiB]`: every workload against
-// floodgate and its peers in one run on this machine. Prints ratios (floodgate ÷ peer) and writes
-// benchmark/results/latest.json. Absolute figures vary by machine; compare ratios.
+// floodgate and its peers in one run on this machine. Prints ratios (floodgate ÷ peer; peer ÷
+// floodgate for a workload whose primary metric is `lowerIsBetter`, so above 1 is floodgate ahead
+// either way) and writes benchmark/results/latest.json. Absolute figures vary by machine; compare ratios.
 import { writeFileSync, mkdirSync } from 'node:fs'
 import { cpus, totalmem, platform, release, arch } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -14,8 +15,11 @@ import upload, { uploadDir } from './workloads/upload.mjs'
 import json from './workloads/json.mjs'
 import generator from './workloads/generator.mjs'
 import sse from './workloads/sse.mjs'
+import wsEcho from './workloads/ws-echo.mjs'
+import wsFanout from './workloads/ws-fanout.mjs'
+import wsIdle from './workloads/ws-idle.mjs'
 
-const WORKLOADS = [files, download, upload, json, generator, sse]
+const WORKLOADS = [files, download, upload, json, generator, sse, wsEcho, wsFanout, wsIdle]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
@@ -33,7 +37,7 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
   const sizes = typeof workload.fixtures === 'function' ? workload.fixtures(quick) : workload.fixtures
   const fixture = makeFixtures(sizes)
   const uploads = uploadDir()
-  const entry = { name: workload.name, primary: workload.primary, results: {} }
+  const entry = { name: workload.name, primary: workload.primary, ...(workload.lowerIsBetter && { lowerIsBetter: true }), results: {} }
   for (const peer of workload.peers.map((name) => PEERS.find((p) => p.name === name))) {
     const available = peer.available()
     if (available !== true) {
@@ -41,8 +45,9 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
       console.error(`${workload.name}: ${peer.name} skipped (${available})`)
       continue
     }
-    const server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir })
+    let server
     try {
+      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir })
       // One short warm-up so page cache and JIT are hot for everyone alike.
       await workload.run({ port: server.port, pids: server.pids, root: fixture.root, quick: true, warmup: true }).catch(() => {})
       spawnSync('sync') // start every measured run with no dirty pages pending writeback
@@ -50,8 +55,9 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
       console.error(`${workload.name}: ${peer.name} ${JSON.stringify(entry.results[peer.name])}`)
     } catch (err) {
       entry.results[peer.name] = { error: String(err.message ?? err) }
+      console.error(`${workload.name}: ${peer.name} failed: ${entry.results[peer.name].error}`)
     } finally {
-      await server.stop()
+      await server?.stop()
     }
   }
   fixture.cleanup()
@@ -60,19 +66,20 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
   entry.ratios = Object.fromEntries(
     Object.entries(entry.results)
       .filter(([name, result]) => name !== 'floodgate' && subject && result[workload.primary])
-      .map(([name, result]) => [name, subject / result[workload.primary]]),
+      .map(([name, result]) => [name, workload.lowerIsBetter ? result[workload.primary] / subject : subject / result[workload.primary]]),
   )
   report.workloads.push(entry)
 }
 
-const format = (value) => (typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : value ?? '—')
+const format = (value) =>
+  typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : typeof value === 'string' ? value.replace(/\s+/g, ' ').slice(0, 80) : '—'
 const rows = [['workload', 'metric', ...PEERS.map((p) => p.name), ...PEERS.slice(1).map((p) => `floodgate÷${p.name}`)]]
 for (const entry of report.workloads) {
   const metrics = [...new Set(Object.values(entry.results).flatMap((r) => Object.keys(r)))].filter((m) => !['error', 'skipped', 'errors'].includes(m))
   for (const metric of metrics) {
     rows.push([
       entry.name,
-      metric,
+      metric === entry.primary && entry.lowerIsBetter ? `${metric} (lower is better; ratio peer÷floodgate)` : metric,
       ...PEERS.map((p) => format(entry.results[p.name]?.[metric] ?? entry.results[p.name]?.skipped ?? entry.results[p.name]?.error)),
       ...PEERS.slice(1).map((p) => (metric === entry.primary ? format(entry.ratios[p.name]) : '')),
     ])

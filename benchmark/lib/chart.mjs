@@ -1,5 +1,5 @@
 // A dependency-free SVG bar chart of each workload's primary metric, floodgate beside its peers.
-const COLORS = { floodgate: '#2b7bb9', 'node-http': '#7f8c8d', fastify: '#9b59b6', nginx: '#27ae60' }
+const COLORS = { floodgate: '#2b7bb9', 'node-http': '#7f8c8d', fastify: '#9b59b6', nginx: '#27ae60', ws: '#e67e22' }
 const escape = (text) => String(text).replace(/&/g, '&amp;').replace(/</g, '&lt;')
 
 export function chart(report) {
@@ -12,7 +12,7 @@ export function chart(report) {
       .map(([peer, result]) => [peer, result[workload.primary]])
       .filter(([, value]) => typeof value === 'number')
     if (values.length === 0) continue
-    rows.push({ title: `${workload.name} (${workload.primary}, higher is better)` })
+    rows.push({ title: `${workload.name} (${workload.primary}, ${workload.lowerIsBetter ? 'lower' : 'higher'} is better)` })
     const max = Math.max(...values.map(([, value]) => value))
     for (const [peer, value] of values) rows.push({ peer, value, width: (value / max) * barWidth })
   }

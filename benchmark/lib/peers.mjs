@@ -20,6 +20,9 @@ function nodeServer(name, script, requirement) {
 const built = Object.assign(() => existsSync(here('../../index.js')) && existsSync(here('../../binding.js')), {
   what: 'the built package (run npm install at the repository root)',
 })
+const wsInstalled = Object.assign(() => existsSync(here('../node_modules/ws')), {
+  what: 'benchmark dependencies (npm install --prefix benchmark)',
+})
 const fastifyInstalled = Object.assign(() => existsSync(here('../node_modules/fastify')), {
   what: 'benchmark dependencies (npm install --prefix benchmark)',
 })
@@ -33,4 +36,5 @@ export const PEERS = [
     available: () => nginxAvailable() || 'nginx is not installed',
     start: (env) => startNginx(env.ROOT),
   },
+  nodeServer('ws', '../servers/ws.mjs', wsInstalled),
 ]

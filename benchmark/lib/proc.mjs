@@ -18,8 +18,12 @@ export function startServer(command, args, { env = {}, timeout = 20_000 } = {}) 
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
     children.add(child)
-    child.on('exit', () => children.delete(child))
     let output = ''
+    child.on('exit', (code, signal) => {
+      children.delete(child)
+      clearTimeout(timer)
+      reject(new Error(`${command} exited (${signal ?? code}) before it was ready: ${output}`)) // no-op once ready
+    })
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
       reject(new Error(`${command} did not become ready: ${output}`))
@@ -62,6 +66,28 @@ export function rss(pids) {
     }
   }
   return total
+}
+
+/** CPU seconds (utime + stime, all threads) that `pids` have used so far, from /proc. */
+export function cpuSeconds(pids) {
+  let total = 0
+  for (const pid of [].concat(pids)) {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+      total += (Number(fields[11]) + Number(fields[12])) / 100 // clock ticks
+    } catch {
+      // The process is gone or this is not Linux.
+    }
+  }
+  return total
+}
+
+/** Spawns `command args` as a child that is killed when the harness exits. */
+export function spawnChild(command, args, options) {
+  const child = spawn(command, args, options)
+  children.add(child)
+  child.on('exit', () => children.delete(child))
+  return child
 }
 
 /** Child pids of `pid` (nginx workers), from /proc. */

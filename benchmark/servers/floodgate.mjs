@@ -26,6 +26,26 @@ server.mount('/api/publish', (req) => {
   return new Response(null, { status: 204 })
 })
 server.mount('/api/json', () => Response.json({ hello: 'world' }))
+// WebSocket at /ws, every cap off (the ws peer has none): /ws/echo echoes from a JS handler,
+// /ws/bench subscribes to the topic /api/publish publishes to, /ws/idle only holds the socket.
+// Guarded so that a build without WebSocket support still serves the other workloads.
+try {
+  const ws = new StreamingApp({
+    rateLimitRequests: 0,
+    rateLimitBandwidth: 0,
+    wsMaxMessagesPerSecond: 0,
+    wsMaxConnectionsPerUser: 0,
+    wsMaxConnectionsPerIp: 0,
+    wsMaxConnections: 50_000,
+    wsIdleTimeout: 0,
+  })
+  ws.ws('/echo', { message: (socket, data) => socket.send(data) })
+  ws.ws('/bench', { open: (socket) => socket.subscribe('bench') })
+  ws.ws('/idle', {})
+  server.mount('/ws', ws)
+} catch (err) {
+  console.error(`floodgate bench server: no WebSocket mount (${err.message})`)
+}
 
 // The same chunks every peer writes: 100 MiB in 64 KiB pieces.
 async function* chunks() {

@@ -1,16 +1,10 @@
 // SSE fan-out: N subscribers on one topic, 100 events/s for 10 s (quick: 1,000 for 3 s).
 // Delivered events, p99 publish-to-receive latency, server CPU seconds and RSS.
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { rss } from '../lib/proc.mjs'
+import { rss, cpuSeconds } from '../lib/proc.mjs'
 
 const clientScript = fileURLToPath(new URL('../lib/sse-client.mjs', import.meta.url))
-
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / 100 // utime + stime, in clock ticks
-}
 
 export default {
   name: 'sse-fanout-10k',

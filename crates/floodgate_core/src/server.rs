@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,9 +74,7 @@ pub async fn listen(
             Arc::new(StreamingApp::build(mount.app, bridge.clone())?),
         );
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|err| format!("listen on {addr}: {err}"))?;
+    let listener = bind(addr).map_err(|err| format!("listen on {addr}: {err}"))?;
     let local_addr = listener.local_addr().map_err(|err| err.to_string())?;
     let stop_accepting = CancellationToken::new();
     let bus = Bus::new();
@@ -110,6 +108,23 @@ pub async fn listen(
         tracker,
         accept_task: Mutex::new(Some(accept_task)),
     })
+}
+
+/// Pending connections the kernel queues before `accept`, as nginx and Node (511) allow; the
+/// default of `TcpListener::bind` (128) drops connection bursts, which then retry after 1 s.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As every server on Unix does: a restart can bind while old connections are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn hyper_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {

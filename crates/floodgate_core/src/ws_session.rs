@@ -9,13 +9,14 @@
 
 use crate::bridge::Bridge;
 use crate::config::RateAction;
+use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::ws::Held;
 use crate::ws_hub::{QueueLimits, Registration, SessionHandle, WsEvent};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::Quota;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
@@ -168,15 +169,15 @@ enum State {
 
 /// The per-connection rate limits (governor's GCRA, burst of one second's worth).
 struct Rates {
-    messages: Option<DefaultDirectRateLimiter>,
-    bytes: Option<DefaultDirectRateLimiter>,
+    messages: Option<DirectLimiter>,
+    bytes: Option<DirectLimiter>,
 }
 
 impl Rates {
     fn new(limits: &SessionLimits) -> Self {
         let limiter = |per_second: u64| {
             let rate = NonZeroU32::new(per_second.min(u32::MAX as u64) as u32)?;
-            Some(RateLimiter::direct(Quota::per_second(rate)))
+            Some(direct_limiter(Quota::per_second(rate)))
         };
         Self {
             messages: limiter(limits.messages_per_second as u64),
@@ -186,18 +187,18 @@ impl Rates {
 
     /// `None` when the message may pass now, else how long until it may.
     fn check(&self, size: usize) -> Option<Duration> {
-        let clock = DefaultClock::default();
         if let Some(messages) = &self.messages {
             if let Err(not_until) = messages.check() {
-                return Some(not_until.wait_time_from(clock.now()));
+                return Some(not_until.wait_time_from(messages.clock().now()));
             }
         }
+        let bytes = self.bytes.as_ref()?;
         let cells = NonZeroU32::new(size.min(u32::MAX as usize) as u32)?;
-        match self.bytes.as_ref().map(|bytes| bytes.check_n(cells)) {
-            Some(Ok(Err(not_until))) => Some(not_until.wait_time_from(clock.now())),
+        match bytes.check_n(cells) {
+            Ok(Err(not_until)) => Some(not_until.wait_time_from(bytes.clock().now())),
             // Larger than a second's worth: config validation keeps messages under it.
-            Some(Err(_)) => Some(Duration::from_secs(1)),
-            _ => None,
+            Err(_) => Some(Duration::from_secs(1)),
+            Ok(Ok(())) => None,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! here are 1 KiB, which keeps the rounding error under 0.1 % up to 1 GiB/s. The bucket holds
 //! one chunk, so after an idle pause a client gets at most one chunk of burst.
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +18,15 @@ use std::sync::Arc;
 const CELL: u64 = 1024;
 
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+/// A limiter made per response or per connection. Its clock reads `Instant`: creating a
+/// quanta clock (the default) runs CPUID, which exits to the hypervisor on virtual machines.
+pub type DirectLimiter =
+    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+
+/// A limiter of `quota` on the cheap-to-create clock.
+pub fn direct_limiter(quota: Quota) -> DirectLimiter {
+    RateLimiter::direct_with_clock(quota, MonotonicClock)
+}
 
 fn quota(bytes_per_second: u64, burst_bytes: u64) -> Quota {
     let rate = cells(bytes_per_second);
@@ -66,7 +77,7 @@ impl ClientBuckets {
 
 /// The shaping of one response: its own bucket, and its client's shared one.
 pub struct Shaper {
-    connection: Option<DefaultDirectRateLimiter>,
+    connection: Option<DirectLimiter>,
     client: Option<(Arc<ClientBuckets>, IpAddr)>,
 }
 
@@ -77,7 +88,7 @@ impl Shaper {
         client: Option<(Arc<ClientBuckets>, IpAddr)>,
     ) -> Self {
         let connection =
-            (per_connection > 0).then(|| RateLimiter::direct(quota(per_connection, chunk_size)));
+            (per_connection > 0).then(|| direct_limiter(quota(per_connection, chunk_size)));
         Self { connection, client }
     }
 
@@ -88,14 +99,14 @@ impl Shaper {
     /// Waits until `bytes` may be sent. `bytes` must not exceed `piece_size`.
     pub async fn take(&self, bytes: u64) {
         let n = cells(bytes);
-        let clock = DefaultClock::default();
         if let Some(limiter) = &self.connection {
             while let Ok(Err(not_until)) = limiter.check_n(n) {
-                tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
+                tokio::time::sleep(not_until.wait_time_from(limiter.clock().now())).await;
             }
         }
         if let Some((buckets, key)) = &self.client {
             buckets.evict_idle_now_and_then();
+            let clock = buckets.limiter.clock();
             while let Ok(Err(not_until)) = buckets.limiter.check_key_n(key, n) {
                 tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
             }

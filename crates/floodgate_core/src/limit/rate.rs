@@ -65,7 +65,7 @@ impl RequestLimiter {
                 }
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
                 Decision {
                     allowed: false,
                     remaining: 0,
