@@ -15,7 +15,10 @@ const app = new StreamingApp({
   sseMaxConnections: 50_000,
 })
 app.files('/files', { root: process.env.ROOT })
-app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
+// /up writes like the Node peer does (no fsync: both leave the data in the page cache);
+// /up-sync is floodgate's default, which syncs every upload to disk before renaming it.
+app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: false })
+app.uploads('/up-sync', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
 app.get('/generate', () => new StreamingResponse(chunks(), { mediaType: 'application/octet-stream' }))
 app.sse('/sse', { topics: ['bench'] })
 server.mount('/stream', app)
