@@ -1,0 +1,174 @@
+//! WebSocket sessions over real sockets on 127.0.0.1, with a Rust stand-in for JS: the host
+//! echoes every message back through the hub, as `ws.send` in a handler would.
+
+use floodgate_core::bridge::{Bridge, JsHost, JsRequest};
+use floodgate_core::config::{from_json, ServerSpec};
+use floodgate_core::ws_hub::WsEvent;
+use floodgate_core::{listen, RunningServer};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{client_async, WebSocketStream};
+
+/// Echoes messages and records opens and closes.
+#[derive(Default)]
+struct EchoHost {
+    bridge: OnceLock<Weak<Bridge>>,
+    closes: Mutex<Vec<(u64, u16, String)>>,
+}
+
+impl JsHost for EchoHost {
+    fn dispatch(&self, _: JsRequest) {}
+    fn abort(&self, _: u64) {}
+    fn ws_event(&self, event: WsEvent) {
+        let Some(bridge) = self.bridge.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        match event {
+            WsEvent::Message {
+                id, data, binary, ..
+            } => {
+                let kind = if binary { 1.0 } else { 0.0 };
+                let entry = [id as f64, kind, data.len() as f64, 0.0];
+                bridge.ws_hub().send_batch(&entry, &data).unwrap();
+            }
+            WsEvent::Close { id, code, reason } => {
+                self.closes.lock().unwrap().push((id, code, reason));
+            }
+            WsEvent::Open { .. } => {}
+        }
+    }
+}
+
+async fn start(options: serde_json::Value) -> (RunningServer, Arc<EchoHost>) {
+    let host = Arc::new(EchoHost::default());
+    let bridge = Bridge::new(host.clone());
+    host.bridge.set(Arc::downgrade(&bridge)).ok();
+    let mut app_options = json!({ "rateLimitRequests": 0 });
+    for (key, value) in options.as_object().unwrap() {
+        app_options[key] = value.clone();
+    }
+    let spec: ServerSpec = from_json(json!({
+        "mounts": [{
+            "prefix": "/ws",
+            "app": {
+                "options": app_options,
+                "routes": [{ "kind": "ws", "prefix": "/raw", "options": { "route": 0 } }]
+            }
+        }]
+    }))
+    .unwrap();
+    let server = listen(spec, "127.0.0.1:0".parse().unwrap(), Some(bridge))
+        .await
+        .unwrap();
+    (server, host)
+}
+
+async fn connect(server: &RunningServer) -> WebSocketStream<TcpStream> {
+    let addr = server.local_addr();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (socket, response) = client_async(format!("ws://{addr}/ws/raw"), stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+/// The close frame the server sends, or `None` if the stream ends without one.
+async fn close_code(socket: &mut WebSocketStream<TcpStream>) -> Option<(CloseCode, String)> {
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("the server closes within 10 s")
+    {
+        if let Ok(Message::Close(frame)) = message {
+            return frame.map(|frame| (frame.code, frame.reason.to_string()));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_text_and_binary_and_reports_the_clients_close() {
+    let (server, host) = start(json!({})).await;
+    let mut socket = connect(&server).await;
+    socket.send(Message::text("hello")).await.unwrap();
+    socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![1u8, 2, 3])
+    );
+    socket.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.closes.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closes = host.closes.lock().unwrap().clone();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes[0].1, 1005, "no status code given");
+    assert_eq!(server.stats().ws_messages_in, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_gets_1009() {
+    let (server, _host) = start(json!({ "wsMaxMessageSize": "1kb" })).await;
+    let mut socket = connect(&server).await;
+    socket.send(Message::binary(vec![0u8; 512])).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap().len(), 512);
+    socket.send(Message::binary(vec![0u8; 4096])).await.unwrap();
+    let (code, _) = close_code(&mut socket).await.expect("a close frame");
+    assert_eq!(code, CloseCode::Size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_socket_gets_1000_idle_timeout() {
+    let (server, _host) = start(json!({ "wsIdleTimeout": 300 })).await;
+    let mut socket = connect(&server).await;
+    let started = Instant::now();
+    let (code, reason) = close_code(&mut socket).await.expect("a close frame");
+    assert_eq!((code, reason.as_str()), (CloseCode::Normal, "Idle timeout"));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_cap_refuses_before_the_upgrade_and_frees_on_close() {
+    let (server, _host) = start(json!({ "wsMaxConnectionsPerUser": 1 })).await;
+    let mut first = connect(&server).await;
+    let addr = server.local_addr();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let refused = client_async(format!("ws://{addr}/ws/raw"), stream).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    first.close(None).await.unwrap();
+    while first.next().await.is_some() {}
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().ws_connections > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _second = connect(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_close_sends_1001() {
+    let (server, _host) = start(json!({})).await;
+    let mut socket = connect(&server).await;
+    let closing = tokio::spawn(async move {
+        server.close(Duration::from_secs(5)).await;
+    });
+    let (code, _) = close_code(&mut socket).await.expect("a close frame");
+    assert_eq!(code, CloseCode::Away);
+    drop(socket);
+    closing.await.unwrap();
+}
