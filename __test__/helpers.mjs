@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import net from 'node:net'
 import http from 'node:http'
-import { execFile, spawn } from 'node:child_process'
+import { execFile, execFileSync, spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { readFileSync } from 'node:fs'
 
 const require = createRequire(import.meta.url)
@@ -112,15 +113,23 @@ export async function eventually(check, { timeout = 5_000, interval = 25 } = {})
 /**
  * Runs `script` (CommonJS, with `floodgate` in scope as the built package) in its own Node
  * process, so that process's memory can be measured alone. The script prints `READY <port>`.
- * Resolves { port, rss } where rss() reads the child's resident set size in bytes (Linux).
+ * Resolves { port, rss } where rss() reads the child's resident set size in bytes.
  */
 export async function serverProcess(t, script) {
-  const prelude = `const floodgate = require(${JSON.stringify(new URL('../index.js', import.meta.url).pathname)});`
+  const prelude = `const floodgate = require(${JSON.stringify(fileURLToPath(new URL('../index.js', import.meta.url)))});`
   const child = spawn(process.execPath, ['-e', prelude + script], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => child.kill('SIGKILL'))
   const port = await new Promise((resolve) => child.stdout.on('data', (d) => resolve(Number(/READY (\d+)/.exec(d)[1]))))
-  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))[1]) * 1024
-  return { port, rss }
+  return { port, rss: () => residentBytes(child.pid) }
+}
+
+/** A process's resident set size in bytes: /proc on Linux, `ps` on macOS, PowerShell on Windows. */
+export function residentBytes(pid) {
+  if (process.platform === 'linux') return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024
+  if (process.platform === 'win32') {
+    return Number(execFileSync('powershell', ['-NoProfile', '-Command', `(Get-Process -Id ${pid}).WorkingSet64`]).toString().trim())
+  }
+  return Number(execFileSync('ps', ['-o', 'rss=', '-p', String(pid)]).toString().trim()) * 1024
 }
 
 // ---- WebSocket helpers: the ws package as a client, a hand-made handshake, headless Chromium ----
