@@ -70,6 +70,8 @@ export interface StreamingOptions {
   wsMaxMessageSize?: Size
   /** No message from the client this long closes the socket (1000, "Idle timeout"); 0 disables. Default 60s. */
   wsIdleTimeout?: Duration
+  /** Whether the client's pings and pongs count as activity for `wsIdleTimeout` (else only messages do). Default false. */
+  wsIdleCountsPings?: boolean
   /** WebSockets one user (or, when anonymous, one address) may hold; more get 429. 0: no cap. Default 10. */
   wsMaxConnectionsPerUser?: number
   /** WebSockets one client address (IPv6: /64) may hold; more get 429. 0: no cap. Default 100. */

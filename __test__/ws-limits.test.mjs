@@ -107,6 +107,23 @@ test("1000 'Idle timeout' after wsIdleTimeout without a message; a talking clien
   talker.client.close()
 })
 
+test('client pings keep a socket from idling only with wsIdleCountsPings', async (t) => {
+  const open = async (wsIdleCountsPings) => {
+    const { base } = await startWs(t, { '/in': {} }, { wsIdleTimeout: '1s', wsPingInterval: 0, wsIdleCountsPings })
+    const socket = await wsOpen(t, `${base}/in`)
+    const pinging = setInterval(() => socket.client.ping(), 300)
+    t.teardown(() => clearInterval(pinging))
+    return socket
+  }
+  const [strict, lenient] = await Promise.all([open(false), open(true)])
+  const closed = await closedWithin(strict)
+  t.is(closed.code, 1000, 'pings alone do not count as activity by default')
+  t.is(closed.reason, 'Idle timeout')
+  await sleep(Math.max(0, 2500 - (Date.now() - lenient.openedAt)))
+  t.is(lenient.closed, undefined, 'with wsIdleCountsPings a pinging client stays')
+  lenient.client.close()
+})
+
 test("1013: overflow 'close' ends a connection whose client stopped reading", async (t) => {
   const closes = []
   const { server, base } = await startWs(t, {

@@ -121,6 +121,9 @@ pub struct StreamingConfig {
     /// timeout"). 0 disables.
     #[serde(deserialize_with = "duration")]
     pub ws_idle_timeout: Duration,
+    /// Whether the client's pings (and pongs) keep a WebSocket from being idle. Off: only
+    /// messages do, so a client that merely pings is still closed at `wsIdleTimeout`.
+    pub ws_idle_counts_pings: bool,
     /// WebSockets one user (or, when anonymous, one address) may hold; more get 429. 0: no cap.
     pub ws_max_connections_per_user: u32,
     /// WebSockets one client address (IPv6: /64) may hold; more get 429. 0: no cap.
@@ -166,6 +169,7 @@ impl Default for StreamingConfig {
             sse_max_connections: 10_000,
             ws_max_message_size: MIB,
             ws_idle_timeout: Duration::from_secs(60),
+            ws_idle_counts_pings: false,
             ws_max_connections_per_user: 10,
             ws_max_connections_per_ip: 100,
             ws_max_connections: 10_000,

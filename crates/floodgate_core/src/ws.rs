@@ -52,6 +52,7 @@ impl WsRoute {
         let limits = SessionLimits {
             max_message_size: app.ws_max_message_size as usize,
             idle_timeout: app.ws_idle_timeout,
+            idle_counts_pings: app.ws_idle_counts_pings,
             messages_per_second: app.ws_max_messages_per_second,
             bytes_per_second: app.ws_max_bytes_per_second,
             rate_action: config.rate_limit_action,

@@ -55,6 +55,7 @@ const ABNORMAL: u16 = 1006;
 pub struct SessionLimits {
     pub max_message_size: usize,
     pub idle_timeout: Duration,
+    pub idle_counts_pings: bool,
     pub messages_per_second: u32,
     pub bytes_per_second: u64,
     pub rate_action: RateAction,
@@ -378,8 +379,18 @@ impl Session {
                     self.admit(bytes, true);
                 }
                 // tungstenite has queued the pong; the next write step flushes it.
-                Message::Ping(_) => self.unflushed = true,
-                Message::Pong(_) => self.ping_sent = None,
+                Message::Ping(_) => {
+                    self.unflushed = true;
+                    if self.limits.idle_counts_pings {
+                        self.last_activity = Instant::now();
+                    }
+                }
+                Message::Pong(_) => {
+                    self.ping_sent = None;
+                    if self.limits.idle_counts_pings {
+                        self.last_activity = Instant::now();
+                    }
+                }
                 Message::Close(frame) => {
                     let (code, reason) = frame.map_or((NO_STATUS, String::new()), |frame| {
                         (u16::from(frame.code), frame.reason.to_string())
