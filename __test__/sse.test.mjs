@@ -1,11 +1,7 @@
 // Server-Sent Events with real clients: raw sockets, the eventsource package, headless Chromium.
 import test from 'ava'
-import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { EventSource } from 'eventsource'
-import { Server, StreamingApp, connect, sleep, eventually } from './helpers.mjs'
+import { Server, StreamingApp, connect, sleep, eventually, chromium } from './helpers.mjs'
 
 async function start(t, sse, appOptions = {}) {
   const server = new Server()
@@ -298,25 +294,7 @@ test("a browser's EventSource (headless Chromium) gets the snapshot and live eve
   server.mount('/', app)
   const { url } = await server.listen({ port: 0 })
   t.teardown(() => server.close({ drain: 0 }))
-  const profile = mkdtempSync(join(tmpdir(), 'floodgate-chromium-'))
-  const browser = spawn(
-    'chromium',
-    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', `--user-data-dir=${profile}`, `${url}/`],
-    { stdio: 'ignore', detached: true },
-  )
-  const exited = new Promise((resolve) => browser.on('exit', resolve))
-  t.teardown(async () => {
-    // Chromium's helper processes share its process group: end them all, then the profile.
-    try {
-      process.kill(-browser.pid, 'SIGKILL')
-    } catch {}
-    await exited
-    try {
-      rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
-    } catch {
-      // A helper that outlived the group kill may still hold it; a stray temp folder is harmless.
-    }
-  })
+  chromium(t, `${url}/`)
   await eventually(() => server.stats().connectionsLive >= 1 && server.publish('user.ada.ping', 'ping 1') > 0, { timeout: 20_000 })
   server.publish('user.ada.ping', 'ping 2')
   t.truthy(await eventually(() => report, { timeout: 10_000 }), 'the page reported what it saw')
