@@ -66,6 +66,9 @@ impl Drop for JsBacklog {
 /// a flood cannot pile up work for a JS thread that is not keeping up.
 pub const JS_BACKLOG_LIMIT: usize = 1 << 20;
 
+/// Queue slots a session keeps allocated between bursts.
+pub const RETAINED_QUEUE: usize = 8;
+
 /// A close the session should send (from JS, or after an overflow).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -174,22 +177,27 @@ impl SessionHandle {
         self.waker.wake();
     }
 
-    /// Takes up to `max` queued messages, and the close request once the queue is empty.
-    pub fn drain(&self, into: &mut Vec<Message>, max: usize) -> Option<CloseRequest> {
+    /// Moves up to `max` queued messages into `into`, and returns the close request once the
+    /// queue is empty.
+    pub fn drain(&self, into: &mut VecDeque<Message>, max: usize) -> Option<CloseRequest> {
         let mut outbound = self.outbound();
-        while into.len() < max {
-            let Some(message) = outbound.messages.pop_front() else {
-                break;
-            };
-            outbound.bytes -= payload_len(&message);
-            into.push(message);
+        let Outbound {
+            messages, bytes, ..
+        } = &mut *outbound;
+        let take = messages.len().min(max);
+        for message in messages.drain(..take) {
+            *bytes -= payload_len(&message);
+            into.push_back(message);
         }
-        self.queued_bytes.store(outbound.bytes, Ordering::Relaxed);
-        if outbound.messages.is_empty() {
-            outbound.close.take()
-        } else {
-            None
+        self.queued_bytes.store(*bytes, Ordering::Relaxed);
+        if !outbound.messages.is_empty() {
+            return None;
         }
+        // A burst should not leave a large queue allocated for the rest of the session.
+        if outbound.messages.capacity() > RETAINED_QUEUE {
+            outbound.messages.shrink_to(RETAINED_QUEUE);
+        }
+        outbound.close.take()
     }
 
     /// The session is closing: what is queued is dropped, and nothing more is taken.
@@ -408,7 +416,7 @@ mod tests {
         let id = registration.handle.id as f64;
         hub.send_batch(&[id, 0.0, 2.0, 0.0, id, 1.0, 3.0, 0.0], b"hiabc")
             .unwrap();
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert_eq!(registration.handle.drain(&mut out, 16), None);
         assert_eq!(out, vec![Message::text("hi"), Message::binary(&b"abc"[..])]);
         assert_eq!(
@@ -425,7 +433,7 @@ mod tests {
         for text in ["1", "2", "3"] {
             dropping.handle.enqueue(Message::text(text));
         }
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         dropping.handle.drain(&mut out, 16);
         assert_eq!(out, vec![Message::text("2"), Message::text("3")]);
         assert_eq!(metrics.rejections(Rejection::WsMessageDropped), 1);
@@ -434,7 +442,7 @@ mod tests {
         for text in ["1", "2", "3"] {
             closing.handle.enqueue(Message::text(text));
         }
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         let close = closing.handle.drain(&mut out, 16);
         assert!(out.is_empty());
         assert_eq!(close.map(|c| c.code), Some(CLOSE_TRY_AGAIN_LATER));

@@ -12,7 +12,7 @@ use crate::config::RateAction;
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::ws::Held;
-use crate::ws_hub::{QueueLimits, Registration, SessionHandle, WsEvent};
+use crate::ws_hub::{QueueLimits, Registration, SessionHandle, WsEvent, RETAINED_QUEUE};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use governor::clock::Clock;
@@ -219,7 +219,6 @@ struct Session {
     state: State,
     /// Messages taken from the queue, waiting for room in the socket.
     outgoing: VecDeque<Message>,
-    scratch: Vec<Message>,
     unflushed: bool,
     reading_done: bool,
     last_activity: Instant,
@@ -253,7 +252,6 @@ impl Session {
             shutting_down: false,
             state: State::Open,
             outgoing: VecDeque::new(),
-            scratch: Vec::new(),
             unflushed: false,
             reading_done: false,
             last_activity: now,
@@ -302,11 +300,15 @@ impl Session {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progressed = false;
         // After a close frame nothing more may be sent (`begin_close` emptied the queue).
-        while matches!(self.state, State::Open) {
+        for _ in 0..BATCH {
+            if !matches!(self.state, State::Open) {
+                break;
+            }
             if self.outgoing.is_empty() {
-                let close = self.handle.drain(&mut self.scratch, BATCH);
-                self.outgoing.extend(self.scratch.drain(..));
-                if let Some(close) = close {
+                if self.outgoing.capacity() > RETAINED_QUEUE {
+                    self.outgoing.shrink_to(RETAINED_QUEUE);
+                }
+                if let Some(close) = self.handle.drain(&mut self.outgoing, BATCH) {
                     if self.outgoing.is_empty() {
                         self.begin_close(close.code, &close.reason);
                         progressed = true;
