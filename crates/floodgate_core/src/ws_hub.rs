@@ -213,8 +213,11 @@ impl SessionHandle {
         self.queued_bytes.load(Ordering::Relaxed)
     }
 
-    /// A message leaves for JS: the returned guard keeps it on the backlog until dropped.
-    pub fn to_js(self: &Arc<Self>, bytes: usize) -> JsBacklog {
+    /// A message of `size` bytes leaves for JS: the returned guard keeps it on the backlog
+    /// until dropped. Each message counts a little more than its bytes, so a flood of empty
+    /// messages is bounded too.
+    pub fn to_js(self: &Arc<Self>, size: usize) -> JsBacklog {
+        let bytes = size + 64;
         self.js_backlog.fetch_add(bytes, Ordering::AcqRel);
         JsBacklog {
             session: Arc::clone(self),
