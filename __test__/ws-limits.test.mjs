@@ -345,3 +345,49 @@ test('legitimate traffic passes every protection: a normal client under all limi
   t.true(await eventually(() => closes.length === 1))
   t.deepEqual(closes, [1000])
 })
+
+test('a JS thread that falls behind stops the socket being read: at most about 1 MiB waits for JS', async (t) => {
+  let blocked = false
+  let readWhenBack
+  const { server, port } = await startWs(
+    t,
+    {
+      '/in': {
+        message: () => {
+          if (!blocked) {
+            blocked = true
+            const until = Date.now() + 1500
+            while (Date.now() < until); // the JS thread is busy; Rust goes on reading meanwhile
+          } else if (readWhenBack === undefined) {
+            readWhenBack = server.stats().bytesReceived
+          }
+        },
+      },
+    },
+    { wsMaxMessagesPerSecond: 0, wsMaxMessageSize: '128kb' },
+  )
+  // The sender is its own process, so it keeps writing while this thread is blocked.
+  const { spawn } = await import('node:child_process')
+  const { createRequire } = await import('node:module')
+  const wsPath = createRequire(import.meta.url).resolve('ws')
+  const sender = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const WebSocket = require(${JSON.stringify(wsPath)});
+       const ws = new WebSocket('ws://127.0.0.1:${port}/ws/in', { perMessageDeflate: false });
+       const chunk = Buffer.alloc(64 * 1024, 1);
+       ws.on('open', () => { for (let i = 0; i < 128; i++) ws.send(chunk); });
+       setTimeout(() => process.exit(0), 8000);`,
+    ],
+    { stdio: 'ignore' },
+  )
+  t.teardown(() => sender.kill('SIGKILL'))
+  t.truthy(await eventually(() => readWhenBack !== undefined, { timeout: 10_000 }), 'JS got messages after the block')
+  const MiB = 1024 * KiB
+  // 8 MiB were sent; while JS was blocked, the server read the 1 MiB backlog plus what was
+  // in flight (a message being parsed, the handshake), not everything the kernel could buffer.
+  t.true(readWhenBack < 2.5 * MiB, `read ${(readWhenBack / MiB).toFixed(2)} MiB while JS was blocked`)
+  await eventually(() => server.stats().wsMessagesIn >= 128, { timeout: 10_000 })
+  t.is(server.stats().wsMessagesIn, 128, 'and every message arrived once JS caught up')
+})
