@@ -1,10 +1,9 @@
-// SSE fan-out: N subscribers on one topic, 100 events/s for 10 s (quick: 1,000 for 3 s).
-// Delivered events, p99 publish-to-receive latency, server CPU seconds and RSS.
-import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
+// SSE fan-out: N subscribers on one topic, 100 events/s for 10 s (quick: 1,000 for 3 s), driven by
+// the pinned Rust load client (benchmark/ws-load `sse`: raw HTTP/1.1 sockets, chunked body scanned
+// for each event's publish timestamp). Delivered events, publish-to-receive latency, server CPU
+// seconds and RSS, and the client's CPU share (near 100 % means it, not the server, set the pace).
+import { wsLoad, SOURCES } from '../lib/ws-load.mjs'
 import { rss, cpuSeconds } from '../lib/proc.mjs'
-
-const clientScript = fileURLToPath(new URL('../lib/sse-client.mjs', import.meta.url))
 
 export default {
   name: 'sse-fanout-10k',
@@ -15,24 +14,27 @@ export default {
     const subscribers = quick ? 1000 : 10_000
     const seconds = quick ? 3 : 10
     const rate = 100
-    const client = spawn(process.execPath, [clientScript, port, subscribers, '/stream/sse', (seconds + 2) * 1000], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    })
-    let output = ''
-    client.stdout.on('data', (chunk) => (output += chunk))
-    while (!output.includes('CONNECTED')) await new Promise((r) => setTimeout(r, 50))
-    const [pid] = pids()
-    const cpuBefore = cpuSeconds(pid)
-    await fetch(`http://127.0.0.1:${port}/api/publish?rate=${rate}&seconds=${seconds}`)
-    await new Promise((resolve) => client.on('exit', resolve))
-    const cpu = cpuSeconds(pid) - cpuBefore
-    const result = JSON.parse(output.trim().split('\n').at(-1))
+    const expect = subscribers * rate * seconds
+    const load = await wsLoad(
+      'sse',
+      { url: `http://127.0.0.1:${port}/stream/sse`, connections: subscribers, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000 },
+      { timeout: (seconds + 120) * 1000 },
+    )
+    const connected = await load.connected
+    if (connected < subscribers) throw new Error(`${connected}/${subscribers} subscribed: ${(await load.result).error}`)
+    const cpuBefore = cpuSeconds(pids())
+    const response = await fetch(`http://127.0.0.1:${port}/api/publish?rate=${rate}&seconds=${seconds}`)
+    if (!response.ok) throw new Error(`/api/publish answered ${response.status}`)
+    const result = await load.result
+    const cpu = cpuSeconds(pids()) - cpuBefore
     return {
-      'delivered %': (result.delivered / (subscribers * rate * seconds)) * 100,
+      'delivered %': (result.delivered / expect) * 100,
       'p99 ms': result.p99,
       'p50 ms': result.p50,
       'server CPU s': cpu,
       'server RSS MiB': rss(pids()) / 2 ** 20,
+      'client CPU %': result.seconds > 0 ? (result.clientCpuS / result.seconds) * 100 : null,
+      ...(result.closed && { errors: `${result.closed} streams closed by the server` }),
     }
   },
   primary: 'delivered %',

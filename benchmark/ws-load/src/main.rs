@@ -1,24 +1,27 @@
-//! The WebSocket load client of `npm run bench`: one single-threaded process (the workloads pin it
-//! to one core) that drives a server and prints one JSON line with what it measured.
+//! The WebSocket (and SSE) load client of `npm run bench`: one single-threaded process (the
+//! workloads pin it to one core) that drives a server and prints one JSON line with what it measured.
 //!
 //!   ws-load echo   --url ws://127.0.0.1:PORT/ws/echo  --connections 50 --inflight 16 --size 32 --seconds 5
 //!   ws-load fanout --url ws://127.0.0.1:PORT/ws/bench --connections 10000 --expect 5000000 [--idle-ms 2000] [--timeout-ms 60000]
 //!   ws-load idle   --url ws://127.0.0.1:PORT/ws/idle  --connections 10000
+//!   ws-load sse    --url http://127.0.0.1:PORT/stream/sse --connections 10000 [--expect 10000000] [--idle-ms 2000] [--timeout-ms 60000]
 //!
-//! `fanout` and `idle` print `CONNECTED <n>` once every connection is open, then the JSON line when
-//! done: `fanout` once `--expect` messages arrived in all (or none for `--idle-ms`), `idle` once a
-//! line (or end of input) arrives on stdin. `--sources N` binds the client sockets round-robin to
-//! 127.0.0.1..127.0.0.N, so 10,000+ connections never run short of ephemeral ports.
+//! `fanout`, `idle` and `sse` print `CONNECTED <n>` once every connection is open (for `sse`: once
+//! every subscriber has its response head), then the JSON line when done: `fanout` and `sse` once
+//! `--expect` messages (events) arrived in all, or none for `--idle-ms`, or `--timeout-ms` passed;
+//! `idle` once a line (or end of input) arrives on stdin. `--sources N` binds the client sockets
+//! round-robin to 127.0.0.1..127.0.0.N, so 10,000+ connections never run short of ephemeral ports.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{spawn_local, LocalSet};
@@ -32,6 +35,8 @@ struct Args {
     mode: String,
     url: String,
     addr: SocketAddr,
+    /// The request target of `--url` (`/` when it names none).
+    path: String,
     connections: usize,
     inflight: usize,
     size: usize,
@@ -65,23 +70,26 @@ fn parse_args() -> Args {
     let url = get
         .get("url")
         .cloned()
-        .unwrap_or_else(|| die("--url ws://127.0.0.1:PORT/path is required"));
-    let authority = url
-        .strip_prefix("ws://")
-        .unwrap_or_else(|| die("--url must be ws://"))
-        .split('/')
-        .next()
-        .unwrap();
+        .unwrap_or_else(|| die("--url ws://127.0.0.1:PORT/path (sse: http://) is required"));
+    if !["echo", "fanout", "idle", "sse"].contains(&mode.as_str()) {
+        die("usage: ws-load echo|fanout|idle --url ws://127.0.0.1:PORT/path [options]\n       ws-load sse --url http://127.0.0.1:PORT/path [options]");
+    }
+    let scheme = if mode == "sse" { "http://" } else { "ws://" };
+    let rest = url
+        .strip_prefix(scheme)
+        .unwrap_or_else(|| die(&format!("--url must be {scheme}")));
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], rest[at..].to_string()),
+        None => (rest, "/".to_string()),
+    };
     let addr = authority
         .parse()
         .unwrap_or_else(|_| die("--url must name an IPv4 address and port"));
-    if !["echo", "fanout", "idle"].contains(&mode.as_str()) {
-        die("usage: ws-load echo|fanout|idle --url ws://127.0.0.1:PORT/path [options]");
-    }
     Args {
         mode,
         url,
         addr,
+        path,
         connections: num("connections", 50.0) as usize,
         inflight: num("inflight", 16.0) as usize,
         size: num("size", 32.0) as usize,
@@ -138,7 +146,8 @@ fn emit(line: String) {
     let _ = out.flush();
 }
 
-async fn connect(args: &Args, index: usize, config: WebSocketConfig) -> Result<Ws, String> {
+/// A TCP connection to `args.addr`, from source address `index % sources` (see `--sources`).
+async fn tcp_connect(args: &Args, index: usize) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if args.sources > 1 {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (index % args.sources as usize) as u8);
@@ -148,21 +157,32 @@ async fn connect(args: &Args, index: usize, config: WebSocketConfig) -> Result<W
     }
     let stream = socket.connect(args.addr).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+async fn connect(args: Rc<Args>, index: usize, config: WebSocketConfig) -> Result<Ws, String> {
+    let stream = tcp_connect(&args, index).await?;
     let (ws, _response) = client_async_with_config(args.url.as_str(), stream, Some(config))
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
 }
 
-/// Opens `args.connections` sockets, at most `args.concurrency` handshakes at a time; each open one
-/// is handed to `each`. Resolves (opened, failed, first error).
-async fn open_all<F>(
-    args: &Rc<Args>,
-    config: WebSocketConfig,
-    each: F,
-) -> (usize, usize, Option<String>)
+/// WebSocket handshakes, for `open_all`.
+fn ws_open(config: WebSocketConfig) -> impl Fn(Rc<Args>, usize) -> WsOpening {
+    move |args, index| Box::pin(connect(args, index, config))
+}
+
+type WsOpening = std::pin::Pin<Box<dyn Future<Output = Result<Ws, String>>>>;
+
+/// Opens `args.connections` connections with `open`, at most `args.concurrency` handshakes at a
+/// time; each open one is handed to `each`. Resolves (opened, failed, first error).
+async fn open_all<T, O, Fut, F>(args: &Rc<Args>, open: O, each: F) -> (usize, usize, Option<String>)
 where
-    F: Fn(usize, Ws) + 'static,
+    T: 'static,
+    O: Fn(Rc<Args>, usize) -> Fut,
+    Fut: Future<Output = Result<T, String>> + 'static,
+    F: Fn(usize, T) + 'static,
 {
     let gate = std::sync::Arc::new(Semaphore::new(args.concurrency));
     let each = Rc::new(each);
@@ -172,16 +192,15 @@ where
     let mut handles = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
         let permit = gate.clone().acquire_owned().await.unwrap();
-        let (args, each, opened, failed, first_error) = (
-            args.clone(),
+        let (each, opened, failed, first_error) = (
             each.clone(),
             opened.clone(),
             failed.clone(),
             first_error.clone(),
         );
+        let opening = open(args.clone(), index);
         handles.push(spawn_local(async move {
-            let result =
-                tokio::time::timeout(Duration::from_secs(15), connect(&args, index, config)).await;
+            let result = tokio::time::timeout(Duration::from_secs(15), opening).await;
             drop(permit);
             match result {
                 Ok(Ok(ws)) => {
@@ -220,8 +239,10 @@ async fn echo(args: Rc<Args>) {
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let sockets = Rc::new(RefCell::new(Vec::new()));
     let collect = sockets.clone();
-    let (opened, failed, error) =
-        open_all(&args, config, move |_, ws| collect.borrow_mut().push(ws)).await;
+    let (opened, failed, error) = open_all(&args, ws_open(config), move |_, ws| {
+        collect.borrow_mut().push(ws)
+    })
+    .await;
     let payload = Utf8Bytes::from("x".repeat(args.size));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
@@ -319,7 +340,7 @@ async fn fanout(args: Rc<Args>) {
         closed.clone(),
         latencies.clone(),
     );
-    let (opened, failed, error) = open_all(&args, config, move |_, mut ws| {
+    let (opened, failed, error) = open_all(&args, ws_open(config), move |_, mut ws| {
         let (delivered, first_ns, last_ns, closed, latencies) =
             (d.clone(), f.clone(), l.clone(), c.clone(), lat.clone());
         spawn_local(async move {
@@ -395,7 +416,7 @@ async fn idle(args: Rc<Args>) {
     let closed = Rc::new(Cell::new(0usize));
     let c = closed.clone();
     let start = Instant::now();
-    let (opened, failed, error) = open_all(&args, config, move |_, mut ws| {
+    let (opened, failed, error) = open_all(&args, ws_open(config), move |_, mut ws| {
         let closed = c.clone();
         spawn_local(async move {
             while let Some(Ok(message)) = ws.next().await {
@@ -429,6 +450,305 @@ async fn idle(args: Rc<Args>) {
     ));
 }
 
+/// An SSE subscription whose response head has arrived: the socket, any body bytes that came
+/// with the head, and whether the body is chunked.
+struct Subscriber {
+    stream: TcpStream,
+    early: Vec<u8>,
+    chunked: bool,
+}
+
+/// Sends `GET <path>` for an event stream and reads the response head (a status other than 200
+/// is an error).
+async fn subscribe(args: Rc<Args>, index: usize) -> Result<Subscriber, String> {
+    let mut stream = tcp_connect(&args, index).await?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        args.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the response head".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > 16 * 1024 {
+            return Err("response head over 16 KiB".into());
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+    let status_line = text.lines().next().unwrap_or_default();
+    if status_line.split(' ').nth(1) != Some("200") {
+        return Err(format!("answered {status_line:?}"));
+    }
+    let chunked = text
+        .lines()
+        .any(|line| line.starts_with("transfer-encoding:") && line.contains("chunked"));
+    Ok(Subscriber {
+        stream,
+        early: head[end..].to_vec(),
+        chunked,
+    })
+}
+
+/// Undoes chunked transfer coding as bytes arrive, however the reads split it.
+enum Chunked {
+    /// In a chunk-size line; `ext` once past the hex digits (extensions, CR).
+    Size { size: u64, ext: bool },
+    /// This many data bytes of the chunk still to come.
+    Data(u64),
+    /// After a chunk's data, up to the end of its CRLF.
+    Crlf,
+    /// The last (zero-size) chunk arrived: the body is over.
+    Done,
+}
+
+impl Chunked {
+    fn feed(&mut self, mut input: &[u8], mut data: impl FnMut(&[u8])) {
+        while !input.is_empty() {
+            match self {
+                Chunked::Size { size, ext } => {
+                    let b = input[0];
+                    input = &input[1..];
+                    if b == b'\n' {
+                        *self = match *size {
+                            0 => Chunked::Done,
+                            size => Chunked::Data(size),
+                        };
+                    } else if let (false, Some(digit)) = (*ext, (b as char).to_digit(16)) {
+                        *size = size.saturating_mul(16).saturating_add(digit as u64);
+                    } else {
+                        *ext = true;
+                    }
+                }
+                Chunked::Data(left) => {
+                    let n = (*left).min(input.len() as u64) as usize;
+                    data(&input[..n]);
+                    input = &input[n..];
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *self = Chunked::Crlf;
+                    }
+                }
+                Chunked::Crlf => match input.iter().position(|&b| b == b'\n') {
+                    Some(at) => {
+                        input = &input[at + 1..];
+                        *self = Chunked::Size {
+                            size: 0,
+                            ext: false,
+                        };
+                    }
+                    None => return,
+                },
+                Chunked::Done => return,
+            }
+        }
+    }
+}
+
+const STAMP: &[u8] = b"\"t\":";
+
+/// Finds every `"t":<number>` in the event data, however the reads split it, without allocating.
+#[derive(Default)]
+struct Stamps {
+    /// How much of `STAMP` the last bytes matched.
+    matched: usize,
+    /// After a whole `STAMP`: the number so far.
+    in_number: bool,
+    number: [u8; 32],
+    len: usize,
+}
+
+impl Stamps {
+    /// Calls `found` with each timestamp once it is complete (NaN for one that does not parse).
+    fn feed(&mut self, input: &[u8], found: &mut impl FnMut(f64)) {
+        let mut i = 0;
+        while i < input.len() {
+            if !self.in_number && self.matched == 0 {
+                match input[i..].iter().position(|&b| b == b'"') {
+                    Some(at) => i += at,
+                    None => return,
+                }
+            }
+            let b = input[i];
+            i += 1;
+            if self.in_number {
+                if b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') {
+                    if self.len < self.number.len() {
+                        self.number[self.len] = b;
+                        self.len += 1;
+                    }
+                    continue;
+                }
+                if b == b' ' && self.len == 0 {
+                    continue;
+                }
+                self.in_number = false;
+                found(
+                    std::str::from_utf8(&self.number[..self.len])
+                        .ok()
+                        .and_then(|text| text.parse::<f64>().ok())
+                        .unwrap_or(f64::NAN),
+                );
+            }
+            if b == STAMP[self.matched] {
+                self.matched += 1;
+                if self.matched == STAMP.len() {
+                    self.matched = 0;
+                    self.in_number = true;
+                    self.len = 0;
+                }
+            } else {
+                self.matched = usize::from(b == b'"');
+            }
+        }
+    }
+}
+
+/// What the SSE subscribers received, all told.
+struct SseStats {
+    origin: Instant,
+    delivered: Cell<u64>,
+    first_ns: Cell<u64>,
+    last_ns: Cell<u64>,
+    closed: Cell<usize>,
+    /// Publish-to-receive latencies, microseconds.
+    latencies: RefCell<Vec<u32>>,
+}
+
+/// One subscriber's body: its chunked decoding and timestamp scan.
+struct SseBody {
+    chunked: Option<Chunked>,
+    stamps: Stamps,
+}
+
+impl SseBody {
+    /// Takes the bytes of one read, just received; false once the body is over.
+    fn take(&mut self, bytes: &[u8], stats: &SseStats) -> bool {
+        let now_ms = now_epoch_ms();
+        let mut count = 0u64;
+        let mut latencies = stats.latencies.borrow_mut();
+        let mut found = |t: f64| {
+            count += 1;
+            if t.is_finite() {
+                latencies.push(((now_ms - t) * 1000.0).clamp(0.0, u32::MAX as f64) as u32);
+            }
+        };
+        let stamps = &mut self.stamps;
+        let open = match &mut self.chunked {
+            Some(chunked) => {
+                chunked.feed(bytes, |data| stamps.feed(data, &mut found));
+                !matches!(chunked, Chunked::Done)
+            }
+            None => {
+                stamps.feed(bytes, &mut found);
+                true
+            }
+        };
+        if count > 0 {
+            let at = stats.origin.elapsed().as_nanos() as u64;
+            if stats.delivered.get() == 0 {
+                stats.first_ns.set(at);
+            }
+            stats.last_ns.set(at);
+            stats.delivered.set(stats.delivered.get() + count);
+        }
+        open
+    }
+}
+
+/// Subscribes raw HTTP/1.1 sockets to an event stream and counts the events each receives; the
+/// `"t":<epoch ms>` the publisher puts in every event gives its latency.
+async fn sse(args: Rc<Args>) {
+    let stats = Rc::new(SseStats {
+        origin: Instant::now(),
+        delivered: Cell::new(0),
+        first_ns: Cell::new(0),
+        last_ns: Cell::new(0),
+        closed: Cell::new(0),
+        latencies: RefCell::new(Vec::with_capacity(args.expect.min(1 << 26) as usize)),
+    });
+    let shared = stats.clone();
+    let (opened, failed, error) = open_all(&args, subscribe, move |_, subscriber| {
+        let stats = shared.clone();
+        spawn_local(async move {
+            let Subscriber {
+                mut stream,
+                early,
+                chunked,
+            } = subscriber;
+            let mut body = SseBody {
+                chunked: chunked.then_some(Chunked::Size {
+                    size: 0,
+                    ext: false,
+                }),
+                stamps: Stamps::default(),
+            };
+            let mut buf = vec![0u8; 4096];
+            let mut open = body.take(&early, &stats);
+            while open {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => open = body.take(&buf[..n], &stats),
+                }
+            }
+            stats.closed.set(stats.closed.get() + 1);
+        });
+    })
+    .await;
+    emit(format!("CONNECTED {opened}"));
+    if failed > 0 {
+        emit(format!(
+            "{{\"mode\":\"sse\",\"connected\":{opened},\"failed\":{failed},\"error\":{}}}",
+            json_error(&error)
+        ));
+        return;
+    }
+    let cpu_before = cpu_seconds();
+    let connected_at = Instant::now();
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let idle = Duration::from_millis(args.idle_ms);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let delivered = stats.delivered.get();
+        if args.expect > 0 && delivered >= args.expect {
+            break;
+        }
+        let since_last = stats
+            .origin
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(stats.last_ns.get()));
+        if delivered > 0 && since_last > idle {
+            break;
+        }
+        if connected_at.elapsed() > timeout || (opened > 0 && stats.closed.get() >= opened) {
+            break;
+        }
+    }
+    let cpu = cpu_seconds() - cpu_before;
+    let span = (stats.last_ns.get().saturating_sub(stats.first_ns.get())) as f64 / 1e9;
+    let delivered = stats.delivered.get();
+    let mut latencies = stats.latencies.take();
+    latencies.sort_unstable();
+    emit(format!(
+        "{{\"mode\":\"sse\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"eventsPerSec\":{:.1},\"p50\":{},\"p99\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+        stats.closed.get(),
+        if span > 0.0 { delivered as f64 / span } else { 0.0 },
+        quantile_ms(&latencies, 0.5),
+        quantile_ms(&latencies, 0.99),
+        json_error(&error),
+    ));
+}
+
 fn main() {
     let args = Rc::new(parse_args());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -439,6 +759,7 @@ fn main() {
         match args.mode.as_str() {
             "echo" => echo(args).await,
             "fanout" => fanout(args).await,
+            "sse" => sse(args).await,
             _ => idle(args).await,
         }
     });
