@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 /// A WebSocket route with its caps.
 pub struct WsRoute {
     config: WsConfig,
-    limits: SessionLimits,
+    limits: Arc<SessionLimits>,
     per_user: Arc<ConnectionLimiter<String>>,
     per_ip: Arc<ConnectionLimiter<IpAddr>>,
     total: Arc<Semaphore>,
@@ -49,7 +49,7 @@ pub struct WsContext<'a> {
 
 impl WsRoute {
     pub fn new(config: WsConfig, app: &StreamingConfig) -> Self {
-        let limits = SessionLimits {
+        let limits = Arc::new(SessionLimits {
             max_message_size: app.ws_max_message_size as usize,
             idle_timeout: app.ws_idle_timeout,
             idle_counts_pings: app.ws_idle_counts_pings,
@@ -64,7 +64,7 @@ impl WsRoute {
                 overflow: config.overflow,
             },
             route: config.route,
-        };
+        });
         Self {
             per_user: ConnectionLimiter::new(app.ws_max_connections_per_user),
             per_ip: ConnectionLimiter::new(app.ws_max_connections_per_ip),
@@ -118,7 +118,7 @@ impl WsRoute {
         context.conn.mark_upgraded();
         let start = SessionStart {
             on_upgrade,
-            limits: self.limits.clone(),
+            limits: Arc::clone(&self.limits),
             user,
             client: context.client,
             url: context.url,

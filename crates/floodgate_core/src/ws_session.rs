@@ -68,7 +68,8 @@ pub struct SessionLimits {
 /// Everything a session needs, handed over by the upgrade.
 pub struct SessionStart {
     pub on_upgrade: OnUpgrade,
-    pub limits: SessionLimits,
+    /// Shared by every session of the route.
+    pub limits: Arc<SessionLimits>,
     pub user: Option<String>,
     pub client: IpAddr,
     pub url: String,
@@ -106,8 +107,13 @@ pub async fn run(start: SessionStart) {
         .max_write_buffer_size(WRITE_BUFFER + limits.max_message_size + 1024)
         .max_message_size(Some(limits.max_message_size))
         .max_frame_size(Some(limits.max_message_size));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // Boxed: the handshake's state lives only while it runs, not in every session's task.
+    let ws = Box::pin(WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(config),
+    ))
+    .await;
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
     let id = registration.handle.id;
     bridge.ws_event(WsEvent::Open {
@@ -117,7 +123,16 @@ pub async fn run(start: SessionStart) {
         client: client.to_string(),
         url,
     });
-    let mut session = Session::new(ws, &registration, &bridge, metrics, limits, shutdown);
+    // Boxed, so the task's own state stays small (an async fn's state keeps such values
+    // more than once); an idle socket's memory is mostly this.
+    let mut session = Box::new(Session::new(
+        ws,
+        &registration,
+        &bridge,
+        metrics,
+        limits,
+        shutdown,
+    ));
     let end = tokio::select! {
         end = poll_fn(|cx| session.poll(cx)) => end,
         _ = abort.cancelled() => End::dropped(),
@@ -131,13 +146,7 @@ pub async fn run(start: SessionStart) {
     drop(registration);
     drop(held);
     if end.graceful {
-        // FIN and a short drain of what the client still sends (the socket wrapper's
-        // lingering close), rather than a reset.
-        let linger = tokio::time::timeout(Duration::from_secs(2), session.ws.get_mut().shutdown());
-        tokio::select! {
-            _ = linger => {}
-            _ = abort.cancelled() => {}
-        }
+        session.linger(&abort).await;
     }
 }
 
@@ -176,15 +185,16 @@ struct Rates {
 }
 
 impl Rates {
-    fn new(limits: &SessionLimits) -> Self {
+    fn new(limits: &SessionLimits) -> Option<Self> {
         let limiter = |per_second: u64| {
             let rate = NonZeroU32::new(per_second.min(u32::MAX as u64) as u32)?;
             Some(direct_limiter(Quota::per_second(rate)))
         };
-        Self {
+        let rates = Self {
             messages: limiter(limits.messages_per_second as u64),
             bytes: limiter(limits.bytes_per_second),
-        }
+        };
+        (rates.messages.is_some() || rates.bytes.is_some()).then_some(rates)
     }
 
     /// `None` when the message may pass now, else how long until it may.
@@ -212,8 +222,9 @@ struct Session {
     handle: Arc<SessionHandle>,
     bridge: Arc<Bridge>,
     metrics: Arc<Metrics>,
-    limits: SessionLimits,
-    rates: Rates,
+    limits: Arc<SessionLimits>,
+    /// Only when a rate limit is set: most sessions carry none.
+    rates: Option<Box<Rates>>,
     shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     shutting_down: bool,
     state: State,
@@ -237,7 +248,7 @@ impl Session {
         registration: &Registration,
         bridge: &Arc<Bridge>,
         metrics: Arc<Metrics>,
-        limits: SessionLimits,
+        limits: Arc<SessionLimits>,
         shutdown: CancellationToken,
     ) -> Self {
         let now = Instant::now();
@@ -246,7 +257,7 @@ impl Session {
             handle: Arc::clone(&registration.handle),
             bridge: Arc::clone(bridge),
             metrics,
-            rates: Rates::new(&limits),
+            rates: Rates::new(&limits).map(Box::new),
             limits,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             shutting_down: false,
@@ -294,6 +305,20 @@ impl Session {
         // Busy: let other tasks run, then continue.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// FIN, then a short drain of what the client still sends (the socket wrapper's lingering
+    /// close) rather than a reset; bounded by the session's own timer, not a new one.
+    async fn linger(&mut self, abort: &CancellationToken) {
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + Duration::from_secs(2));
+        let Self { ws, timer, .. } = self;
+        tokio::select! {
+            _ = ws.get_mut().shutdown() => {}
+            _ = timer.as_mut() => {}
+            _ = abort.cancelled() => {}
+        }
     }
 
     /// Moves queued messages into the socket as it takes them; `true` if anything moved.
@@ -420,7 +445,11 @@ impl Session {
         if !matches!(self.state, State::Open) {
             return true;
         }
-        if let Some(wait) = self.rates.check(data.len()) {
+        if let Some(wait) = self
+            .rates
+            .as_ref()
+            .and_then(|rates| rates.check(data.len()))
+        {
             match self.limits.rate_action {
                 RateAction::Close => {
                     self.metrics.reject(Rejection::WsRateLimited);
