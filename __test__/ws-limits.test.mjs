@@ -346,7 +346,8 @@ test('legitimate traffic passes every protection: a normal client under all limi
   t.deepEqual(closes, [1000])
 })
 
-test('a JS thread that falls behind stops the socket being read: at most about 1 MiB waits for JS', async (t) => {
+// Serial: it blocks this process's JS thread, which the other tests' clients share.
+test.serial('a JS thread that falls behind stops the socket being read: at most about 1 MiB waits for JS', async (t) => {
   let blocked = false
   let readWhenBack
   const { server, port } = await startWs(
