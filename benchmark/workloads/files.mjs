@@ -8,7 +8,7 @@ export default {
   async run({ port, quick }) {
     const result = await wrk(`http://127.0.0.1:${port}/stream/files/64m.bin`, {
       connections: 16,
-      seconds: quick ? 3 : 10,
+      seconds: quick ? 2 : 10,
     })
     return {
       'GB/s': result.bytesPerSec / 1e9,

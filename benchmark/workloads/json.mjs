@@ -8,7 +8,7 @@ export default {
   async run({ port, quick, warmup }) {
     const result = await wrk(`http://127.0.0.1:${port}/api/json`, {
       connections: 100,
-      seconds: warmup ? 2 : quick ? 3 : 10,
+      seconds: warmup ? 1 : quick ? 2 : 10,
     })
     return {
       'req/s': result.requestsPerSec,

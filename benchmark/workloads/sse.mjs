@@ -12,7 +12,7 @@ export default {
   async run({ port, pids, quick, warmup }) {
     if (warmup) return {}
     const subscribers = quick ? 1000 : 10_000
-    const seconds = quick ? 3 : 10
+    const seconds = quick ? 2 : 10
     const rate = 100
     const expect = subscribers * rate * seconds
     const load = await wsLoad(

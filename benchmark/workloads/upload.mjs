@@ -14,19 +14,20 @@ export default {
   name: 'upload-256MiB',
   fixtures: (quick) => ({ 'body.bin': (quick ? 64 : 256) * MiB }),
   peers: ['node-http', 'floodgate'],
-  // Disk writeback makes single runs noisy: the median of three uploads, each to a new name.
-  async run({ port, pids, root, peer, warmup }) {
-    const result = await median(port, pids, root, 'up', warmup)
-    if (peer === 'floodgate' && !warmup) result['GB/s fsync'] = (await median(port, pids, root, 'up-sync', warmup))['GB/s']
+  // Disk writeback makes single runs noisy: the median of three uploads (one in a quick run).
+  async run({ port, pids, root, peer, quick, warmup }) {
+    const runs = warmup || quick ? 1 : 3
+    const result = await median(port, pids, root, 'up', runs)
+    if (peer === 'floodgate' && !warmup) result['GB/s fsync'] = (await median(port, pids, root, 'up-sync', runs))['GB/s']
     return result
   },
   primary: 'GB/s',
 }
 
-/** The median of three uploads (one when warming up), each to a new name under `/stream/<mount>`. */
-async function median(port, pids, root, mount, warmup) {
+/** The median of `count` uploads, each to a new name under `/stream/<mount>`. */
+async function median(port, pids, root, mount, count) {
   const runs = []
-  for (let i = 0; i < (warmup ? 1 : 3); i++) {
+  for (let i = 0; i < count; i++) {
     spawnSync('sync') // each upload starts with no dirty pages pending writeback
     const url = `http://127.0.0.1:${port}/stream/${mount}/received-${Date.now()}-${i}.bin`
     const { result, before, peak } = await peakRss(pids, () =>

@@ -11,7 +11,7 @@ export default {
   fixtures: {},
   peers: ['floodgate', 'ws'],
   async run({ port, pids, quick, warmup }) {
-    const seconds = warmup ? 1 : quick ? 3 : 10
+    const seconds = warmup ? 1 : quick ? 2 : 10
     const cpuBefore = cpuSeconds(pids())
     const load = await wsLoad('echo', {
       url: `ws://127.0.0.1:${port}/ws/echo`,

@@ -1,6 +1,6 @@
 // WebSocket fan-out: 10,000 sockets (quick: 1,000) subscribed to one topic; the server publishes
 // events at a fixed rate through the sse workload's /api/publish run, offering 1,000,000 messages/s
-// in all (10,000 × 100/s; quick 1,000 × 1,000/s) for 5 s (quick: 3 s). Delivered messages/s across
+// in all (10,000 × 100/s; quick 1,000 × 1,000/s) for 5 s (quick: 2 s). Delivered messages/s across
 // all sockets, delivered share, publish-to-receive latency, server CPU seconds and RSS.
 import { wsLoad, SOURCES } from '../lib/ws-load.mjs'
 import { cpuSeconds, rss } from '../lib/proc.mjs'
@@ -13,7 +13,7 @@ export default {
     if (warmup) return {}
     const sockets = quick ? 1000 : 10_000
     const rate = quick ? 1000 : 100
-    const seconds = quick ? 3 : 5
+    const seconds = quick ? 2 : 5
     const expect = sockets * rate * seconds
     const load = await wsLoad(
       'fanout',
