@@ -1,4 +1,4 @@
-// SSE fan-out: N subscribers on one topic, 100 events/s for 10 s (quick: 1,000 for 3 s), driven by
+// SSE fan-out: N subscribers on one topic, 100 events/s for 10 s (quick: 1,000 for 2 s), driven by
 // the pinned Rust load client (benchmark/ws-load `sse`: raw HTTP/1.1 sockets, chunked body scanned
 // for each event's publish timestamp). Delivered events, publish-to-receive latency, server CPU
 // seconds and RSS, and the client's CPU share (near 100 % means it, not the server, set the pace).

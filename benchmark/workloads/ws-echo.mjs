@@ -1,5 +1,5 @@
 // WebSocket echo through a JS handler: 50 connections, each keeping 16 small text messages
-// (32 bytes) in flight, for 10 s (quick: 3 s). Messages/s and round-trip latency, measured by the
+// (32 bytes) in flight, for 10 s (quick: 2 s). Messages/s and round-trip latency, measured by the
 // Rust load client (benchmark/ws-load), pinned to its own core.
 import { wsLoad } from '../lib/ws-load.mjs'
 import { cpuSeconds } from '../lib/proc.mjs'
