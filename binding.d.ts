@@ -22,6 +22,8 @@ export declare class NativeServer {
   listen(spec: any, host: string, port: number): Promise<BoundAddress>
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
   stats(): any
+  /** The same counters in the Prometheus text exposition format. */
+  prometheus(): string
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
   /** Publishes `data` on `topic` to every matching event stream; returns how many it reached. */

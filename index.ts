@@ -503,6 +503,15 @@ export class Server extends EventEmitter {
   }
 
   /**
+   * The same counters in the Prometheus text format, for a metrics endpoint:
+   * `server.mount('/metrics', () => new Response(server.metrics(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }))`.
+   */
+  metrics(): string {
+    if (!this.#native) throw new Error('metrics: the server is not listening')
+    return this.#native.prometheus()
+  }
+
+  /**
    * Stops accepting; in-flight requests get up to `drain` ms (default 30s) to finish, then the
    * rest are aborted. Calling it again returns the same promise.
    */

@@ -50,6 +50,19 @@ test('listen on port 0 reports the bound address; stats count traffic', async (t
   t.is(typeof stats.rejections.header_timeout, 'number')
 })
 
+test('metrics(): the counters as Prometheus text, rejections labelled by reason', async (t) => {
+  const { server, base } = await startFiles(t, { root })
+  await request(`${base}/small.txt`)
+  await request(`${base}/missing.txt`)
+  const text = server.metrics()
+  t.regex(text, /^# HELP floodgate_connections /m)
+  t.regex(text, /^floodgate_requests_total 2$/m)
+  t.regex(text, /^floodgate_rejections_total\{reason="not_found"\} 1$/m)
+  for (const line of text.trim().split('\n')) {
+    t.regex(line, /^(# (HELP|TYPE) floodgate_\w+ .+|floodgate_\w+(\{reason="\w+"\})? \d+)$/, line)
+  }
+})
+
 test('close() twice is harmless; the port is free afterwards', async (t) => {
   const server = new Server()
   const { port } = await server.listen({ port: 0 })

@@ -192,6 +192,80 @@ impl Metrics {
     }
 }
 
+impl Snapshot {
+    /// The counters in the Prometheus text exposition format (version 0.0.4), for a
+    /// `/metrics` endpoint the application mounts where it sees fit.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP floodgate_{name} {help}");
+            let _ = writeln!(out, "# TYPE floodgate_{name} {kind}");
+            let _ = writeln!(out, "floodgate_{name} {value}");
+        };
+        metric(
+            "connections",
+            "gauge",
+            "Open TCP connections.",
+            self.connections_live as f64,
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "Accepted TCP connections.",
+            self.connections_total as f64,
+        );
+        metric(
+            "requests_total",
+            "counter",
+            "HTTP requests.",
+            self.requests_total as f64,
+        );
+        metric(
+            "sent_bytes_total",
+            "counter",
+            "Bytes written to clients.",
+            self.bytes_sent as f64,
+        );
+        metric(
+            "received_bytes_total",
+            "counter",
+            "Bytes read from clients.",
+            self.bytes_received as f64,
+        );
+        metric(
+            "websockets",
+            "gauge",
+            "Open WebSocket sessions.",
+            self.ws_connections as f64,
+        );
+        metric(
+            "websocket_messages_received_total",
+            "counter",
+            "WebSocket messages received.",
+            self.ws_messages_in as f64,
+        );
+        metric(
+            "websocket_messages_sent_total",
+            "counter",
+            "WebSocket messages sent.",
+            self.ws_messages_out as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP floodgate_rejections_total Clients refused or cut off, by reason."
+        );
+        let _ = writeln!(out, "# TYPE floodgate_rejections_total counter");
+        for (reason, count) in &self.rejections {
+            let _ = writeln!(
+                out,
+                "floodgate_rejections_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        out
+    }
+}
+
 /// Counts one live connection for as long as it is held, so every exit path closes it.
 pub struct LiveConnection(std::sync::Arc<Metrics>);
 
@@ -205,5 +279,20 @@ impl LiveConnection {
 impl Drop for LiveConnection {
     fn drop(&mut self) {
         self.0.connection_closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_counters_and_labelled_rejections() {
+        let metrics = Metrics::default();
+        metrics.reject(Rejection::HeaderTimeout);
+        let text = metrics.snapshot().prometheus();
+        assert!(text.contains("# TYPE floodgate_connections gauge\nfloodgate_connections 0\n"));
+        assert!(text.contains("floodgate_rejections_total{reason=\"header_timeout\"} 1\n"));
+        assert!(text.contains("floodgate_rejections_total{reason=\"not_found\"} 0\n"));
     }
 }

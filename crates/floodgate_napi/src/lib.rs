@@ -154,6 +154,15 @@ impl NativeServer {
         Ok(stats)
     }
 
+    /// The same counters in the Prometheus text exposition format.
+    #[napi]
+    pub fn prometheus(&self) -> Result<String> {
+        let server = self
+            .running()
+            .ok_or_else(|| Error::from_reason("the server is not listening"))?;
+        Ok(server.stats().prometheus())
+    }
+
     /// Stops accepting and drains for up to `drainMs` before aborting what is left.
     #[napi]
     pub async fn close(&self, drain_ms: u32) -> Result<()> {
