@@ -30,6 +30,12 @@ export declare class NativeServer {
   busSeq(): number
   /** Answers exchange `id` with a complete body. `false` when the exchange is gone. */
   respond(id: number, status: number, headers: string, body?: Buffer | string | undefined | null): boolean
+  /**
+   * Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
+   * headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
+   * `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
+   */
+  respondBatch(entries: Float64Array, payload: Buffer): void
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */
   respondStream(id: number, status: number, headers: string): boolean
   /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */

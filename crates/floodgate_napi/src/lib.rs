@@ -6,7 +6,7 @@
 
 mod host;
 
-use floodgate_core::bridge::{BodyError, Bridge, JsBody, JsFile, JsResponse};
+use floodgate_core::bridge::{split_pairs, BodyError, Bridge, JsBody, JsFile, JsResponse};
 use floodgate_core::config::{
     self, FilesConfig, ServerConfig, ServerSpec, SseConfig, StreamingConfig, UploadsConfig,
     WsConfig,
@@ -74,11 +74,7 @@ pub struct NativeServer {
 
 /// Splits `name\0value\0name\0value` (how JS sends header lists: one string, not many).
 fn pairs(joined: String) -> Vec<(String, String)> {
-    if joined.is_empty() {
-        return Vec::new();
-    }
-    let mut parts = joined.split('\0');
-    std::iter::from_fn(|| Some((parts.next()?.to_string(), parts.next()?.to_string()))).collect()
+    split_pairs(joined.as_bytes())
 }
 
 fn exchange_id(id: f64) -> u64 {
@@ -209,6 +205,16 @@ impl NativeServer {
             body,
         };
         self.bridge.respond(exchange_id(id), response)
+    }
+
+    /// Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
+    /// headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
+    /// `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
+    #[napi]
+    pub fn respond_batch(&self, entries: Float64Array, payload: Buffer) -> Result<()> {
+        self.bridge
+            .respond_batch(&entries, &payload)
+            .map_err(|_| invalid("respondBatch: malformed batch".into()))
     }
 
     /// Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`.
