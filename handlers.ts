@@ -87,18 +87,61 @@ function findHeader(flat: string, name: string): string | undefined {
   return undefined
 }
 
-/** One request as the native side sends it (see `crates/floodgate_napi/src/host.rs`). */
-interface NativeRequest {
-  id: number
-  handler: number
-  hasBody: boolean
-  method: string
-  url: string
-  client: string
-  /** `name\0value\0...` */
-  headers: string
-  /** `name\0value\0...` */
-  params: string
+/**
+ * One request as the native side sends it (see `crates/floodgate_napi/src/host.rs`): numbers,
+ * and the bytes of its text fields, decoded when first read (most handlers read few of them).
+ */
+class NativeRequest {
+  readonly id: number
+  readonly handler: number
+  readonly hasBody: boolean
+  /** The client address (after `trustProxy`). */
+  readonly client: string
+  /** Where the next request's bytes begin. */
+  readonly end: number
+  readonly #bytes: Buffer
+  readonly #methodAt: number
+  readonly #urlAt: number
+  readonly #clientAt: number
+  readonly #headersAt: number
+  readonly #paramsAt: number
+  #method: string | undefined
+  #url: string | undefined
+  #headers: string | undefined
+
+  /** The request at `numbers[n]`, its fields' bytes from `bytes[at]` on. */
+  constructor(numbers: Float64Array, n: number, bytes: Buffer, at: number) {
+    this.id = numbers[n]
+    this.handler = numbers[n + 1]
+    this.hasBody = numbers[n + 2] === 1
+    this.#bytes = bytes
+    this.#methodAt = at
+    this.#urlAt = at + numbers[n + 3]
+    this.#clientAt = this.#urlAt + numbers[n + 4]
+    this.#headersAt = this.#clientAt + numbers[n + 5]
+    this.#paramsAt = this.#headersAt + numbers[n + 6]
+    this.end = this.#paramsAt + numbers[n + 7]
+    this.client = bytes.toString('latin1', this.#clientAt, this.#headersAt)
+  }
+
+  get method(): string {
+    return (this.#method ??= this.#bytes.toString('latin1', this.#methodAt, this.#urlAt))
+  }
+
+  /** Path (prefix stripped) and query. */
+  get url(): string {
+    return (this.#url ??= this.#bytes.toString('utf8', this.#urlAt, this.#clientAt))
+  }
+
+  /** `name\0value\0...`; values decoded as UTF-8 (invalid bytes become U+FFFD). */
+  get headers(): string {
+    return (this.#headers ??= this.#bytes.toString('utf8', this.#headersAt, this.#paramsAt))
+  }
+
+  /** `name\0value\0...` of the route's `:params`. */
+  get params(): string {
+    return this.#paramsAt === this.end ? '' : this.#bytes.toString('utf8', this.#paramsAt, this.end)
+  }
 }
 
 const toBuffer = (chunk: Uint8Array | string): Buffer =>
@@ -134,18 +177,11 @@ export class HandlerBridge {
     return this.handlers.length - 1
   }
 
-  readonly onRequests = (numbers: number[], strings: string[]): void => {
-    for (let n = 0, s = 0; n < numbers.length; n += 3, s += 5) {
-      this.#handle({
-        id: numbers[n],
-        handler: numbers[n + 1],
-        hasBody: numbers[n + 2] === 1,
-        method: strings[s],
-        url: strings[s + 1],
-        client: strings[s + 2],
-        headers: strings[s + 3],
-        params: strings[s + 4],
-      })
+  readonly onRequests = (numbers: Float64Array, bytes: Buffer): void => {
+    for (let n = 0, at = 0; n < numbers.length; n += 8) {
+      const native = new NativeRequest(numbers, n, bytes, at)
+      at = native.end
+      this.#handle(native)
     }
     // What synchronous handlers answered goes out with this turn.
     this.flush()
@@ -165,8 +201,9 @@ export class HandlerBridge {
     let result: HandlerResult | PromiseLike<HandlerResult>
     try {
       const context: HandlerContext = { params: {}, client: native.client }
-      if (native.params) {
-        const params = native.params.split('\0')
+      const flatParams = native.params
+      if (flatParams) {
+        const params = flatParams.split('\0')
         for (let i = 0; i < params.length; i += 2) context.params[params[i]] = params[i + 1]
       }
       const handler = this.handlers[native.handler]

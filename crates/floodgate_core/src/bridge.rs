@@ -26,8 +26,9 @@ pub struct JsRequest {
     pub method: String,
     /// Path (prefix stripped) and query.
     pub url: String,
-    /// Flat `[name, value, name, value, ...]`.
-    pub headers: Vec<String>,
+    /// `name\0value\0name\0value` as received (values may not be UTF-8): one buffer per
+    /// request rather than two `String`s per header.
+    pub headers: Vec<u8>,
     /// Flat `[name, value, ...]` of `:param` segments.
     pub params: Vec<String>,
     pub client: String,

@@ -83,13 +83,13 @@ fn exchange_id(id: f64) -> u64 {
 
 #[napi]
 impl NativeServer {
-    /// `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
+    /// `onRequests(numbers, bytes)` receives JS-handled requests in batches, flattened
     /// (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
     /// finished them; `onWsEvents(numbers, strings, payload)` WebSocket opens, messages and
     /// closes, in order.
     #[napi(constructor)]
     pub fn new(
-        #[napi(ts_arg_type = "(numbers: number[], strings: string[]) => void")]
+        #[napi(ts_arg_type = "(numbers: Float64Array, bytes: Buffer) => void")]
         on_requests: OnRequests,
         on_aborts: Function<Vec<f64>, ()>,
         #[napi(
