@@ -152,6 +152,7 @@ const ERROR_HEADERS = 'content-type\0text/plain; charset=utf-8'
 /** Bodies up to this size join the turn's response batch; larger ones are sent on their own. */
 const BATCH_BODY_MAX = 16 * 1024
 const SCRATCH_SIZE = 64 * 1024
+const ENTRIES_SIZE = 4 * 256
 
 const isThenable = (value: unknown): value is PromiseLike<unknown> =>
   value !== null && typeof value === 'object' && typeof (value as { then?: unknown }).then === 'function'
@@ -162,7 +163,8 @@ export class HandlerBridge {
   native!: NativeServer
   // Complete responses of this turn, handed to Rust in one `respondBatch` call (entries `id,
   // status, headersLength, bodyLength`; headers and bodies end to end in the scratch buffer).
-  #entries: number[] = []
+  #entries = new Float64Array(ENTRIES_SIZE)
+  #count = 0
   #scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
   #offset = 0
   #scheduled = false
@@ -286,7 +288,18 @@ export class HandlerBridge {
       bodyLength = body.byteLength
     }
     if (bodyLength > 0) this.#offset += bodyLength
-    this.#entries.push(id, status, headersLength, bodyLength)
+    if (this.#count + 4 > this.#entries.length) {
+      const grown = new Float64Array(this.#entries.length * 2)
+      grown.set(this.#entries)
+      this.#entries = grown
+    }
+    const entries = this.#entries
+    const at = this.#count
+    entries[at] = id
+    entries[at + 1] = status
+    entries[at + 2] = headersLength
+    entries[at + 3] = bodyLength
+    this.#count = at + 4
     if (!this.#scheduled) {
       this.#scheduled = true
       queueMicrotask(this.#flush)
@@ -296,10 +309,11 @@ export class HandlerBridge {
   /** Hands the gathered responses to Rust in one call. */
   flush(): void {
     this.#scheduled = false
-    if (this.#entries.length === 0) return
-    const entries = Float64Array.from(this.#entries)
+    if (this.#count === 0) return
+    // Views, not copies: Rust reads both during the call (and copies the payload once).
+    const entries = this.#entries.subarray(0, this.#count)
     const payload = this.#scratch.subarray(0, this.#offset)
-    this.#entries.length = 0
+    this.#count = 0
     this.#offset = 0
     try {
       this.native.respondBatch(entries, payload)
@@ -308,6 +322,7 @@ export class HandlerBridge {
     }
     // A burst of large bodies should not pin a large scratch buffer for good.
     if (this.#scratch.length > 16 * SCRATCH_SIZE) this.#scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
+    if (this.#entries.length > 16 * ENTRIES_SIZE) this.#entries = new Float64Array(ENTRIES_SIZE)
   }
 
   /** Sends `result`; `undefined` when done at once, else a promise of the rest (a stream). */

@@ -55,7 +55,9 @@ pub struct JsFile {
 
 pub struct JsResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    /// `name\0value\0name\0value` as JS sent it (UTF-8): parsed into the response head on
+    /// the connection's thread, values as slices of these bytes, not on the JS thread.
+    pub headers: Bytes,
     pub body: JsBody,
 }
 
@@ -212,7 +214,8 @@ impl Bridge {
     /// `id, status, headersLength, bodyLength` per response (`bodyLength` -1: no body);
     /// `payload` each response's headers (`name\0value\0...`, UTF-8) then its body, end to
     /// end. One call and one lock for the batch, where a call per response cost more than the
-    /// handlers on the JS thread. Exchanges that are gone are skipped.
+    /// handlers on the JS thread; heads and bodies stay slices of one copy of the payload.
+    /// Exchanges that are gone are skipped.
     pub fn respond_batch(&self, entries: &[f64], payload: &[u8]) -> Result<(), Malformed> {
         if !entries.len().is_multiple_of(4) {
             return Err(Malformed);
@@ -240,7 +243,7 @@ impl Bridge {
             };
             let response = JsResponse {
                 status: status as u16,
-                headers: split_pairs(&head),
+                headers: head,
                 body,
             };
             responses.push((id as u64, response));
@@ -269,7 +272,7 @@ impl Bridge {
     }
 
     /// JS answers `id` with a head and a body it will write chunk by chunk.
-    pub fn respond_stream(&self, id: u64, status: u16, headers: Vec<(String, String)>) -> bool {
+    pub fn respond_stream(&self, id: u64, status: u16, headers: Bytes) -> bool {
         let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
         let response = JsResponse {
             status,
@@ -337,13 +340,8 @@ impl Bridge {
 
     /// A body passed the cap while JS was reading it: answer 413 and close, whatever JS does.
     fn refuse_too_large(&self, id: u64) {
-        let headers = vec![
-            (
-                "content-type".to_string(),
-                "text/plain; charset=utf-8".to_string(),
-            ),
-            ("connection".to_string(), "close".to_string()),
-        ];
+        let headers =
+            Bytes::from_static(b"content-type\0text/plain; charset=utf-8\0connection\0close");
         let body = JsBody::Bytes(Bytes::from_static(b"Payload Too Large\n"));
         self.respond(
             id,
@@ -372,17 +370,6 @@ impl Bridge {
 /// A `respond_batch` whose entries do not match its payload.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
-
-/// `name\0value\0name\0value` (UTF-8) as pairs; an empty list is empty.
-pub fn split_pairs(joined: &[u8]) -> Vec<(String, String)> {
-    if joined.is_empty() {
-        return Vec::new();
-    }
-    let mut parts = joined
-        .split(|byte| *byte == 0)
-        .map(|part| String::from_utf8_lossy(part).into_owned());
-    std::iter::from_fn(|| Some((parts.next()?, parts.next()?))).collect()
-}
 
 /// One exchange, from dispatch to the end of its response. Dropping it unfinished aborts it.
 pub struct Call {
@@ -467,13 +454,7 @@ mod tests {
         bridge.respond_batch(&entries, &payload).unwrap();
         let answer = first.response().await.unwrap();
         assert_eq!(answer.status, 200);
-        assert_eq!(
-            answer.headers,
-            vec![
-                ("content-type".into(), "application/json".into()),
-                ("x-a".into(), "1".into())
-            ]
-        );
+        assert_eq!(&answer.headers[..], &head[..]);
         assert!(matches!(answer.body, JsBody::Bytes(ref b) if &b[..] == b"{}"));
         let answer = second.response().await.unwrap();
         assert_eq!(answer.status, 204);

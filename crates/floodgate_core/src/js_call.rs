@@ -188,18 +188,9 @@ fn build_response(
     let Ok(status) = StatusCode::from_u16(js.status) else {
         return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
     };
-    let mut headers = http::HeaderMap::with_capacity(js.headers.len());
-    for (name, value) in &js.headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.append(name, value);
-            }
-            _ => return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"),
-        }
-    }
+    let Some(headers) = parse_headers(&js.headers) else {
+        return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
+    };
     let mut response = match js.body {
         JsBody::Empty => {
             call.finish();
@@ -238,6 +229,23 @@ fn build_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A `name\0value\0...` list as a header map, each value a slice of `joined` (no copy);
+/// `None` when a name or value is invalid or the list is cut short.
+fn parse_headers(joined: &Bytes) -> Option<http::HeaderMap> {
+    let mut headers = http::HeaderMap::new();
+    if joined.is_empty() {
+        return Some(headers);
+    }
+    let mut parts = joined.split(|byte| *byte == 0);
+    while let Some(name) = parts.next() {
+        let value = parts.next()?;
+        let name = HeaderName::from_bytes(name).ok()?;
+        let value = HeaderValue::from_maybe_shared(joined.slice_ref(value)).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
 }
 
 fn file_options(file: &JsFile) -> FileOptions {

@@ -83,7 +83,10 @@ impl NapiHost {
                 let numbers = std::mem::take(&mut batch.numbers);
                 let bytes = std::mem::take(&mut batch.bytes);
                 drop(batch);
-                Ok(FnArgs::from((Float64Array::new(numbers), Buffer::from(bytes))))
+                Ok(FnArgs::from((
+                    Float64Array::new(numbers),
+                    Buffer::from(bytes),
+                )))
             })?;
         let aborts = Arc::new(Mutex::new(Aborts::default()));
         let drained = Arc::clone(&aborts);
@@ -129,7 +132,6 @@ impl NapiHost {
 impl JsHost for NapiHost {
     fn dispatch(&self, request: JsRequest) {
         let mut batch = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let start = batch.bytes.len();
         batch.bytes.extend_from_slice(request.method.as_bytes());
         batch.bytes.extend_from_slice(request.url.as_bytes());
         batch.bytes.extend_from_slice(request.client.as_bytes());

@@ -6,7 +6,7 @@
 
 mod host;
 
-use floodgate_core::bridge::{split_pairs, BodyError, Bridge, JsBody, JsFile, JsResponse};
+use floodgate_core::bridge::{BodyError, Bridge, JsBody, JsFile, JsResponse};
 use floodgate_core::config::{
     self, FilesConfig, ServerConfig, ServerSpec, SseConfig, StreamingConfig, UploadsConfig,
     WsConfig,
@@ -70,11 +70,6 @@ pub struct BoundAddress {
 pub struct NativeServer {
     bridge: Arc<Bridge>,
     running: Mutex<Option<Arc<RunningServer>>>,
-}
-
-/// Splits `name\0value\0name\0value` (how JS sends header lists: one string, not many).
-fn pairs(joined: String) -> Vec<(String, String)> {
-    split_pairs(joined.as_bytes())
 }
 
 fn exchange_id(id: f64) -> u64 {
@@ -201,7 +196,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: pairs(headers),
+            headers: headers.into_bytes().into(),
             body,
         };
         self.bridge.respond(exchange_id(id), response)
@@ -221,7 +216,7 @@ impl NativeServer {
     #[napi]
     pub fn respond_stream(&self, id: f64, status: u32, headers: String) -> bool {
         self.bridge
-            .respond_stream(exchange_id(id), status as u16, pairs(headers))
+            .respond_stream(exchange_id(id), status as u16, headers.into_bytes().into())
     }
 
     /// Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts).
@@ -235,7 +230,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: pairs(headers),
+            headers: headers.into_bytes().into(),
             body: JsBody::File(file),
         };
         self.bridge.respond(exchange_id(id), response)
