@@ -591,10 +591,31 @@ function flatHeaderList(list: unknown): string | undefined {
  * internal state; where it is not found (another fetch implementation), the stream is read.
  */
 function bodySource(state: ResponseState, response: Response): string | Uint8Array | null | undefined {
-  if (response.bodyUsed || !('body' in state)) return undefined
+  if (!('body' in state)) return undefined
   const body = state.body
   if (body === null || body === undefined) return null
-  if (body.stream?.locked) return undefined
   const source = body.source
-  return typeof source === 'string' || source instanceof Uint8Array ? source : undefined
+  if (typeof source !== 'string' && !(source instanceof Uint8Array)) return undefined
+  return untouched(body.stream, response) ? source : undefined
+}
+
+let streamStateSymbol: symbol | null | undefined
+
+/**
+ * Whether the body stream is neither locked nor read from (`!locked && !bodyUsed`). Read from
+ * Node's own stream state where found: on Node 20 every ReadableStream gets a hidden class of
+ * its own (`makeTransferable`), so each call of the public getters misses V8's inline caches
+ * and costs about 0.4 µs — as much as the rest of sending a response.
+ */
+function untouched(stream: ReadableStream | undefined, response: Response): boolean {
+  if (!stream) return true
+  if (streamStateSymbol === undefined) {
+    streamStateSymbol = Object.getOwnPropertySymbols(stream).find((symbol) => symbol.description === 'kState') ?? null
+  }
+  type StreamState = { disturbed?: unknown; reader?: unknown }
+  const internal = streamStateSymbol ? (stream as unknown as Record<symbol, StreamState | undefined>)[streamStateSymbol] : undefined
+  if (internal && typeof internal === 'object' && typeof internal.disturbed === 'boolean' && 'reader' in internal) {
+    return !internal.disturbed && internal.reader === undefined
+  }
+  return !stream.locked && !response.bodyUsed
 }
