@@ -12,12 +12,12 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** A server: its JS bridge, and once listening, the running core server. */
 export declare class NativeServer {
   /**
-   * `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
+   * `onRequests(numbers, bytes)` receives JS-handled requests in batches, flattened
    * (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
    * finished them; `onWsEvents(numbers, strings, payload)` WebSocket opens, messages and
    * closes, in order.
    */
-  constructor(onRequests: (numbers: number[], strings: string[]) => void, onAborts: (arg: Array<number>) => void, onWsEvents: (numbers: Float64Array, strings: string[], payload: Buffer) => void)
+  constructor(onRequests: (numbers: Float64Array, bytes: Buffer) => void, onAborts: (arg: Array<number>) => void, onWsEvents: (numbers: Float64Array, strings: string[], payload: Buffer) => void)
   /** Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts). */
   listen(spec: any, host: string, port: number): Promise<BoundAddress>
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
@@ -32,6 +32,12 @@ export declare class NativeServer {
   busSeq(): number
   /** Answers exchange `id` with a complete body. `false` when the exchange is gone. */
   respond(id: number, status: number, headers: string, body?: Buffer | string | undefined | null): boolean
+  /**
+   * Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
+   * headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
+   * `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
+   */
+  respondBatch(entries: Float64Array, payload: Buffer): void
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */
   respondStream(id: number, status: number, headers: string): boolean
   /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */

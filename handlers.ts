@@ -87,18 +87,61 @@ function findHeader(flat: string, name: string): string | undefined {
   return undefined
 }
 
-/** One request as the native side sends it (see `crates/floodgate_napi/src/host.rs`). */
-interface NativeRequest {
-  id: number
-  handler: number
-  hasBody: boolean
-  method: string
-  url: string
-  client: string
-  /** `name\0value\0...` */
-  headers: string
-  /** `name\0value\0...` */
-  params: string
+/**
+ * One request as the native side sends it (see `crates/floodgate_napi/src/host.rs`): numbers,
+ * and the bytes of its text fields, decoded when first read (most handlers read few of them).
+ */
+class NativeRequest {
+  readonly id: number
+  readonly handler: number
+  readonly hasBody: boolean
+  /** The client address (after `trustProxy`). */
+  readonly client: string
+  /** Where the next request's bytes begin. */
+  readonly end: number
+  readonly #bytes: Buffer
+  readonly #methodAt: number
+  readonly #urlAt: number
+  readonly #clientAt: number
+  readonly #headersAt: number
+  readonly #paramsAt: number
+  #method: string | undefined
+  #url: string | undefined
+  #headers: string | undefined
+
+  /** The request at `numbers[n]`, its fields' bytes from `bytes[at]` on. */
+  constructor(numbers: Float64Array, n: number, bytes: Buffer, at: number) {
+    this.id = numbers[n]
+    this.handler = numbers[n + 1]
+    this.hasBody = numbers[n + 2] === 1
+    this.#bytes = bytes
+    this.#methodAt = at
+    this.#urlAt = at + numbers[n + 3]
+    this.#clientAt = this.#urlAt + numbers[n + 4]
+    this.#headersAt = this.#clientAt + numbers[n + 5]
+    this.#paramsAt = this.#headersAt + numbers[n + 6]
+    this.end = this.#paramsAt + numbers[n + 7]
+    this.client = bytes.toString('latin1', this.#clientAt, this.#headersAt)
+  }
+
+  get method(): string {
+    return (this.#method ??= this.#bytes.toString('latin1', this.#methodAt, this.#urlAt))
+  }
+
+  /** Path (prefix stripped) and query. */
+  get url(): string {
+    return (this.#url ??= this.#bytes.toString('utf8', this.#urlAt, this.#clientAt))
+  }
+
+  /** `name\0value\0...`; values decoded as UTF-8 (invalid bytes become U+FFFD). */
+  get headers(): string {
+    return (this.#headers ??= this.#bytes.toString('utf8', this.#headersAt, this.#paramsAt))
+  }
+
+  /** `name\0value\0...` of the route's `:params`. */
+  get params(): string {
+    return this.#paramsAt === this.end ? '' : this.#bytes.toString('utf8', this.#paramsAt, this.end)
+  }
 }
 
 const toBuffer = (chunk: Uint8Array | string): Buffer =>
@@ -106,10 +149,26 @@ const toBuffer = (chunk: Uint8Array | string): Buffer =>
 
 const ERROR_HEADERS = 'content-type\0text/plain; charset=utf-8'
 
+/** Bodies up to this size join the turn's response batch; larger ones are sent on their own. */
+const BATCH_BODY_MAX = 16 * 1024
+const SCRATCH_SIZE = 64 * 1024
+const ENTRIES_SIZE = 4 * 256
+
+const isThenable = (value: unknown): value is PromiseLike<unknown> =>
+  value !== null && typeof value === 'object' && typeof (value as { then?: unknown }).then === 'function'
+
 export class HandlerBridge {
   readonly handlers: Handler[] = []
   readonly #inflight = new Map<number, LazyRequest>()
   native!: NativeServer
+  // Complete responses of this turn, handed to Rust in one `respondBatch` call (entries `id,
+  // status, headersLength, bodyLength`; headers and bodies end to end in the scratch buffer).
+  #entries = new Float64Array(ENTRIES_SIZE)
+  #count = 0
+  #scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
+  #offset = 0
+  #scheduled = false
+  readonly #flush = () => this.flush()
 
   constructor(private readonly reportError: (error: unknown) => void) {}
 
@@ -120,94 +179,203 @@ export class HandlerBridge {
     return this.handlers.length - 1
   }
 
-  readonly onRequests = (numbers: number[], strings: string[]): void => {
-    for (let n = 0, s = 0; n < numbers.length; n += 3, s += 5) {
-      void this.#handle({
-        id: numbers[n],
-        handler: numbers[n + 1],
-        hasBody: numbers[n + 2] === 1,
-        method: strings[s],
-        url: strings[s + 1],
-        client: strings[s + 2],
-        headers: strings[s + 3],
-        params: strings[s + 4],
-      })
+  readonly onRequests = (numbers: Float64Array, bytes: Buffer): void => {
+    for (let n = 0, at = 0; n < numbers.length; n += 8) {
+      const native = new NativeRequest(numbers, n, bytes, at)
+      at = native.end
+      this.#handle(native)
     }
+    // What synchronous handlers answered goes out with this turn.
+    this.flush()
   }
 
   readonly onAborts = (ids: number[]): void => {
     for (const id of ids) this.#inflight.get(id)?.[kAbort]()
   }
 
-  async #handle(native: NativeRequest): Promise<void> {
+  /**
+   * Calls the handler and sends its answer. A handler that returns a value (not a promise) is
+   * answered in the same turn, without a microtask per step; a promise is followed with `then`.
+   * Either way no failure escapes: it becomes a 500 and an `error` report.
+   */
+  #handle(native: NativeRequest): void {
     const request = new LazyRequest(native, this.native)
-    this.#inflight.set(native.id, request)
+    let result: HandlerResult | PromiseLike<HandlerResult>
     try {
       const context: HandlerContext = { params: {}, client: native.client }
-      if (native.params) {
-        const params = native.params.split('\0')
+      const flatParams = native.params
+      if (flatParams) {
+        const params = flatParams.split('\0')
         for (let i = 0; i < params.length; i += 2) context.params[params[i]] = params[i + 1]
       }
       const handler = this.handlers[native.handler]
-      const result =
+      result =
         typeof handler === 'function'
-          ? await handler(request as unknown as Request, context)
-          : await handler.fetch(request as unknown as Request, context)
-      await this.#send(native.id, result)
+          ? handler(request as unknown as Request, context)
+          : handler.fetch(request as unknown as Request, context)
     } catch (error) {
-      if (!request[kAborted]) {
-        this.native.respond(native.id, 500, ERROR_HEADERS, 'Internal Server Error\n')
-        this.reportError(error)
-      }
-    } finally {
-      this.#inflight.delete(native.id)
+      this.#fail(request, error)
+      return
+    }
+    if (isThenable(result)) {
+      // Aborts arrive in a later turn, so registering now (not before the call) is in time.
+      this.#inflight.set(native.id, request)
+      Promise.resolve(result).then(
+        (value) => this.#complete(request, value),
+        (error) => {
+          this.#inflight.delete(native.id)
+          this.#fail(request, error)
+        },
+      )
+      return
+    }
+    this.#complete(request, result)
+  }
+
+  #complete(request: LazyRequest, result: HandlerResult): void {
+    const id = request[kNative].id
+    let pending: Promise<void> | undefined
+    try {
+      pending = this.#send(id, result)
+    } catch (error) {
+      this.#inflight.delete(id)
+      this.#fail(request, error)
+      return
+    }
+    if (pending === undefined) {
+      this.#inflight.delete(id)
+      return
+    }
+    this.#inflight.set(id, request)
+    pending.then(
+      () => this.#inflight.delete(id),
+      (error) => {
+        this.#inflight.delete(id)
+        this.#fail(request, error)
+      },
+    )
+  }
+
+  #fail(request: LazyRequest, error: unknown): void {
+    if (request[kAborted]) return
+    this.#respond(request[kNative].id, 500, ERROR_HEADERS, 'Internal Server Error\n')
+    this.reportError(error)
+  }
+
+  #reserve(bytes: number): void {
+    if (this.#offset + bytes <= this.#scratch.length) return
+    const grown = Buffer.allocUnsafe(Math.max(this.#scratch.length * 2, this.#offset + bytes))
+    this.#scratch.copy(grown, 0, 0, this.#offset)
+    this.#scratch = grown
+  }
+
+  /** Answers `id` with a complete body: batched with the turn's others when small. */
+  #respond(id: number, status: number, headers: string, body: string | Uint8Array | null): void {
+    const bodyBytes = body === null ? 0 : typeof body === 'string' ? body.length * 3 : body.byteLength
+    if (bodyBytes > BATCH_BODY_MAX) {
+      this.native.respond(id, status, headers, typeof body === 'string' ? body : toBuffer(body as Uint8Array))
+      return
+    }
+    this.#reserve(headers.length * 3 + bodyBytes)
+    const scratch = this.#scratch
+    const headersLength = headers ? scratch.write(headers, this.#offset) : 0
+    this.#offset += headersLength
+    let bodyLength = -1
+    if (typeof body === 'string') {
+      bodyLength = body ? scratch.write(body, this.#offset) : 0
+    } else if (body !== null) {
+      scratch.set(body, this.#offset)
+      bodyLength = body.byteLength
+    }
+    if (bodyLength > 0) this.#offset += bodyLength
+    if (this.#count + 4 > this.#entries.length) {
+      const grown = new Float64Array(this.#entries.length * 2)
+      grown.set(this.#entries)
+      this.#entries = grown
+    }
+    const entries = this.#entries
+    const at = this.#count
+    entries[at] = id
+    entries[at + 1] = status
+    entries[at + 2] = headersLength
+    entries[at + 3] = bodyLength
+    this.#count = at + 4
+    if (!this.#scheduled) {
+      this.#scheduled = true
+      queueMicrotask(this.#flush)
     }
   }
 
-  async #send(id: number, result: HandlerResult): Promise<void> {
+  /** Hands the gathered responses to Rust in one call. */
+  flush(): void {
+    this.#scheduled = false
+    if (this.#count === 0) return
+    // Views, not copies: Rust reads both during the call (and copies the payload once).
+    const entries = this.#entries.subarray(0, this.#count)
+    const payload = this.#scratch.subarray(0, this.#offset)
+    this.#count = 0
+    this.#offset = 0
+    try {
+      this.native.respondBatch(entries, payload)
+    } catch (error) {
+      this.reportError(error)
+    }
+    // A burst of large bodies should not pin a large scratch buffer for good.
+    if (this.#scratch.length > 16 * SCRATCH_SIZE) this.#scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
+    if (this.#entries.length > 16 * ENTRIES_SIZE) this.#entries = new Float64Array(ENTRIES_SIZE)
+  }
+
+  /** Sends `result`; `undefined` when done at once, else a promise of the rest (a stream). */
+  #send(id: number, result: HandlerResult): Promise<void> | undefined {
     const server = this.native
-    if (result instanceof FileResponse) {
+    if (result instanceof Response) {
+      return this.#sendResponse(id, result)
+    } else if (typeof result === 'string') {
+      this.#respond(id, 200, 'content-type\0text/plain; charset=utf-8', result)
+    } else if (result instanceof Uint8Array) {
+      this.#respond(id, 200, 'content-type\0application/octet-stream', result)
+    } else if (result instanceof FileResponse) {
       const { status = 200, filename, mediaType, attachment = false, headers } = result.init
       server.respondFile(id, status, flatHeaders(new Headers(headers)), { path: result.path, filename, mediaType, attachment })
     } else if (result instanceof StreamingResponse) {
       const { status = 200, mediaType, headers: init } = result.init
       const headers = new Headers(init)
       if (mediaType) headers.set('content-type', mediaType)
-      if (server.respondStream(id, status, flatHeaders(headers))) await this.#pump(id, result.body)
-    } else if (result instanceof Response) {
-      await this.#sendResponse(id, result)
-    } else if (typeof result === 'string') {
-      server.respond(id, 200, 'content-type\0text/plain; charset=utf-8', result)
-    } else if (result instanceof Uint8Array) {
-      server.respond(id, 200, 'content-type\0application/octet-stream', toBuffer(result))
+      if (server.respondStream(id, status, flatHeaders(headers))) return this.#pump(id, result.body)
     } else {
       throw new TypeError('a handler must return a Response, StreamingResponse, FileResponse, string or Uint8Array')
     }
+    return undefined
   }
 
-  async #sendResponse(id: number, response: Response): Promise<void> {
-    const server = this.native
-    const headers = flatHeaders(response.headers)
-    const source = bodySource(response)
+  /** A Response built from a string or bytes is sent at once; one with a stream is read. */
+  #sendResponse(id: number, response: Response): Promise<void> | undefined {
+    const state = responseState(response)
+    const headers = (state && flatHeaderList(state.headersList)) ?? flatHeaders(response.headers)
+    const source = state ? bodySource(state, response) : undefined
     if (source !== undefined) {
-      const body = typeof source === 'string' || source === null ? source : toBuffer(source)
-      server.respond(id, response.status, headers, body)
-      return
+      this.#respond(id, response.status, headers, source)
+      return undefined
     }
     if (!response.body) {
-      server.respond(id, response.status, headers, null)
-      return
+      this.#respond(id, response.status, headers, null)
+      return undefined
     }
+    return this.#readResponse(id, response, headers)
+  }
+
+  async #readResponse(id: number, response: Response, headers: string): Promise<void> {
+    const server = this.native
     // Most bodies are one chunk (Response.json, strings): send those whole in one call.
-    const reader = response.body.getReader()
+    const reader = response.body!.getReader()
     const first = await reader.read()
     if (first.done) {
-      server.respond(id, response.status, headers, null)
+      this.#respond(id, response.status, headers, null)
       return
     }
     const second = await reader.read()
     if (second.done) {
-      server.respond(id, response.status, headers, toBuffer(first.value))
+      this.#respond(id, response.status, headers, first.value)
       return
     }
     if (!server.respondStream(id, response.status, headers)) {
@@ -368,23 +536,86 @@ for (const name of ['arrayBuffer', 'blob', 'bytes', 'clone', 'formData', 'json',
 Object.setPrototypeOf(LazyRequest.prototype, Request.prototype)
 
 let stateSymbol: symbol | null | undefined
+let headersMapSymbol: symbol | null | undefined
+
+/** undici's internal state of a `Response` (where found: another implementation has none). */
+interface ResponseState {
+  headersList?: unknown
+  body?: { source?: unknown; stream?: ReadableStream } | null
+}
+
+function responseState(response: Response): ResponseState | undefined {
+  if (stateSymbol === undefined) {
+    stateSymbol = Object.getOwnPropertySymbols(response).find((symbol) => symbol.description === 'state') ?? null
+  }
+  if (stateSymbol === null) return undefined
+  const state = (response as unknown as Record<symbol, ResponseState | undefined>)[stateSymbol]
+  return state && typeof state === 'object' ? state : undefined
+}
+
+/**
+ * `flatHeaders` read from undici's header list (a Map of lower-case name → `{ value }`, plus
+ * the `cookies` array) in insertion order: `Headers#forEach` sorts on every call, which cost as
+ * much as the rest of sending. `undefined` when the list does not look as expected; then the
+ * public API is used.
+ */
+function flatHeaderList(list: unknown): string | undefined {
+  if (!list || typeof list !== 'object') return undefined
+  if (headersMapSymbol === undefined) {
+    headersMapSymbol = Object.getOwnPropertySymbols(list).find((symbol) => symbol.description === 'headers map') ?? null
+  }
+  if (headersMapSymbol === null) return undefined
+  const map = (list as Record<symbol, unknown>)[headersMapSymbol]
+  if (!(map instanceof Map)) return undefined
+  let flat = ''
+  for (const [name, entry] of map as Map<unknown, { value?: unknown } | undefined>) {
+    if (name === 'set-cookie') continue
+    const value = entry?.value
+    if (typeof name !== 'string' || typeof value !== 'string') return undefined
+    flat += flat ? `\0${name}\0${value}` : `${name}\0${value}`
+  }
+  if (map.has('set-cookie')) {
+    const cookies = (list as { cookies?: unknown }).cookies
+    if (!Array.isArray(cookies)) return undefined
+    for (const cookie of cookies) {
+      if (typeof cookie !== 'string') return undefined
+      flat += flat ? `\0set-cookie\0${cookie}` : `set-cookie\0${cookie}`
+    }
+  }
+  return flat
+}
 
 /**
  * The body a `Response` was built from, when it was a string or bytes not yet read: `null` for
  * no body, `undefined` when only reading the stream will tell. undici keeps that source in its
  * internal state; where it is not found (another fetch implementation), the stream is read.
  */
-function bodySource(response: Response): string | Uint8Array | null | undefined {
-  if (stateSymbol === undefined) {
-    stateSymbol = Object.getOwnPropertySymbols(response).find((symbol) => symbol.description === 'state') ?? null
-  }
-  if (stateSymbol === null || response.bodyUsed) return undefined
-  type State = { body?: { source?: unknown; stream?: ReadableStream } | null }
-  const state = (response as unknown as Record<symbol, State | undefined>)[stateSymbol]
-  if (!state || !('body' in state)) return undefined
+function bodySource(state: ResponseState, response: Response): string | Uint8Array | null | undefined {
+  if (!('body' in state)) return undefined
   const body = state.body
   if (body === null || body === undefined) return null
-  if (body.stream?.locked) return undefined
   const source = body.source
-  return typeof source === 'string' || source instanceof Uint8Array ? source : undefined
+  if (typeof source !== 'string' && !(source instanceof Uint8Array)) return undefined
+  return untouched(body.stream, response) ? source : undefined
+}
+
+let streamStateSymbol: symbol | null | undefined
+
+/**
+ * Whether the body stream is neither locked nor read from (`!locked && !bodyUsed`). Read from
+ * Node's own stream state where found: on Node 20 every ReadableStream gets a hidden class of
+ * its own (`makeTransferable`), so each call of the public getters misses V8's inline caches
+ * and costs about 0.4 µs — as much as the rest of sending a response.
+ */
+function untouched(stream: ReadableStream | undefined, response: Response): boolean {
+  if (!stream) return true
+  if (streamStateSymbol === undefined) {
+    streamStateSymbol = Object.getOwnPropertySymbols(stream).find((symbol) => symbol.description === 'kState') ?? null
+  }
+  type StreamState = { disturbed?: unknown; reader?: unknown }
+  const internal = streamStateSymbol ? (stream as unknown as Record<symbol, StreamState | undefined>)[streamStateSymbol] : undefined
+  if (internal && typeof internal === 'object' && typeof internal.disturbed === 'boolean' && 'reader' in internal) {
+    return !internal.disturbed && internal.reader === undefined
+  }
+  return !stream.locked && !response.bodyUsed
 }

@@ -84,6 +84,47 @@ test('every response body type', async (t) => {
   t.deepEqual((await fetch(`${url}/cookies`)).headers.getSetCookie(), ['a=1', 'b=2'])
 })
 
+test('batched answers: each concurrent request gets its own; small, large, late, header lists and used bodies', async (t) => {
+  const { url } = await serve(t, (server) => {
+    const app = streamingApp()
+    app.get('/echo/:n', (req, ctx) => `n=${ctx.params.n} ${req.headers.get('x-note')}`)
+    app.get('/large', () => 'x'.repeat(100_000))
+    app.get('/large-bytes', () => new Response(new Uint8Array(40_000).fill(7)))
+    app.get('/late', async () => {
+      await sleep(5)
+      return new Response('late', { status: 202, headers: [['x-a', '1'], ['X-A', '2']] })
+    })
+    app.get('/thenable', () => ({ then: (resolve) => resolve('from a thenable') }))
+    app.get('/used', async () => {
+      const response = new Response('once')
+      await response.text()
+      return response
+    })
+    app.get('/locked', () => {
+      const response = new Response('held')
+      response.body.getReader()
+      return response
+    })
+    server.mount('/', app)
+  })
+  const texts = await Promise.all(
+    Array.from({ length: 50 }, (_, n) => fetch(`${url}/echo/${n}`, { headers: { 'x-note': `note ${n}` } }).then((r) => r.text())),
+  )
+  t.deepEqual(texts, Array.from({ length: 50 }, (_, n) => `n=${n} note ${n}`))
+  t.is((await (await fetch(`${url}/large`)).text()).length, 100_000)
+  const bytes = new Uint8Array(await (await fetch(`${url}/large-bytes`)).arrayBuffer())
+  t.is(bytes.length, 40_000)
+  t.true(bytes.every((b) => b === 7))
+  const late = await fetch(`${url}/late`)
+  t.is(late.status, 202)
+  t.is(late.headers.get('x-a'), '1, 2')
+  t.is(await late.text(), 'late')
+  t.is(await (await fetch(`${url}/thenable`)).text(), 'from a thenable')
+  // A body already read or locked is not sent again from undici's source: it is read (and fails).
+  t.not(await (await fetch(`${url}/used`)).text(), 'once')
+  t.is((await fetch(`${url}/locked`)).status, 500)
+})
+
 test('request bodies: text, JSON, binary and a large streamed body; the size cap applies', async (t) => {
   const { url } = await serve(t, (server) => {
     const app = streamingApp({ maxUploadSize: 4 * MiB })

@@ -26,8 +26,9 @@ pub struct JsRequest {
     pub method: String,
     /// Path (prefix stripped) and query.
     pub url: String,
-    /// Flat `[name, value, name, value, ...]`.
-    pub headers: Vec<String>,
+    /// `name\0value\0name\0value` as received (values may not be UTF-8): one buffer per
+    /// request rather than two `String`s per header.
+    pub headers: Vec<u8>,
     /// Flat `[name, value, ...]` of `:param` segments.
     pub params: Vec<String>,
     pub client: String,
@@ -54,7 +55,9 @@ pub struct JsFile {
 
 pub struct JsResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    /// `name\0value\0name\0value` as JS sent it (UTF-8): parsed into the response head on
+    /// the connection's thread, values as slices of these bytes, not on the JS thread.
+    pub headers: Bytes,
     pub body: JsBody,
 }
 
@@ -207,6 +210,61 @@ impl Bridge {
         }
     }
 
+    /// Answers a batch of exchanges, the complete responses of one JS turn: `entries` holds
+    /// `id, status, headersLength, bodyLength` per response (`bodyLength` -1: no body);
+    /// `payload` each response's headers (`name\0value\0...`, UTF-8) then its body, end to
+    /// end. One call and one lock for the batch, where a call per response cost more than the
+    /// handlers on the JS thread; heads and bodies stay slices of one copy of the payload.
+    /// Exchanges that are gone are skipped.
+    pub fn respond_batch(&self, entries: &[f64], payload: &[u8]) -> Result<(), Malformed> {
+        if !entries.len().is_multiple_of(4) {
+            return Err(Malformed);
+        }
+        // One copy for the batch; bodies are slices of it.
+        let payload = Bytes::copy_from_slice(payload);
+        let mut responses = Vec::with_capacity(entries.len() / 4);
+        let mut offset = 0usize;
+        for entry in entries.chunks_exact(4) {
+            let (id, status, head_len, body_len) = (entry[0], entry[1], entry[2], entry[3]);
+            let mut take = |length: usize| {
+                let end = offset
+                    .checked_add(length)
+                    .filter(|end| *end <= payload.len())
+                    .ok_or(Malformed)?;
+                let bytes = payload.slice(offset..end);
+                offset = end;
+                Ok(bytes)
+            };
+            let head = take(head_len as usize)?;
+            let body = if body_len < 0.0 {
+                JsBody::Empty
+            } else {
+                JsBody::Bytes(take(body_len as usize)?)
+            };
+            let response = JsResponse {
+                status: status as u16,
+                headers: head,
+                body,
+            };
+            responses.push((id as u64, response));
+        }
+        let senders: Vec<_> = {
+            let mut exchanges = self.exchanges();
+            responses
+                .into_iter()
+                .filter_map(|(id, response)| {
+                    let sender = exchanges.get_mut(&id)?.respond.take()?;
+                    Some((sender, response))
+                })
+                .collect()
+        };
+        // Sent outside the lock: each send wakes the connection's task.
+        for (sender, response) in senders {
+            let _ = sender.send(response);
+        }
+        Ok(())
+    }
+
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Bytes>>> {
         self.streams
             .lock()
@@ -214,7 +272,7 @@ impl Bridge {
     }
 
     /// JS answers `id` with a head and a body it will write chunk by chunk.
-    pub fn respond_stream(&self, id: u64, status: u16, headers: Vec<(String, String)>) -> bool {
+    pub fn respond_stream(&self, id: u64, status: u16, headers: Bytes) -> bool {
         let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
         let response = JsResponse {
             status,
@@ -282,13 +340,8 @@ impl Bridge {
 
     /// A body passed the cap while JS was reading it: answer 413 and close, whatever JS does.
     fn refuse_too_large(&self, id: u64) {
-        let headers = vec![
-            (
-                "content-type".to_string(),
-                "text/plain; charset=utf-8".to_string(),
-            ),
-            ("connection".to_string(), "close".to_string()),
-        ];
+        let headers =
+            Bytes::from_static(b"content-type\0text/plain; charset=utf-8\0connection\0close");
         let body = JsBody::Bytes(Bytes::from_static(b"Payload Too Large\n"));
         self.respond(
             id,
@@ -313,6 +366,10 @@ impl Bridge {
         }
     }
 }
+
+/// A `respond_batch` whose entries do not match its payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
 
 /// One exchange, from dispatch to the end of its response. Dropping it unfinished aborts it.
 pub struct Call {
@@ -345,5 +402,67 @@ impl Drop for Call {
         if !self.finished {
             self.bridge.finish(self.id, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoHost;
+    impl JsHost for NoHost {
+        fn dispatch(&self, _: JsRequest) {}
+        fn abort(&self, _: u64) {}
+        fn ws_event(&self, _: WsEvent) {}
+    }
+
+    fn request() -> JsRequest {
+        JsRequest {
+            id: 0,
+            handler: 0,
+            method: "GET".into(),
+            url: "/".into(),
+            headers: Vec::new(),
+            params: Vec::new(),
+            client: "127.0.0.1".into(),
+            has_body: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn respond_batch_slices_heads_and_bodies() {
+        let bridge = Bridge::new(Arc::new(NoHost));
+        let mut first = bridge.start(request(), None, None);
+        let mut second = bridge.start(request(), None, None);
+        let head = b"content-type\0application/json\0x-a\x001";
+        let mut payload = head.to_vec();
+        payload.extend_from_slice(b"{}");
+        let entries = [
+            first.id() as f64,
+            200.0,
+            head.len() as f64,
+            2.0,
+            999.0, // gone: skipped
+            200.0,
+            0.0,
+            -1.0,
+            second.id() as f64,
+            204.0,
+            0.0,
+            -1.0,
+        ];
+        bridge.respond_batch(&entries, &payload).unwrap();
+        let answer = first.response().await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.headers[..], &head[..]);
+        assert!(matches!(answer.body, JsBody::Bytes(ref b) if &b[..] == b"{}"));
+        let answer = second.response().await.unwrap();
+        assert_eq!(answer.status, 204);
+        assert!(answer.headers.is_empty());
+        assert!(matches!(answer.body, JsBody::Empty));
+        assert_eq!(
+            bridge.respond_batch(&[1.0, 200.0, 5.0, 0.0], b"abc"),
+            Err(Malformed)
+        );
     }
 }

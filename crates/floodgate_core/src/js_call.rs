@@ -73,22 +73,12 @@ where
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD)
         && (declared.is_some_and(|length| length > 0)
             || parts.headers.contains_key(header::TRANSFER_ENCODING));
-    let headers = parts
-        .headers
-        .iter()
-        .flat_map(|(name, value)| {
-            [
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ]
-        })
-        .collect();
     let js_request = JsRequest {
         id: 0,
         handler: target.handler,
         method: parts.method.as_str().to_string(),
         url: target.url,
-        headers,
+        headers: joined_headers(&parts.headers),
         params: target.params,
         client: target.client.to_string(),
         has_body,
@@ -121,7 +111,7 @@ pub async fn ask<B>(
         handler: target.handler,
         method: request.method().as_str().to_string(),
         url: target.url,
-        headers: flat_headers(request.headers()),
+        headers: joined_headers(request.headers()),
         params: target.params,
         client: target.client.to_string(),
         has_body: false,
@@ -170,16 +160,22 @@ pub async fn identify<B>(
     Ok((!user.is_empty()).then(|| String::from_utf8_lossy(&user).into_owned()))
 }
 
-fn flat_headers(headers: &http::HeaderMap) -> Vec<String> {
-    headers
+/// `name\0value\0...` of a request's headers, values as received.
+fn joined_headers(headers: &http::HeaderMap) -> Vec<u8> {
+    let size: usize = headers
         .iter()
-        .flat_map(|(name, value)| {
-            [
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ]
-        })
-        .collect()
+        .map(|(name, value)| name.as_str().len() + value.len() + 2)
+        .sum();
+    let mut joined = Vec::with_capacity(size);
+    for (name, value) in headers {
+        if !joined.is_empty() {
+            joined.push(0);
+        }
+        joined.extend_from_slice(name.as_str().as_bytes());
+        joined.push(0);
+        joined.extend_from_slice(value.as_bytes());
+    }
+    joined
 }
 
 fn build_response(
@@ -192,18 +188,9 @@ fn build_response(
     let Ok(status) = StatusCode::from_u16(js.status) else {
         return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
     };
-    let mut headers = http::HeaderMap::with_capacity(js.headers.len());
-    for (name, value) in &js.headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                headers.append(name, value);
-            }
-            _ => return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"),
-        }
-    }
+    let Some(headers) = parse_headers(&js.headers) else {
+        return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
+    };
     let mut response = match js.body {
         JsBody::Empty => {
             call.finish();
@@ -242,6 +229,23 @@ fn build_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A `name\0value\0...` list as a header map, each value a slice of `joined` (no copy);
+/// `None` when a name or value is invalid or the list is cut short.
+fn parse_headers(joined: &Bytes) -> Option<http::HeaderMap> {
+    let mut headers = http::HeaderMap::new();
+    if joined.is_empty() {
+        return Some(headers);
+    }
+    let mut parts = joined.split(|byte| *byte == 0);
+    while let Some(name) = parts.next() {
+        let value = parts.next()?;
+        let name = HeaderName::from_bytes(name).ok()?;
+        let value = HeaderValue::from_maybe_shared(joined.slice_ref(value)).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
 }
 
 fn file_options(file: &JsFile) -> FileOptions {

@@ -5,11 +5,12 @@
 //! a time (`scheduled`), and the batch is drained on the JS thread when the call runs. The
 //! functions are weak: the server's own keep-alive handle decides the process lifetime.
 //!
-//! A batch crosses as two flat arrays (numbers and strings) rather than one object per
-//! request: creating JS objects property by property and a string per header cost more on the
-//! JS thread than the handlers themselves. Per request: numbers `id, handler, hasBody`;
-//! strings `method, url, client, headers, params`, the lists joined as `name\0value\0...`.
-//! `handlers.ts` reads the same layout.
+//! A batch crosses as a Float64Array and one Buffer rather than one object (or a string) per
+//! request field: creating JS objects property by property and strings a handler may never
+//! read cost more on the JS thread than the handlers themselves; JS decodes a field when it is
+//! asked for. Per request: numbers `id, handler, hasBody` and the byte lengths of `method, url,
+//! client, headers, params`, whose bytes follow each other in the buffer (the lists joined as
+//! `name\0value\0...`). `handlers.ts` reads the same layout.
 
 use floodgate_core::bridge::{JsHost, JsRequest};
 use floodgate_core::ws_hub::{JsBacklog, WsEvent};
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 struct Requests {
     numbers: Vec<f64>,
-    strings: Vec<String>,
+    bytes: Vec<u8>,
     scheduled: bool,
 }
 
@@ -45,12 +46,8 @@ struct WsEvents {
     scheduled: bool,
 }
 
-fn join_pairs(flat: &[String]) -> String {
-    flat.join("\0")
-}
-
-/// The arguments of `onRequests`: the batch's numbers and strings.
-pub type RequestBatch = FnArgs<(Vec<f64>, Vec<String>)>;
+/// The arguments of `onRequests`: the batch's numbers and bytes.
+pub type RequestBatch = FnArgs<(Float64Array, Buffer)>;
 /// The JS function that receives request batches.
 pub type OnRequests<'env> = Function<'env, RequestBatch, ()>;
 type DeliverRequests = ThreadsafeFunction<(), (), RequestBatch, Status, false, true>;
@@ -83,9 +80,12 @@ impl NapiHost {
             .build_callback(move |_: ThreadsafeCallContext<()>| {
                 let mut batch = drained.lock().unwrap_or_else(|p| p.into_inner());
                 batch.scheduled = false;
+                let numbers = std::mem::take(&mut batch.numbers);
+                let bytes = std::mem::take(&mut batch.bytes);
+                drop(batch);
                 Ok(FnArgs::from((
-                    std::mem::take(&mut batch.numbers),
-                    std::mem::take(&mut batch.strings),
+                    Float64Array::new(numbers),
+                    Buffer::from(bytes),
                 )))
             })?;
         let aborts = Arc::new(Mutex::new(Aborts::default()));
@@ -132,17 +132,27 @@ impl NapiHost {
 impl JsHost for NapiHost {
     fn dispatch(&self, request: JsRequest) {
         let mut batch = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        batch.bytes.extend_from_slice(request.method.as_bytes());
+        batch.bytes.extend_from_slice(request.url.as_bytes());
+        batch.bytes.extend_from_slice(request.client.as_bytes());
+        batch.bytes.extend_from_slice(&request.headers);
+        let params_start = batch.bytes.len();
+        for (index, part) in request.params.iter().enumerate() {
+            if index > 0 {
+                batch.bytes.push(0);
+            }
+            batch.bytes.extend_from_slice(part.as_bytes());
+        }
+        let params_len = batch.bytes.len() - params_start;
         batch.numbers.extend([
             request.id as f64,
             request.handler as f64,
             if request.has_body { 1.0 } else { 0.0 },
-        ]);
-        batch.strings.extend([
-            request.method,
-            request.url,
-            request.client,
-            join_pairs(&request.headers),
-            join_pairs(&request.params),
+            request.method.len() as f64,
+            request.url.len() as f64,
+            request.client.len() as f64,
+            request.headers.len() as f64,
+            params_len as f64,
         ]);
         if !batch.scheduled {
             batch.scheduled = true;

@@ -72,28 +72,19 @@ pub struct NativeServer {
     running: Mutex<Option<Arc<RunningServer>>>,
 }
 
-/// Splits `name\0value\0name\0value` (how JS sends header lists: one string, not many).
-fn pairs(joined: String) -> Vec<(String, String)> {
-    if joined.is_empty() {
-        return Vec::new();
-    }
-    let mut parts = joined.split('\0');
-    std::iter::from_fn(|| Some((parts.next()?.to_string(), parts.next()?.to_string()))).collect()
-}
-
 fn exchange_id(id: f64) -> u64 {
     id as u64
 }
 
 #[napi]
 impl NativeServer {
-    /// `onRequests(numbers, strings)` receives JS-handled requests in batches, flattened
+    /// `onRequests(numbers, bytes)` receives JS-handled requests in batches, flattened
     /// (`host.rs` has the layout); `onAborts(ids)` lists exchanges that ended before JS
     /// finished them; `onWsEvents(numbers, strings, payload)` WebSocket opens, messages and
     /// closes, in order.
     #[napi(constructor)]
     pub fn new(
-        #[napi(ts_arg_type = "(numbers: number[], strings: string[]) => void")]
+        #[napi(ts_arg_type = "(numbers: Float64Array, bytes: Buffer) => void")]
         on_requests: OnRequests,
         on_aborts: Function<Vec<f64>, ()>,
         #[napi(
@@ -214,17 +205,27 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: pairs(headers),
+            headers: headers.into_bytes().into(),
             body,
         };
         self.bridge.respond(exchange_id(id), response)
+    }
+
+    /// Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
+    /// headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
+    /// `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
+    #[napi]
+    pub fn respond_batch(&self, entries: Float64Array, payload: Buffer) -> Result<()> {
+        self.bridge
+            .respond_batch(&entries, &payload)
+            .map_err(|_| invalid("respondBatch: malformed batch".into()))
     }
 
     /// Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`.
     #[napi]
     pub fn respond_stream(&self, id: f64, status: u32, headers: String) -> bool {
         self.bridge
-            .respond_stream(exchange_id(id), status as u16, pairs(headers))
+            .respond_stream(exchange_id(id), status as u16, headers.into_bytes().into())
     }
 
     /// Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts).
@@ -238,7 +239,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: pairs(headers),
+            headers: headers.into_bytes().into(),
             body: JsBody::File(file),
         };
         self.bridge.respond(exchange_id(id), response)
