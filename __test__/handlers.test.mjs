@@ -94,6 +94,8 @@ test('batched answers: each concurrent request gets its own; small, large, late,
       await sleep(5)
       return new Response('late', { status: 202, headers: [['x-a', '1'], ['X-A', '2']] })
     })
+    // A handler may answer with any thenable, not only a native promise.
+    // oxlint-disable-next-line unicorn/no-thenable
     app.get('/thenable', () => ({ then: (resolve) => resolve('from a thenable') }))
     app.get('/used', async () => {
       const response = new Response('once')
