@@ -14,7 +14,7 @@ use crate::conn_state::ConnState;
 use crate::js_call::{ask, JsTarget};
 use crate::limit::conn::ConnectionLimiter;
 use crate::metrics::{Metrics, Rejection};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// Queued events written together as one body chunk, at most.
+const COALESCE: usize = 16 * 1024;
 
 /// An SSE route with its caps.
 pub struct SseRoute {
@@ -276,16 +279,37 @@ impl EventQueue {
         self.state().overflowed
     }
 
-    fn pop(&self) -> Result<Option<Event>, ()> {
+    /// The queued events' frames as one chunk (at most `COALESCE` bytes, or a single larger
+    /// event); `Err` once the queue overflowed under the `close` policy.
+    fn pop(&self) -> Result<Option<Bytes>, ()> {
         let mut state = self.state();
         if state.overflowed {
             return Err(());
         }
-        let event = state.events.pop_front();
-        if let Some(event) = &event {
-            state.bytes -= event.frame.len();
+        let Some(first) = state.events.pop_front() else {
+            return Ok(None);
+        };
+        state.bytes -= first.frame.len();
+        let fits = |state: &QueueState, taken: usize| {
+            state
+                .events
+                .front()
+                .is_some_and(|next| taken + next.frame.len() <= COALESCE)
+        };
+        if !fits(&state, first.frame.len()) {
+            return Ok(Some(first.frame));
         }
-        Ok(event)
+        // A reader that fell behind gets its backlog in one body chunk, not one per event:
+        // hyper frames and queues each chunk, which costs more than copying small events.
+        let mut chunk = BytesMut::with_capacity(COALESCE.min(state.bytes + first.frame.len()));
+        chunk.extend_from_slice(&first.frame);
+        while fits(&state, chunk.len()) {
+            if let Some(event) = state.events.pop_front() {
+                state.bytes -= event.frame.len();
+                chunk.extend_from_slice(&event.frame);
+            }
+        }
+        Ok(Some(chunk.freeze()))
     }
 }
 
@@ -385,8 +409,10 @@ fn event_stream(
         keep_alive: Duration,
         shutdown: CancellationToken,
         held: Held,
-        /// One timer per stream, re-armed after each write (not a new one per event).
+        /// One timer per stream. Writes only note their time; the timer, when it fires, moves
+        /// itself to a keep-alive after the last write (no timer update per event).
         quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
+        last_write: tokio::time::Instant,
     }
     let quiet = Box::pin(tokio::time::sleep(keep_alive));
     let state = State {
@@ -396,6 +422,7 @@ fn event_stream(
         shutdown,
         held,
         quiet,
+        last_write: tokio::time::Instant::now(),
     };
     let frames = stream::unfold(state, |mut state| async move {
         if let Some(bytes) = state.opening.pop_front() {
@@ -404,18 +431,23 @@ fn event_stream(
         loop {
             match state.queue.pop() {
                 Err(()) => return None,
-                Ok(Some(event)) => {
-                    let next = tokio::time::Instant::now() + state.keep_alive;
-                    state.quiet.as_mut().reset(next);
-                    return Some((Ok(Frame::data(event.frame)), state));
+                Ok(Some(chunk)) => {
+                    state.last_write = tokio::time::Instant::now();
+                    return Some((Ok(Frame::data(chunk)), state));
                 }
                 Ok(None) => {}
             }
             tokio::select! {
                 _ = state.queue.ready.notified() => continue,
                 _ = state.quiet.as_mut() => {
-                    let next = tokio::time::Instant::now() + state.keep_alive;
-                    state.quiet.as_mut().reset(next);
+                    let now = tokio::time::Instant::now();
+                    let due = state.last_write + state.keep_alive;
+                    if now < due {
+                        state.quiet.as_mut().reset(due);
+                        continue;
+                    }
+                    state.last_write = now;
+                    state.quiet.as_mut().reset(now + state.keep_alive);
                     return Some((Ok(Frame::data(Bytes::from_static(b":\n\n"))), state));
                 }
                 _ = state.shutdown.cancelled() => {
