@@ -49,9 +49,9 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
     try {
       server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir })
       // One short warm-up so page cache and JIT are hot for everyone alike.
-      await workload.run({ port: server.port, pids: server.pids, root: fixture.root, peer: peer.name, quick: true, warmup: true }).catch(() => {})
+      await workload.run({ port: server.port, pids: server.pids, root: fixture.root, uploads: uploads.dir, peer: peer.name, quick: true, warmup: true }).catch(() => {})
       spawnSync('sync') // start every measured run with no dirty pages pending writeback
-      entry.results[peer.name] = await workload.run({ port: server.port, pids: server.pids, root: fixture.root, peer: peer.name, quick })
+      entry.results[peer.name] = await workload.run({ port: server.port, pids: server.pids, root: fixture.root, uploads: uploads.dir, peer: peer.name, quick })
       console.error(`${workload.name}: ${peer.name} ${JSON.stringify(entry.results[peer.name])}`)
     } catch (err) {
       entry.results[peer.name] = { error: String(err.message ?? err) }
