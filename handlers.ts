@@ -5,6 +5,7 @@
  * and an `error` report.
  */
 import type { NativeServer } from './binding'
+import { NativeBatch } from './native-batch'
 
 /** Anything `new Headers()` accepts. */
 export type HeaderInit = ConstructorParameters<typeof Headers>[0]
@@ -151,8 +152,6 @@ const ERROR_HEADERS = 'content-type\0text/plain; charset=utf-8'
 
 /** Bodies up to this size join the turn's response batch; larger ones are sent on their own. */
 const BATCH_BODY_MAX = 16 * 1024
-const SCRATCH_SIZE = 64 * 1024
-const ENTRIES_SIZE = 4 * 256
 
 const isThenable = (value: unknown): value is PromiseLike<unknown> =>
   value !== null && typeof value === 'object' && typeof (value as { then?: unknown }).then === 'function'
@@ -162,11 +161,8 @@ export class HandlerBridge {
   readonly #inflight = new Map<number, LazyRequest>()
   native!: NativeServer
   // Complete responses of this turn, handed to Rust in one `respondBatch` call (entries `id,
-  // status, headersLength, bodyLength`; headers and bodies end to end in the scratch buffer).
-  #entries = new Float64Array(ENTRIES_SIZE)
-  #count = 0
-  #scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
-  #offset = 0
+  // status, headersLength, bodyLength`; headers and bodies end to end).
+  readonly #batch = new NativeBatch()
   #scheduled = false
   readonly #flush = () => this.flush()
 
@@ -262,13 +258,6 @@ export class HandlerBridge {
     this.reportError(error)
   }
 
-  #reserve(bytes: number): void {
-    if (this.#offset + bytes <= this.#scratch.length) return
-    const grown = Buffer.allocUnsafe(Math.max(this.#scratch.length * 2, this.#offset + bytes))
-    this.#scratch.copy(grown, 0, 0, this.#offset)
-    this.#scratch = grown
-  }
-
   /** Answers `id` with a complete body: batched with the turn's others when small. */
   #respond(id: number, status: number, headers: string, body: string | Uint8Array | null): void {
     const bodyBytes = body === null ? 0 : typeof body === 'string' ? body.length * 3 : body.byteLength
@@ -276,30 +265,11 @@ export class HandlerBridge {
       this.native.respond(id, status, headers, typeof body === 'string' ? body : toBuffer(body as Uint8Array))
       return
     }
-    this.#reserve(headers.length * 3 + bodyBytes)
-    const scratch = this.#scratch
-    const headersLength = headers ? scratch.write(headers, this.#offset) : 0
-    this.#offset += headersLength
-    let bodyLength = -1
-    if (typeof body === 'string') {
-      bodyLength = body ? scratch.write(body, this.#offset) : 0
-    } else if (body !== null) {
-      scratch.set(body, this.#offset)
-      bodyLength = body.byteLength
-    }
-    if (bodyLength > 0) this.#offset += bodyLength
-    if (this.#count + 4 > this.#entries.length) {
-      const grown = new Float64Array(this.#entries.length * 2)
-      grown.set(this.#entries)
-      this.#entries = grown
-    }
-    const entries = this.#entries
-    const at = this.#count
-    entries[at] = id
-    entries[at + 1] = status
-    entries[at + 2] = headersLength
-    entries[at + 3] = bodyLength
-    this.#count = at + 4
+    const batch = this.#batch
+    const headersLength = batch.text(headers)
+    // -1: no body at all, as opposed to an empty one.
+    const bodyLength = body === null ? -1 : typeof body === 'string' ? batch.text(body) : batch.bytes(body)
+    batch.entry(id, status, headersLength, bodyLength)
     if (!this.#scheduled) {
       this.#scheduled = true
       queueMicrotask(this.#flush)
@@ -309,20 +279,15 @@ export class HandlerBridge {
   /** Hands the gathered responses to Rust in one call. */
   flush(): void {
     this.#scheduled = false
-    if (this.#count === 0) return
+    if (this.#batch.isEmpty) return
     // Views, not copies: Rust reads both during the call (and copies the payload once).
-    const entries = this.#entries.subarray(0, this.#count)
-    const payload = this.#scratch.subarray(0, this.#offset)
-    this.#count = 0
-    this.#offset = 0
+    const [entries, payload] = this.#batch.take()
     try {
       this.native.respondBatch(entries, payload)
     } catch (error) {
       this.reportError(error)
     }
-    // A burst of large bodies should not pin a large scratch buffer for good.
-    if (this.#scratch.length > 16 * SCRATCH_SIZE) this.#scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
-    if (this.#entries.length > 16 * ENTRIES_SIZE) this.#entries = new Float64Array(ENTRIES_SIZE)
+    this.#batch.shrink()
   }
 
   /** Sends `result`; `undefined` when done at once, else a promise of the rest (a stream). */

@@ -4,11 +4,12 @@
  *
  * Both directions are batched. Events arrive as one call per wake-up of the JS thread (numbers,
  * strings, and the messages' bytes end to end; `crates/floodgate_napi/src/host.rs` has the
- * layout). `send` and `close` calls are gathered into one scratch buffer and cross to Rust in
- * one call per turn of the event loop (`ws_hub.rs` reads the layout), so the cost of crossing
- * the boundary is paid per batch, not per message.
+ * layout). `send` and `close` calls are gathered into a `NativeBatch` and cross to Rust in one
+ * call per turn of the event loop (`ws_hub.rs` reads the layout), so the cost of crossing the
+ * boundary is paid per batch, not per message.
  */
 import type { NativeServer } from './binding'
+import { NativeBatch } from './native-batch'
 
 /** Data a socket can send: a string goes as a text message, bytes as a binary one. */
 export type WebSocketData = string | Uint8Array | ArrayBuffer
@@ -58,7 +59,6 @@ const SEND_BINARY = 1
 const SEND_CLOSE = 2
 
 const MAX_REASON_BYTES = 123
-const SCRATCH_SIZE = 64 * 1024
 
 /** One WebSocket session, as handlers see it. */
 export class ServerWebSocket {
@@ -125,9 +125,8 @@ export class WebSocketBridge {
   readonly routes: WebSocketRoute[] = []
   readonly #sockets = new Map<number, ServerWebSocket>()
   native!: NativeServer
-  #entries: number[] = []
-  #scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
-  #offset = 0
+  /** `send` and `close` calls of this turn: entries `id, kind, length, code`. */
+  readonly #batch = new NativeBatch()
   #scheduled = false
   readonly #flush = () => this.flush()
 
@@ -208,38 +207,19 @@ export class WebSocketBridge {
     }
   }
 
-  #reserve(bytes: number): void {
-    if (this.#offset + bytes <= this.#scratch.length) return
-    const grown = Buffer.allocUnsafe(Math.max(this.#scratch.length * 2, this.#offset + bytes))
-    this.#scratch.copy(grown, 0, 0, this.#offset)
-    this.#scratch = grown
-  }
-
   send(id: number, data: WebSocketData): void {
-    let length: number
-    let kind: number
     if (typeof data === 'string') {
-      this.#reserve(data.length * 3)
-      length = this.#scratch.write(data, this.#offset)
-      kind = SEND_TEXT
+      this.#batch.entry(id, SEND_TEXT, this.#batch.text(data), 0)
     } else {
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data
       if (!(bytes instanceof Uint8Array)) throw new TypeError('send: data must be a string, a Uint8Array or an ArrayBuffer')
-      this.#reserve(bytes.byteLength)
-      this.#scratch.set(bytes, this.#offset)
-      length = bytes.byteLength
-      kind = SEND_BINARY
+      this.#batch.entry(id, SEND_BINARY, this.#batch.bytes(bytes), 0)
     }
-    this.#offset += length
-    this.#entries.push(id, kind, length, 0)
     this.#schedule()
   }
 
   close(id: number, code: number, reason: string): void {
-    this.#reserve(reason.length * 3)
-    const length = this.#scratch.write(reason, this.#offset)
-    this.#offset += length
-    this.#entries.push(id, SEND_CLOSE, length, code)
+    this.#batch.entry(id, SEND_CLOSE, this.#batch.text(reason), code)
     this.#schedule()
   }
 
@@ -261,17 +241,13 @@ export class WebSocketBridge {
   /** Hands the gathered sends and closes to Rust in one call. */
   flush(): void {
     this.#scheduled = false
-    if (this.#entries.length === 0) return
-    const entries = Float64Array.from(this.#entries)
-    const payload = this.#scratch.subarray(0, this.#offset)
-    this.#entries.length = 0
-    this.#offset = 0
+    if (this.#batch.isEmpty) return
+    const [entries, payload] = this.#batch.take()
     try {
       this.native.wsSend(entries, payload)
     } catch (error) {
       this.reportError(error)
     }
-    // A burst of large messages should not pin a large scratch buffer for good.
-    if (this.#scratch.length > 16 * SCRATCH_SIZE) this.#scratch = Buffer.allocUnsafe(SCRATCH_SIZE)
+    this.#batch.shrink()
   }
 }
