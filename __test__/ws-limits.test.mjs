@@ -392,3 +392,39 @@ test.serial('a JS thread that falls behind stops the socket being read: at most 
   await eventually(() => server.stats().wsMessagesIn >= 128, { timeout: 10_000 })
   t.is(server.stats().wsMessagesIn, 128, 'and every message arrived once JS caught up')
 })
+
+test('a client that stops reading altogether is cut off at sendTimeout (1006), its slot freed', async (t) => {
+  const closes = []
+  let opened
+  const { server, base } = await startWs(
+    t,
+    {
+      '/firehose': {
+        open: (ws) => {
+          opened = ws
+          ws.subscribe('firehose')
+        },
+        close: (ws, code) => closes.push({ code, at: Date.now() }),
+      },
+    },
+    { sendTimeout: '1s', wsPingInterval: 0, wsIdleTimeout: 0, wsMaxConnectionsPerUser: 1 },
+  )
+  const stuck = await wsOpen(t, `${base}/firehose`)
+  t.truthy(await eventually(() => opened))
+  stuck.client._socket.pause() // reads nothing from now on
+  const big = 'x'.repeat(64 * KiB)
+  // More than the socket buffers hold, so the server's writes stall.
+  for (let i = 0; i < 400 && closes.length === 0; i++) {
+    server.publish('firehose', big)
+    if (i % 50 === 49) await sleep(20)
+  }
+  const stalledAt = Date.now()
+  t.truthy(await eventually(() => closes.length === 1, { timeout: 10_000 }), 'the server ended the session')
+  t.is(closes[0].code, 1006)
+  t.true(closes[0].at - stalledAt < 8000, `cut off ${closes[0].at - stalledAt} ms after the last publish`)
+  t.true(rejections(server).send_timeout >= 1)
+  // The per-user (here: per-address) slot is free again.
+  const again = await wsOpen(t, `${base}/firehose`)
+  t.is(again.closed, undefined)
+  again.client.close()
+})
