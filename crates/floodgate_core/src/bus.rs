@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Recent events kept per topic for `Last-Event-ID` resume.
 const RING_SIZE: usize = 256;
@@ -22,8 +23,9 @@ pub struct Event {
     pub id: String,
     /// The SSE frame (`id:`, `event:`, `data:` lines).
     pub frame: Bytes,
-    /// The data as published: what a WebSocket subscriber receives as a text message.
-    pub data: Bytes,
+    /// The data as published: what a WebSocket subscriber receives as a text message
+    /// (checked as UTF-8 once here, not once per subscriber).
+    pub data: Utf8Bytes,
 }
 
 /// Where a subscriber's events go; implemented by each connection's bounded queue.
@@ -84,13 +86,16 @@ pub fn frame(id: &str, event: Option<&str>, data: &str) -> Bytes {
 
 /// The published data as bytes: for one-line data a view into its SSE frame (`data: ...\n\n`
 /// ends it), so the event is held once, not twice; a copy otherwise.
-fn data_within(frame: &Bytes, data: &str) -> Bytes {
+fn data_within(frame: &Bytes, data: &str) -> Utf8Bytes {
     let one_line = !data.contains('\n') && !data.ends_with('\r');
     let end = frame.len().saturating_sub(2);
-    match end.checked_sub(data.len()) {
-        Some(start) if one_line && &frame[start..end] == data.as_bytes() => frame.slice(start..end),
-        _ => Bytes::copy_from_slice(data.as_bytes()),
-    }
+    let view = match end.checked_sub(data.len()) {
+        Some(start) if one_line && &frame[start..end] == data.as_bytes() => {
+            Utf8Bytes::try_from(frame.slice(start..end)).ok()
+        }
+        _ => None,
+    };
+    view.unwrap_or_else(|| Utf8Bytes::from(data))
 }
 
 /// One event and the subscribers it goes to.
@@ -267,7 +272,7 @@ mod tests {
     fn websocket_data_is_the_published_text() {
         for data in ["one line", "", "two\nlines", "cr\r", "ends\n"] {
             let framed = frame("1", None, data);
-            assert_eq!(&data_within(&framed, data)[..], data.as_bytes());
+            assert_eq!(data_within(&framed, data).as_str(), data);
         }
     }
 

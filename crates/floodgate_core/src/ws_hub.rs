@@ -237,9 +237,7 @@ impl SessionHandle {
 
 impl Sink for SessionHandle {
     fn deliver(&self, event: &Event) {
-        if let Ok(text) = Utf8Bytes::try_from(event.data.clone()) {
-            self.enqueue(Message::Text(text));
-        }
+        self.enqueue(Message::Text(event.data.clone()));
     }
 }
 
