@@ -19,7 +19,7 @@ use crate::route_pattern::RoutePattern;
 use crate::router::MountTable;
 use crate::sse::{SseContext, SseRoute};
 use crate::upload::{UploadLimits, UploadsMount};
-use crate::ws::{WsContext, WsRoute};
+use crate::ws::WsRoute;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
@@ -240,19 +240,9 @@ impl StreamingApp {
                 let Some(bridge) = &self.bridge else {
                     return body::text(StatusCode::NOT_FOUND, "Not Found\n");
                 };
-                let ws_context = WsContext {
-                    bridge,
-                    metrics: &context.metrics,
-                    app: &self.config,
-                    client: context.client,
-                    user: context.user.clone(),
-                    url: relative_url(rel, request.uri()),
-                    conn: &context.conn,
-                    shutdown: context.shutdown.clone(),
-                    abort: context.abort.clone(),
-                    tracker: &context.tracker,
-                };
-                ws.upgrade(request, ws_context).await
+                let url = relative_url(rel, request.uri());
+                ws.upgrade(request, context, bridge, self.config.handler_timeout, url)
+                    .await
             }
             Some((Route::Sse(sse), _)) => {
                 let Some(bridge) = &self.bridge else {

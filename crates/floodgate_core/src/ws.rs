@@ -2,17 +2,19 @@
 //! `101`: the handshake headers, `authenticate` in JS, and the per-user, per-address and
 //! per-app caps. The session itself runs in `ws_session`.
 
+use crate::app::RequestContext;
 use crate::body::{self, Body};
 use crate::bridge::Bridge;
 use crate::config::{StreamingConfig, WsConfig};
 use crate::js_call::{identify, JsTarget};
 use crate::limit::conn::{client_key, ConnectionLimiter, Slot};
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::Rejection;
 use crate::ws_hub::QueueLimits;
 use crate::ws_session::{self, SessionLimits, SessionStart};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -30,21 +32,6 @@ pub struct Held {
     _user: Slot<String>,
     _ip: Slot<IpAddr>,
     _permit: OwnedSemaphorePermit,
-}
-
-/// What the app lends an upgrade.
-pub struct WsContext<'a> {
-    pub bridge: &'a Arc<Bridge>,
-    pub metrics: &'a Arc<Metrics>,
-    pub app: &'a StreamingConfig,
-    pub client: IpAddr,
-    /// The user `identify` named, if any (`authenticate` overrides it).
-    pub user: Option<String>,
-    pub url: String,
-    pub conn: &'a Arc<crate::conn_state::ConnState>,
-    pub shutdown: tokio_util::sync::CancellationToken,
-    pub abort: tokio_util::sync::CancellationToken,
-    pub tracker: &'a tokio_util::task::TaskTracker,
 }
 
 impl WsRoute {
@@ -74,10 +61,14 @@ impl WsRoute {
         }
     }
 
+    /// Checks and answers an upgrade request; `url` is what `authenticate` sees.
     pub async fn upgrade<B>(
         &self,
         mut request: Request<B>,
-        context: WsContext<'_>,
+        context: &RequestContext,
+        bridge: &Arc<Bridge>,
+        handler_timeout: Duration,
+        url: String,
     ) -> Response<Body> {
         let accept_key = match handshake_key(request.method(), request.headers()) {
             Ok(key) => key,
@@ -89,20 +80,13 @@ impl WsRoute {
         let mut user = context.user.clone();
         if let Some(handler) = self.config.authenticate_handler {
             let target = JsTarget {
-                bridge: context.bridge,
+                bridge,
                 handler,
                 params: Vec::new(),
-                url: context.url.clone(),
+                url: url.clone(),
                 client: context.client,
             };
-            match identify(
-                &request,
-                target,
-                context.app.handler_timeout,
-                context.metrics,
-            )
-            .await
-            {
+            match identify(&request, target, handler_timeout, &context.metrics).await {
                 Ok(named) => user = named.or(user),
                 Err(response) => return response,
             }
@@ -121,11 +105,11 @@ impl WsRoute {
             limits: Arc::clone(&self.limits),
             user,
             client: context.client,
-            url: context.url,
-            bridge: Arc::clone(context.bridge),
-            metrics: Arc::clone(context.metrics),
-            shutdown: context.shutdown,
-            abort: context.abort,
+            url,
+            bridge: Arc::clone(bridge),
+            metrics: Arc::clone(&context.metrics),
+            shutdown: context.shutdown.clone(),
+            abort: context.abort.clone(),
             held,
         };
         context.tracker.spawn(ws_session::run(start));
