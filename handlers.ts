@@ -162,9 +162,10 @@ export class HandlerBridge {
   native!: NativeServer
   // Complete responses of this turn, handed to Rust in one `respondBatch` call (entries `id,
   // status, headersLength, bodyLength`; headers and bodies end to end).
-  readonly #batch = new NativeBatch()
-  #scheduled = false
-  readonly #flush = () => this.flush()
+  readonly #batch = new NativeBatch(
+    (entries, payload) => this.native.respondBatch(entries, payload),
+    (error) => this.reportError(error),
+  )
 
   constructor(private readonly reportError: (error: unknown) => void) {}
 
@@ -270,24 +271,11 @@ export class HandlerBridge {
     // -1: no body at all, as opposed to an empty one.
     const bodyLength = body === null ? -1 : typeof body === 'string' ? batch.text(body) : batch.bytes(body)
     batch.entry(id, status, headersLength, bodyLength)
-    if (!this.#scheduled) {
-      this.#scheduled = true
-      queueMicrotask(this.#flush)
-    }
   }
 
-  /** Hands the gathered responses to Rust in one call. */
+  /** Hands the gathered responses to Rust in one call (Rust copies the payload once). */
   flush(): void {
-    this.#scheduled = false
-    if (this.#batch.isEmpty) return
-    // Views, not copies: Rust reads both during the call (and copies the payload once).
-    const [entries, payload] = this.#batch.take()
-    try {
-      this.native.respondBatch(entries, payload)
-    } catch (error) {
-      this.reportError(error)
-    }
-    this.#batch.shrink()
+    this.#batch.flush()
   }
 
   /** Sends `result`; `undefined` when done at once, else a promise of the rest (a stream). */

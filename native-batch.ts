@@ -1,23 +1,30 @@
 /**
  * What JS hands to native code in one call instead of one call per item: entries of four
- * numbers in a reused Float64Array, and their strings and bytes end to end in a reused Buffer.
+ * numbers in a reused Float64Array, and their strings and bytes end to end in a reused Buffer,
+ * handed over at the end of the current turn (a microtask) or when `flush` is called.
  * The response batch (`handlers.ts`) and the WebSocket send batch (`ws.ts`) are both this.
  */
 
 const NUMBERS = 4 * 256
 const BYTES = 64 * 1024
 
+/** The native call a batch goes to; it reads (or copies) both arguments before returning. */
+export type BatchSink = (entries: Float64Array, payload: Buffer) => void
+
 export class NativeBatch {
   #numbers = new Float64Array(NUMBERS)
   #count = 0
   #bytes = Buffer.allocUnsafe(BYTES)
   #length = 0
+  #scheduled = false
+  readonly #flush = () => this.flush()
 
-  get isEmpty(): boolean {
-    return this.#count === 0
-  }
+  constructor(
+    private readonly sink: BatchSink,
+    private readonly reportError: (error: unknown) => void,
+  ) {}
 
-  /** Appends one entry of four numbers. */
+  /** Appends one entry of four numbers (after its strings and bytes); it goes out this turn. */
   entry(a: number, b: number, c: number, d: number): void {
     if (this.#count + 4 > this.#numbers.length) {
       const grown = new Float64Array(this.#numbers.length * 2)
@@ -31,6 +38,10 @@ export class NativeBatch {
     numbers[at + 2] = c
     numbers[at + 3] = d
     this.#count = at + 4
+    if (!this.#scheduled) {
+      this.#scheduled = true
+      queueMicrotask(this.#flush)
+    }
   }
 
   /** Appends `text` as UTF-8; returns how many bytes that took. */
@@ -50,19 +61,20 @@ export class NativeBatch {
     return bytes.byteLength
   }
 
-  /**
-   * The entries and bytes so far, as views (valid until the next append: native code reads or
-   * copies them during the call), and an empty batch.
-   */
-  take(): [Float64Array, Buffer] {
-    const taken: [Float64Array, Buffer] = [this.#numbers.subarray(0, this.#count), this.#bytes.subarray(0, this.#length)]
+  /** Hands what was gathered to native code in one call (views, not copies), and starts over. */
+  flush(): void {
+    this.#scheduled = false
+    if (this.#count === 0) return
+    const entries = this.#numbers.subarray(0, this.#count)
+    const payload = this.#bytes.subarray(0, this.#length)
     this.#count = 0
     this.#length = 0
-    return taken
-  }
-
-  /** After a burst, lets go of buffers grown well past their usual size. */
-  shrink(): void {
+    try {
+      this.sink(entries, payload)
+    } catch (error) {
+      this.reportError(error)
+    }
+    // After a burst, let go of buffers grown well past their usual size.
     if (this.#bytes.length > 16 * BYTES) this.#bytes = Buffer.allocUnsafe(BYTES)
     if (this.#numbers.length > 16 * NUMBERS) this.#numbers = new Float64Array(NUMBERS)
   }

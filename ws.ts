@@ -126,9 +126,10 @@ export class WebSocketBridge {
   readonly #sockets = new Map<number, ServerWebSocket>()
   native!: NativeServer
   /** `send` and `close` calls of this turn: entries `id, kind, length, code`. */
-  readonly #batch = new NativeBatch()
-  #scheduled = false
-  readonly #flush = () => this.flush()
+  readonly #batch = new NativeBatch(
+    (entries, payload) => this.native.wsSend(entries, payload),
+    (error) => this.reportError(error),
+  )
 
   constructor(private readonly reportError: (error: unknown) => void) {}
 
@@ -143,7 +144,7 @@ export class WebSocketBridge {
   }
 
   readonly onWsEvents = (numbers: Float64Array, strings: string[], payload: Buffer): void => {
-    const telemetry = new Map<WebSocketRoute, WebSocketMessage[]>()
+    let telemetry: Map<WebSocketRoute, WebSocketMessage[]> | undefined
     let s = 0
     let offset = 0
     for (let n = 0; n < numbers.length; n += 4) {
@@ -157,6 +158,7 @@ export class WebSocketBridge {
         const ws = this.#sockets.get(id)
         if (!ws) continue
         if (ws.route.telemetry) {
+          telemetry ??= new Map()
           let list = telemetry.get(ws.route)
           if (!list) telemetry.set(ws.route, (list = []))
           list.push({ ws, data, isBinary })
@@ -188,7 +190,8 @@ export class WebSocketBridge {
     this.flush()
   }
 
-  #deliverTelemetry(pending: Map<WebSocketRoute, WebSocketMessage[]>): void {
+  #deliverTelemetry(pending: Map<WebSocketRoute, WebSocketMessage[]> | undefined): void {
+    if (!pending) return
     for (const [route, messages] of pending) {
       if (route.batch) this.#call(() => route.batch!(messages))
     }
@@ -215,12 +218,10 @@ export class WebSocketBridge {
       if (!(bytes instanceof Uint8Array)) throw new TypeError('send: data must be a string, a Uint8Array or an ArrayBuffer')
       this.#batch.entry(id, SEND_BINARY, this.#batch.bytes(bytes), 0)
     }
-    this.#schedule()
   }
 
   close(id: number, code: number, reason: string): void {
     this.#batch.entry(id, SEND_CLOSE, this.#batch.text(reason), code)
-    this.#schedule()
   }
 
   subscribe(id: number, pattern: string): boolean {
@@ -232,22 +233,8 @@ export class WebSocketBridge {
     }
   }
 
-  #schedule(): void {
-    if (this.#scheduled) return
-    this.#scheduled = true
-    queueMicrotask(this.#flush)
-  }
-
   /** Hands the gathered sends and closes to Rust in one call. */
   flush(): void {
-    this.#scheduled = false
-    if (this.#batch.isEmpty) return
-    const [entries, payload] = this.#batch.take()
-    try {
-      this.native.wsSend(entries, payload)
-    } catch (error) {
-      this.reportError(error)
-    }
-    this.#batch.shrink()
+    this.#batch.flush()
   }
 }
