@@ -1,7 +1,7 @@
 // WebSocket protections: each limit tripped with the close code or status it promises, and
 // legitimate traffic passing beside it. Clients are the ws package, on loopback addresses only.
 import test from 'ava'
-import { startWs, wsOpen, wsRefused, closedWithin, request, sleep, eventually } from './helpers.mjs'
+import { startWs, wsOpen, wsRefused, closedWithin, request, sleep, eventually, rawWebSocket, wsFrame } from './helpers.mjs'
 
 const KiB = 1024
 const rejections = (server) => server.stats().rejections
@@ -427,4 +427,24 @@ test('a client that stops reading altogether is cut off at sendTimeout (1006), i
   const again = await wsOpen(t, `${base}/firehose`)
   t.is(again.closed, undefined)
   again.client.close()
+})
+
+test('malformed frames: text that is not UTF-8 closes with 1007, an unmasked frame with 1002', async (t) => {
+  const closes = []
+  const { server, port } = await startWs(t, {
+    '/in': { message: () => t.fail('no malformed message reaches JS'), close: (ws, code) => closes.push(code) },
+  })
+  const closeCode = async (bytes) => {
+    const raw = await rawWebSocket(port, '/ws/in')
+    t.is(raw.status, 101)
+    raw.socket.write(bytes)
+    await closedWithin(raw)
+    return raw.frames.find((frame) => frame.opcode === 0x8)?.payload.readUInt16BE(0)
+  }
+  t.is(await closeCode(wsFrame(0x1, Buffer.from([0x68, 0xff, 0xfe]))), 1007)
+  // FIN + text, length 2, no mask bit: a client must mask every frame (RFC 6455 5.1).
+  t.is(await closeCode(Buffer.from([0x81, 0x02, 0x68, 0x69])), 1002)
+  t.true(await eventually(() => closes.length === 2))
+  t.deepEqual(closes.sort(), [1002, 1007])
+  t.is(rejections(server).ws_protocol_error, 2)
 })
