@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs'
 import { cpus, platform } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { run, spawnChild } from './proc.mjs'
+import { run, spawnChild, cpuSeconds } from './proc.mjs'
 
 const crate = fileURLToPath(new URL('../ws-load/', import.meta.url))
 const binary = `${crate}target/release/ws-load${platform() === 'win32' ? '.exe' : ''}`
@@ -68,4 +68,25 @@ export async function wsLoad(mode, flags, { timeout = 300_000 } = {}) {
   })
   result.catch(() => {})
   return { child, connected, result }
+}
+
+/**
+ * A fan-out measurement: `connections` subscribers (`mode` fanout or sse) at `url`, then the
+ * server's /api/publish sends `rate` events per second to each for `seconds`. Resolves the
+ * client's result, how many deliveries were expected, and the server's CPU seconds meanwhile.
+ */
+export async function fanoutRun(mode, { url, port, pids, connections, rate, seconds }) {
+  const expect = connections * rate * seconds
+  const load = await wsLoad(
+    mode,
+    { url, connections, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000 },
+    { timeout: (seconds + 120) * 1000 },
+  )
+  const connected = await load.connected
+  if (connected < connections) throw new Error(`${connected}/${connections} subscribed: ${(await load.result).error}`)
+  const cpuBefore = cpuSeconds(pids())
+  const response = await fetch(`http://127.0.0.1:${port}/api/publish?rate=${rate}&seconds=${seconds}`)
+  if (!response.ok) throw new Error(`/api/publish answered ${response.status}`)
+  const result = await load.result
+  return { result, expect, cpu: cpuSeconds(pids()) - cpuBefore }
 }

@@ -2,8 +2,8 @@
 // events at a fixed rate through the sse workload's /api/publish run, offering 1,000,000 messages/s
 // in all (10,000 × 100/s; quick 1,000 × 1,000/s) for 5 s (quick: 2 s). Delivered messages/s across
 // all sockets, delivered share, publish-to-receive latency, server CPU seconds and RSS.
-import { wsLoad, SOURCES } from '../lib/ws-load.mjs'
-import { cpuSeconds, rss } from '../lib/proc.mjs'
+import { fanoutRun } from '../lib/ws-load.mjs'
+import { rss } from '../lib/proc.mjs'
 
 export default {
   name: 'ws-fanout-10k',
@@ -14,19 +14,7 @@ export default {
     const sockets = quick ? 1000 : 10_000
     const rate = quick ? 1000 : 100
     const seconds = quick ? 2 : 5
-    const expect = sockets * rate * seconds
-    const load = await wsLoad(
-      'fanout',
-      { url: `ws://127.0.0.1:${port}/ws/bench`, connections: sockets, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000 },
-      { timeout: (seconds + 120) * 1000 },
-    )
-    const connected = await load.connected
-    if (connected < sockets) throw new Error(`${connected}/${sockets} connected: ${(await load.result).error}`)
-    const cpuBefore = cpuSeconds(pids())
-    const response = await fetch(`http://127.0.0.1:${port}/api/publish?rate=${rate}&seconds=${seconds}`)
-    if (!response.ok) throw new Error(`/api/publish answered ${response.status}`)
-    const result = await load.result
-    const cpu = cpuSeconds(pids()) - cpuBefore
+    const { result, expect, cpu } = await fanoutRun('fanout', { url: `ws://127.0.0.1:${port}/ws/bench`, port, pids, connections: sockets, rate, seconds })
     return {
       'msg/s': result.msgPerSec,
       'delivered %': (result.delivered / expect) * 100,

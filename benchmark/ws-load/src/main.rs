@@ -327,22 +327,10 @@ async fn echo(args: Rc<Args>) {
 /// Counts every message the subscribed sockets receive; a `"t":<epoch ms>` in it gives a latency.
 async fn fanout(args: Rc<Args>) {
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let origin = Instant::now();
-    let delivered = Rc::new(Cell::new(0u64));
-    let first_ns = Rc::new(Cell::new(0u64));
-    let last_ns = Rc::new(Cell::new(0u64));
-    let closed = Rc::new(Cell::new(0usize));
-    let latencies = Rc::new(RefCell::new(Vec::<u32>::new()));
-    let (d, f, l, c, lat) = (
-        delivered.clone(),
-        first_ns.clone(),
-        last_ns.clone(),
-        closed.clone(),
-        latencies.clone(),
-    );
+    let stats = Deliveries::new(args.expect);
+    let shared = stats.clone();
     let (opened, failed, error) = open_all(&args, ws_open(config), move |_, mut ws| {
-        let (delivered, first_ns, last_ns, closed, latencies) =
-            (d.clone(), f.clone(), l.clone(), c.clone(), lat.clone());
+        let stats = shared.clone();
         spawn_local(async move {
             while let Some(message) = ws.next().await {
                 let text = match message {
@@ -351,22 +339,17 @@ async fn fanout(args: Rc<Args>) {
                     Ok(Message::Close(_)) | Err(_) => break,
                     Ok(_) => continue,
                 };
-                let at = origin.elapsed().as_nanos() as u64;
-                if delivered.get() == 0 {
-                    first_ns.set(at);
-                }
-                last_ns.set(at);
-                delivered.set(delivered.get() + 1);
+                stats.arrived(1);
                 if let Some(t) = text
                     .as_str()
                     .split_once("\"t\":")
                     .and_then(|(_, rest)| rest.split(['}', ',']).next()?.parse::<f64>().ok())
                 {
                     let micros = ((now_epoch_ms() - t) * 1000.0).clamp(0.0, u32::MAX as f64) as u32;
-                    latencies.borrow_mut().push(micros);
+                    stats.latencies.borrow_mut().push(micros);
                 }
             }
-            closed.set(closed.get() + 1);
+            stats.closed.set(stats.closed.get() + 1);
         });
     })
     .await;
@@ -378,36 +361,7 @@ async fn fanout(args: Rc<Args>) {
         ));
         return;
     }
-    let cpu_before = cpu_seconds();
-    let connected_at = Instant::now();
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let idle = Duration::from_millis(args.idle_ms);
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = origin.elapsed();
-        if args.expect > 0 && delivered.get() >= args.expect {
-            break;
-        }
-        if delivered.get() > 0 && now.saturating_sub(Duration::from_nanos(last_ns.get())) > idle {
-            break;
-        }
-        if connected_at.elapsed() > timeout || (opened > 0 && closed.get() >= opened) {
-            break;
-        }
-    }
-    let cpu = cpu_seconds() - cpu_before;
-    let span = (last_ns.get().saturating_sub(first_ns.get())) as f64 / 1e9;
-    let mut latencies = latencies.take();
-    latencies.sort_unstable();
-    emit(format!(
-        "{{\"mode\":\"fanout\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
-        closed.get(),
-        delivered.get(),
-        if span > 0.0 { delivered.get() as f64 / span } else { 0.0 },
-        quantile_ms(&latencies, 0.5),
-        quantile_ms(&latencies, 0.99),
-        json_error(&error),
-    ));
+    stats.report("fanout", &args, opened, failed, &error).await;
 }
 
 /// Opens the connections and holds them, reading (to answer pings), until stdin says stop.
@@ -614,8 +568,8 @@ impl Stamps {
     }
 }
 
-/// What the SSE subscribers received, all told.
-struct SseStats {
+/// What the subscribers (fan-out sockets or event streams) received, all told.
+struct Deliveries {
     origin: Instant,
     delivered: Cell<u64>,
     first_ns: Cell<u64>,
@@ -623,6 +577,75 @@ struct SseStats {
     closed: Cell<usize>,
     /// Publish-to-receive latencies, microseconds.
     latencies: RefCell<Vec<u32>>,
+}
+
+impl Deliveries {
+    fn new(expect: u64) -> Rc<Self> {
+        Rc::new(Self {
+            origin: Instant::now(),
+            delivered: Cell::new(0),
+            first_ns: Cell::new(0),
+            last_ns: Cell::new(0),
+            closed: Cell::new(0),
+            latencies: RefCell::new(Vec::with_capacity(expect.min(1 << 26) as usize)),
+        })
+    }
+
+    /// `count` messages arrived just now.
+    fn arrived(&self, count: u64) {
+        let at = self.origin.elapsed().as_nanos() as u64;
+        if self.delivered.get() == 0 {
+            self.first_ns.set(at);
+        }
+        self.last_ns.set(at);
+        self.delivered.set(self.delivered.get() + count);
+    }
+
+    /// Waits until everything expected arrived, deliveries went quiet for `--idle-ms`, every
+    /// subscriber closed, or `--timeout-ms` passed; then prints the one result line.
+    async fn report(
+        &self,
+        mode: &str,
+        args: &Args,
+        opened: usize,
+        failed: usize,
+        error: &Option<String>,
+    ) {
+        let cpu_before = cpu_seconds();
+        let connected_at = Instant::now();
+        let timeout = Duration::from_millis(args.timeout_ms);
+        let idle = Duration::from_millis(args.idle_ms);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let delivered = self.delivered.get();
+            if args.expect > 0 && delivered >= args.expect {
+                break;
+            }
+            let since_last = self
+                .origin
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(self.last_ns.get()));
+            if delivered > 0 && since_last > idle {
+                break;
+            }
+            if connected_at.elapsed() > timeout || (opened > 0 && self.closed.get() >= opened) {
+                break;
+            }
+        }
+        let cpu = cpu_seconds() - cpu_before;
+        let span = (self.last_ns.get().saturating_sub(self.first_ns.get())) as f64 / 1e9;
+        let delivered = self.delivered.get();
+        let mut latencies = self.latencies.take();
+        latencies.sort_unstable();
+        emit(format!(
+            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+            self.closed.get(),
+            if span > 0.0 { delivered as f64 / span } else { 0.0 },
+            quantile_ms(&latencies, 0.5),
+            quantile_ms(&latencies, 0.99),
+            json_error(error),
+        ));
+    }
 }
 
 /// One subscriber's body: its chunked decoding and timestamp scan.
@@ -633,7 +656,7 @@ struct SseBody {
 
 impl SseBody {
     /// Takes the bytes of one read, just received; false once the body is over.
-    fn take(&mut self, bytes: &[u8], stats: &SseStats) -> bool {
+    fn take(&mut self, bytes: &[u8], stats: &Deliveries) -> bool {
         let now_ms = now_epoch_ms();
         let mut count = 0u64;
         let mut latencies = stats.latencies.borrow_mut();
@@ -655,12 +678,7 @@ impl SseBody {
             }
         };
         if count > 0 {
-            let at = stats.origin.elapsed().as_nanos() as u64;
-            if stats.delivered.get() == 0 {
-                stats.first_ns.set(at);
-            }
-            stats.last_ns.set(at);
-            stats.delivered.set(stats.delivered.get() + count);
+            stats.arrived(count);
         }
         open
     }
@@ -669,14 +687,7 @@ impl SseBody {
 /// Subscribes raw HTTP/1.1 sockets to an event stream and counts the events each receives; the
 /// `"t":<epoch ms>` the publisher puts in every event gives its latency.
 async fn sse(args: Rc<Args>) {
-    let stats = Rc::new(SseStats {
-        origin: Instant::now(),
-        delivered: Cell::new(0),
-        first_ns: Cell::new(0),
-        last_ns: Cell::new(0),
-        closed: Cell::new(0),
-        latencies: RefCell::new(Vec::with_capacity(args.expect.min(1 << 26) as usize)),
-    });
+    let stats = Deliveries::new(args.expect);
     let shared = stats.clone();
     let (opened, failed, error) = open_all(&args, subscribe, move |_, subscriber| {
         let stats = shared.clone();
@@ -713,40 +724,7 @@ async fn sse(args: Rc<Args>) {
         ));
         return;
     }
-    let cpu_before = cpu_seconds();
-    let connected_at = Instant::now();
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let idle = Duration::from_millis(args.idle_ms);
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let delivered = stats.delivered.get();
-        if args.expect > 0 && delivered >= args.expect {
-            break;
-        }
-        let since_last = stats
-            .origin
-            .elapsed()
-            .saturating_sub(Duration::from_nanos(stats.last_ns.get()));
-        if delivered > 0 && since_last > idle {
-            break;
-        }
-        if connected_at.elapsed() > timeout || (opened > 0 && stats.closed.get() >= opened) {
-            break;
-        }
-    }
-    let cpu = cpu_seconds() - cpu_before;
-    let span = (stats.last_ns.get().saturating_sub(stats.first_ns.get())) as f64 / 1e9;
-    let delivered = stats.delivered.get();
-    let mut latencies = stats.latencies.take();
-    latencies.sort_unstable();
-    emit(format!(
-        "{{\"mode\":\"sse\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"eventsPerSec\":{:.1},\"p50\":{},\"p99\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
-        stats.closed.get(),
-        if span > 0.0 { delivered as f64 / span } else { 0.0 },
-        quantile_ms(&latencies, 0.5),
-        quantile_ms(&latencies, 0.99),
-        json_error(&error),
-    ));
+    stats.report("sse", &args, opened, failed, &error).await;
 }
 
 fn main() {
