@@ -109,6 +109,26 @@ struct Lingering {
     drained: usize,
 }
 
+/// What an upgraded socket keeps of its wrapper: the client's slot and the live count.
+pub struct SocketGuard {
+    _slot: Slot,
+    _live: LiveConnection,
+}
+
+impl<S> GuardedIo<S> {
+    /// Unwraps the socket for a WebSocket session, which keeps its own deadlines: the head
+    /// deadlines, timers and connection state go, the slot stays with the socket.
+    pub fn into_upgraded(self) -> (S, SocketGuard) {
+        let Self {
+            inner,
+            _slot,
+            _live,
+            ..
+        } = self;
+        (inner, SocketGuard { _slot, _live })
+    }
+}
+
 impl<S> GuardedIo<S> {
     pub fn new(
         inner: S,

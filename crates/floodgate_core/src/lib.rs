@@ -28,6 +28,7 @@ pub mod units;
 pub mod upload;
 pub mod upload_sink;
 pub mod ws;
+pub mod ws_frame;
 pub mod ws_hub;
 pub mod ws_session;
 

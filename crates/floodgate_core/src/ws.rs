@@ -45,6 +45,7 @@ impl WsRoute {
             rate_action: config.rate_limit_action,
             ping_interval: app.ws_ping_interval,
             pong_timeout: app.ws_pong_timeout,
+            send_timeout: app.send_timeout,
             queue: QueueLimits {
                 messages: config.queue_messages as usize,
                 bytes: config.queue_bytes as usize,
@@ -100,7 +101,8 @@ impl WsRoute {
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
         context.conn.mark_upgraded();
-        let start = SessionStart {
+        bridge.ws_hub().watch(&context.shutdown, &context.abort);
+        let start = Box::new(SessionStart {
             on_upgrade,
             limits: Arc::clone(&self.limits),
             user,
@@ -108,10 +110,9 @@ impl WsRoute {
             url,
             bridge: Arc::clone(bridge),
             metrics: Arc::clone(&context.metrics),
-            shutdown: context.shutdown.clone(),
             abort: context.abort.clone(),
             held,
-        };
+        });
         context.tracker.spawn(ws_session::run(start));
 
         let mut response = Response::new(body::empty());

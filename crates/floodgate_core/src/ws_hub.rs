@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 /// Close code for "try again later", sent when a slow reader's queue overflows.
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
@@ -177,19 +178,21 @@ impl SessionHandle {
         self.waker.wake();
     }
 
-    /// Moves up to `max` queued messages into `into`, and returns the close request once the
-    /// queue is empty.
-    pub fn drain(&self, into: &mut VecDeque<Message>, max: usize) -> Option<CloseRequest> {
+    /// Hands queued messages to `each` until about `budget` payload bytes have gone (at least
+    /// one message), and returns the close request once the queue is empty.
+    pub fn drain(&self, budget: usize, mut each: impl FnMut(Message)) -> Option<CloseRequest> {
         let mut outbound = self.outbound();
-        let Outbound {
-            messages, bytes, ..
-        } = &mut *outbound;
-        let take = messages.len().min(max);
-        for message in messages.drain(..take) {
-            *bytes -= payload_len(&message);
-            into.push_back(message);
+        let mut taken = 0usize;
+        while taken < budget {
+            let Some(message) = outbound.messages.pop_front() else {
+                break;
+            };
+            let size = payload_len(&message);
+            outbound.bytes -= size;
+            taken += size.max(1);
+            each(message);
         }
-        self.queued_bytes.store(*bytes, Ordering::Relaxed);
+        self.queued_bytes.store(outbound.bytes, Ordering::Relaxed);
         if !outbound.messages.is_empty() {
             return None;
         }
@@ -246,11 +249,22 @@ impl Sink for SessionHandle {
 pub struct WsHub {
     sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
     next_id: AtomicU64,
+    /// The server is closing: every session sends 1001 and winds down.
+    shutting_down: AtomicBool,
+    /// The drain deadline passed: every session ends now.
+    aborted: AtomicBool,
+    watching: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum Flag {
+    ShuttingDown,
+    Aborted,
 }
 
 /// Removes its session from the hub (and the bus) when the session ends, however it ends.
 pub struct Registration {
-    hub: Arc<WsHub>,
+    pub hub: Arc<WsHub>,
     pub handle: Arc<SessionHandle>,
 }
 
@@ -308,6 +322,43 @@ impl WsHub {
             hub: Arc::clone(self),
             handle,
         }
+    }
+
+    /// Follows the server's shutdown (every session closes with 1001) and abort (every session
+    /// ends at once). One watcher per hub, started by the first upgrade: sessions then need no
+    /// cancellation future of their own, only these two flags.
+    pub fn watch(self: &Arc<Self>, shutdown: &CancellationToken, abort: &CancellationToken) {
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let hub = Arc::downgrade(self);
+        let (shutdown, abort) = (shutdown.clone(), abort.clone());
+        tokio::spawn(async move {
+            for (token, flag) in [(shutdown, Flag::ShuttingDown), (abort, Flag::Aborted)] {
+                token.cancelled().await;
+                let Some(hub) = hub.upgrade() else { return };
+                hub.raise(flag);
+            }
+        });
+    }
+
+    fn raise(&self, flag: Flag) {
+        match flag {
+            Flag::ShuttingDown => self.shutting_down.store(true, Ordering::Release),
+            Flag::Aborted => self.aborted.store(true, Ordering::Release),
+        }
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        for session in sessions.values() {
+            session.waker.wake();
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<SessionHandle>> {
@@ -417,8 +468,8 @@ mod tests {
         let id = registration.handle.id as f64;
         hub.send_batch(&[id, 0.0, 2.0, 0.0, id, 1.0, 3.0, 0.0], b"hiabc")
             .unwrap();
-        let mut out = VecDeque::new();
-        assert_eq!(registration.handle.drain(&mut out, 16), None);
+        let mut out = Vec::new();
+        assert_eq!(registration.handle.drain(1024, |m| out.push(m)), None);
         assert_eq!(out, vec![Message::text("hi"), Message::binary(&b"abc"[..])]);
         assert_eq!(
             hub.send_batch(&[id, 0.0, 9.0, 0.0], b"short"),
@@ -434,8 +485,8 @@ mod tests {
         for text in ["1", "2", "3"] {
             dropping.handle.enqueue(Message::text(text));
         }
-        let mut out = VecDeque::new();
-        dropping.handle.drain(&mut out, 16);
+        let mut out = Vec::new();
+        dropping.handle.drain(1024, |m| out.push(m));
         assert_eq!(out, vec![Message::text("2"), Message::text("3")]);
         assert_eq!(metrics.rejections(Rejection::WsMessageDropped), 1);
 
@@ -443,8 +494,8 @@ mod tests {
         for text in ["1", "2", "3"] {
             closing.handle.enqueue(Message::text(text));
         }
-        let mut out = VecDeque::new();
-        let close = closing.handle.drain(&mut out, 16);
+        let mut out = Vec::new();
+        let close = closing.handle.drain(1024, |m| out.push(m));
         assert!(out.is_empty());
         assert_eq!(close.map(|c| c.code), Some(CLOSE_TRY_AGAIN_LATER));
     }

@@ -1,51 +1,55 @@
 //! One WebSocket session: a single task that reads frames, writes the session's queue as the
-//! client takes it, and keeps the session's timers (idle, ping/pong, rate pauses, closing).
+//! client takes it, and keeps the session's timers (idle, ping/pong, rate pauses, send stalls,
+//! closing).
 //!
-//! tungstenite is configured to be safe with untrusted peers: frame and message caps equal to
-//! `wsMaxMessageSize` (it checks a frame's declared length before buffering it), small read
-//! and write buffers, and a bounded write buffer. It reports an oversize message as an error
-//! and would just drop the connection; the session sends the `1009` close frame itself.
-//! permessage-deflate is never negotiated, so no inflated size can exceed what was read.
+//! An idle session holds no buffer: the task owns the bare socket (hyper's upgrade wrapper and
+//! the HTTP socket wrapper are taken off), reads into the worker's stack and parses frames in
+//! place (`ws_frame`), and keeps bytes only while a frame is incomplete or the client has not
+//! taken what was written. Messages wait in the hub's bounded queue, not here, until the
+//! socket has room. Frames and messages over `wsMaxMessageSize` are refused from their headers
+//! with `1009`; permessage-deflate is never negotiated, so no inflated size can exceed what
+//! was read.
 
 use crate::bridge::Bridge;
 use crate::config::RateAction;
+use crate::guarded_io::{GuardedIo, SocketGuard};
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::ws::Held;
-use crate::ws_hub::{QueueLimits, Registration, SessionHandle, WsEvent, RETAINED_QUEUE};
-use bytes::Bytes;
-use futures_util::{Sink, Stream};
+use crate::ws_frame::{self, Assembler, Incoming, ReadError};
+use crate::ws_hub::{QueueLimits, Registration, SessionHandle, WsEvent};
+use bytes::{Buf, Bytes, BytesMut};
 use governor::clock::Clock;
 use governor::Quota;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-/// tungstenite zeroes and reads into this much per read, and an idle socket keeps it: 512 B
-/// (not its 128 KiB default) saves 1.6 KiB per idle socket. Messages larger than it grow the
-/// buffer only while they arrive, at the cost of one read call per 512 B for them.
-const READ_BUFFER: usize = 512;
-/// Frames are gathered up to this size before a write: one syscall for a burst of messages.
-const WRITE_BUFFER: usize = 16 * 1024;
+/// One read from the socket, on the worker's stack: a burst of small messages is parsed from
+/// here without touching the heap.
+const READ_CHUNK: usize = 16 * 1024;
+/// Payload bytes taken from the queue for one write: one syscall for a burst of messages.
+const WRITE_BATCH: usize = 16 * 1024;
 /// After a close frame, how long the peer has to answer before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages read (or written) in one go before the task yields to others.
-const BATCH: usize = 64;
+/// Reads (or writes) in one go before the task yields to others.
+const BATCH: usize = 16;
+/// A politely closed socket drains what the client still sends for this long.
+const LINGER: Duration = Duration::from_secs(2);
 
 const NO_STATUS: u16 = 1005;
 const ABNORMAL: u16 = 1006;
@@ -61,6 +65,8 @@ pub struct SessionLimits {
     pub rate_action: RateAction,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// A write that makes no progress for this long ends the session (`sendTimeout`).
+    pub send_timeout: Duration,
     pub queue: QueueLimits,
     pub route: u32,
 }
@@ -75,45 +81,43 @@ pub struct SessionStart {
     pub url: String,
     pub bridge: Arc<Bridge>,
     pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
+    /// The server's abort after its drain deadline. Sessions see it through the hub's flag;
+    /// the token itself bounds the wait for the upgrade and the lingering close.
     pub abort: CancellationToken,
     pub held: Held,
 }
 
+/// The socket as the HTTP side hands it over (see `server::serve_connection`).
+type HttpIo = TokioIo<GuardedIo<TcpStream>>;
+
 /// Runs a session from the upgrade to its end; JS hears `open` and exactly one `close`.
-pub async fn run(start: SessionStart) {
+///
+/// The task's future stays small (the long-lived state is one box), since every open socket
+/// keeps one.
+pub async fn run(start: Box<SessionStart>) {
+    let mut start = start;
+    let upgraded = tokio::select! {
+        upgraded = &mut start.on_upgrade => match upgraded {
+            Ok(upgraded) => upgraded,
+            Err(_) => return,
+        },
+        _ = start.abort.cancelled() => return,
+    };
+    let Ok(parts) = hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded) else {
+        return;
+    };
+    let (socket, guard) = parts.io.into_inner().into_upgraded();
     let SessionStart {
-        on_upgrade,
         limits,
         user,
         client,
         url,
         bridge,
         metrics,
-        shutdown,
-        abort,
         held,
-    } = start;
-    let upgraded = tokio::select! {
-        upgraded = on_upgrade => match upgraded {
-            Ok(upgraded) => upgraded,
-            Err(_) => return,
-        },
-        _ = abort.cancelled() => return,
-    };
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + limits.max_message_size + 1024)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_message_size));
-    // Boxed: the handshake's state lives only while it runs, not in every session's task.
-    let ws = Box::pin(WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(config),
-    ))
-    .await;
+        abort,
+        ..
+    } = *start;
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
     let id = registration.handle.id;
     bridge.ws_event(WsEvent::Open {
@@ -123,31 +127,55 @@ pub async fn run(start: SessionStart) {
         client: client.to_string(),
         url,
     });
-    // Boxed, so the task's own state stays small (an async fn's state keeps such values
-    // more than once); an idle socket's memory is mostly this.
     let mut session = Box::new(Session::new(
-        ws,
-        &registration,
-        &bridge,
+        socket,
+        guard,
+        held,
+        registration,
+        bridge,
         metrics,
         limits,
-        shutdown,
     ));
-    let end = tokio::select! {
-        end = poll_fn(|cx| session.poll(cx)) => end,
-        _ = abort.cancelled() => End::dropped(),
-    };
-    bridge.ws_event(WsEvent::Close {
+    // Bytes the client sent right behind its upgrade request.
+    if !parts.read_buf.is_empty() {
+        session.read_buf.extend_from_slice(&parts.read_buf);
+    }
+    drop(parts.read_buf);
+    let end = poll_fn(|cx| session.poll(cx)).await;
+    session.bridge.ws_event(WsEvent::Close {
         id,
         code: end.code,
         reason: end.reason,
     });
+    let Session {
+        socket,
+        guard,
+        held,
+        registration,
+        ..
+    } = *session;
     // The caps' slots are free as soon as JS hears of the close.
     drop(registration);
     drop(held);
     if end.graceful {
-        session.linger(&abort).await;
+        // Boxed: the lingering close's state is needed once, not in every session's task.
+        tokio::select! {
+            _ = Box::pin(linger(socket, guard)) => {}
+            _ = abort.cancelled() => {}
+        }
     }
+}
+
+/// FIN, then a short drain of what the client still sends rather than a reset.
+async fn linger(mut socket: TcpStream, _guard: SocketGuard) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let drain = async {
+        socket.shutdown().await?;
+        let mut sink = vec![0u8; 4096];
+        while socket.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// How a session ended, as JS's `close(ws, code, reason)` reports it.
@@ -215,69 +243,92 @@ impl Rates {
     }
 }
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// Whether the parser may go on to the next frame.
+enum Flow {
+    Continue,
+    /// A message is held back (rate pause) or JS is behind: keep the rest unparsed.
+    Stop,
+}
 
 struct Session {
-    ws: Socket,
+    socket: TcpStream,
+    guard: SocketGuard,
+    held: Held,
+    registration: Registration,
     handle: Arc<SessionHandle>,
     bridge: Arc<Bridge>,
     metrics: Arc<Metrics>,
     limits: Arc<SessionLimits>,
+    /// Unparsed input: an incomplete frame, or frames left while reading is paused. Empty and
+    /// unallocated while the client is quiet.
+    read_buf: BytesMut,
+    assembler: Assembler,
+    /// Frames the socket has not taken yet. Empty and unallocated while nothing is pending.
+    write_buf: BytesMut,
     /// Only when a rate limit is set: most sessions carry none.
     rates: Option<Box<Rates>>,
-    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     shutting_down: bool,
     state: State,
-    /// Messages taken from the queue, waiting for room in the socket.
-    outgoing: VecDeque<Message>,
-    unflushed: bool,
+    /// Nothing more will be read: the client's close frame arrived, or its input was refused.
     reading_done: bool,
     last_activity: Instant,
     last_ping: Instant,
     ping_sent: Option<Instant>,
+    /// Since when a write has been waiting for the client without progress.
+    stalled_since: Option<Instant>,
     /// A message over the rate under `pause`, delivered once the rate allows.
     held_back: Option<(Bytes, bool)>,
     paused_until: Option<Instant>,
-    timer: Pin<Box<Sleep>>,
+    /// Armed for the nearest deadline; created with the first one.
+    timer: Option<Pin<Box<Sleep>>>,
     timer_at: Option<Instant>,
 }
 
 impl Session {
     fn new(
-        ws: Socket,
-        registration: &Registration,
-        bridge: &Arc<Bridge>,
+        socket: TcpStream,
+        guard: SocketGuard,
+        held: Held,
+        registration: Registration,
+        bridge: Arc<Bridge>,
         metrics: Arc<Metrics>,
         limits: Arc<SessionLimits>,
-        shutdown: CancellationToken,
     ) -> Self {
         let now = Instant::now();
         Self {
-            ws,
+            socket,
+            guard,
+            held,
             handle: Arc::clone(&registration.handle),
-            bridge: Arc::clone(bridge),
+            registration,
+            bridge,
             metrics,
             rates: Rates::new(&limits).map(Box::new),
             limits,
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            read_buf: BytesMut::new(),
+            assembler: Assembler::default(),
+            write_buf: BytesMut::new(),
             shutting_down: false,
             state: State::Open,
-            outgoing: VecDeque::new(),
-            unflushed: false,
             reading_done: false,
             last_activity: now,
             last_ping: now,
             ping_sent: None,
+            stalled_since: None,
             held_back: None,
             paused_until: None,
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer: None,
             timer_at: None,
         }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         self.handle.waker.register(cx.waker());
-        if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
+        let hub = &self.registration.hub;
+        if hub.is_aborted() {
+            return Poll::Ready(self.end_abnormally());
+        }
+        if !self.shutting_down && hub.is_shutting_down() {
             self.shutting_down = true;
             self.begin_close(1001, "Server closing");
         }
@@ -293,9 +344,12 @@ impl Session {
             if let Some(end) = self.poll_timers(cx) {
                 return Poll::Ready(end);
             }
-            // After a read error tungstenite reads no more, so no close reply can arrive: the
-            // session is over once its own close frame is out.
-            if self.reading_done && !self.unflushed && matches!(self.state, State::Closing { .. }) {
+            // Nothing more can arrive (the client's close, or refused input): the session is
+            // over once its own close frame is out.
+            if self.reading_done
+                && self.write_buf.is_empty()
+                && matches!(self.state, State::Closing { .. })
+            {
                 return Poll::Ready(self.finished());
             }
             if !wrote && !read {
@@ -307,72 +361,59 @@ impl Session {
         Poll::Pending
     }
 
-    /// FIN, then a short drain of what the client still sends (the socket wrapper's lingering
-    /// close) rather than a reset; bounded by the session's own timer, not a new one.
-    async fn linger(&mut self, abort: &CancellationToken) {
-        self.timer
-            .as_mut()
-            .reset(Instant::now() + Duration::from_secs(2));
-        let Self { ws, timer, .. } = self;
-        tokio::select! {
-            _ = ws.get_mut().shutdown() => {}
-            _ = timer.as_mut() => {}
-            _ = abort.cancelled() => {}
-        }
-    }
-
-    /// Moves queued messages into the socket as it takes them; `true` if anything moved.
+    /// Writes what is buffered, then formats more from the queue while the socket takes it;
+    /// `true` if anything moved.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progressed = false;
-        // After a close frame nothing more may be sent (`begin_close` emptied the queue).
         for _ in 0..BATCH {
-            if !matches!(self.state, State::Open) {
-                break;
-            }
-            if self.outgoing.is_empty() {
-                if self.outgoing.capacity() > RETAINED_QUEUE {
-                    self.outgoing.shrink_to(RETAINED_QUEUE);
-                }
-                if let Some(close) = self.handle.drain(&mut self.outgoing, BATCH) {
-                    if self.outgoing.is_empty() {
-                        self.begin_close(close.code, &close.reason);
+            if !self.write_buf.is_empty() {
+                match Pin::new(&mut self.socket).poll_write(cx, &self.write_buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(self.end_abnormally()),
+                    Poll::Ready(Ok(written)) => {
+                        self.metrics.sent(written);
+                        self.write_buf.advance(written);
+                        self.stalled_since = None;
                         progressed = true;
+                        if !self.write_buf.is_empty() {
+                            continue;
+                        }
+                        // Give the memory back: an idle socket holds no buffer.
+                        self.write_buf = BytesMut::new();
+                    }
+                    Poll::Pending => {
+                        self.stalled_since.get_or_insert_with(Instant::now);
+                        return Ok(progressed);
                     }
                 }
             }
-            if self.outgoing.is_empty() {
+            // After a close frame nothing more may be sent (`begin_close` emptied the queue).
+            if !matches!(self.state, State::Open) {
                 break;
             }
-            match Pin::new(&mut self.ws).poll_ready(cx) {
-                Poll::Pending => return Ok(progressed),
-                Poll::Ready(Err(_)) => return Err(self.end_abnormally()),
-                Poll::Ready(Ok(())) => {}
-            }
-            let sent = self.outgoing.len();
-            while let Some(message) = self.outgoing.pop_front() {
-                if Pin::new(&mut self.ws).start_send(message).is_err() {
-                    return Err(self.end_abnormally());
-                }
-                self.unflushed = true;
+            let mut sent = 0u64;
+            let write_buf = &mut self.write_buf;
+            let close = self.handle.drain(WRITE_BATCH, |message| {
+                let (opcode, payload): (_, &[u8]) = match &message {
+                    Message::Text(text) => (OpCode::Data(Data::Text), text.as_ref()),
+                    Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
+                    _ => return,
+                };
+                ws_frame::write_frame(write_buf, opcode, payload);
+                sent += 1;
+            });
+            self.metrics.ws_sent(sent);
+            if let Some(close) = close {
+                self.begin_close(close.code, &close.reason);
                 progressed = true;
-                // Over the write buffer: wait for the socket before queuing more.
-                if Pin::new(&mut self.ws).poll_ready(cx).is_pending() {
-                    break;
-                }
             }
-            self.metrics.ws_sent((sent - self.outgoing.len()) as u64);
-        }
-        if self.unflushed {
-            match Pin::new(&mut self.ws).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(_)) => return Err(self.end_abnormally()),
-                Poll::Pending => {}
+            if self.write_buf.is_empty() {
+                break;
             }
         }
         Ok(progressed)
     }
 
-    /// Reads what the client sent, up to a batch; `true` if anything was read.
+    /// Reads and handles what the client sent, up to a batch; `true` if anything was read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         if self.reading_done {
             return Ok(false);
@@ -384,59 +425,158 @@ impl Session {
         }
         let mut progressed = false;
         for _ in 0..BATCH {
-            if self.paused_until.is_some() || self.handle.js_backlogged() {
+            if self.paused() {
                 return Ok(progressed);
             }
-            let message = match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Pending => return Ok(progressed),
-                Poll::Ready(None) => return Err(self.finished()),
-                Poll::Ready(Some(Err(err))) => {
-                    self.reading_done = true;
-                    self.on_read_error(err)?;
+            // What is already buffered first: frames left by a pause, or a partial frame.
+            if !self.read_buf.is_empty() {
+                let mut buffered = std::mem::take(&mut self.read_buf);
+                let consumed = self.parse(&mut buffered);
+                buffered.advance(consumed);
+                self.read_buf = buffered;
+                if self.reading_done || self.paused() {
                     return Ok(true);
                 }
-                Poll::Ready(Some(Ok(message))) => message,
+            }
+            let read = if self.read_buf.is_empty() {
+                self.read_fresh(cx)
+            } else {
+                self.read_more(cx)
             };
-            progressed = true;
-            match message {
-                Message::Text(text) => {
-                    self.admit(Bytes::from(text), false);
-                }
-                Message::Binary(bytes) => {
-                    self.admit(bytes, true);
-                }
-                // tungstenite has queued the pong; the next write step flushes it.
-                Message::Ping(_) => {
-                    self.unflushed = true;
-                    if self.limits.idle_counts_pings {
-                        self.last_activity = Instant::now();
-                    }
-                }
-                Message::Pong(_) => {
-                    self.ping_sent = None;
-                    if self.limits.idle_counts_pings {
-                        self.last_activity = Instant::now();
-                    }
-                }
-                Message::Close(frame) => {
-                    let (code, reason) = frame.map_or((NO_STATUS, String::new()), |frame| {
-                        (u16::from(frame.code), frame.reason.to_string())
-                    });
-                    if matches!(self.state, State::Open) {
-                        self.handle.stop_sending();
-                        self.state = State::Closing {
-                            deadline: Instant::now() + CLOSE_TIMEOUT,
-                            code,
-                            reason,
-                        };
-                    }
-                    // The reply close frame is queued inside tungstenite.
-                    self.unflushed = true;
-                }
-                Message::Frame(_) => {}
+            match read {
+                Poll::Pending => return Ok(progressed),
+                Poll::Ready(Err(_)) => return Err(self.end_abnormally()),
+                // The client closed its side: after our close frame that ends the handshake,
+                // otherwise it went away without one.
+                Poll::Ready(Ok(0)) => return Err(self.finished()),
+                Poll::Ready(Ok(_)) => progressed = true,
+            }
+            if self.reading_done {
+                return Ok(true);
             }
         }
         Ok(progressed)
+    }
+
+    /// Reads into the stack and parses there; only an unparsed tail is copied to the heap.
+    fn read_fresh(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        std::task::ready!(Pin::new(&mut self.socket).poll_read(cx, &mut buf))?;
+        let read = buf.filled().len();
+        self.metrics.received(read);
+        let filled = buf.filled_mut();
+        let consumed = self.parse(filled);
+        if consumed < read && !self.reading_done {
+            self.read_buf.extend_from_slice(&filled[consumed..]);
+        }
+        Poll::Ready(Ok(read))
+    }
+
+    /// Reads the rest of an incomplete frame straight into the heap buffer that holds it.
+    fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let wanted = ws_frame::frame_len(&self.read_buf).unwrap_or(0);
+        let missing = wanted.saturating_sub(self.read_buf.len());
+        self.read_buf.reserve(missing.clamp(64, READ_CHUNK * 4));
+        let read = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.socket),
+            cx,
+            &mut self.read_buf
+        ))?;
+        self.metrics.received(read);
+        Poll::Ready(Ok(read))
+    }
+
+    fn paused(&self) -> bool {
+        self.held_back.is_some() || self.paused_until.is_some() || self.handle.js_backlogged()
+    }
+
+    /// Handles the complete frames at the start of `data`; returns how many bytes they took.
+    fn parse(&mut self, data: &mut [u8]) -> usize {
+        let mut consumed = 0;
+        while !self.reading_done && !self.paused() {
+            let rest = &mut data[consumed..];
+            let at = match ws_frame::next_frame(rest, self.limits.max_message_size) {
+                Ok(Some(at)) => at,
+                Ok(None) => break,
+                Err(err) => {
+                    self.refuse(err);
+                    break;
+                }
+            };
+            consumed += at.end;
+            let incoming = self.assembler.frame(
+                &at.header,
+                &mut rest[at.payload],
+                self.limits.max_message_size,
+            );
+            match incoming {
+                Ok(incoming) => {
+                    if let Flow::Stop = self.on_incoming(incoming) {
+                        break;
+                    }
+                }
+                Err(err) => self.refuse(err),
+            }
+        }
+        if self.reading_done {
+            // Nothing more is read: drop whatever else the client sent.
+            return data.len();
+        }
+        consumed
+    }
+
+    fn on_incoming(&mut self, incoming: Incoming) -> Flow {
+        let counts_as_activity = self.limits.idle_counts_pings;
+        match incoming {
+            Incoming::Message { data, binary } => {
+                if !self.admit(data, binary) {
+                    return Flow::Stop;
+                }
+            }
+            Incoming::Fragment => self.last_activity = Instant::now(),
+            Incoming::Ping(payload) => {
+                if matches!(self.state, State::Open) {
+                    ws_frame::write_frame(
+                        &mut self.write_buf,
+                        OpCode::Control(Control::Pong),
+                        &payload,
+                    );
+                }
+                if counts_as_activity {
+                    self.last_activity = Instant::now();
+                }
+            }
+            Incoming::Pong => {
+                self.ping_sent = None;
+                if counts_as_activity {
+                    self.last_activity = Instant::now();
+                }
+            }
+            Incoming::Close(frame) => {
+                self.reading_done = true;
+                if matches!(self.state, State::Open) {
+                    let (code, reason) = frame.unwrap_or((NO_STATUS, String::new()));
+                    self.handle.stop_sending();
+                    // The reply echoes the client's frame (RFC 6455 section 5.5.1).
+                    if code == NO_STATUS {
+                        ws_frame::write_frame(
+                            &mut self.write_buf,
+                            OpCode::Control(Control::Close),
+                            &[],
+                        );
+                    } else {
+                        ws_frame::write_close(&mut self.write_buf, code, &reason);
+                    }
+                    self.state = State::Closing {
+                        deadline: Instant::now() + CLOSE_TIMEOUT,
+                        code,
+                        reason,
+                    };
+                }
+            }
+        }
+        Flow::Continue
     }
 
     /// A data message arrived: rate-check it, then hand it to JS. `false` when held back.
@@ -474,28 +614,22 @@ impl Session {
         true
     }
 
-    fn on_read_error(&mut self, err: WsError) -> Result<(), End> {
+    /// The client's input broke a rule: close with its code and read no more.
+    fn refuse(&mut self, err: ReadError) {
+        self.reading_done = true;
         match err {
-            WsError::Capacity(_) => {
+            ReadError::TooBig => {
                 self.metrics.reject(Rejection::WsMessageTooLarge);
                 self.begin_close(1009, "Message too big");
-                Ok(())
             }
-            WsError::Utf8(_) => {
+            ReadError::BadUtf8 => {
                 self.metrics.reject(Rejection::WsProtocolError);
                 self.begin_close(1007, "Invalid UTF-8");
-                Ok(())
             }
-            // The peer closed the TCP connection without a close frame.
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                Err(self.end_abnormally())
-            }
-            WsError::Protocol(_) => {
+            ReadError::Protocol => {
                 self.metrics.reject(Rejection::WsProtocolError);
                 self.begin_close(1002, "Protocol error");
-                Ok(())
             }
-            _ => Err(self.end_abnormally()),
         }
     }
 
@@ -504,23 +638,18 @@ impl Session {
         if !matches!(self.state, State::Open) {
             return;
         }
-        self.outgoing.clear();
         self.handle.stop_sending();
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = Pin::new(&mut self.ws).start_send(Message::Close(Some(frame)));
-        self.unflushed = true;
+        ws_frame::write_close(&mut self.write_buf, code, reason);
         self.state = State::Closing {
             deadline: Instant::now() + CLOSE_TIMEOUT,
             code,
             reason: reason.to_string(),
         };
+        self.handle.waker.wake();
     }
 
-    /// The stream ended: the close handshake finished (the code is whoever closed first), or
-    /// the peer went away without one.
+    /// The close handshake finished (the code is whoever closed first), or the peer went
+    /// away without one.
     fn finished(&mut self) -> End {
         match &self.state {
             State::Closing { code, reason, .. } => End {
@@ -543,12 +672,17 @@ impl Session {
         }
     }
 
-    /// Idle, ping, pong and closing deadlines; `Some` when the session must end now.
+    /// Idle, ping, pong, send-stall and closing deadlines; `Some` when the session must end
+    /// now.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<End> {
         let now = Instant::now();
         if self.paused_until.is_some_and(|until| now >= until) {
             self.paused_until = None;
             self.handle.waker.wake();
+        }
+        if self.stall_deadline().is_some_and(|at| now >= at) {
+            self.metrics.reject(Rejection::SendTimeout);
+            return Some(self.end_abnormally());
         }
         match &self.state {
             State::Closing { deadline, .. } if now >= *deadline => {
@@ -561,7 +695,6 @@ impl Session {
                 {
                     self.metrics.reject(Rejection::WsIdleTimeout);
                     self.begin_close(1000, "Idle timeout");
-                    self.handle.waker.wake();
                 } else if let Some(sent) = self.ping_sent {
                     if now >= sent + limits.pong_timeout {
                         self.metrics.reject(Rejection::WsPongTimeout);
@@ -570,8 +703,7 @@ impl Session {
                 } else if !limits.ping_interval.is_zero()
                     && now >= self.last_ping + limits.ping_interval
                 {
-                    let _ = Pin::new(&mut self.ws).start_send(Message::Ping(Bytes::new()));
-                    self.unflushed = true;
+                    ws_frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Ping), &[]);
                     self.last_ping = now;
                     self.ping_sent = Some(now);
                     self.handle.waker.wake();
@@ -581,22 +713,34 @@ impl Session {
         let deadline = self.next_deadline();
         if deadline != self.timer_at {
             if let Some(at) = deadline {
-                self.timer.as_mut().reset(at);
+                match &mut self.timer {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
             }
             self.timer_at = deadline;
         }
-        if self.timer_at.is_some() && self.timer.as_mut().poll(cx).is_ready() {
-            // Fired between the checks above and now: look again on the next poll.
-            self.timer_at = None;
-            cx.waker().wake_by_ref();
+        if let (Some(_), Some(timer)) = (self.timer_at, self.timer.as_mut()) {
+            if timer.as_mut().poll(cx).is_ready() {
+                // Fired between the checks above and now: look again on the next poll.
+                self.timer_at = None;
+                cx.waker().wake_by_ref();
+            }
         }
         None
+    }
+
+    fn stall_deadline(&self) -> Option<Instant> {
+        let timeout = self.limits.send_timeout;
+        (!timeout.is_zero())
+            .then_some(self.stalled_since?)
+            .map(|since| since + timeout)
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let limits = &self.limits;
         let candidates = match &self.state {
-            State::Closing { deadline, .. } => [Some(*deadline), None, None],
+            State::Closing { deadline, .. } => [Some(*deadline), self.stall_deadline(), None, None],
             State::Open => [
                 (!limits.idle_timeout.is_zero()).then(|| self.last_activity + limits.idle_timeout),
                 match self.ping_sent {
@@ -605,6 +749,7 @@ impl Session {
                         .then(|| self.last_ping + limits.ping_interval),
                 },
                 self.paused_until,
+                self.stall_deadline(),
             ],
         };
         candidates.into_iter().flatten().min()
