@@ -375,7 +375,9 @@ function sseSpec(options: SseOptions, register: (handler: Handler) => number, bu
 /** A WebSocket route's spec: its Rust options, its id in JS, and `authenticate` as a handler. */
 function wsSpec(route: WebSocketRoute, register: (handler: Handler) => number, registerWs: (route: WebSocketRoute) => number) {
   const spec: Record<string, unknown> = { ...nativeRouteOptions(route), route: registerWs(route) }
-  const { authenticate } = route
+  const { authenticate, open, message, close, batch } = route
+  // With no handler to hear them, the route's sockets cost JS nothing (no open/close events).
+  spec.jsEvents = Boolean(open || message || close || (route.telemetry && batch))
   if (authenticate) {
     // The answer crosses back as the body of a plain response: the user id, or 401 / 403.
     spec.authenticateHandler = register(async (req) => {

@@ -291,6 +291,9 @@ pub struct WsConfig {
     /// Set by the TypeScript layer: the route's id in JS, and its `authenticate` handler.
     pub route: u32,
     pub authenticate_handler: Option<u32>,
+    /// Whether JS has a handler to hear this route's sockets (open, message, close or batch):
+    /// without one, its sockets cost JS nothing and their messages are only counted.
+    pub js_events: bool,
 }
 
 impl Default for WsConfig {
@@ -302,6 +305,7 @@ impl Default for WsConfig {
             rate_limit_action: RateAction::Close,
             route: 0,
             authenticate_handler: None,
+            js_events: true,
         }
     }
 }

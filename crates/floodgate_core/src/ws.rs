@@ -52,6 +52,7 @@ impl WsRoute {
                 overflow: config.overflow,
             },
             route: config.route,
+            js_events: config.js_events,
         });
         Self {
             per_user: ConnectionLimiter::new(app.ws_max_connections_per_user),

@@ -69,6 +69,8 @@ pub struct SessionLimits {
     pub send_timeout: Duration,
     pub queue: QueueLimits,
     pub route: u32,
+    /// JS hears this route's sockets (see `WsConfig::js_events`).
+    pub js_events: bool,
 }
 
 /// Everything a session needs, handed over by the upgrade.
@@ -92,22 +94,26 @@ type HttpIo = TokioIo<GuardedIo<TcpStream>>;
 
 /// Runs a session from the upgrade to its end; JS hears `open` and exactly one `close`.
 ///
-/// The task's future stays small (the long-lived state is one box), since every open socket
-/// keeps one.
+/// Every open socket keeps this task, so its future is kept to a few pointers: the opening
+/// and the ending run in boxes of their own, and the session's state is one box.
 pub async fn run(start: Box<SessionStart>) {
-    let mut start = start;
-    let upgraded = tokio::select! {
-        upgraded = &mut start.on_upgrade => match upgraded {
-            Ok(upgraded) => upgraded,
-            Err(_) => return,
-        },
-        _ = start.abort.cancelled() => return,
-    };
-    let Ok(parts) = hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded) else {
+    let Some(mut session) = Box::pin(open(start)).await else {
         return;
     };
+    let end = poll_fn(|cx| session.poll(cx)).await;
+    Box::pin(finish(session, end)).await;
+}
+
+/// Waits for the upgrade, unwraps the socket and tells JS the session is open.
+async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
+    let upgraded = tokio::select! {
+        upgraded = &mut start.on_upgrade => upgraded.ok()?,
+        _ = start.abort.cancelled() => return None,
+    };
+    let parts = hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded).ok()?;
     let (socket, guard) = parts.io.into_inner().into_upgraded();
     let SessionStart {
+        on_upgrade,
         limits,
         user,
         client,
@@ -116,54 +122,77 @@ pub async fn run(start: Box<SessionStart>) {
         metrics,
         held,
         abort,
-        ..
     } = *start;
+    drop(on_upgrade);
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
-    let id = registration.handle.id;
-    bridge.ws_event(WsEvent::Open {
-        id,
-        route: limits.route,
-        user,
-        client: client.to_string(),
-        url,
-    });
+    if limits.js_events {
+        bridge.ws_event(WsEvent::Open {
+            id: registration.handle.id,
+            route: limits.route,
+            user,
+            client: client.to_string(),
+            url,
+        });
+    }
     let mut session = Box::new(Session::new(
         socket,
-        guard,
-        held,
-        registration,
+        Guards {
+            socket: guard,
+            held,
+            registration,
+            abort,
+        },
         bridge,
         metrics,
         limits,
     ));
     // Bytes the client sent right behind its upgrade request.
-    if !parts.read_buf.is_empty() {
-        session.read_buf.extend_from_slice(&parts.read_buf);
-    }
-    drop(parts.read_buf);
-    let end = poll_fn(|cx| session.poll(cx)).await;
-    session.bridge.ws_event(WsEvent::Close {
-        id,
-        code: end.code,
-        reason: end.reason,
-    });
+    session.read_buf.extend_from_slice(&parts.read_buf);
+    Some(session)
+}
+
+/// Tells JS, frees the caps' slots, and closes the socket politely after a close handshake.
+async fn finish(session: Box<Session>, end: End) {
     let Session {
         socket,
-        guard,
-        held,
-        registration,
+        guards,
+        bridge,
+        limits,
         ..
     } = *session;
+    if limits.js_events {
+        bridge.ws_event(WsEvent::Close {
+            id: guards.registration.handle.id,
+            code: end.code,
+            reason: end.reason,
+        });
+    }
+    let Guards {
+        socket: socket_guard,
+        held,
+        registration,
+        abort,
+    } = guards;
     // The caps' slots are free as soon as JS hears of the close.
     drop(registration);
     drop(held);
     if end.graceful {
-        // Boxed: the lingering close's state is needed once, not in every session's task.
         tokio::select! {
-            _ = Box::pin(linger(socket, guard)) => {}
+            _ = linger(socket, socket_guard) => {}
             _ = abort.cancelled() => {}
         }
     }
+}
+
+/// What a session holds for its whole life and gives up at its end.
+struct Guards {
+    /// The client's connection slot, with the socket.
+    socket: SocketGuard,
+    /// The slots under the route's caps.
+    held: Held,
+    registration: Registration,
+    /// The server's abort after its drain deadline (bounds the lingering close).
+    abort: CancellationToken,
 }
 
 /// FIN, then a short drain of what the client still sends rather than a reset.
@@ -252,9 +281,7 @@ enum Flow {
 
 struct Session {
     socket: TcpStream,
-    guard: SocketGuard,
-    held: Held,
-    registration: Registration,
+    guards: Guards,
     handle: Arc<SessionHandle>,
     bridge: Arc<Bridge>,
     metrics: Arc<Metrics>,
@@ -287,9 +314,7 @@ struct Session {
 impl Session {
     fn new(
         socket: TcpStream,
-        guard: SocketGuard,
-        held: Held,
-        registration: Registration,
+        guards: Guards,
         bridge: Arc<Bridge>,
         metrics: Arc<Metrics>,
         limits: Arc<SessionLimits>,
@@ -297,10 +322,8 @@ impl Session {
         let now = Instant::now();
         Self {
             socket,
-            guard,
-            held,
-            handle: Arc::clone(&registration.handle),
-            registration,
+            handle: Arc::clone(&guards.registration.handle),
+            guards,
             bridge,
             metrics,
             rates: Rates::new(&limits).map(Box::new),
@@ -324,7 +347,7 @@ impl Session {
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         self.handle.waker.register(cx.waker());
-        let hub = &self.registration.hub;
+        let hub = &self.guards.registration.hub;
         if hub.is_aborted() {
             return Poll::Ready(self.end_abnormally());
         }
@@ -604,6 +627,9 @@ impl Session {
             }
         }
         self.metrics.ws_received();
+        if !self.limits.js_events {
+            return true;
+        }
         let backlog = self.handle.to_js(data.len());
         self.bridge.ws_event(WsEvent::Message {
             id: self.handle.id,
