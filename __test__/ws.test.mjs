@@ -47,6 +47,17 @@ test('echo: text arrives as a string, binary as a Buffer; ws.send keeps the type
   t.true(c.messages[3].data.equals(big), 'a 200 KiB binary message comes back intact')
 })
 
+test('a route with no handler takes sockets and counts their messages without calling JS', async (t) => {
+  const { server, base } = await startWs(t, { '/sink': {} }, { wsMaxMessagesPerSecond: 0 })
+  const c = await wsOpen(t, `${base}/sink`)
+  for (let i = 0; i < 50; i++) c.client.send(`reading ${i}`)
+  t.true(await eventually(() => server.stats().wsMessagesIn === 50))
+  t.is(server.stats().wsConnections, 1)
+  c.client.close(1000, 'done')
+  t.deepEqual((await closedWithin(c)).code, 1000, 'the close handshake still completes')
+  t.true(await eventually(() => server.stats().wsConnections === 0), 'the slot is freed')
+})
+
 test('ws.send: Uint8Array and ArrayBuffer go out binary, strings text; false once closed', async (t) => {
   let sentAfterClose
   const { base } = await startWs(t, {

@@ -172,3 +172,77 @@ async fn server_close_sends_1001() {
     drop(socket);
     closing.await.unwrap();
 }
+
+/// A client frame, masked as the protocol requires.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_behind_the_upgrade_request_and_frames_in_pieces_arrive_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let (server, _host) = start(json!({ "wsMaxMessagesPerSecond": 0 })).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    // The upgrade request and a first frame in one write: the frame sits in hyper's buffer
+    // when the session takes the socket over.
+    let mut first = format!(
+        "GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    first.extend(masked_frame(0x1, b"early"));
+    stream.write_all(&first).await.unwrap();
+    // Then a 100 KiB message, a few hundred bytes per write (headers split too).
+    let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    for piece in masked_frame(0x2, &big).chunks(700) {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Many small messages in one write.
+    let burst: Vec<u8> = (0..200)
+        .flat_map(|i| masked_frame(0x1, format!("m{i}").as_bytes()))
+        .collect();
+    stream.write_all(&burst).await.unwrap();
+
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut socket = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    let mut echoes = Vec::new();
+    while echoes.len() < 202 {
+        let echo = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an echo within 10 s");
+        let Some(echo) = echo else {
+            panic!(
+                "stream ended after {} echoes: {:?}",
+                echoes.len(),
+                echoes.last()
+            );
+        };
+        echoes.push(echo.unwrap());
+    }
+    assert_eq!(echoes[0], Message::text("early"));
+    assert_eq!(echoes[1], Message::binary(big));
+    for (i, echo) in echoes[2..].iter().enumerate() {
+        assert_eq!(*echo, Message::text(format!("m{i}")));
+    }
+}
