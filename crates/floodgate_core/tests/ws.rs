@@ -201,11 +201,10 @@ async fn frames_behind_the_upgrade_request_and_frames_in_pieces_arrive_whole() {
     let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
     // The upgrade request and a first frame in one write: the frame sits in hyper's buffer
     // when the session takes the socket over.
-    let mut first = format!(
-        "GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .into_bytes();
+    let mut first = b"GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
     first.extend(masked_frame(0x1, b"early"));
     stream.write_all(&first).await.unwrap();
     // Then a 100 KiB message, a few hundred bytes per write (headers split too).
