@@ -1,9 +1,10 @@
 //! Topic publish/subscribe shared by SSE and WebSocket subscribers, NATS-style:
 //! topics are dot-separated tokens, `*` matches one token, a trailing `>` one or more.
 //!
-//! An event is framed once and shared (`Bytes` is reference-counted) by every subscriber whose
-//! patterns match; each event gets a bus-wide sequence number, and recent events are kept per
-//! topic so a reconnecting client can resume from its `Last-Event-ID`.
+//! An event is framed once and shared (one `Arc`) by every subscriber whose patterns match;
+//! each event gets a bus-wide sequence number, and recent events are kept per topic so a
+//! reconnecting client can resume from its `Last-Event-ID`. Subscriptions are indexed by
+//! pattern: a publish matches each distinct pattern once, however many subscribers share it.
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -15,8 +16,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// Recent events kept per topic for `Last-Event-ID` resume.
 const RING_SIZE: usize = 256;
 
-/// A published event, framed for delivery.
-#[derive(Clone, Debug)]
+/// A published event, framed for delivery; shared by its subscribers as [`SharedEvent`].
+#[derive(Debug)]
 pub struct Event {
     pub seq: u64,
     /// The `id:` clients see: the publisher's, or the sequence number.
@@ -28,9 +29,12 @@ pub struct Event {
     pub data: Utf8Bytes,
 }
 
+/// What each subscriber's queue holds: one allocation per event, whatever the fan-out.
+pub type SharedEvent = Arc<Event>;
+
 /// Where a subscriber's events go; implemented by each connection's bounded queue.
 pub trait Sink: Send + Sync {
-    fn deliver(&self, event: &Event);
+    fn deliver(&self, event: &SharedEvent);
 }
 
 /// Does `pattern` (possibly with `*` and a trailing `>`) match `topic`?
@@ -99,19 +103,22 @@ fn data_within(frame: &Bytes, data: &str) -> Utf8Bytes {
 }
 
 /// One event and the subscribers it goes to.
-type Delivery = (Event, Vec<Arc<dyn Sink>>);
+type Delivery = (SharedEvent, Vec<Arc<dyn Sink>>);
 
-struct Subscription {
-    patterns: Vec<String>,
-    sink: Arc<dyn Sink>,
+/// Every subscription, by pattern: the subscribers sharing a pattern are matched once.
+#[derive(Default)]
+struct Subscriptions {
+    by_pattern: HashMap<String, HashMap<u64, Arc<dyn Sink>>>,
+    /// Subscriptions with more than one pattern, which one event may reach twice.
+    multi_pattern: usize,
 }
 
 #[derive(Default)]
 pub struct Bus {
     seq: AtomicU64,
-    subscriptions: RwLock<HashMap<u64, Subscription>>,
+    subscriptions: RwLock<Subscriptions>,
     next_subscription: AtomicU64,
-    recent: Mutex<HashMap<String, VecDeque<Event>>>,
+    recent: Mutex<HashMap<String, VecDeque<SharedEvent>>>,
     fanout: OnceLock<mpsc::UnboundedSender<Delivery>>,
 }
 
@@ -119,15 +126,23 @@ pub struct Bus {
 pub struct SubscriptionGuard {
     bus: Arc<Bus>,
     id: u64,
+    patterns: Vec<String>,
 }
 
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
-        self.bus
-            .subscriptions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        let mut subscriptions = self.bus.subscriptions();
+        for pattern in &self.patterns {
+            if let Some(sinks) = subscriptions.by_pattern.get_mut(pattern) {
+                sinks.remove(&self.id);
+                if sinks.is_empty() {
+                    subscriptions.by_pattern.remove(pattern);
+                }
+            }
+        }
+        if self.patterns.len() > 1 {
+            subscriptions.multi_pattern -= 1;
+        }
     }
 }
 
@@ -147,14 +162,33 @@ impl Bus {
         sink: Arc<dyn Sink>,
     ) -> SubscriptionGuard {
         let id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
-        self.subscriptions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Subscription { patterns, sink });
+        let mut patterns = patterns;
+        patterns.sort_unstable();
+        patterns.dedup();
+        {
+            let mut subscriptions = self.subscriptions();
+            for pattern in &patterns {
+                subscriptions
+                    .by_pattern
+                    .entry(pattern.clone())
+                    .or_default()
+                    .insert(id, Arc::clone(&sink));
+            }
+            if patterns.len() > 1 {
+                subscriptions.multi_pattern += 1;
+            }
+        }
         SubscriptionGuard {
             bus: Arc::clone(self),
             id,
+            patterns,
         }
+    }
+
+    fn subscriptions(&self) -> std::sync::RwLockWriteGuard<'_, Subscriptions> {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes `data` on `topic`; returns how many subscribers it reached.
@@ -162,42 +196,57 @@ impl Bus {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let id = id.map(str::to_string).unwrap_or_else(|| seq.to_string());
         let frame = frame(&id, event, data);
-        let event = Event {
+        let event = Arc::new(Event {
             seq,
             data: data_within(&frame, data),
             frame,
             id,
-        };
+        });
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             let ring = recent.entry(topic.to_string()).or_default();
             if ring.len() == RING_SIZE {
                 ring.pop_front();
             }
-            ring.push_back(event.clone());
+            ring.push_back(Arc::clone(&event));
         }
-        let sinks: Vec<Arc<dyn Sink>> = {
-            let subscriptions = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
-            subscriptions
-                .values()
-                .filter(|subscription| {
-                    subscription
-                        .patterns
-                        .iter()
-                        .any(|pattern| matches(pattern, topic))
-                })
-                .map(|subscription| Arc::clone(&subscription.sink))
-                .collect()
-        };
+        let sinks = self.sinks_for(topic);
         let reached = sinks.len();
         match self.fanout.get() {
             // Delivered from a runtime task: waking thousands of streams from a worker thread
             // uses its local run queue, where waking them from the publishing (JS) thread goes
             // through the runtime's shared injection queue, one wake-up at a time.
-            Some(fanout) if fanout.send((event.clone(), sinks.clone())).is_ok() => {}
-            _ => sinks.iter().for_each(|sink| sink.deliver(&event)),
+            Some(fanout) => {
+                if let Err(mpsc::error::SendError((event, sinks))) = fanout.send((event, sinks)) {
+                    sinks.iter().for_each(|sink| sink.deliver(&event));
+                }
+            }
+            None => sinks.iter().for_each(|sink| sink.deliver(&event)),
         }
         reached
+    }
+
+    /// The subscribers of `topic`, each once.
+    fn sinks_for(&self, topic: &str) -> Vec<Arc<dyn Sink>> {
+        let subscriptions = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
+        let matching: Vec<&HashMap<u64, Arc<dyn Sink>>> = subscriptions
+            .by_pattern
+            .iter()
+            .filter(|(pattern, _)| matches(pattern, topic))
+            .map(|(_, sinks)| sinks)
+            .collect();
+        if matching.len() > 1 && subscriptions.multi_pattern > 0 {
+            let mut unique: HashMap<u64, &Arc<dyn Sink>> = HashMap::new();
+            for (id, sink) in matching.iter().flat_map(|sinks| sinks.iter()) {
+                unique.insert(*id, sink);
+            }
+            return unique.into_values().map(Arc::clone).collect();
+        }
+        let mut sinks = Vec::with_capacity(matching.iter().map(|sinks| sinks.len()).sum());
+        for group in matching {
+            sinks.extend(group.values().cloned());
+        }
+        sinks
     }
 
     /// Moves delivery onto a task of the current tokio runtime (in order, one event at a time).
@@ -216,9 +265,9 @@ impl Bus {
 
     /// Events after `last_id` on topics matching `patterns`, in order; `None` when `last_id` is
     /// no longer (or never was) held.
-    pub fn since(&self, patterns: &[String], last_id: &str) -> Option<Vec<Event>> {
+    pub fn since(&self, patterns: &[String], last_id: &str) -> Option<Vec<SharedEvent>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let rings: Vec<&VecDeque<Event>> = recent
+        let rings: Vec<&VecDeque<SharedEvent>> = recent
             .iter()
             .filter(|(topic, _)| patterns.iter().any(|pattern| matches(pattern, topic)))
             .map(|(_, ring)| ring)
@@ -228,7 +277,7 @@ impl Bus {
             .flat_map(|ring| ring.iter())
             .find(|event| event.id == last_id)?
             .seq;
-        let mut events: Vec<Event> = rings
+        let mut events: Vec<SharedEvent> = rings
             .iter()
             .flat_map(|ring| ring.iter())
             .filter(|event| event.seq > after)
@@ -286,7 +335,7 @@ mod tests {
 
     struct Collect(Mutex<Vec<u64>>);
     impl Sink for Collect {
-        fn deliver(&self, event: &Event) {
+        fn deliver(&self, event: &SharedEvent) {
             self.0.lock().unwrap().push(event.seq);
         }
     }
@@ -305,5 +354,23 @@ mod tests {
         assert!(bus.since(&["a.>".into()], "999").is_none());
         drop(guard);
         assert_eq!(bus.publish("a.x", "4", None, None), 0);
+    }
+
+    #[test]
+    fn an_event_reaches_each_subscriber_once_whatever_its_patterns() {
+        let bus = Bus::new();
+        let both = Arc::new(Collect(Mutex::new(Vec::new())));
+        let one = Arc::new(Collect(Mutex::new(Vec::new())));
+        let _both = bus.subscribe(vec!["a.>".into(), "a.x".into(), "a.x".into()], both.clone());
+        let one_guard = bus.subscribe(vec!["a.x".into()], one.clone());
+        assert_eq!(bus.publish("a.x", "1", None, None), 2);
+        assert_eq!(bus.publish("a.y", "2", None, None), 1);
+        assert_eq!(*both.0.lock().unwrap(), vec![1, 2]);
+        assert_eq!(*one.0.lock().unwrap(), vec![1]);
+        drop(one_guard);
+        assert_eq!(bus.publish("a.x", "3", None, None), 1);
+        drop(_both);
+        assert_eq!(bus.publish("a.x", "4", None, None), 0);
+        assert!(bus.subscriptions().by_pattern.is_empty());
     }
 }

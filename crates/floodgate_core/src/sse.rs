@@ -8,7 +8,7 @@
 
 use crate::body::{self, Body};
 use crate::bridge::Bridge;
-use crate::bus::{self, Bus, Event, Sink};
+use crate::bus::{self, Bus, SharedEvent, Sink};
 use crate::config::{Overflow, SseConfig};
 use crate::conn_state::ConnState;
 use crate::js_call::{ask, JsTarget};
@@ -151,7 +151,7 @@ impl SseRoute {
         match (resumed, self.config.snapshot_handler) {
             (Some(missed), _) => {
                 queue.skip_through(missed.last().map_or(0, |event| event.seq));
-                opening.extend(missed.into_iter().map(|event| event.frame));
+                opening.extend(missed.into_iter().map(|event| event.frame.clone()));
             }
             (None, Some(handler)) => {
                 let params = vec!["user".to_string(), setup.user.clone().unwrap_or_default()];
@@ -240,7 +240,7 @@ struct EventQueue {
 
 #[derive(Default)]
 struct QueueState {
-    events: VecDeque<Event>,
+    events: VecDeque<SharedEvent>,
     bytes: usize,
     /// Events up to this sequence number are already covered (snapshot or replay).
     skip_through: u64,
@@ -297,7 +297,7 @@ impl EventQueue {
                 .is_some_and(|next| taken + next.frame.len() <= COALESCE)
         };
         if !fits(&state, first.frame.len()) {
-            return Ok(Some(first.frame));
+            return Ok(Some(first.frame.clone()));
         }
         // A reader that fell behind gets its backlog in one body chunk, not one per event:
         // hyper frames and queues each chunk, which costs more than copying small events.
@@ -314,7 +314,7 @@ impl EventQueue {
 }
 
 impl Sink for EventQueue {
-    fn deliver(&self, event: &Event) {
+    fn deliver(&self, event: &SharedEvent) {
         let mut state = self.state();
         if state.overflowed || event.seq <= state.skip_through {
             return;

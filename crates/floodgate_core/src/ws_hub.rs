@@ -7,7 +7,7 @@
 //! queue into the socket as fast as the client reads, and not faster: a full queue drops
 //! messages (counted) or closes the socket with 1013, as the route says.
 
-use crate::bus::{self, Bus, Event, Sink, SubscriptionGuard};
+use crate::bus::{self, Bus, SharedEvent, Sink, SubscriptionGuard};
 use crate::config::Overflow;
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;
@@ -239,7 +239,7 @@ impl SessionHandle {
 }
 
 impl Sink for SessionHandle {
-    fn deliver(&self, event: &Event) {
+    fn deliver(&self, event: &SharedEvent) {
         self.enqueue(Message::Text(event.data.clone()));
     }
 }
