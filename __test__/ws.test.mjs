@@ -366,6 +366,25 @@ test('server.close sends 1001 to every socket and calls close once for each', as
   t.is(closes.length, 3, 'exactly once each')
 })
 
+test('server.close: a socket that never answers the close frame is dropped at the drain deadline', async (t) => {
+  const closes = []
+  const server = new Server()
+  const app = new StreamingApp({ rateLimitRequests: 0 })
+  app.ws('/live', { close: (ws, code) => closes.push(code) })
+  server.mount('/ws', app)
+  const { port } = await server.listen({ port: 0, host: '127.0.0.1' })
+  const raw = await rawWebSocket(port, '/ws/live')
+  t.is(raw.status, 101)
+  const started = Date.now()
+  await server.close({ drain: 500 })
+  const took = Date.now() - started
+  t.true(took >= 400 && took < 3000, `close took ${took} ms`)
+  await closedWithin(raw, 3000)
+  t.true(raw.frames.some((frame) => frame.opcode === 8), 'the 1001 close frame was sent first')
+  t.true(await eventually(() => closes.length === 1))
+  t.deepEqual(closes, [1001])
+})
+
 test.serial('publish fans out to 1,000 subscribed sockets from 20 addresses, under the default caps', async (t) => {
   const count = 1000
   const addresses = Array.from({ length: 20 }, (_, i) => `127.0.0.${i + 2}`)
