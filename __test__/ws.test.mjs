@@ -349,13 +349,8 @@ test('ping/pong: a raw client that never answers is dropped after interval + tim
 
 test('server.close sends 1001 to every socket and calls close once for each', async (t) => {
   const closes = []
-  const server = new Server()
-  const app = new StreamingApp({ rateLimitRequests: 0 })
-  app.ws('/live', { close: (ws, code) => closes.push(code) })
-  server.mount('/ws', app)
-  const { port } = await server.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => server.close({ drain: 0 }))
-  const clients = await Promise.all([1, 2, 3].map(() => wsOpen(t, `ws://127.0.0.1:${port}/ws/live`)))
+  const { server, base } = await startWs(t, { '/live': { close: (ws, code) => closes.push(code) } })
+  const clients = await Promise.all([1, 2, 3].map(() => wsOpen(t, `${base}/live`)))
   const started = Date.now()
   await server.close({ drain: 3000 })
   t.true(Date.now() - started < 5000)
@@ -368,11 +363,7 @@ test('server.close sends 1001 to every socket and calls close once for each', as
 
 test('server.close: a socket that never answers the close frame is dropped at the drain deadline', async (t) => {
   const closes = []
-  const server = new Server()
-  const app = new StreamingApp({ rateLimitRequests: 0 })
-  app.ws('/live', { close: (ws, code) => closes.push(code) })
-  server.mount('/ws', app)
-  const { port } = await server.listen({ port: 0, host: '127.0.0.1' })
+  const { server, port } = await startWs(t, { '/live': { close: (ws, code) => closes.push(code) } })
   const raw = await rawWebSocket(port, '/ws/live')
   t.is(raw.status, 101)
   const started = Date.now()

@@ -215,25 +215,23 @@ mod tests {
 
     const MASK: [u8; 4] = [1, 2, 3, 4];
 
-    /// A client frame as a browser would send it.
+    /// A client frame as a browser would send it: `first` is the header's first byte (FIN,
+    /// reserved bits, opcode); tungstenite formats and masks it.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![first];
-        match payload.len() {
-            len @ 0..=125 => frame.push(0x80 | len as u8),
-            len @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&MASK);
-        let start = frame.len();
-        frame.extend_from_slice(payload);
-        unmask(&mut frame[start..], MASK);
-        frame
+        let header = FrameHeader {
+            is_final: first & 0x80 != 0,
+            rsv1: first & 0x40 != 0,
+            opcode: OpCode::from(first & 0x0F),
+            mask: Some(MASK),
+            ..FrameHeader::default()
+        };
+        let frame = tokio_tungstenite::tungstenite::protocol::frame::Frame::from_payload(
+            header,
+            Bytes::copy_from_slice(payload),
+        );
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).unwrap();
+        bytes
     }
 
     fn read_one(bytes: &mut [u8], assembler: &mut Assembler) -> Result<Incoming, ReadError> {

@@ -10,7 +10,8 @@ use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async, WebSocketStream};
 
@@ -173,24 +174,13 @@ async fn server_close_sends_1001() {
     closing.await.unwrap();
 }
 
-/// A client frame, masked as the protocol requires.
-fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+/// A client frame, masked as the protocol requires (tungstenite masks while formatting).
+fn masked_frame(opcode: Data, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Frame::message(payload.to_vec(), OpCode::Data(opcode), true);
+    frame.header_mut().mask = Some([0x12, 0x34, 0x56, 0x78]);
+    let mut bytes = Vec::new();
+    frame.format(&mut bytes).unwrap();
+    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,17 +195,17 @@ async fn frames_behind_the_upgrade_request_and_frames_in_pieces_arrive_whole() {
         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         .to_vec();
-    first.extend(masked_frame(0x1, b"early"));
+    first.extend(masked_frame(Data::Text, b"early"));
     stream.write_all(&first).await.unwrap();
     // Then a 100 KiB message, a few hundred bytes per write (headers split too).
     let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
-    for piece in masked_frame(0x2, &big).chunks(700) {
+    for piece in masked_frame(Data::Binary, &big).chunks(700) {
         stream.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Many small messages in one write.
     let burst: Vec<u8> = (0..200)
-        .flat_map(|i| masked_frame(0x1, format!("m{i}").as_bytes()))
+        .flat_map(|i| masked_frame(Data::Text, format!("m{i}").as_bytes()))
         .collect();
     stream.write_all(&burst).await.unwrap();
 
