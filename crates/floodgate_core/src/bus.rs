@@ -8,10 +8,11 @@
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 /// Recent events kept per topic for `Last-Event-ID` resume.
 const RING_SIZE: usize = 256;
@@ -35,6 +36,8 @@ pub type SharedEvent = Arc<Event>;
 /// Where a subscriber's events go; implemented by each connection's bounded queue.
 pub trait Sink: Send + Sync {
     fn deliver(&self, event: &SharedEvent);
+    /// The server is shutting down ([`Bus::is_shutting_down`]): look at it now.
+    fn wake(&self) {}
 }
 
 /// Does `pattern` (possibly with `*` and a trailing `>`) match `topic`?
@@ -115,6 +118,9 @@ struct Subscriptions {
 
 #[derive(Default)]
 pub struct Bus {
+    /// The server is closing: every subscriber ends its stream.
+    shutting_down: AtomicBool,
+    watching: AtomicBool,
     seq: AtomicU64,
     subscriptions: RwLock<Subscriptions>,
     next_subscription: AtomicU64,
@@ -149,6 +155,34 @@ impl Drop for SubscriptionGuard {
 impl Bus {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Follows the server's shutdown: sets the flag and wakes every subscriber once, so that
+    /// streams need no cancellation future of their own (one registration per stream on one
+    /// shared token, re-made at every event). One watcher per bus, started by the first stream.
+    pub fn watch(self: &Arc<Self>, shutdown: &CancellationToken) {
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let bus = Arc::downgrade(self);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let Some(bus) = bus.upgrade() else { return };
+            bus.shutting_down.store(true, Ordering::Release);
+            let subscriptions = bus.subscriptions.read().unwrap_or_else(|p| p.into_inner());
+            for sink in subscriptions
+                .by_pattern
+                .values()
+                .flat_map(|sinks| sinks.values())
+            {
+                sink.wake();
+            }
+        });
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// The sequence number of the last published event.

@@ -15,16 +15,19 @@ use crate::js_call::{ask, JsTarget};
 use crate::limit::conn::ConnectionLimiter;
 use crate::metrics::{Metrics, Rejection};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream;
+use futures_util::task::AtomicWaker;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Queued events written together as one body chunk, at most.
@@ -186,8 +189,17 @@ impl SseRoute {
             _subscription: subscription,
             on_close,
         };
-        let stream = event_stream(opening, queue, context.keep_alive, context.shutdown, held);
-        let mut response = Response::new(stream);
+        context.bus.watch(&context.shutdown);
+        let stream = EventBody {
+            opening: opening.into(),
+            queue,
+            bus: Arc::clone(context.bus),
+            keep_alive: context.keep_alive,
+            held,
+            quiet: Box::pin(tokio::time::sleep(context.keep_alive)),
+            last_write: tokio::time::Instant::now(),
+        };
+        let mut response = Response::new(stream.boxed_unsync());
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -231,7 +243,8 @@ struct EventQueue {
     /// The stream's connection: ended at once on overflow under the `close` policy, since a
     /// reader that stopped reading would otherwise keep its blocked write open.
     conn: Arc<ConnState>,
-    ready: Notify,
+    /// The stream's body, parked while the queue is empty.
+    waker: AtomicWaker,
     max_events: usize,
     max_bytes: usize,
     overflow: Overflow,
@@ -252,7 +265,7 @@ impl EventQueue {
         Self {
             state: Mutex::new(QueueState::default()),
             conn,
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             max_events: config.queue_events as usize,
             max_bytes: config.queue_bytes as usize,
             overflow: config.overflow,
@@ -340,7 +353,7 @@ impl Sink for EventQueue {
                     drop(state);
                     self.metrics.reject(Rejection::SseOverflow);
                     self.conn.abort();
-                    self.ready.notify_one();
+                    self.waker.wake();
                     return;
                 }
             }
@@ -348,7 +361,11 @@ impl Sink for EventQueue {
         state.bytes += event.frame.len();
         state.events.push_back(event.clone());
         drop(state);
-        self.ready.notify_one();
+        self.waker.wake();
+    }
+
+    fn wake(&self) {
+        self.waker.wake();
     }
 }
 
@@ -396,66 +413,59 @@ impl Held {
     }
 }
 
-fn event_stream(
-    opening: Vec<Bytes>,
+/// An event stream's body: the opening (retry, replay or snapshot), then queued events, with a
+/// keepalive comment after `keep_alive` without a write. Polled by hand: an idle stream waits
+/// on its queue's waker and one timer, and a delivery costs one wake, not a new registration
+/// per event with the queue and the shutdown token.
+struct EventBody {
+    opening: VecDeque<Bytes>,
     queue: Arc<EventQueue>,
+    bus: Arc<Bus>,
     keep_alive: Duration,
-    shutdown: CancellationToken,
     held: Held,
-) -> Body {
-    struct State {
-        opening: VecDeque<Bytes>,
-        queue: Arc<EventQueue>,
-        keep_alive: Duration,
-        shutdown: CancellationToken,
-        held: Held,
-        /// One timer per stream. Writes only note their time; the timer, when it fires, moves
-        /// itself to a keep-alive after the last write (no timer update per event).
-        quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
-        last_write: tokio::time::Instant,
-    }
-    let quiet = Box::pin(tokio::time::sleep(keep_alive));
-    let state = State {
-        opening: opening.into(),
-        queue,
-        keep_alive,
-        shutdown,
-        held,
-        quiet,
-        last_write: tokio::time::Instant::now(),
-    };
-    let frames = stream::unfold(state, |mut state| async move {
-        if let Some(bytes) = state.opening.pop_front() {
-            return Some((Ok::<_, std::io::Error>(Frame::data(bytes)), state));
+    /// One timer per stream. Writes only note their time; the timer, when it fires, moves
+    /// itself to a keepalive after the last write (no timer update per event).
+    quiet: Pin<Box<tokio::time::Sleep>>,
+    last_write: tokio::time::Instant,
+}
+
+impl http_body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(bytes) = this.opening.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         loop {
-            match state.queue.pop() {
-                Err(()) => return None,
+            // Registered before looking, so a delivery in between is not missed.
+            this.queue.waker.register(cx.waker());
+            if this.bus.is_shutting_down() {
+                this.held.closing(CloseReason::Shutdown);
+                return Poll::Ready(None);
+            }
+            match this.queue.pop() {
+                Err(()) => return Poll::Ready(None),
                 Ok(Some(chunk)) => {
-                    state.last_write = tokio::time::Instant::now();
-                    return Some((Ok(Frame::data(chunk)), state));
+                    this.last_write = tokio::time::Instant::now();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 Ok(None) => {}
             }
-            tokio::select! {
-                _ = state.queue.ready.notified() => continue,
-                _ = state.quiet.as_mut() => {
-                    let now = tokio::time::Instant::now();
-                    let due = state.last_write + state.keep_alive;
-                    if now < due {
-                        state.quiet.as_mut().reset(due);
-                        continue;
-                    }
-                    state.last_write = now;
-                    state.quiet.as_mut().reset(now + state.keep_alive);
-                    return Some((Ok(Frame::data(Bytes::from_static(b":\n\n"))), state));
-                }
-                _ = state.shutdown.cancelled() => {
-                    state.held.closing(CloseReason::Shutdown);
-                    return None;
-                }
+            std::task::ready!(this.quiet.as_mut().poll(cx));
+            let now = tokio::time::Instant::now();
+            let due = this.last_write + this.keep_alive;
+            if now < due {
+                this.quiet.as_mut().reset(due);
+                continue;
             }
+            this.last_write = now;
+            this.quiet.as_mut().reset(now + this.keep_alive);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
         }
-    });
-    StreamBody::new(frames).boxed_unsync()
+    }
 }
