@@ -135,6 +135,13 @@ pub struct SubscriptionGuard {
     patterns: Vec<String>,
 }
 
+impl SubscriptionGuard {
+    /// Whether this subscription is to exactly `pattern` (and nothing else).
+    pub fn is_for(&self, pattern: &str) -> bool {
+        matches!(self.patterns.as_slice(), [only] if only == pattern)
+    }
+}
+
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         let mut subscriptions = self.bus.subscriptions();

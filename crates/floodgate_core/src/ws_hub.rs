@@ -104,7 +104,8 @@ pub struct SessionHandle {
     /// Bytes queued but not yet handed to the socket (`ws.bufferedAmount`).
     queued_bytes: AtomicUsize,
     closed: AtomicBool,
-    subscriptions: Mutex<HashMap<String, SubscriptionGuard>>,
+    /// One guard per pattern (a list: sockets hold few, and an empty one costs nothing).
+    subscriptions: Mutex<Vec<SubscriptionGuard>>,
 }
 
 fn payload_len(message: &Message) -> usize {
@@ -233,7 +234,7 @@ impl SessionHandle {
         self.js_backlog.load(Ordering::Acquire) >= JS_BACKLOG_LIMIT
     }
 
-    fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SubscriptionGuard>> {
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, Vec<SubscriptionGuard>> {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -311,7 +312,7 @@ impl WsHub {
             js_backlog: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            subscriptions: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(Vec::new()),
         });
         metrics.ws_opened();
         self.sessions
@@ -421,17 +422,23 @@ impl WsHub {
         if session.closed.load(Ordering::Acquire) {
             return Ok(false);
         }
-        if !subscriptions.contains_key(pattern) {
+        if !subscriptions.iter().any(|guard| guard.is_for(pattern)) {
             let sink: Arc<dyn Sink> = Arc::clone(&session) as Arc<dyn Sink>;
             let guard = bus.subscribe(vec![pattern.to_string()], sink);
-            subscriptions.insert(pattern.to_string(), guard);
+            subscriptions.push(guard);
         }
         Ok(true)
     }
 
     pub fn unsubscribe(&self, id: u64, pattern: &str) -> bool {
         match self.get(id) {
-            Some(session) => session.subscriptions().remove(pattern).is_some(),
+            Some(session) => {
+                let mut subscriptions = session.subscriptions();
+                let found = subscriptions.iter().position(|guard| guard.is_for(pattern));
+                found
+                    .map(|index| subscriptions.swap_remove(index))
+                    .is_some()
+            }
             None => false,
         }
     }
