@@ -17,7 +17,7 @@ use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::ws::Held;
 use crate::ws_frame::{self, Assembler, Incoming, ReadError};
-use crate::ws_hub::{QueueLimits, Registration, SessionHandle, WsEvent};
+use crate::ws_hub::{QueueLimits, Registration, WsEvent};
 use bytes::{Buf, Bytes, BytesMut};
 use governor::clock::Clock;
 use governor::Quota;
@@ -136,10 +136,10 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
     }
     let mut session = Box::new(Session::new(
         socket,
+        registration,
         Guards {
             socket: guard,
             held,
-            registration,
             abort,
         },
         bridge,
@@ -155,6 +155,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
 async fn finish(session: Box<Session>, end: End) {
     let Session {
         socket,
+        registration,
         guards,
         bridge,
         limits,
@@ -162,7 +163,7 @@ async fn finish(session: Box<Session>, end: End) {
     } = *session;
     if limits.js_events {
         bridge.ws_event(WsEvent::Close {
-            id: guards.registration.handle.id,
+            id: registration.handle.id,
             code: end.code,
             reason: end.reason,
         });
@@ -170,7 +171,6 @@ async fn finish(session: Box<Session>, end: End) {
     let Guards {
         socket: socket_guard,
         held,
-        registration,
         abort,
     } = guards;
     // The caps' slots are free as soon as JS hears of the close.
@@ -190,7 +190,6 @@ struct Guards {
     socket: SocketGuard,
     /// The slots under the route's caps.
     held: Held,
-    registration: Registration,
     /// The server's abort after its drain deadline (bounds the lingering close).
     abort: CancellationToken,
 }
@@ -281,8 +280,9 @@ enum Flow {
 
 struct Session {
     socket: TcpStream,
+    /// The session in the hub: its queue, waker and JS backlog (`handle`).
+    registration: Registration,
     guards: Guards,
-    handle: Arc<SessionHandle>,
     bridge: Arc<Bridge>,
     metrics: Arc<Metrics>,
     limits: Arc<SessionLimits>,
@@ -314,6 +314,7 @@ struct Session {
 impl Session {
     fn new(
         socket: TcpStream,
+        registration: Registration,
         guards: Guards,
         bridge: Arc<Bridge>,
         metrics: Arc<Metrics>,
@@ -322,7 +323,7 @@ impl Session {
         let now = Instant::now();
         Self {
             socket,
-            handle: Arc::clone(&guards.registration.handle),
+            registration,
             guards,
             bridge,
             metrics,
@@ -346,8 +347,8 @@ impl Session {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        self.handle.waker.register(cx.waker());
-        let hub = &self.guards.registration.hub;
+        self.registration.handle.waker.register(cx.waker());
+        let hub = &self.registration.hub;
         if hub.is_aborted() {
             return Poll::Ready(self.end_abnormally());
         }
@@ -415,7 +416,7 @@ impl Session {
             }
             let mut sent = 0u64;
             let write_buf = &mut self.write_buf;
-            let close = self.handle.drain(WRITE_BATCH, |message| {
+            let close = self.registration.handle.drain(WRITE_BATCH, |message| {
                 let (opcode, payload): (_, &[u8]) = match &message {
                     Message::Text(text) => (OpCode::Data(Data::Text), text.as_ref()),
                     Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
@@ -511,7 +512,9 @@ impl Session {
     }
 
     fn paused(&self) -> bool {
-        self.held_back.is_some() || self.paused_until.is_some() || self.handle.js_backlogged()
+        self.held_back.is_some()
+            || self.paused_until.is_some()
+            || self.registration.handle.js_backlogged()
     }
 
     /// Handles the complete frames at the start of `data`; returns how many bytes they took.
@@ -580,7 +583,7 @@ impl Session {
                 self.reading_done = true;
                 if matches!(self.state, State::Open) {
                     let (code, reason) = frame.unwrap_or((NO_STATUS, String::new()));
-                    self.handle.stop_sending();
+                    self.registration.handle.stop_sending();
                     // The reply echoes the client's frame (RFC 6455 section 5.5.1).
                     if code == NO_STATUS {
                         ws_frame::write_frame(
@@ -630,9 +633,9 @@ impl Session {
         if !self.limits.js_events {
             return true;
         }
-        let backlog = self.handle.to_js(data.len());
+        let backlog = self.registration.handle.to_js(data.len());
         self.bridge.ws_event(WsEvent::Message {
-            id: self.handle.id,
+            id: self.registration.handle.id,
             data,
             binary,
             backlog,
@@ -664,14 +667,14 @@ impl Session {
         if !matches!(self.state, State::Open) {
             return;
         }
-        self.handle.stop_sending();
+        self.registration.handle.stop_sending();
         ws_frame::write_close(&mut self.write_buf, code, reason);
         self.state = State::Closing {
             deadline: Instant::now() + CLOSE_TIMEOUT,
             code,
             reason: reason.to_string(),
         };
-        self.handle.waker.wake();
+        self.registration.handle.waker.wake();
     }
 
     /// The close handshake finished (the code is whoever closed first), or the peer went
@@ -704,7 +707,7 @@ impl Session {
         let now = Instant::now();
         if self.paused_until.is_some_and(|until| now >= until) {
             self.paused_until = None;
-            self.handle.waker.wake();
+            self.registration.handle.waker.wake();
         }
         if self.stall_deadline().is_some_and(|at| now >= at) {
             self.metrics.reject(Rejection::SendTimeout);
@@ -732,7 +735,7 @@ impl Session {
                     ws_frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Ping), &[]);
                     self.last_ping = now;
                     self.ping_sent = Some(now);
-                    self.handle.waker.wake();
+                    self.registration.handle.waker.wake();
                 }
             }
         }
