@@ -286,7 +286,27 @@ export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
 }
 
 /** Opens `url` in headless Chromium until the test ends (the whole process group is killed). */
-export function chromium(t, url) {
+/**
+ * Serves `script` as the page at / of `app`, with a POST /report the page sends what it saw to,
+ * mounts `app` on a new server and opens the page in headless Chromium. Resolves { server,
+ * reported }: `reported()` is the page's report once it came.
+ */
+export async function openInChromium(t, app, script) {
+  let report
+  app.get('/', () => new Response(`<!doctype html><script>${script}</script>`, { headers: { 'content-type': 'text/html' } }))
+  app.post('/report', async (req) => {
+    report = await req.json()
+    return new Response(null, { status: 204 })
+  })
+  const server = new Server()
+  server.mount('/', app)
+  const { url } = await server.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => server.close({ drain: 0 }))
+  chromium(t, `${url}/`)
+  return { server, reported: () => report }
+}
+
+function chromium(t, url) {
   const profile = mkdtempSync(join(tmpdir(), 'floodgate-chromium-'))
   const browser = spawn(
     'chromium',

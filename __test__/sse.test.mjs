@@ -1,7 +1,7 @@
 // Server-Sent Events with real clients: raw sockets, the eventsource package, headless Chromium.
 import test from 'ava'
 import { EventSource } from 'eventsource'
-import { Server, StreamingApp, connect, sleep, eventually, chromium, serverProcess } from './helpers.mjs'
+import { Server, StreamingApp, connect, sleep, eventually, openInChromium, serverProcess } from './helpers.mjs'
 
 async function start(t, sse, appOptions = {}) {
   const server = new Server()
@@ -275,9 +275,7 @@ test('server close ends every stream cleanly, onClose says shutdown', async (t) 
 })
 
 test("a browser's EventSource (headless Chromium) gets the snapshot and live events", async (t) => {
-  let report
   let snapshotTaken = false
-  const server = new Server()
   const app = new StreamingApp({ rateLimitRequests: 0 })
   app.sse('/events', {
     authenticate: (req) => new URL(req.url).searchParams.get('token') ?? undefined,
@@ -287,32 +285,21 @@ test("a browser's EventSource (headless Chromium) gets the snapshot and live eve
       return { welcome: user }
     },
   })
-  app.get('/', () =>
-    new Response(
-      `<!doctype html><script>
-        const seen = []
-        const source = new EventSource('/events?token=ada')
-        source.addEventListener('snapshot', (e) => seen.push('snapshot:' + e.data))
-        source.onmessage = (e) => {
-          seen.push(e.data)
-          if (seen.length === 3) fetch('/report', { method: 'POST', body: JSON.stringify(seen) })
-        }
-      </script>`,
-      { headers: { 'content-type': 'text/html' } },
-    ),
+  const { server, reported } = await openInChromium(
+    t,
+    app,
+    `const seen = []
+    const source = new EventSource('/events?token=ada')
+    source.addEventListener('snapshot', (e) => seen.push('snapshot:' + e.data))
+    source.onmessage = (e) => {
+      seen.push(e.data)
+      if (seen.length === 3) fetch('/report', { method: 'POST', body: JSON.stringify(seen) })
+    }`,
   )
-  app.post('/report', async (req) => {
-    report = await req.json()
-    return new Response(null, { status: 204 })
-  })
-  server.mount('/', app)
-  const { url } = await server.listen({ port: 0 })
-  t.teardown(() => server.close({ drain: 0 }))
-  chromium(t, `${url}/`)
   // Published once the snapshot is taken: an event published between the subscription and the
   // snapshot counts as covered by it, and this snapshot does not reflect it.
   await eventually(() => snapshotTaken && server.publish('user.ada.ping', 'ping 1') > 0, { timeout: 20_000 })
   server.publish('user.ada.ping', 'ping 2')
-  t.truthy(await eventually(() => report, { timeout: 10_000 }), 'the page reported what it saw')
-  t.deepEqual(report, ['snapshot:{"welcome":"ada"}', 'ping 1', 'ping 2'])
+  t.truthy(await eventually(reported, { timeout: 10_000 }), 'the page reported what it saw')
+  t.deepEqual(reported(), ['snapshot:{"welcome":"ada"}', 'ping 1', 'ping 2'])
 })

@@ -107,6 +107,20 @@ test("1000 'Idle timeout' after wsIdleTimeout without a message; a talking clien
   talker.client.close()
 })
 
+test('a client that never answers the close frame is dropped 5 s after it; JS hears the server close once', async (t) => {
+  const closes = []
+  const { port } = await startWs(t, { '/in': { close: (ws, code, reason) => closes.push([code, reason]) } }, { wsIdleTimeout: 300, wsPingInterval: 0 })
+  const raw = await rawWebSocket(port, '/ws/in')
+  await closedWithin(raw, 10_000)
+  const close = raw.frames.find((frame) => frame.opcode === 8)
+  t.truthy(close, 'the idle close frame came first')
+  t.is(close.payload.readUInt16BE(0), 1000)
+  const waited = raw.closedAt - close.at
+  t.true(waited >= 4500 && waited < 8000, `the socket was dropped ${waited} ms after the unanswered close frame`)
+  t.true(await eventually(() => closes.length === 1))
+  t.deepEqual(closes, [[1000, 'Idle timeout']])
+})
+
 test('client pings keep a socket from idling only with wsIdleCountsPings', async (t) => {
   const open = async (wsIdleCountsPings) => {
     const { base } = await startWs(t, { '/in': {} }, { wsIdleTimeout: '1s', wsPingInterval: 0, wsIdleCountsPings })

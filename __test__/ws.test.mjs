@@ -2,7 +2,6 @@
 // Chromium. Limits and protections are in ws-limits.test.mjs.
 import test from 'ava'
 import {
-  Server,
   StreamingApp,
   startWs,
   wsOpen,
@@ -10,7 +9,7 @@ import {
   wsAccept,
   wsFrame,
   rawWebSocket,
-  chromium,
+  openInChromium,
   connect,
   closedWithin,
   sleep,
@@ -413,9 +412,7 @@ test.serial('publish fans out to 1,000 subscribed sockets from 20 addresses, und
 })
 
 test("a browser's own WebSocket (headless Chromium): echo text and binary, a published message, close code", async (t) => {
-  let report
   const handled = []
-  const server = new Server()
   const app = new StreamingApp({ rateLimitRequests: 0 })
   app.ws('/echo', {
     open(ws) {
@@ -428,36 +425,25 @@ test("a browser's own WebSocket (headless Chromium): echo text and binary, a pub
     },
     close: (ws, code, reason) => handled.push(['close', code, reason]),
   })
-  app.get('/', () =>
-    new Response(
-      `<!doctype html><script>
-        const seen = []
-        const ws = new WebSocket('ws://' + location.host + '/echo')
-        ws.binaryType = 'arraybuffer'
-        ws.onopen = () => {
-          ws.send('hello from chromium')
-          ws.send(new Uint8Array([1, 2, 3, 250]))
-        }
-        ws.onmessage = (e) => {
-          seen.push(typeof e.data === 'string' ? e.data : 'binary:' + Array.from(new Uint8Array(e.data)).join(','))
-          if (seen.length === 3) fetch('/report', { method: 'POST', body: JSON.stringify(seen) }).then(() => ws.close(4000, 'done'))
-        }
-      </script>`,
-      { headers: { 'content-type': 'text/html' } },
-    ),
+  const { server, reported } = await openInChromium(
+    t,
+    app,
+    `const seen = []
+    const ws = new WebSocket('ws://' + location.host + '/echo')
+    ws.binaryType = 'arraybuffer'
+    ws.onopen = () => {
+      ws.send('hello from chromium')
+      ws.send(new Uint8Array([1, 2, 3, 250]))
+    }
+    ws.onmessage = (e) => {
+      seen.push(typeof e.data === 'string' ? e.data : 'binary:' + Array.from(new Uint8Array(e.data)).join(','))
+      if (seen.length === 3) fetch('/report', { method: 'POST', body: JSON.stringify(seen) }).then(() => ws.close(4000, 'done'))
+    }`,
   )
-  app.post('/report', async (req) => {
-    report = await req.json()
-    return new Response(null, { status: 204 })
-  })
-  server.mount('/', app)
-  const { url } = await server.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => server.close({ drain: 0 }))
-  chromium(t, `${url}/`)
   t.true(await eventually(() => handled.filter((h) => h[0] === 'message').length === 2, { timeout: 20_000 }), 'both messages arrived')
   t.is(server.publish('browser.hi', 'published'), 1)
-  t.truthy(await eventually(() => report, { timeout: 10_000 }), 'the page reported what it saw')
-  t.deepEqual(report, ['hello from chromium', 'binary:1,2,3,250', 'published'])
+  t.truthy(await eventually(reported, { timeout: 10_000 }), 'the page reported what it saw')
+  t.deepEqual(reported(), ['hello from chromium', 'binary:1,2,3,250', 'published'])
   t.true(await eventually(() => handled.some((h) => h[0] === 'close'), { timeout: 5000 }))
   t.deepEqual(handled, [
     ['open'],

@@ -134,21 +134,35 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             url,
         });
     }
-    let mut session = Box::new(Session::new(
+    let now = Instant::now();
+    Some(Box::new(Session {
         socket,
         registration,
-        Guards {
+        guards: Guards {
             socket: guard,
             held,
             abort,
         },
         bridge,
         metrics,
+        rates: Rates::new(&limits).map(Box::new),
         limits,
-    ));
-    // Bytes the client sent right behind its upgrade request.
-    session.read_buf.extend_from_slice(&parts.read_buf);
-    Some(session)
+        // Bytes the client sent right behind its upgrade request.
+        read_buf: BytesMut::from(&parts.read_buf[..]),
+        assembler: Assembler::default(),
+        write_buf: BytesMut::new(),
+        shutting_down: false,
+        state: State::Open,
+        reading_done: false,
+        last_activity: now,
+        last_ping: now,
+        ping_sent: None,
+        stalled_since: None,
+        held_back: None,
+        paused_until: None,
+        timer: None,
+        timer_at: None,
+    }))
 }
 
 /// Tells JS, frees the caps' slots, and closes the socket politely after a close handshake.
@@ -312,40 +326,6 @@ struct Session {
 }
 
 impl Session {
-    fn new(
-        socket: TcpStream,
-        registration: Registration,
-        guards: Guards,
-        bridge: Arc<Bridge>,
-        metrics: Arc<Metrics>,
-        limits: Arc<SessionLimits>,
-    ) -> Self {
-        let now = Instant::now();
-        Self {
-            socket,
-            registration,
-            guards,
-            bridge,
-            metrics,
-            rates: Rates::new(&limits).map(Box::new),
-            limits,
-            read_buf: BytesMut::new(),
-            assembler: Assembler::default(),
-            write_buf: BytesMut::new(),
-            shutting_down: false,
-            state: State::Open,
-            reading_done: false,
-            last_activity: now,
-            last_ping: now,
-            ping_sent: None,
-            stalled_since: None,
-            held_back: None,
-            paused_until: None,
-            timer: None,
-            timer_at: None,
-        }
-    }
-
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         self.registration.handle.waker.register(cx.waker());
         let hub = &self.registration.hub;

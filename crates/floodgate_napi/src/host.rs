@@ -2,7 +2,7 @@
 //! batches, one ThreadsafeFunction call per wake-up of the JS thread rather than per request.
 //!
 //! A ThreadsafeFunction's own queue is unbounded; here at most one call per kind is pending at
-//! a time (`scheduled`), and the batch is drained on the JS thread when the call runs. The
+//! a time ([`Batch`]), and the batch is drained on the JS thread when the call runs. The
 //! functions are weak: the server's own keep-alive handle decides the process lifetime.
 //!
 //! A batch crosses as a Float64Array and one Buffer rather than one object (or a string) per
@@ -20,17 +20,38 @@ use napi::threadsafe_function::{
 };
 use std::sync::{Arc, Mutex};
 
+/// A batch filled from any thread and drained on the JS thread, with at most one delivery
+/// call pending.
+struct Batch<B> {
+    state: Mutex<(B, bool)>,
+}
+
+impl<B: Default> Batch<B> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new((B::default(), false)),
+        })
+    }
+
+    /// Adds to the batch; `true` when the caller must schedule the delivery call.
+    fn add(&self, add: impl FnOnce(&mut B)) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        add(&mut state.0);
+        !std::mem::replace(&mut state.1, true)
+    }
+
+    /// Takes the batch (on the JS thread, as the call runs); the next addition schedules anew.
+    fn take(&self) -> B {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.1 = false;
+        std::mem::take(&mut state.0)
+    }
+}
+
 #[derive(Default)]
 struct Requests {
     numbers: Vec<f64>,
     bytes: Vec<u8>,
-    scheduled: bool,
-}
-
-#[derive(Default)]
-struct Aborts {
-    ids: Vec<f64>,
-    scheduled: bool,
 }
 
 /// WebSocket events waiting for the JS thread. Per event, numbers `kind, id, a, b`:
@@ -43,7 +64,6 @@ struct WsEvents {
     payload: Vec<u8>,
     /// Released when the batch reaches JS, so sessions paused on the backlog read again.
     backlogs: Vec<JsBacklog>,
-    scheduled: bool,
 }
 
 /// The arguments of `onRequests`: the batch's numbers and bytes.
@@ -58,11 +78,11 @@ pub type OnWsEvents<'env> = Function<'env, WsBatch, ()>;
 type DeliverWsEvents = ThreadsafeFunction<(), (), WsBatch, Status, false, true>;
 
 pub struct NapiHost {
-    requests: Arc<Mutex<Requests>>,
-    aborts: Arc<Mutex<Aborts>>,
+    requests: Arc<Batch<Requests>>,
+    aborts: Arc<Batch<Vec<f64>>>,
     deliver_requests: DeliverRequests,
     deliver_aborts: DeliverAborts,
-    ws_events: Arc<Mutex<WsEvents>>,
+    ws_events: Arc<Batch<WsEvents>>,
     deliver_ws_events: DeliverWsEvents,
 }
 
@@ -72,45 +92,36 @@ impl NapiHost {
         on_aborts: &Function<Vec<f64>, ()>,
         on_ws_events: &OnWsEvents,
     ) -> Result<Self> {
-        let requests = Arc::new(Mutex::new(Requests::default()));
+        let requests = Batch::<Requests>::new();
         let drained = Arc::clone(&requests);
         let deliver_requests = on_requests
             .build_threadsafe_function::<()>()
             .weak::<true>()
             .build_callback(move |_: ThreadsafeCallContext<()>| {
-                let mut batch = drained.lock().unwrap_or_else(|p| p.into_inner());
-                batch.scheduled = false;
-                let numbers = std::mem::take(&mut batch.numbers);
-                let bytes = std::mem::take(&mut batch.bytes);
-                drop(batch);
+                let Requests { numbers, bytes } = drained.take();
                 Ok(FnArgs::from((
                     Float64Array::new(numbers),
                     Buffer::from(bytes),
                 )))
             })?;
-        let aborts = Arc::new(Mutex::new(Aborts::default()));
+        let aborts = Batch::<Vec<f64>>::new();
         let drained = Arc::clone(&aborts);
         let deliver_aborts = on_aborts
             .build_threadsafe_function::<()>()
             .weak::<true>()
-            .build_callback(move |_: ThreadsafeCallContext<()>| {
-                let mut batch = drained.lock().unwrap_or_else(|p| p.into_inner());
-                batch.scheduled = false;
-                Ok(std::mem::take(&mut batch.ids))
-            })?;
-        let ws_events = Arc::new(Mutex::new(WsEvents::default()));
+            .build_callback(move |_: ThreadsafeCallContext<()>| Ok(drained.take()))?;
+        let ws_events = Batch::<WsEvents>::new();
         let drained = Arc::clone(&ws_events);
         let deliver_ws_events = on_ws_events
             .build_threadsafe_function::<()>()
             .weak::<true>()
             .build_callback(move |_: ThreadsafeCallContext<()>| {
-                let mut batch = drained.lock().unwrap_or_else(|p| p.into_inner());
-                batch.scheduled = false;
-                let numbers = std::mem::take(&mut batch.numbers);
-                let strings = std::mem::take(&mut batch.strings);
-                let payload = std::mem::take(&mut batch.payload);
-                let backlogs = std::mem::take(&mut batch.backlogs);
-                drop(batch);
+                let WsEvents {
+                    numbers,
+                    strings,
+                    payload,
+                    backlogs,
+                } = drained.take();
                 drop(backlogs);
                 Ok(FnArgs::from((
                     Float64Array::new(numbers),
@@ -131,40 +142,38 @@ impl NapiHost {
 
 impl JsHost for NapiHost {
     fn dispatch(&self, request: JsRequest) {
-        let mut batch = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        batch.bytes.extend_from_slice(request.method.as_bytes());
-        batch.bytes.extend_from_slice(request.url.as_bytes());
-        batch.bytes.extend_from_slice(request.client.as_bytes());
-        batch.bytes.extend_from_slice(&request.headers);
-        let params_start = batch.bytes.len();
-        for (index, part) in request.params.iter().enumerate() {
-            if index > 0 {
-                batch.bytes.push(0);
+        let schedule = self.requests.add(|batch| {
+            batch.bytes.extend_from_slice(request.method.as_bytes());
+            batch.bytes.extend_from_slice(request.url.as_bytes());
+            batch.bytes.extend_from_slice(request.client.as_bytes());
+            batch.bytes.extend_from_slice(&request.headers);
+            let params_start = batch.bytes.len();
+            for (index, part) in request.params.iter().enumerate() {
+                if index > 0 {
+                    batch.bytes.push(0);
+                }
+                batch.bytes.extend_from_slice(part.as_bytes());
             }
-            batch.bytes.extend_from_slice(part.as_bytes());
-        }
-        let params_len = batch.bytes.len() - params_start;
-        batch.numbers.extend([
-            request.id as f64,
-            request.handler as f64,
-            if request.has_body { 1.0 } else { 0.0 },
-            request.method.len() as f64,
-            request.url.len() as f64,
-            request.client.len() as f64,
-            request.headers.len() as f64,
-            params_len as f64,
-        ]);
-        if !batch.scheduled {
-            batch.scheduled = true;
-            drop(batch);
+            let params_len = batch.bytes.len() - params_start;
+            batch.numbers.extend([
+                request.id as f64,
+                request.handler as f64,
+                if request.has_body { 1.0 } else { 0.0 },
+                request.method.len() as f64,
+                request.url.len() as f64,
+                request.client.len() as f64,
+                request.headers.len() as f64,
+                params_len as f64,
+            ]);
+        });
+        if schedule {
             self.deliver_requests
                 .call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
 
     fn ws_event(&self, event: WsEvent) {
-        let mut batch = self.ws_events.lock().unwrap_or_else(|p| p.into_inner());
-        match event {
+        let schedule = self.ws_events.add(|batch| match event {
             WsEvent::Open {
                 id,
                 route,
@@ -197,21 +206,15 @@ impl JsHost for NapiHost {
                 batch.numbers.extend([2.0, id as f64, code as f64, 0.0]);
                 batch.strings.push(reason);
             }
-        }
-        if !batch.scheduled {
-            batch.scheduled = true;
-            drop(batch);
+        });
+        if schedule {
             self.deliver_ws_events
                 .call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
 
     fn abort(&self, id: u64) {
-        let mut batch = self.aborts.lock().unwrap_or_else(|p| p.into_inner());
-        batch.ids.push(id as f64);
-        if !batch.scheduled {
-            batch.scheduled = true;
-            drop(batch);
+        if self.aborts.add(|ids| ids.push(id as f64)) {
             self.deliver_aborts
                 .call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
