@@ -6,6 +6,7 @@
  */
 import type { NativeServer } from './binding'
 import { NativeBatch } from './native-batch'
+import { lightParts, realResponse } from './response'
 
 /** Anything `new Headers()` accepts. */
 export type HeaderInit = ConstructorParameters<typeof Headers>[0]
@@ -303,6 +304,12 @@ export class HandlerBridge {
 
   /** A Response built from a string or bytes is sent at once; one with a stream is read. */
   #sendResponse(id: number, response: Response): Promise<void> | undefined {
+    const parts = lightParts(response)
+    if (parts) {
+      this.#respond(id, parts.status, parts.headers, parts.body)
+      return undefined
+    }
+    response = realResponse(response)
     const state = responseState(response)
     const headers = (state && flatHeaderList(state.headersList)) ?? flatHeaders(response.headers)
     const source = state ? bodySource(state, response) : undefined

@@ -7,11 +7,13 @@ import { EventEmitter } from 'node:events'
 import type * as Native from './binding'
 import { loadNative } from './loader'
 import { HandlerBridge, type Handler } from './handlers'
+import { installLightResponse } from './response'
 import { WebSocketBridge, nativeRouteOptions, type WebSocketRoute } from './ws'
 
 export { StreamingResponse, FileResponse } from './handlers'
 export type { Handler, FetchHandler, HandlerContext, HandlerResult, StreamingInit, FileInit } from './handlers'
 export { fromNodeHandler } from './node-adapter'
+export { FastResponse } from './response'
 export { ServerWebSocket } from './ws'
 export type { WebSocketRoute, WebSocketMessage, WebSocketData } from './ws'
 
@@ -37,6 +39,12 @@ export interface ServerOptions {
   http2?: boolean
   /** Concurrent streams per HTTP/2 connection. Default 100. */
   http2MaxConcurrentStreams?: number
+  /**
+   * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
+   * handlers build and floodgate sends without undici's per-response `Headers` and stream.
+   * It behaves as the real class (`instanceof` holds both ways). Default true.
+   */
+  overrideGlobalResponse?: boolean
 }
 
 export interface StreamingOptions {
@@ -420,6 +428,7 @@ export class Server extends EventEmitter {
   constructor(options: ServerOptions = {}) {
     super()
     this.options = validated('server', options, 'Server')
+    if (this.options.overrideGlobalResponse !== false) installLightResponse()
   }
 
   #reportError(error: unknown): void {

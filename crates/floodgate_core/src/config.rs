@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub http2: bool,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// Read by the TypeScript layer: whether `globalThis.Response` becomes floodgate's light
+    /// `Response`, which handlers build and floodgate sends without undici's per-response
+    /// `Headers` and stream (`response.ts`).
+    pub override_global_response: bool,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +53,7 @@ impl Default for ServerConfig {
             trust_proxy: Vec::new(),
             http2: false,
             http2_max_concurrent_streams: 100,
+            override_global_response: true,
         }
     }
 }
