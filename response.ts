@@ -199,8 +199,12 @@ Object.setPrototypeOf(LightResponse.prototype, RealResponse.prototype)
 Object.setPrototypeOf(LightResponse, RealResponse)
 // `x instanceof LightResponse` (and, once installed, `x instanceof Response`) holds for real
 // responses as well as light ones.
+// A subclass (`class X extends Response`) keeps the ordinary rule.
 Object.defineProperty(LightResponse, Symbol.hasInstance, {
-  value: (value: unknown) => value instanceof RealResponse,
+  value(this: unknown, value: unknown): boolean {
+    if (this === LightResponse) return value instanceof RealResponse
+    return Function.prototype[Symbol.hasInstance].call(this, value)
+  },
 })
 Object.defineProperty(LightResponse, 'name', { value: 'Response' })
 

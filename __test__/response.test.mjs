@@ -44,6 +44,11 @@ test('a Server makes the light class the global Response; instanceof holds both 
   t.true(new RealResponse('x') instanceof Response)
   t.true((await fetch('data:,hello')) instanceof Response)
   t.is(Object.prototype.toString.call(light), '[object Response]')
+  class Subclass extends Response {}
+  t.true(new Subclass('s') instanceof Subclass)
+  t.true(new Subclass('s') instanceof Response)
+  t.false(light instanceof Subclass)
+  t.is(await new Subclass('sub').text(), 'sub')
   t.is(Response.error().type, 'error')
   t.is(Response.redirect('http://example.com/', 302).headers.get('location'), 'http://example.com/')
 })

@@ -33,7 +33,7 @@ function waitForPort(port, timeout = 10_000) {
   })
 }
 
-/** Starts nginx serving `root` at /stream/files/; resolves { port, pids, stop }. */
+/** Starts nginx serving `root` at /stream/files/ (and /api/json); resolves { port, pids, stop }. */
 export async function startNginx(root) {
   const dir = mkdtempSync(join(tmpdir(), 'floodgate-nginx-'))
   const port = await freePort()
@@ -55,6 +55,9 @@ http {
   server {
     listen 127.0.0.1:${port};
     location /stream/files/ { alias ${root}/; }
+    # The JSON workload's answer from the config itself, no application code: what this
+    # machine allows a server to reach under the same wrk.
+    location = /api/json { default_type application/json; return 200 '{"hello":"world"}'; }
   }
 }
 `,

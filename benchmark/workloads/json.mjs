@@ -1,10 +1,11 @@
 // Small JSON responses from a JS handler: requests/s and p99 at 100 connections (wrk -t2 -c100).
+// nginx answers from its config (no application code): the ceiling of this machine under wrk.
 import { wrk } from '../lib/wrk.mjs'
 
 export default {
   name: 'json-small-c100',
   fixtures: {},
-  peers: ['floodgate', 'node-http', 'fastify'],
+  peers: ['floodgate', 'node-http', 'fastify', 'nginx'],
   async run({ port, quick, warmup }) {
     const result = await wrk(`http://127.0.0.1:${port}/api/json`, {
       connections: 100,
