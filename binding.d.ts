@@ -38,17 +38,20 @@ export declare class NativeServer {
    * `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
    */
   respondBatch(entries: Float64Array, payload: Buffer): void
-  /** Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`. */
+  /** Answers exchange `id` with a head; the body follows through `tryWrite`/`drain`/`end`. */
   respondStream(id: number, status: number, headers: string): boolean
   /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */
   respondFile(id: number, status: number, headers: string, file: NativeFile): boolean
   /**
-   * Queues a chunk if there is room: `true` queued, `false` full (await `write`). Throws
-   * when the client is gone.
+   * Queues a chunk if there is room: `true`. `false`: the queue is full and the chunk is
+   * held; await `drain` before writing again. Throws when the client is gone.
    */
   tryWrite(id: number, chunk: Buffer): boolean
-  /** Queues a chunk once the client has taken the previous ones. Rejects when it is gone. */
-  write(id: number, chunk: Buffer): Promise<void>
+  /**
+   * Resolves once the client has taken most of the queue (the held chunk queued then).
+   * Rejects when it is gone.
+   */
+  drain(id: number): Promise<void>
   /** Ends a streamed response. */
   end(id: number): void
   /** The next chunk of the request body, or null at its end. */

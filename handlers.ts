@@ -365,7 +365,7 @@ export class HandlerBridge {
       for await (const chunk of body) {
         const buffer = toBuffer(chunk)
         if (buffer.length === 0) continue
-        if (!server.tryWrite(id, buffer)) await server.write(id, buffer)
+        if (!server.tryWrite(id, buffer)) await server.drain(id)
       }
       server.end(id)
     } catch (error) {

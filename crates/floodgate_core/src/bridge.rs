@@ -6,6 +6,7 @@
 //! away or the handler times out, dropping the guard unregisters the exchange and tells JS to
 //! abort (`req.signal`, the generator's `return()`).
 
+use crate::js_stream::{self, StreamReader, StreamWriter};
 use crate::ws_hub::{WsEvent, WsHub};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 /// What JS is given for one request.
 #[derive(Debug, Clone)]
@@ -39,8 +40,8 @@ pub struct JsRequest {
 pub enum JsBody {
     Empty,
     Bytes(Bytes),
-    /// Chunks written by JS as the socket takes them (bounded channel: backpressure).
-    Stream(mpsc::Receiver<Bytes>),
+    /// Chunks written by JS as the socket takes them (bounded queue: backpressure).
+    Stream(StreamReader),
     /// A file chosen by JS, streamed by Rust like a files mount would.
     File(JsFile),
 }
@@ -117,15 +118,11 @@ pub struct Bridge {
     host: Arc<dyn JsHost>,
     exchanges: Mutex<HashMap<u64, Exchange>>,
     /// Streamed responses JS is still writing, by exchange id.
-    streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    streams: Mutex<HashMap<u64, StreamWriter>>,
     next_id: AtomicU64,
     /// Open WebSocket sessions, which JS sends to by id.
     ws: Arc<WsHub>,
 }
-
-/// Chunks of a streamed response buffered between JS and the socket: JS runs at most this far
-/// ahead of what the client has taken.
-const STREAM_DEPTH: usize = 2;
 
 /// The exchange is over: the client left, the handler timed out, or it was already answered.
 #[derive(Debug, PartialEq, Eq)]
@@ -265,7 +262,7 @@ impl Bridge {
         Ok(())
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Bytes>>> {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamWriter>> {
         self.streams
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -273,14 +270,14 @@ impl Bridge {
 
     /// JS answers `id` with a head and a body it will write chunk by chunk.
     pub fn respond_stream(&self, id: u64, status: u16, headers: Bytes) -> bool {
-        let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
+        let (writer, reader) = js_stream::channel();
         let response = JsResponse {
             status,
             headers,
-            body: JsBody::Stream(receiver),
+            body: JsBody::Stream(reader),
         };
         // Registered first, so a write right after this call finds it.
-        self.streams().insert(id, sender);
+        self.streams().insert(id, writer);
         let answered = self.respond(id, response);
         if !answered {
             self.streams().remove(&id);
@@ -288,21 +285,18 @@ impl Bridge {
         answered
     }
 
-    /// Queues a chunk without waiting: `Ok(false)` when the queue is full (wait with `write`).
+    /// Queues a chunk without waiting: `Ok(false)` when the queue is full; the chunk is then
+    /// held, and queued by `drain`, which the writer awaits before writing again.
     pub fn try_write(&self, id: u64, chunk: Bytes) -> Result<bool, Gone> {
-        let streams = self.streams();
-        let sender = streams.get(&id).ok_or(Gone)?;
-        match sender.try_send(chunk) {
-            Ok(()) => Ok(true),
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
-        }
+        let mut streams = self.streams();
+        let writer = streams.get_mut(&id).ok_or(Gone)?;
+        writer.try_write(chunk).map_err(|_| Gone)
     }
 
-    /// Queues a chunk once the client has taken enough of the previous ones.
-    pub async fn write(&self, id: u64, chunk: Bytes) -> Result<(), Gone> {
-        let sender = self.streams().get(&id).cloned().ok_or(Gone)?;
-        sender.send(chunk).await.map_err(|_| Gone)
+    /// Resolves once the client has taken enough of the queue and the held chunk is queued.
+    pub async fn drain(&self, id: u64) -> Result<(), Gone> {
+        let drain = self.streams().get_mut(&id).ok_or(Gone)?.drain();
+        drain.wait().await.map_err(|_| Gone)
     }
 
     /// The streamed response is complete.

@@ -6,6 +6,7 @@ use crate::bridge::{BodySource, Bridge, Call, JsBody, JsFile, JsRequest, JsRespo
 use crate::config::Disposition;
 use crate::delivery::Delivery;
 use crate::files::{serve_file, FileOptions};
+use crate::js_stream::StreamReader;
 use crate::limit::bucket::{piece_size, Shaper};
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use http_body_util::{BodyExt, StreamBody};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 /// The app's limits for JS-handled requests.
 pub struct JsLimits<'a> {
@@ -200,7 +201,7 @@ fn build_response(
             call.finish();
             Response::new(body::full(bytes))
         }
-        JsBody::Stream(receiver) => Response::new(js_stream(receiver, call, &delivery)),
+        JsBody::Stream(reader) => Response::new(js_stream(reader, call, &delivery)),
         JsBody::File(file) => {
             call.finish();
             let served = serve_file(
@@ -263,7 +264,7 @@ fn file_options(file: &JsFile) -> FileOptions {
 
 /// The body of a streamed JS response: chunks as JS writes them, shaped like files are. The
 /// exchange ends normally at the stream's end; dropped early (client gone), it aborts in JS.
-fn js_stream(receiver: mpsc::Receiver<Bytes>, call: Call, delivery: &Delivery) -> Body {
+fn js_stream(reader: StreamReader, call: Call, delivery: &Delivery) -> Body {
     let shaper = Shaper::new(
         delivery.per_connection,
         delivery.chunk_size,
@@ -275,9 +276,9 @@ fn js_stream(receiver: mpsc::Receiver<Bytes>, call: Call, delivery: &Delivery) -
         .min()
         .unwrap_or(0);
     let piece = piece_size(delivery.chunk_size, slowest);
-    let state = (receiver, Some(call), shaper);
-    let frames = stream::unfold(state, move |(mut receiver, mut call, shaper)| async move {
-        match receiver.recv().await {
+    let state = (reader, Some(call), shaper);
+    let frames = stream::unfold(state, move |(mut reader, mut call, shaper)| async move {
+        match reader.next().await {
             Some(bytes) => {
                 if shaper.is_active() {
                     let mut owed = bytes.len() as u64;
@@ -289,7 +290,7 @@ fn js_stream(receiver: mpsc::Receiver<Bytes>, call: Call, delivery: &Delivery) -
                 }
                 Some((
                     Ok::<_, std::io::Error>(Frame::data(bytes)),
-                    (receiver, call, shaper),
+                    (reader, call, shaper),
                 ))
             }
             None => {

@@ -15,6 +15,7 @@ pub mod file_body;
 pub mod files;
 pub mod guarded_io;
 pub mod js_call;
+pub mod js_stream;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;

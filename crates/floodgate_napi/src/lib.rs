@@ -221,7 +221,7 @@ impl NativeServer {
             .map_err(|_| invalid("respondBatch: malformed batch".into()))
     }
 
-    /// Answers exchange `id` with a head; the body follows through `tryWrite`/`write`/`end`.
+    /// Answers exchange `id` with a head; the body follows through `tryWrite`/`drain`/`end`.
     #[napi]
     pub fn respond_stream(&self, id: f64, status: u32, headers: String) -> bool {
         self.bridge
@@ -245,8 +245,8 @@ impl NativeServer {
         self.bridge.respond(exchange_id(id), response)
     }
 
-    /// Queues a chunk if there is room: `true` queued, `false` full (await `write`). Throws
-    /// when the client is gone.
+    /// Queues a chunk if there is room: `true`. `false`: the queue is full and the chunk is
+    /// held; await `drain` before writing again. Throws when the client is gone.
     #[napi]
     pub fn try_write(&self, id: f64, chunk: Buffer) -> Result<bool> {
         self.bridge
@@ -254,14 +254,11 @@ impl NativeServer {
             .map_err(|_| gone())
     }
 
-    /// Queues a chunk once the client has taken the previous ones. Rejects when it is gone.
+    /// Resolves once the client has taken most of the queue (the held chunk queued then).
+    /// Rejects when it is gone.
     #[napi]
-    pub async fn write(&self, id: f64, chunk: Buffer) -> Result<()> {
-        let bytes = Vec::<u8>::from(chunk).into();
-        self.bridge
-            .write(exchange_id(id), bytes)
-            .await
-            .map_err(|_| gone())
+    pub async fn drain(&self, id: f64) -> Result<()> {
+        self.bridge.drain(exchange_id(id)).await.map_err(|_| gone())
     }
 
     /// Ends a streamed response.
