@@ -135,9 +135,12 @@ class NativeRequest {
     return (this.#url ??= this.#bytes.toString('utf8', this.#urlAt, this.#clientAt))
   }
 
-  /** `name\0value\0...`; values decoded as UTF-8 (invalid bytes become U+FFFD). */
+  /**
+   * `name\0value\0...`, one character per byte: header values are ByteStrings to `Headers`,
+   * and Node's `http` decodes them the same way.
+   */
   get headers(): string {
-    return (this.#headers ??= this.#bytes.toString('utf8', this.#headersAt, this.#paramsAt))
+    return (this.#headers ??= this.#bytes.toString('latin1', this.#headersAt, this.#paramsAt))
   }
 
   /** `name\0value\0...` of the route's `:params`. */
@@ -268,7 +271,7 @@ export class HandlerBridge {
       return
     }
     const batch = this.#batch
-    const headersLength = batch.text(headers)
+    const headersLength = batch.latin1(headers)
     // -1: no body at all, as opposed to an empty one.
     const bodyLength = body === null ? -1 : typeof body === 'string' ? batch.text(body) : batch.bytes(body)
     batch.entry(id, status, headersLength, bodyLength)

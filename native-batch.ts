@@ -53,6 +53,15 @@ export class NativeBatch {
     return written
   }
 
+  /** Appends `text` one byte per character (header lists: ByteStrings); returns its length. */
+  latin1(text: string): number {
+    if (text.length === 0) return 0
+    this.#reserve(text.length)
+    const written = this.#bytes.write(text, this.#length, 'latin1')
+    this.#length += written
+    return written
+  }
+
   /** Appends `bytes`; returns their length. */
   bytes(bytes: Uint8Array): number {
     this.#reserve(bytes.byteLength)

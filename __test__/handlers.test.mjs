@@ -5,7 +5,7 @@ import http from 'node:http'
 import { spawn } from 'node:child_process'
 import { Hono } from 'hono'
 import express from 'express'
-import { Server, StreamingApp, floodgate, fixture, request, connect, sleep, eventually } from './helpers.mjs'
+import { Server, StreamingApp, floodgate, fixture, request, rawExchange, connect, sleep, eventually } from './helpers.mjs'
 
 const { StreamingResponse, FileResponse, fromNodeHandler } = floodgate
 const MiB = 1024 * 1024
@@ -125,6 +125,29 @@ test('batched answers: each concurrent request gets its own; small, large, late,
   // A body already read or locked is not sent again from undici's source: it is read (and fails).
   t.not(await (await fetch(`${url}/used`)).text(), 'once')
   t.is((await fetch(`${url}/locked`)).status, 500)
+})
+
+test('header values go out one byte per character, as Node writes them, on every response path', async (t) => {
+  const headers = { 'x-name': 'café', 'content-disposition': 'inline; filename="résumé.txt"' }
+  const { port } = await serve(t, (server) => {
+    const app = streamingApp()
+    app.get('/light', () => new Response('small', { headers }))
+    app.get('/real', () => new Response(new Blob(['blob']), { headers }))
+    app.get('/large', () => new Response('x'.repeat(64 * 1024), { headers }))
+    app.get('/stream', () => new StreamingResponse(['a', 'b'], { headers }))
+    app.get('/echo', (req) => new Response('echo', { headers: { 'x-name': req.headers.get('x-name') } }))
+    server.mount('/', app)
+  })
+  // A request header is read the same way: its bytes, one character each.
+  const head = Buffer.from('GET /echo HTTP/1.1\r\nHost: x\r\nx-name: caf\xe9\r\nConnection: close\r\n\r\n', 'latin1')
+  const echo = await rawExchange(port, head)
+  t.true(echo.includes('\r\nx-name: café\r\n'), echo.slice(0, 200))
+  for (const path of ['/light', '/real', '/large', '/stream']) {
+    // rawExchange decodes as Latin-1: one character per byte on the wire.
+    const reply = await rawExchange(port, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+    t.true(reply.includes('\r\nx-name: café\r\n'), `${path}: ${reply.slice(0, 200)}`)
+    t.true(reply.includes('filename="résumé.txt"'), path)
+  }
 })
 
 test('request bodies: text, JSON, binary and a large streamed body; the size cap applies', async (t) => {

@@ -21,6 +21,25 @@ use napi_derive::napi;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A `name\0value\0...` header list from JS as the bytes to send. Header strings are
+/// ByteStrings (fetch's `Headers` refuses characters above U+00FF), one character per byte, as
+/// Node's own `http` writes them; anything above U+00FF, which no `Headers` lets through, is
+/// kept as UTF-8.
+fn header_bytes(headers: String) -> bytes::Bytes {
+    if headers.is_ascii() {
+        return headers.into_bytes().into();
+    }
+    let mut bytes = Vec::with_capacity(headers.len());
+    let mut utf8 = [0u8; 4];
+    for c in headers.chars() {
+        match u8::try_from(u32::from(c)) {
+            Ok(byte) => bytes.push(byte),
+            Err(_) => bytes.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes()),
+        }
+    }
+    bytes.into()
+}
+
 fn invalid(message: String) -> Error {
     Error::new(Status::InvalidArg, message)
 }
@@ -205,7 +224,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: headers.into_bytes().into(),
+            headers: header_bytes(headers),
             body,
         };
         self.bridge.respond(exchange_id(id), response)
@@ -225,7 +244,7 @@ impl NativeServer {
     #[napi]
     pub fn respond_stream(&self, id: f64, status: u32, headers: String) -> bool {
         self.bridge
-            .respond_stream(exchange_id(id), status as u16, headers.into_bytes().into())
+            .respond_stream(exchange_id(id), status as u16, header_bytes(headers))
     }
 
     /// Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts).
@@ -239,7 +258,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: headers.into_bytes().into(),
+            headers: header_bytes(headers),
             body: JsBody::File(file),
         };
         self.bridge.respond(exchange_id(id), response)
