@@ -30,8 +30,11 @@ export declare class NativeServer {
   publish(topic: string, data: string, event?: string | undefined | null, id?: string | undefined | null): number
   /** The sequence number of the last published event (snapshots are taken as of it). */
   busSeq(): number
-  /** Answers exchange `id` with a complete body. `false` when the exchange is gone. */
-  respond(id: number, status: number, headers: string, body?: Buffer | string | undefined | null): boolean
+  /**
+   * Answers exchange `id` with a complete body. `false` when the exchange is gone. Header
+   * lists (here and below) are `name\0value\0...` bytes, one per character (`handlers.ts`).
+   */
+  respond(id: number, status: number, headers: Buffer, body?: Buffer | string | undefined | null): boolean
   /**
    * Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
    * headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
@@ -39,9 +42,9 @@ export declare class NativeServer {
    */
   respondBatch(entries: Float64Array, payload: Buffer): void
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`drain`/`end`. */
-  respondStream(id: number, status: number, headers: string): boolean
+  respondStream(id: number, status: number, headers: Buffer): boolean
   /** Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts). */
-  respondFile(id: number, status: number, headers: string, file: NativeFile): boolean
+  respondFile(id: number, status: number, headers: Buffer, file: NativeFile): boolean
   /**
    * Queues a chunk if there is room: `true`. `false`: the queue is full and the chunk is
    * held; await `drain` before writing again. Throws when the client is gone.

@@ -6,7 +6,7 @@
  */
 import type { NativeServer } from './binding'
 import { NativeBatch } from './native-batch'
-import { lightParts, realResponse } from './response'
+import { lightParts, realResponse, withHeader } from './response'
 
 /** Anything `new Headers()` accepts. */
 export type HeaderInit = ConstructorParameters<typeof Headers>[0]
@@ -69,9 +69,9 @@ export class FileResponse {
 function flatHeaders(headers: Headers): string {
   let flat = ''
   headers.forEach((value, name) => {
-    if (name !== 'set-cookie') flat += flat ? `\0${name}\0${value}` : `${name}\0${value}`
+    if (name !== 'set-cookie') flat = withHeader(flat, name, value)
   })
-  for (const cookie of headers.getSetCookie()) flat += flat ? `\0set-cookie\0${cookie}` : `set-cookie\0${cookie}`
+  for (const cookie of headers.getSetCookie()) flat = withHeader(flat, 'set-cookie', cookie)
   return flat
 }
 
@@ -153,6 +153,13 @@ const toBuffer = (chunk: Uint8Array | string): Buffer =>
   typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
 
 const ERROR_HEADERS = 'content-type\0text/plain; charset=utf-8'
+
+/**
+ * A header list as the bytes to send, one per character: header values are ByteStrings
+ * (`Headers` refuses characters above U+00FF), and Node's `http` writes them this way. The
+ * response batch writes its heads the same way (`NativeBatch#text(…, 'latin1')`).
+ */
+const headerBytes = (flat: string): Buffer => Buffer.from(flat, 'latin1')
 
 /** Bodies up to this size join the turn's response batch; larger ones are sent on their own. */
 const BATCH_BODY_MAX = 16 * 1024
@@ -267,11 +274,11 @@ export class HandlerBridge {
   #respond(id: number, status: number, headers: string, body: string | Uint8Array | null): void {
     const bodyBytes = body === null ? 0 : typeof body === 'string' ? body.length * 3 : body.byteLength
     if (bodyBytes > BATCH_BODY_MAX) {
-      this.native.respond(id, status, headers, typeof body === 'string' ? body : toBuffer(body as Uint8Array))
+      this.native.respond(id, status, headerBytes(headers), typeof body === 'string' ? body : toBuffer(body as Uint8Array))
       return
     }
     const batch = this.#batch
-    const headersLength = batch.latin1(headers)
+    const headersLength = batch.text(headers, 'latin1')
     // -1: no body at all, as opposed to an empty one.
     const bodyLength = body === null ? -1 : typeof body === 'string' ? batch.text(body) : batch.bytes(body)
     batch.entry(id, status, headersLength, bodyLength)
@@ -293,12 +300,12 @@ export class HandlerBridge {
       this.#respond(id, 200, 'content-type\0application/octet-stream', result)
     } else if (result instanceof FileResponse) {
       const { status = 200, filename, mediaType, attachment = false, headers } = result.init
-      server.respondFile(id, status, flatHeaders(new Headers(headers)), { path: result.path, filename, mediaType, attachment })
+      server.respondFile(id, status, headerBytes(flatHeaders(new Headers(headers))), { path: result.path, filename, mediaType, attachment })
     } else if (result instanceof StreamingResponse) {
       const { status = 200, mediaType, headers: init } = result.init
       const headers = new Headers(init)
       if (mediaType) headers.set('content-type', mediaType)
-      if (server.respondStream(id, status, flatHeaders(headers))) return this.#pump(id, result.body)
+      if (server.respondStream(id, status, headerBytes(flatHeaders(headers)))) return this.#pump(id, result.body)
     } else {
       throw new TypeError('a handler must return a Response, StreamingResponse, FileResponse, string or Uint8Array')
     }
@@ -341,7 +348,7 @@ export class HandlerBridge {
       this.#respond(id, response.status, headers, first.value)
       return
     }
-    if (!server.respondStream(id, response.status, headers)) {
+    if (!server.respondStream(id, response.status, headerBytes(headers))) {
       await reader.cancel()
       return
     }
@@ -535,14 +542,14 @@ function flatHeaderList(list: unknown): string | undefined {
     if (name === 'set-cookie') continue
     const value = entry?.value
     if (typeof name !== 'string' || typeof value !== 'string') return undefined
-    flat += flat ? `\0${name}\0${value}` : `${name}\0${value}`
+    flat = withHeader(flat, name, value)
   }
   if (map.has('set-cookie')) {
     const cookies = (list as { cookies?: unknown }).cookies
     if (!Array.isArray(cookies)) return undefined
     for (const cookie of cookies) {
       if (typeof cookie !== 'string') return undefined
-      flat += flat ? `\0set-cookie\0${cookie}` : `set-cookie\0${cookie}`
+      flat = withHeader(flat, 'set-cookie', cookie)
     }
   }
   return flat

@@ -44,20 +44,14 @@ export class NativeBatch {
     }
   }
 
-  /** Appends `text` as UTF-8; returns how many bytes that took. */
-  text(text: string): number {
+  /**
+   * Appends `text` as UTF-8, or one byte per character with `'latin1'` (header lists:
+   * ByteStrings); returns how many bytes that took.
+   */
+  text(text: string, encoding: 'utf8' | 'latin1' = 'utf8'): number {
     if (text.length === 0) return 0
-    this.#reserve(text.length * 3)
-    const written = this.#bytes.write(text, this.#length)
-    this.#length += written
-    return written
-  }
-
-  /** Appends `text` one byte per character (header lists: ByteStrings); returns its length. */
-  latin1(text: string): number {
-    if (text.length === 0) return 0
-    this.#reserve(text.length)
-    const written = this.#bytes.write(text, this.#length, 'latin1')
+    this.#reserve(encoding === 'latin1' ? text.length : text.length * 3)
+    const written = this.#bytes.write(text, this.#length, encoding)
     this.#length += written
     return written
   }

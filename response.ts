@@ -27,6 +27,10 @@ export interface ResponseParts {
   body: string | Uint8Array | null
 }
 
+/** `flat` with one more header: the `name\0value\0...` lists every response crosses as. */
+export const withHeader = (flat: string, name: string, value: string): string =>
+  flat ? `${flat}\0${name}\0${value}` : `${name}\0${value}`
+
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 // A header value fetch accepts unchanged: Latin-1, no NUL/CR/LF, no leading or trailing
 // whitespace (which `Headers` would trim).
@@ -46,7 +50,7 @@ function flatInitHeaders(headers: unknown, contentType: string | undefined): str
     // class's copy does, and yields each Set-Cookie on its own.
     for (const [name, value] of headers) {
       if (name === 'content-type') hasContentType = true
-      flat += flat ? `\0${name}\0${value}` : `${name}\0${value}`
+      flat = withHeader(flat, name, value)
     }
   } else if (headers !== undefined) {
     if (headers === null || typeof headers !== 'object' || Object.getPrototypeOf(headers) !== Object.prototype) return undefined
@@ -61,10 +65,10 @@ function flatInitHeaders(headers: unknown, contentType: string | undefined): str
         if (names.indexOf(lower) !== names.lastIndexOf(lower)) return undefined
       }
       if (lower === 'content-type') hasContentType = true
-      flat += flat ? `\0${lower}\0${value}` : `${lower}\0${value}`
+      flat = withHeader(flat, lower, value)
     }
   }
-  if (contentType && !hasContentType) flat += flat ? `\0content-type\0${contentType}` : `content-type\0${contentType}`
+  if (contentType && !hasContentType) flat = withHeader(flat, 'content-type', contentType)
   return flat
 }
 

@@ -56,8 +56,9 @@ pub struct JsFile {
 
 pub struct JsResponse {
     pub status: u16,
-    /// `name\0value\0name\0value` as JS sent it (UTF-8): parsed into the response head on
-    /// the connection's thread, values as slices of these bytes, not on the JS thread.
+    /// `name\0value\0name\0value` as JS sent it (one byte per character: header values are
+    /// ByteStrings): parsed into the response head on the connection's thread, values as
+    /// slices of these bytes, not on the JS thread.
     pub headers: Bytes,
     pub body: JsBody,
 }
@@ -209,7 +210,7 @@ impl Bridge {
 
     /// Answers a batch of exchanges, the complete responses of one JS turn: `entries` holds
     /// `id, status, headersLength, bodyLength` per response (`bodyLength` -1: no body);
-    /// `payload` each response's headers (`name\0value\0...`, UTF-8) then its body, end to
+    /// `payload` each response's headers (`name\0value\0...`, as in `JsResponse`) then its body, end to
     /// end. One call and one lock for the batch, where a call per response cost more than the
     /// handlers on the JS thread; heads and bodies stay slices of one copy of the payload.
     /// Exchanges that are gone are skipped.

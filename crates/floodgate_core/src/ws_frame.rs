@@ -323,43 +323,29 @@ mod tests {
         ));
         let mut unmasked = vec![0x81, 2, b'h', b'i'];
         assert_eq!(refuse(&mut unmasked), ReadError::Protocol);
-        assert_eq!(
-            refuse(&mut client_frame(0x81, &[0xff, 0xfe])),
-            ReadError::BadUtf8
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0xC1, b"x")),
-            ReadError::Protocol,
-            "rsv1"
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0x80, b"x")),
-            ReadError::Protocol,
-            "continuation"
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0x09, b"")),
-            ReadError::Protocol,
-            "fragmented ping"
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0x83, b"")),
-            ReadError::Protocol,
-            "reserved"
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0x88, b"\x03")),
-            ReadError::Protocol
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0x88, b"\x03\xed")),
-            ReadError::Protocol,
-            "1005 on the wire"
-        );
-        assert_eq!(
-            refuse(&mut client_frame(0x88, b"\x03\xe8\xff")),
-            ReadError::BadUtf8
-        );
+        let refused: [(u8, &[u8], ReadError, &str); 9] = [
+            (0x81, b"\xff\xfe", ReadError::BadUtf8, "text not UTF-8"),
+            (0xC1, b"x", ReadError::Protocol, "rsv1"),
+            (0x80, b"x", ReadError::Protocol, "continuation"),
+            (0x09, b"", ReadError::Protocol, "fragmented ping"),
+            (0x83, b"", ReadError::Protocol, "reserved"),
+            (0x88, b"\x03", ReadError::Protocol, "one-byte close payload"),
+            (0x88, b"\x03\xed", ReadError::Protocol, "1005 on the wire"),
+            (
+                0x88,
+                b"\x03\xe8\xff",
+                ReadError::BadUtf8,
+                "close reason not UTF-8",
+            ),
+            (0x8B, b"", ReadError::Protocol, "reserved control"),
+        ];
+        for (first_byte, payload, expected, what) in refused {
+            assert_eq!(
+                refuse(&mut client_frame(first_byte, payload)),
+                expected,
+                "{what}"
+            );
+        }
         let long_ping = client_frame(0x89, &[0; 126]);
         assert!(matches!(
             next_frame(&long_ping, 1 << 20),

@@ -21,25 +21,6 @@ use napi_derive::napi;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A `name\0value\0...` header list from JS as the bytes to send. Header strings are
-/// ByteStrings (fetch's `Headers` refuses characters above U+00FF), one character per byte, as
-/// Node's own `http` writes them; anything above U+00FF, which no `Headers` lets through, is
-/// kept as UTF-8.
-fn header_bytes(headers: String) -> bytes::Bytes {
-    if headers.is_ascii() {
-        return headers.into_bytes().into();
-    }
-    let mut bytes = Vec::with_capacity(headers.len());
-    let mut utf8 = [0u8; 4];
-    for c in headers.chars() {
-        match u8::try_from(u32::from(c)) {
-            Ok(byte) => bytes.push(byte),
-            Err(_) => bytes.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes()),
-        }
-    }
-    bytes.into()
-}
-
 fn invalid(message: String) -> Error {
     Error::new(Status::InvalidArg, message)
 }
@@ -208,13 +189,14 @@ impl NativeServer {
             .map_or(0.0, |server| server.bus().current_seq() as f64)
     }
 
-    /// Answers exchange `id` with a complete body. `false` when the exchange is gone.
+    /// Answers exchange `id` with a complete body. `false` when the exchange is gone. Header
+    /// lists (here and below) are `name\0value\0...` bytes, one per character (`handlers.ts`).
     #[napi]
     pub fn respond(
         &self,
         id: f64,
         status: u32,
-        headers: String,
+        headers: Buffer,
         body: Option<Either<Buffer, String>>,
     ) -> bool {
         let body = match body {
@@ -224,7 +206,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: header_bytes(headers),
+            headers: Vec::<u8>::from(headers).into(),
             body,
         };
         self.bridge.respond(exchange_id(id), response)
@@ -242,14 +224,17 @@ impl NativeServer {
 
     /// Answers exchange `id` with a head; the body follows through `tryWrite`/`drain`/`end`.
     #[napi]
-    pub fn respond_stream(&self, id: f64, status: u32, headers: String) -> bool {
-        self.bridge
-            .respond_stream(exchange_id(id), status as u16, header_bytes(headers))
+    pub fn respond_stream(&self, id: f64, status: u32, headers: Buffer) -> bool {
+        self.bridge.respond_stream(
+            exchange_id(id),
+            status as u16,
+            Vec::<u8>::from(headers).into(),
+        )
     }
 
     /// Answers exchange `id` with a file Rust streams (Range, validators, shaping, timeouts).
     #[napi]
-    pub fn respond_file(&self, id: f64, status: u32, headers: String, file: NativeFile) -> bool {
+    pub fn respond_file(&self, id: f64, status: u32, headers: Buffer, file: NativeFile) -> bool {
         let file = JsFile {
             path: file.path.into(),
             filename: file.filename,
@@ -258,7 +243,7 @@ impl NativeServer {
         };
         let response = JsResponse {
             status: status as u16,
-            headers: header_bytes(headers),
+            headers: Vec::<u8>::from(headers).into(),
             body: JsBody::File(file),
         };
         self.bridge.respond(exchange_id(id), response)
