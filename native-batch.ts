@@ -2,7 +2,8 @@
  * What JS hands to native code in one call instead of one call per item: entries of four
  * numbers in a reused Float64Array, and their strings and bytes end to end in a reused Buffer,
  * handed over at the end of the current turn (a microtask) or when `flush` is called.
- * The response batch (`handlers.ts`) and the WebSocket send batch (`ws.ts`) are both this.
+ * The response batch (bridge.ts) and the WebSocket send batch (ws.ts) are both this; what
+ * their entries hold is written in wire.ts.
  */
 
 const NUMBERS = 4 * 256

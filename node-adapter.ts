@@ -9,7 +9,8 @@
  */
 import http from 'node:http'
 import { Duplex, Readable } from 'node:stream'
-import type { FetchHandler } from './handlers'
+import { optionError } from './options'
+import type { FetchHandler } from './results'
 
 type NodeHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void
 
@@ -39,7 +40,7 @@ function socketPair(): [Duplex, Duplex] {
 }
 
 export function fromNodeHandler(handler: NodeHandler): FetchHandler {
-  if (typeof handler !== 'function') throw new TypeError('fromNodeHandler: handler must be a function')
+  if (typeof handler !== 'function') throw optionError('fromNodeHandler: handler must be a function')
   const server = http.createServer(handler)
   return (request) =>
     new Promise<Response>((resolve, reject) => {

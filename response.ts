@@ -13,6 +13,7 @@
  * response is an instance of the real class, and when this class replaces
  * `globalThis.Response`, real responses (from `fetch`, say) are instances of it.
  */
+import { headerPairs, withHeader } from './wire'
 
 const RealResponse: typeof Response = globalThis.Response
 type BodyInit = ConstructorParameters<typeof Response>[0]
@@ -20,26 +21,22 @@ type BodyInit = ConstructorParameters<typeof Response>[0]
 const kParts = Symbol('parts')
 const kReal = Symbol('real')
 
-/** What a light response is sent from: status, `name\0value\0...` headers, body. */
+/** What a light response is sent from: status, headers (a flat list, wire.ts), body. */
 export interface ResponseParts {
   status: number
   headers: string
   body: string | Uint8Array | null
 }
 
-/** `flat` with one more header: the `name\0value\0...` lists every response crosses as. */
-export const withHeader = (flat: string, name: string, value: string): string =>
-  flat ? `${flat}\0${name}\0${value}` : `${name}\0${value}`
-
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 // A header value fetch accepts unchanged: Latin-1, no NUL/CR/LF, no leading or trailing
-// whitespace (which `Headers` would trim).
+// whitespace (which `Headers` would trim). No NUL also keeps the flat list unambiguous.
 const PLAIN_VALUE = /^(?:[^\0\r\n\t \u0100-\uffff](?:[^\0\r\n\u0100-\uffff]*[^\0\r\n\t \u0100-\uffff])?)?$/
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304])
 const TEXT_PLAIN = 'text/plain;charset=UTF-8'
 
 /**
- * `init.headers` as `name\0value\0...`, with `contentType` added when absent; `undefined`
+ * `init.headers` as a flat list (wire.ts), with `contentType` added when absent; `undefined`
  * when the fast path cannot keep it exactly as `Headers` would (left to the real class).
  */
 function flatInitHeaders(headers: unknown, contentType: string | undefined): string | undefined {
@@ -97,15 +94,6 @@ function partsOf(body: unknown, init: unknown, contentType: string | undefined):
   if (kept !== null && NULL_BODY_STATUS.has(status)) return undefined
   const flat = flatInitHeaders(headers, kept === null ? undefined : contentType)
   return flat === undefined ? undefined : { status, headers: flat, body: kept }
-}
-
-/** Headers init for the real class, from a flat list. */
-function headerPairs(flat: string): [string, string][] {
-  const pairs: [string, string][] = []
-  if (!flat) return pairs
-  const parts = flat.split('\0')
-  for (let i = 0; i < parts.length; i += 2) pairs.push([parts[i], parts[i + 1]])
-  return pairs
 }
 
 /** See the module comment. */

@@ -37,7 +37,8 @@ const listing = (tarball) => execFileSync('tar', ['tzf', tarball], { encoding: '
 
 test('the main tarball holds the API, types and loader — no Rust, tests or build output', (t) => {
   const files = listing(tarballs.main)
-  for (const wanted of ['index.js', 'index.d.ts', 'loader.js', 'handlers.js', 'node-adapter.js', 'cli.js', 'binding.js', 'binding.d.ts', 'package.json', 'README.md']) {
+  const api = ['index', 'options', 'streaming-app', 'server', 'bridge', 'request', 'results', 'undici-state', 'wire', 'response', 'node-adapter', 'ws', 'native-batch', 'loader', 'cli']
+  for (const wanted of [...api.flatMap((name) => [`${name}.js`, `${name}.d.ts`]), 'binding.js', 'binding.d.ts', 'package.json', 'README.md']) {
     t.true(files.includes(`package/${wanted}`), wanted)
   }
   t.deepEqual(files.filter((f) => /\.(rs|node|ts)$/.test(f) && !f.endsWith('.d.ts')), [])

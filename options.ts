@@ -1,0 +1,346 @@
+/**
+ * The options of every part of the API, their checks, and the codes of floodgate's errors.
+ * Options the native core applies are validated by it (`validateOptions`: one source of
+ * defaults, units and error texts); options that exist only in JS — functions, and
+ * `overrideGlobalResponse` — are checked here and never reach it.
+ */
+import { loadNative } from './loader'
+import type { Handler } from './results'
+import type { ServerWebSocket, WebSocketMessage } from './ws'
+
+const native = loadNative()
+
+/*
+ * Error codes: every error floodgate throws or reports carries a stable `err.code` (messages may
+ * change; codes do not).
+ *
+ * - `ERR_FLOODGATE_OPTION` (TypeError): a bad option or argument — a wrong or unknown option,
+ *   a prefix without `/`, a handler that is not one, a bad port, topic, close code or send
+ *   data. Thrown where the value is given (constructor, `files`, `sse`, `mount`, ...); the
+ *   native core's option errors are rethrown as this TypeError with their message.
+ * - `ERR_FLOODGATE_STATE` (Error): a call the server's state does not allow: `mount` or
+ *   `listen` once it is listening.
+ * - `ERR_FLOODGATE_NOT_LISTENING` (Error): `publish`, `stats`, `metrics` before `listen`.
+ * - `EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL` (Error, from `listen`): the address cannot be bound;
+ *   the operating system's codes, as `net.Server` reports them.
+ * - `ERR_FLOODGATE_CLIENT_GONE`: the native side's answer to writing to (or reading from) an
+ *   exchange whose client left; the bridge ends a streamed response quietly on it.
+ * - `ERR_FLOODGATE_BODY_TOO_LARGE`, `ERR_FLOODGATE_BODY_TIMEOUT`, `ERR_FLOODGATE_BODY_ABORTED`:
+ *   reading a request body (`req.text()`, `req.body`, ...) past `maxUploadSize`, past
+ *   `readTimeout` / `uploadTimeout`, or after the client aborted it. Thrown by native code
+ *   into the handler that reads.
+ * - `ERR_FLOODGATE_HANDLER_RESULT` (TypeError, reported through the server's `error` event):
+ *   a handler returned something floodgate cannot send.
+ */
+export const ERR_OPTION = 'ERR_FLOODGATE_OPTION'
+export const ERR_STATE = 'ERR_FLOODGATE_STATE'
+export const ERR_NOT_LISTENING = 'ERR_FLOODGATE_NOT_LISTENING'
+export const ERR_CLIENT_GONE = 'ERR_FLOODGATE_CLIENT_GONE'
+export const ERR_HANDLER_RESULT = 'ERR_FLOODGATE_HANDLER_RESULT'
+
+/** `error` with `code` set: the one way floodgate makes coded errors. */
+export function coded<E extends Error>(error: E, code: string): E & { code: string } {
+  return Object.assign(error, { code })
+}
+
+/** A bad option or argument. */
+export const optionError = (message: string): TypeError & { code: string } => coded(new TypeError(message), ERR_OPTION)
+
+/** A native error as JS reports it: an option error becomes the TypeError JS throws for one. */
+export function fromNative(error: unknown): unknown {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown }
+  return code === ERR_OPTION ? optionError(String(message)) : error
+}
+
+/** A size in bytes, or a string such as `'64kb'`, `'100mb'`. */
+export type Size = number | string
+/** A duration in milliseconds, or a string such as `'30s'`, `'5m'`, `'250ms'`. */
+export type Duration = number | string
+
+export interface ServerOptions {
+  /** Concurrent TCP connections per client address (IPv6: per /64); 0 disables. Default 100. */
+  maxConnectionsPerIp?: number
+  /** The whole request head must arrive within this (slowloris). Default 10s. */
+  headerTimeout?: Duration
+  /** Idle keep-alive connections close after this. Default 5s. */
+  keepAliveTimeout?: Duration
+  /** Request line plus headers; larger heads get 431. Default 16kb. */
+  maxHeaderSize?: Size
+  /** CIDRs or addresses whose X-Forwarded-For / Forwarded headers are believed. Default []. */
+  trustProxy?: string[]
+  /** Accept cleartext HTTP/2 (prior knowledge) beside HTTP/1.1. Default false. */
+  http2?: boolean
+  /** Concurrent streams per HTTP/2 connection. Default 100. */
+  http2MaxConcurrentStreams?: number
+  /**
+   * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
+   * handlers build and floodgate sends without undici's per-response `Headers` and stream.
+   * It behaves as the real class (`instanceof` holds both ways). Default true.
+   */
+  overrideGlobalResponse?: boolean
+}
+
+export interface StreamingOptions {
+  /** Bytes read and written per step; the largest shaping burst. Default 64kb. */
+  chunkSize?: Size
+  /** A client that takes no bytes for this long is disconnected. Default 30s. */
+  sendTimeout?: Duration
+  /** A whole response must be delivered within this; 0 disables. Default 10m. */
+  downloadTimeout?: Duration
+  /** Bytes per second per connection; 0 disables. Default 10mb. */
+  rateLimitBandwidth?: Size
+  /** Bytes per second summed over one client's connections; 0 disables. Default 0. */
+  perClientBandwidth?: Size
+  /** Largest request body: 413 before reading when Content-Length says more. Default 100mb. */
+  maxUploadSize?: Size
+  /** A whole upload must arrive within this (408). Default 5m. */
+  uploadTimeout?: Duration
+  /** No body bytes for this long ends an upload (408). Default 30s. */
+  readTimeout?: Duration
+  /** After `minUploadRateGrace`, uploads averaging less than this per second are cut (408). Default 1kb; 0 disables. */
+  minUploadRate?: Size
+  /** Default 10s. */
+  minUploadRateGrace?: Duration
+  /** A comment line keeps a quiet event stream open through proxies this often. Default 15s. */
+  sseKeepAlive?: Duration
+  /** Event streams one user (or address) may hold; more get 429. Default 10. */
+  sseMaxConnectionsPerUser?: number
+  /** Event streams the app holds at once; more get 503. Default 10000. */
+  sseMaxConnections?: number
+  /** Largest WebSocket message (and frame); larger ones close the socket with 1009. Default 1mb. */
+  wsMaxMessageSize?: Size
+  /** No message from the client this long closes the socket (1000, "Idle timeout"); 0 disables. Default 60s. */
+  wsIdleTimeout?: Duration
+  /** Whether the client's pings and pongs count as activity for `wsIdleTimeout` (else only messages do). Default false. */
+  wsIdleCountsPings?: boolean
+  /** WebSockets one user (or, when anonymous, one address) may hold; more get 429. 0: no cap. Default 10. */
+  wsMaxConnectionsPerUser?: number
+  /** WebSockets one client address (IPv6: /64) may hold; more get 429. 0: no cap. Default 100. */
+  wsMaxConnectionsPerIp?: number
+  /** WebSockets the app holds at once; more get 503. Default 10000. */
+  wsMaxConnections?: number
+  /** Messages per second one socket may send (burst: a second's worth); over it: 1008 or a pause. 0: no cap. Default 100. */
+  wsMaxMessagesPerSecond?: number
+  /** Message bytes per second one socket may send; 0: no cap. Default 0. */
+  wsMaxBytesPerSecond?: Size
+  /** The server pings each socket this often; 0 disables. Default 30s. */
+  wsPingInterval?: Duration
+  /** A ping unanswered this long drops the connection (dead peer). Default 10s. */
+  wsPongTimeout?: Duration
+  /** Bytes per second read from one connection's body (TCP backpressure); 0 disables. Default 0. */
+  rateLimitUploadBandwidth?: Size
+  /** Bytes per second read summed over one client's connections; 0 disables. Default 0. */
+  perClientUploadBandwidth?: Size
+  /** Requests per `rateLimitWindow` per client (user id, else address); 0 disables. Default 100. */
+  rateLimitRequests?: number
+  /** Default 1m. */
+  rateLimitWindow?: Duration
+  /** A JS handler that has not answered within this gets 503. Default 30s. */
+  handlerTimeout?: Duration
+  /** JS requests in flight for this app; beyond it 503 + Retry-After without calling JS. Default 1024. */
+  maxInflight?: number
+  /** Requests allowed at once before the rate applies; 0 means `rateLimitRequests`. Default 0. */
+  rateLimitBurst?: number
+  /**
+   * Names the user behind a request (from a token, a cookie, ...): per-user limits such as
+   * `rateLimitRequests` key on it instead of the client address. Return undefined for none.
+   * Called once per request, before any limit; keep it cheap.
+   */
+  identify?: (req: Request) => string | undefined | null | Promise<string | undefined | null>
+}
+
+export interface UploadsOptions {
+  /** Folder uploads are written to (atomically: temp file, then rename). */
+  dir: string
+  /** Replace an existing file (default true) or answer 409. */
+  overwrite?: boolean
+  /** Sync each upload to disk before it appears under its name (default true). */
+  fsync?: boolean
+}
+
+export interface FilesOptions {
+  /** Folder to serve. Nothing outside it is ever served; dotfiles are never served. */
+  root: string
+  /** `inline` (default) or `attachment` (download with the file's name). */
+  disposition?: 'inline' | 'attachment'
+  /** `Cache-Control` sent with every file. */
+  cacheControl?: string
+}
+
+export type SseUser = string | undefined
+
+export interface SseOptions {
+  /**
+   * Who opens the stream (from `?token=`, a cookie, ...). Return the user id; return nothing, or
+   * throw an error whose `status` is 401 or 403, to refuse the stream. Runs once per connection,
+   * before the 200. Without it, streams are anonymous and capped per client address.
+   */
+  authenticate?: (req: Request) => string | undefined | null | Promise<string | undefined | null>
+  /** The topics the stream subscribes to, NATS-style: `attacker.42.>`, `a.*.c`. */
+  topics: string[] | ((req: Request, user: SseUser) => string[] | Promise<string[]>)
+  /**
+   * Sent first, as an event named `snapshot` (an object is sent as JSON). Events published
+   * before it is called are covered by it; later ones follow it, none lost, none twice.
+   */
+  snapshot?: (req: Request, user: SseUser) => unknown
+  /** Called exactly once per stream when it ends: `client`, `overflow` or `shutdown`. */
+  onClose?: (user: SseUser, reason: 'client' | 'overflow' | 'shutdown') => void
+  /** Events queued per connection for a slow reader. Default 256. */
+  queueEvents?: number
+  /** Bytes queued per connection. Default 1mb. */
+  queueBytes?: Size
+  /** On a full queue: drop the oldest event (default), drop the new one, or end the stream. */
+  overflow?: 'dropOldest' | 'dropNewest' | 'close'
+  /** `retry:` (ms) sent when the stream opens. */
+  retry?: number
+}
+
+export interface WebSocketRoute {
+  /**
+   * Who opens the socket (from `?token=`, a cookie, ...). Return the user id; return nothing,
+   * or throw an error whose `status` is 401 or 403, to refuse the upgrade with that status.
+   * Without it, sockets are anonymous (or named by the app's `identify`) and capped per address.
+   */
+  authenticate?: (req: Request) => string | undefined | null | Promise<string | undefined | null>
+  open?: (ws: ServerWebSocket) => unknown
+  /** Text messages arrive as strings, binary ones as Buffers; in order per socket. */
+  message?: (ws: ServerWebSocket, data: string | Buffer, isBinary: boolean) => unknown
+  /** Called exactly once per socket: the close code (1005: none given, 1006: connection lost). */
+  close?: (ws: ServerWebSocket, code: number, reason: string) => unknown
+  /** Fire-and-forget input: `message` is not called; `batch` gets every delivery's messages at once. */
+  telemetry?: boolean
+  batch?: (messages: WebSocketMessage[]) => unknown
+  /** Outbound messages queued per socket for a slow reader. Default 1024. */
+  queueMessages?: number
+  /** Outbound bytes queued per socket. Default 1mb. */
+  queueBytes?: number | string
+  /** On a full queue: drop the oldest message (default), drop the new one, or close with 1013. */
+  overflow?: 'dropOldest' | 'dropNewest' | 'close'
+  /** Over `wsMaxMessagesPerSecond` / `wsMaxBytesPerSecond`: close with 1008 (default), or pause reading. */
+  rateLimitAction?: 'close' | 'pause'
+}
+
+/** Options of a JS handler mount (`server.mount('/api', handler, options)`). */
+export type HandlerMountOptions = Pick<
+  StreamingOptions,
+  'maxUploadSize' | 'readTimeout' | 'handlerTimeout' | 'maxInflight' | 'rateLimitRequests' | 'rateLimitWindow' | 'rateLimitBurst' | 'rateLimitBandwidth' | 'sendTimeout'
+>
+
+export interface ListenOptions {
+  /** Default 0: any free port. */
+  port?: number
+  /** Default '127.0.0.1'. */
+  host?: string
+}
+
+export interface AddressInfo {
+  port: number
+  address: string
+  url: string
+}
+
+export interface Stats {
+  /** Open WebSocket sessions, and messages received from and sent to them. */
+  wsConnections: number
+  wsMessagesIn: number
+  wsMessagesOut: number
+  connectionsLive: number
+  connectionsTotal: number
+  requestsTotal: number
+  bytesSent: number
+  bytesReceived: number
+  /** Refusals and cut-offs by reason: `connection_limit`, `header_timeout`, `send_timeout`, ... */
+  rejections: Record<string, number>
+}
+
+/** The kinds of options the native core checks (`validateOptions` in the binding). */
+type OptionsKind = 'server' | 'streaming' | 'files' | 'uploads' | 'sse' | 'ws'
+
+function objectOptions<T>(options: T | undefined, what: string): T {
+  const value = options ?? ({} as T)
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw optionError(`${what}: options must be an object`)
+  return value
+}
+
+/** A copy of `options` once the native core has accepted them as options of `kind`. */
+export function validated<T extends object>(kind: OptionsKind, options: T | undefined, what: string): T {
+  const value = objectOptions(options, what)
+  try {
+    native.validateOptions(kind, value)
+  } catch (err) {
+    throw optionError(`${what}: ${(err as Error).message}`)
+  }
+  return { ...value }
+}
+
+/** `new Server(options)`: the options kept, the part the native core gets, and the JS-only one. */
+export function serverOptions(options: ServerOptions | undefined): {
+  options: ServerOptions
+  native: Omit<ServerOptions, 'overrideGlobalResponse'>
+  overrideGlobalResponse: boolean
+} {
+  const value = objectOptions(options, 'Server')
+  const { overrideGlobalResponse = true, ...rest } = value
+  if (typeof overrideGlobalResponse !== 'boolean') throw optionError('Server: overrideGlobalResponse must be a boolean')
+  return { options: { ...value }, native: validated('server', rest, 'Server'), overrideGlobalResponse }
+}
+
+/** `new StreamingApp(options)`: the options the native core gets, and `identify`. */
+export function streamingOptions(options: StreamingOptions | undefined): {
+  native: Omit<StreamingOptions, 'identify'>
+  identify: StreamingOptions['identify']
+} {
+  const { identify, ...rest } = objectOptions(options, 'StreamingApp')
+  if (identify !== undefined && typeof identify !== 'function') throw optionError('StreamingApp: identify must be a function')
+  return { native: validated('streaming', rest, 'StreamingApp'), identify }
+}
+
+export function checkPrefix(prefix: unknown, what: string): string {
+  if (typeof prefix !== 'string' || !prefix.startsWith('/')) {
+    throw optionError(`${what}: prefix must be a string starting with '/'`)
+  }
+  return prefix
+}
+
+export function checkHandler(handler: unknown, what: string): Handler {
+  const ok =
+    typeof handler === 'function' ||
+    (typeof handler === 'object' && handler !== null && typeof (handler as { fetch?: unknown }).fetch === 'function')
+  if (!ok) throw optionError(`${what}: handler must be a function or an object with a fetch method`)
+  return handler as Handler
+}
+
+/** An SSE route's options without its JS functions: what the native core checks and applies. */
+export function sseNativeOptions(options: SseOptions): Omit<SseOptions, 'authenticate' | 'topics' | 'snapshot' | 'onClose'> {
+  const { authenticate: _a, topics: _t, snapshot: _s, onClose: _c, ...rest } = options
+  return rest
+}
+
+/** `streaming.sse(prefix, options)`: the functions checked here, the rest by the native core. */
+export function sseOptions(options: SseOptions): SseOptions {
+  const value = objectOptions(options, 'sse')
+  const { authenticate, topics, snapshot, onClose } = value
+  if (typeof topics !== 'function' && !Array.isArray(topics)) throw optionError('sse: topics must be an array or a function')
+  for (const [name, fn] of Object.entries({ authenticate, snapshot, onClose })) {
+    if (fn !== undefined && typeof fn !== 'function') throw optionError(`sse: ${name} must be a function`)
+  }
+  validated('sse', sseNativeOptions(value), 'sse')
+  return { ...value }
+}
+
+/** A WebSocket route's options without its JS functions: what the native core checks and applies. */
+export function wsNativeOptions(route: WebSocketRoute): Omit<WebSocketRoute, 'authenticate' | 'open' | 'message' | 'close' | 'telemetry' | 'batch'> {
+  const { authenticate: _a, open: _o, message: _m, close: _c, telemetry: _t, batch: _b, ...rest } = route
+  return rest
+}
+
+/** `streaming.ws(prefix, route)`: the functions checked here, the rest by the native core. */
+export function wsRoute(route: WebSocketRoute): WebSocketRoute {
+  if (typeof route !== 'object' || route === null) throw optionError('ws: options must be an object')
+  for (const name of ['authenticate', 'open', 'message', 'close', 'batch'] as const) {
+    if (route[name] !== undefined && typeof route[name] !== 'function') throw optionError(`ws: ${name} must be a function`)
+  }
+  if (route.telemetry && typeof route.batch !== 'function') throw optionError('ws: telemetry needs a batch function')
+  validated('ws', wsNativeOptions(route), 'ws')
+  return { ...route }
+}

@@ -1,0 +1,168 @@
+/**
+ * `Server`: owns the listening socket (in Rust), the handler and WebSocket bridges, and the
+ * mount table; at `listen` it hands the whole spec to the native core in one call.
+ */
+import { EventEmitter } from 'node:events'
+import type * as Native from './binding'
+import { HandlerBridge } from './bridge'
+import { loadNative } from './loader'
+import {
+  ERR_NOT_LISTENING,
+  ERR_STATE,
+  checkHandler,
+  checkPrefix,
+  coded,
+  fromNative,
+  optionError,
+  serverOptions,
+  type AddressInfo,
+  type HandlerMountOptions,
+  type ListenOptions,
+  type ServerOptions,
+  type Stats,
+} from './options'
+import { installLightResponse } from './response'
+import type { Handler } from './results'
+import { StreamingApp } from './streaming-app'
+import { WebSocketBridge } from './ws'
+
+const native = loadNative()
+
+const notListening = (what: string) => coded(new Error(`${what}: the server is not listening`), ERR_NOT_LISTENING)
+const alreadyListening = (what: string) => coded(new Error(`${what}: the server is already listening`), ERR_STATE)
+
+/**
+ * Owns the listening socket; apps are mounted under path prefixes, longest prefix wins.
+ * Emits `error` with the cause when a JS handler throws (logged when nobody listens).
+ */
+export class Server extends EventEmitter {
+  readonly options: ServerOptions
+  /** `options` without the JS-only ones: what the native core gets. */
+  readonly #nativeOptions: Omit<ServerOptions, 'overrideGlobalResponse'>
+  readonly #mounts: { prefix: string; app: StreamingApp }[] = []
+  readonly #bridge = new HandlerBridge((error) => this.#reportError(error))
+  readonly #ws = new WebSocketBridge((error) => this.#reportError(error))
+  #native: Native.NativeServer | undefined
+  #listening = false
+  #closing: Promise<void> | undefined
+  // The native server lives on Rust threads, which do not keep Node's event loop alive the way a
+  // listening `net.Server` does; this timer is that reference while the server is open.
+  #keepAlive: NodeJS.Timeout | undefined
+
+  constructor(options: ServerOptions = {}) {
+    super()
+    const checked = serverOptions(options)
+    this.options = checked.options
+    this.#nativeOptions = checked.native
+    if (checked.overrideGlobalResponse) installLightResponse()
+  }
+
+  #reportError(error: unknown): void {
+    if (this.listenerCount('error') > 0) this.emit('error', error)
+    else console.error('floodgate: a handler failed:', error)
+  }
+
+  /**
+   * Mounts a `StreamingApp`, or a JS handler (a fetch-style function or an object with
+   * `fetch`, such as a Hono app) at `prefix`; it sees request paths with the prefix stripped.
+   * A handler mount has no rate or bandwidth limit unless `options` sets one.
+   */
+  mount(prefix: string, app: StreamingApp | Handler, options: HandlerMountOptions = {}): this {
+    checkPrefix(prefix, 'mount')
+    if (this.#listening) throw alreadyListening('mount')
+    if (!(app instanceof StreamingApp)) {
+      const handler = checkHandler(app, 'mount')
+      app = new StreamingApp({ rateLimitRequests: 0, rateLimitBandwidth: 0, ...options }).all('/*', handler)
+    }
+    this.#mounts.push({ prefix, app })
+    return this
+  }
+
+  /**
+   * Starts listening; resolves with the bound address (port 0 picks a free port). A port that
+   * cannot be bound rejects with the system's code (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`).
+   */
+  async listen({ port = 0, host = '127.0.0.1' }: ListenOptions = {}): Promise<AddressInfo> {
+    if (this.#listening) throw alreadyListening('listen')
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      throw optionError('listen: port must be an integer from 0 to 65535')
+    }
+    this.#listening = true
+    const spec = {
+      options: this.#nativeOptions,
+      mounts: this.#mounts.map(({ prefix, app }) => ({
+        prefix,
+        app: app.toSpec({
+          register: (h) => this.#bridge.register(h),
+          registerWs: (route) => this.#ws.register(route),
+          busSeq: () => this.#native?.busSeq() ?? 0,
+        }),
+      })),
+    }
+    const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts, this.#ws.onWsEvents)
+    this.#bridge.native = server
+    this.#ws.native = server
+    try {
+      const { port: bound, address } = await server.listen(spec, host, port)
+      this.#native = server
+      const hostForUrl = address.includes(':') ? `[${address}]` : address
+      this.#address = { port: bound, address, url: `http://${hostForUrl}:${bound}` }
+    } catch (error) {
+      this.#listening = false
+      throw fromNative(error)
+    }
+    this.#keepAlive = setInterval(() => {}, 1 << 30)
+    return this.#address
+  }
+
+  #address: AddressInfo | undefined
+
+  /** The bound address, or undefined before `listen`. */
+  address(): AddressInfo | undefined {
+    return this.#address
+  }
+
+  /**
+   * Sends `data` (a string, or any value as JSON) to every event stream and WebSocket subscribed
+   * to a pattern matching `topic`; returns how many subscribers it reached.
+   */
+  publish(topic: string, data: unknown, { event, id }: { event?: string; id?: string } = {}): number {
+    if (!this.#native) throw notListening('publish')
+    const text = typeof data === 'string' ? data : JSON.stringify(data)
+    try {
+      return this.#native.publish(topic, text, event, id)
+    } catch (error) {
+      throw optionError((error as Error).message)
+    }
+  }
+
+  /** Live counters: connections, bytes, and rejections by reason. */
+  stats(): Stats {
+    if (!this.#native) throw notListening('stats')
+    return this.#native.stats() as Stats
+  }
+
+  /**
+   * The same counters in the Prometheus text format, for a metrics endpoint:
+   * `server.mount('/metrics', () => new Response(server.metrics(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }))`.
+   */
+  metrics(): string {
+    if (!this.#native) throw notListening('metrics')
+    return this.#native.prometheus()
+  }
+
+  /**
+   * Stops accepting; in-flight requests get up to `drain` ms (default 30s) to finish, then the
+   * rest are aborted. Calling it again returns the same promise.
+   */
+  close({ drain = 30_000 }: { drain?: number } = {}): Promise<void> {
+    if (!this.#closing) {
+      const server = this.#native
+      this.#closing = (server ? server.close(Math.max(0, Math.floor(drain))) : Promise.resolve()).finally(() => {
+        clearInterval(this.#keepAlive)
+        this.#keepAlive = undefined
+      })
+    }
+    return this.#closing
+  }
+}
