@@ -229,7 +229,7 @@ export class HandlerBridge {
       }
       server.end(id)
     } catch (error) {
-      if ((error as { code?: string }).code === 'Cancelled' || (error as { code?: string }).code === ERR_CLIENT_GONE) return // the client left
+      if ((error as { code?: string }).code === ERR_CLIENT_GONE) return // the client left
       throw error
     }
   }

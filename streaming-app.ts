@@ -121,13 +121,10 @@ export class StreamingApp {
     const routes = this.#routes.map((route) => {
       if (route.kind === 'handler') return { ...route, handler: register(route.handler) }
       if (route.kind === 'ws') {
-        const options = wsNativeOptions(route.options)
-        const { route: id, authenticate, jsEvents } = wsHandlers(route.options, register, registerWs)
-        return { kind: 'ws', prefix: route.prefix, options: { ...options, route: id, authenticateHandler: authenticate, jsEvents } }
+        return { kind: 'ws', prefix: route.prefix, options: wsNativeOptions(route.options), handlers: wsHandlers(route.options, register, registerWs) }
       }
       if (route.kind === 'sse') {
-        const { setup, snapshot, close } = sseHandlers(route.options, register, busSeq)
-        return { kind: 'sse', prefix: route.prefix, options: { ...sseNativeOptions(route.options), setupHandler: setup, snapshotHandler: snapshot, closeHandler: close } }
+        return { kind: 'sse', prefix: route.prefix, options: sseNativeOptions(route.options), handlers: sseHandlers(route.options, register, busSeq) }
       }
       return route
     })
@@ -138,7 +135,7 @@ export class StreamingApp {
       const user = await identify(req)
       return user === undefined || user === null ? '' : String(user)
     }
-    return { options: { ...this.options, identifyHandler: register(asHandler) }, routes }
+    return { options: this.options, routes, identify: register(asHandler) }
   }
 }
 
