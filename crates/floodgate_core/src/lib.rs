@@ -1,37 +1,32 @@
 //! floodgate's engine: a protected HTTP streaming server on tokio and hyper 1.
 //!
 //! This crate has no napi: `floodgate_napi` is a thin binding over it. Entry point:
-//! [`server::listen`] with a [`config::ServerSpec`].
+//! [`listen`] with a [`ServerSpec`]. Every module is private to the crate; what a binding
+//! needs is re-exported here.
+//!
+//! One folder per concern: `conn` (accept loop, socket wrapper, connection state), `app`
+//! (a mounted streaming app, its router), `files`, `delivery` (shaping and bounding any
+//! response body), `upload`, `js` (the JS bridge), `ws`, `events` (bus, SSE), `limit`
+//! (connection caps, request rates, bandwidth, bounded queues), `config`, `metrics`.
 
-pub mod app;
-pub mod body;
-pub mod bridge;
-pub mod bus;
-pub mod config;
-pub mod conn_state;
-pub mod delivery;
-pub mod disposition;
-pub mod file_body;
-pub mod files;
-pub mod guarded_io;
-pub mod js_call;
-pub mod js_stream;
-pub mod limit;
-pub mod metrics;
-pub mod proxy;
-pub mod range;
-pub mod route_pattern;
-pub mod router;
-pub mod safe_path;
-pub mod server;
-pub mod sse;
-pub mod units;
-pub mod upload;
-pub mod upload_sink;
-pub mod ws;
-pub mod ws_frame;
-pub mod ws_hub;
-pub mod ws_session;
+mod app;
+mod config;
+mod conn;
+mod context;
+mod delivery;
+mod error;
+mod events;
+mod files;
+mod js;
+mod limit;
+mod metrics;
+mod upload;
+mod ws;
 
-pub use config::ServerSpec;
-pub use server::{listen, RunningServer};
+pub use config::{validate_options, ServerSpec};
+pub use conn::server::{listen, RunningServer};
+pub use error::{Error, ErrorKind};
+pub use events::bus::validate as validate_topic;
+pub use js::bridge::{BodyError, Bridge, JsBody, JsFile, JsHost, JsRequest, JsResponse};
+pub use metrics::Snapshot;
+pub use ws::hub::{CloseRequest, HubError, JsBacklog, WsEvent, WsSend};

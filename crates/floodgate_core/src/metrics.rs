@@ -35,10 +35,13 @@ pub enum Rejection {
     WsMessageDropped,
     WsOverflow,
     WsProtocolError,
+    /// `accept` failed for want of file descriptors (EMFILE / ENFILE): the accept loop backs
+    /// off; the kernel keeps the connection queued (or refuses it once its backlog is full).
+    OutOfFiles,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 26] = [
+    pub const ALL: [Rejection; 27] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -65,6 +68,7 @@ impl Rejection {
         Rejection::WsMessageDropped,
         Rejection::WsOverflow,
         Rejection::WsProtocolError,
+        Rejection::OutOfFiles,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Rejection {
             Rejection::WsMessageDropped => "ws_message_dropped",
             Rejection::WsOverflow => "ws_overflow",
             Rejection::WsProtocolError => "ws_protocol_error",
+            Rejection::OutOfFiles => "out_of_files",
         }
     }
 }

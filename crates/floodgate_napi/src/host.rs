@@ -5,15 +5,10 @@
 //! a time ([`Batch`]), and the batch is drained on the JS thread when the call runs. The
 //! functions are weak: the server's own keep-alive handle decides the process lifetime.
 //!
-//! A batch crosses as a Float64Array and one Buffer rather than one object (or a string) per
-//! request field: creating JS objects property by property and strings a handler may never
-//! read cost more on the JS thread than the handlers themselves; JS decodes a field when it is
-//! asked for. Per request: numbers `id, handler, hasBody` and the byte lengths of `method, url,
-//! client, headers, params`, whose bytes follow each other in the buffer (the lists joined as
-//! `name\0value\0...`). `handlers.ts` reads the same layout.
+//! A batch crosses as a Float64Array and one Buffer; `wire.rs` has the layouts.
 
-use floodgate_core::bridge::{JsHost, JsRequest};
-use floodgate_core::ws_hub::{JsBacklog, WsEvent};
+use crate::wire;
+use floodgate_core::{JsBacklog, JsHost, JsRequest, WsEvent};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
@@ -54,9 +49,7 @@ struct Requests {
     bytes: Vec<u8>,
 }
 
-/// WebSocket events waiting for the JS thread. Per event, numbers `kind, id, a, b`:
-/// open `0, id, route, hasUser` (strings: user, client, url); message `1, id, binary, length`
-/// (its bytes appended to the payload); close `2, id, code, 0` (strings: reason).
+/// WebSocket events waiting for the JS thread (`wire::encode_ws_event`).
 #[derive(Default)]
 struct WsEvents {
     numbers: Vec<f64>,
@@ -142,30 +135,9 @@ impl NapiHost {
 
 impl JsHost for NapiHost {
     fn dispatch(&self, request: JsRequest) {
-        let schedule = self.requests.add(|batch| {
-            batch.bytes.extend_from_slice(request.method.as_bytes());
-            batch.bytes.extend_from_slice(request.url.as_bytes());
-            batch.bytes.extend_from_slice(request.client.as_bytes());
-            batch.bytes.extend_from_slice(&request.headers);
-            let params_start = batch.bytes.len();
-            for (index, part) in request.params.iter().enumerate() {
-                if index > 0 {
-                    batch.bytes.push(0);
-                }
-                batch.bytes.extend_from_slice(part.as_bytes());
-            }
-            let params_len = batch.bytes.len() - params_start;
-            batch.numbers.extend([
-                request.id as f64,
-                request.handler as f64,
-                if request.has_body { 1.0 } else { 0.0 },
-                request.method.len() as f64,
-                request.url.len() as f64,
-                request.client.len() as f64,
-                request.headers.len() as f64,
-                params_len as f64,
-            ]);
-        });
+        let schedule = self
+            .requests
+            .add(|batch| wire::encode_request(&request, &mut batch.numbers, &mut batch.bytes));
         if schedule {
             self.deliver_requests
                 .call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -173,39 +145,14 @@ impl JsHost for NapiHost {
     }
 
     fn ws_event(&self, event: WsEvent) {
-        let schedule = self.ws_events.add(|batch| match event {
-            WsEvent::Open {
-                id,
-                route,
-                user,
-                client,
-                url,
-            } => {
-                let has_user = if user.is_some() { 1.0 } else { 0.0 };
-                batch
-                    .numbers
-                    .extend([0.0, id as f64, route as f64, has_user]);
-                batch
-                    .strings
-                    .extend([user.unwrap_or_default(), client, url]);
-            }
-            WsEvent::Message {
-                id,
-                data,
-                binary,
-                backlog,
-            } => {
-                let binary = if binary { 1.0 } else { 0.0 };
-                batch
-                    .numbers
-                    .extend([1.0, id as f64, binary, data.len() as f64]);
-                batch.payload.extend_from_slice(&data);
-                batch.backlogs.push(backlog);
-            }
-            WsEvent::Close { id, code, reason } => {
-                batch.numbers.extend([2.0, id as f64, code as f64, 0.0]);
-                batch.strings.push(reason);
-            }
+        let schedule = self.ws_events.add(|batch| {
+            let backlog = wire::encode_ws_event(
+                event,
+                &mut batch.numbers,
+                &mut batch.strings,
+                &mut batch.payload,
+            );
+            batch.backlogs.extend(backlog);
         });
         if schedule {
             self.deliver_ws_events

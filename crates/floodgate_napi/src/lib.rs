@@ -5,49 +5,42 @@
 //! `host::NapiHost` (batched ThreadsafeFunction calls). No protection logic lives here.
 
 mod host;
+mod wire;
 
-use floodgate_core::bridge::{BodyError, Bridge, JsBody, JsFile, JsResponse};
-use floodgate_core::config::{
-    self, FilesConfig, ServerConfig, ServerSpec, SseConfig, StreamingConfig, UploadsConfig,
-    WsConfig,
+use floodgate_core::{
+    BodyError, Bridge, ErrorKind, HubError, JsBody, JsFile, JsResponse, RunningServer, ServerSpec,
 };
-use floodgate_core::files::FilesMount;
-use floodgate_core::upload::UploadsMount;
-use floodgate_core::ws_hub::HubError;
-use floodgate_core::RunningServer;
 use host::{NapiHost, OnRequests, OnWsEvents};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn invalid(message: String) -> Error {
-    Error::new(Status::InvalidArg, message)
+/// A JS error whose `code` is the core error's stable code (`err.code` in JS). Only
+/// synchronous calls throw these: napi-rs rejects promises with its own status codes, so the
+/// async calls (`drain`, `readBody`) resolve with what happened instead.
+type Coded = Error<String>;
+
+fn coded(error: floodgate_core::Error) -> Coded {
+    Error::new(error.code().to_string(), error.message())
 }
 
-/// Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws
-/// naming the offending option.
+fn error(kind: ErrorKind, message: impl Into<String>) -> Coded {
+    coded(floodgate_core::Error::new(kind, message))
+}
+
+fn not_listening(what: &str) -> Coded {
+    error(
+        ErrorKind::NotListening,
+        format!("{what}: the server is not listening"),
+    )
+}
+
+/// Checks one options object (`kind`: `server`, `streaming`, `files`, `uploads`, `sse` or
+/// `ws`) and throws naming the offending option (`err.code` `ERR_FLOODGATE_OPTION`).
 #[napi]
-pub fn validate_options(kind: String, options: serde_json::Value) -> Result<()> {
-    fn check<T: serde::de::DeserializeOwned>(
-        options: serde_json::Value,
-        validate: impl Fn(&T) -> std::result::Result<(), String>,
-    ) -> std::result::Result<(), String> {
-        let parsed: T = config::from_json(options)?;
-        validate(&parsed)
-    }
-    match kind.as_str() {
-        "server" => check::<ServerConfig>(options, ServerConfig::validate),
-        "streaming" => check::<StreamingConfig>(options, StreamingConfig::validate),
-        "files" => check::<FilesConfig>(options, |files| FilesMount::new(files.clone()).map(drop)),
-        "sse" => check::<SseConfig>(options, |_| Ok(())),
-        "ws" => check::<WsConfig>(options, WsConfig::validate),
-        "uploads" => check::<UploadsConfig>(options, |uploads| {
-            UploadsMount::new(uploads.clone()).map(drop)
-        }),
-        other => Err(format!("unknown options kind {other:?}")),
-    }
-    .map_err(invalid)
+pub fn validate_options(kind: String, options: serde_json::Value) -> Result<(), String> {
+    floodgate_core::validate_options(&kind, options).map_err(coded)
 }
 
 /// A file a handler answers with (`FileResponse`).
@@ -100,24 +93,34 @@ impl NativeServer {
     }
 
     /// Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts).
+    /// Synchronous, so a failure throws with its code (`EADDRINUSE`, `ERR_FLOODGATE_OPTION`,
+    /// ...); `host` is an address or a name in the hosts file (resolved here, blocking).
     #[napi]
-    pub async fn listen(
+    pub fn listen(
         &self,
         spec: serde_json::Value,
         host: String,
         port: u32,
-    ) -> Result<BoundAddress> {
-        let spec: ServerSpec = config::from_json(spec).map_err(invalid)?;
-        let port =
-            u16::try_from(port).map_err(|_| invalid(format!("port: {port} is out of range")))?;
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|err| Error::from_reason(format!("listen: cannot resolve {host:?}: {err}")))?
+    ) -> Result<BoundAddress, String> {
+        use std::net::ToSocketAddrs;
+        let spec = ServerSpec::from_json(spec).map_err(coded)?;
+        let port = u16::try_from(port)
+            .map_err(|_| error(ErrorKind::Option, format!("port: {port} is out of range")))?;
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|err| coded(floodgate_core::Error::listen(format!("{host:?}"), &err)))?
             .next()
-            .ok_or_else(|| Error::from_reason(format!("listen: {host:?} has no address")))?;
-        let server = floodgate_core::listen(spec, addr, Some(Arc::clone(&self.bridge)))
-            .await
-            .map_err(Error::from_reason)?;
+            .ok_or_else(|| {
+                error(
+                    ErrorKind::AddrNotAvailable,
+                    format!("listen: {host:?} has no address"),
+                )
+            })?;
+        let bridge = Arc::clone(&self.bridge);
+        let server = napi::bindgen_prelude::within_runtime_if_available(|| {
+            floodgate_core::listen(spec, addr, Some(bridge))
+        })
+        .map_err(coded)?;
         let bound = BoundAddress {
             port: server.local_addr().port() as u32,
             address: server.local_addr().ip().to_string(),
@@ -135,22 +138,18 @@ impl NativeServer {
 
     /// Counters and gauges, see `floodgate_core::metrics::Snapshot`.
     #[napi]
-    pub fn stats(&self) -> Result<serde_json::Value> {
-        let server = self
-            .running()
-            .ok_or_else(|| Error::from_reason("the server is not listening"))?;
+    pub fn stats(&self) -> Result<serde_json::Value, String> {
+        let server = self.running().ok_or_else(|| not_listening("stats"))?;
         let mut stats = serde_json::to_value(server.stats())
-            .map_err(|err| Error::from_reason(err.to_string()))?;
+            .map_err(|err| Error::new("ERR_FLOODGATE_STATS".to_string(), err.to_string()))?;
         stats["jsInFlight"] = self.bridge.in_flight().into();
         Ok(stats)
     }
 
     /// The same counters in the Prometheus text exposition format.
     #[napi]
-    pub fn prometheus(&self) -> Result<String> {
-        let server = self
-            .running()
-            .ok_or_else(|| Error::from_reason("the server is not listening"))?;
+    pub fn prometheus(&self) -> Result<String, String> {
+        let server = self.running().ok_or_else(|| not_listening("prometheus"))?;
         Ok(server.stats().prometheus())
     }
 
@@ -171,12 +170,10 @@ impl NativeServer {
         data: String,
         event: Option<String>,
         id: Option<String>,
-    ) -> Result<u32> {
-        floodgate_core::bus::validate(&topic, false)
-            .map_err(|message| invalid(format!("publish: {message}")))?;
-        let server = self
-            .running()
-            .ok_or_else(|| Error::from_reason("publish: the server is not listening"))?;
+    ) -> Result<u32, String> {
+        floodgate_core::validate_topic(&topic, false)
+            .map_err(|message| error(ErrorKind::Option, format!("publish: {message}")))?;
+        let server = self.running().ok_or_else(|| not_listening("publish"))?;
         Ok(server
             .bus()
             .publish(&topic, &data, event.as_deref(), id.as_deref()) as u32)
@@ -212,14 +209,14 @@ impl NativeServer {
         self.bridge.respond(exchange_id(id), response)
     }
 
-    /// Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
-    /// headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
-    /// `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
+    /// Answers a batch of exchanges with complete bodies (`wire::decode_responses` has the
+    /// layout).
     #[napi]
-    pub fn respond_batch(&self, entries: Float64Array, payload: Buffer) -> Result<()> {
-        self.bridge
-            .respond_batch(&entries, &payload)
-            .map_err(|_| invalid("respondBatch: malformed batch".into()))
+    pub fn respond_batch(&self, entries: Float64Array, payload: Buffer) -> Result<(), String> {
+        let responses = wire::decode_responses(&entries, &payload)
+            .map_err(|_| error(ErrorKind::Malformed, "respondBatch: malformed batch"))?;
+        self.bridge.respond_all(responses);
+        Ok(())
     }
 
     /// Answers exchange `id` with a head; the body follows through `tryWrite`/`drain`/`end`.
@@ -252,17 +249,17 @@ impl NativeServer {
     /// Queues a chunk if there is room: `true`. `false`: the queue is full and the chunk is
     /// held; await `drain` before writing again. Throws when the client is gone.
     #[napi]
-    pub fn try_write(&self, id: f64, chunk: Buffer) -> Result<bool> {
+    pub fn try_write(&self, id: f64, chunk: Buffer) -> Result<bool, String> {
         self.bridge
             .try_write(exchange_id(id), Vec::<u8>::from(chunk).into())
             .map_err(|_| gone())
     }
 
-    /// Resolves once the client has taken most of the queue (the held chunk queued then).
-    /// Rejects when it is gone.
+    /// Resolves `true` once the client has taken most of the queue (the held chunk queued
+    /// then), `false` when it is gone.
     #[napi]
-    pub async fn drain(&self, id: f64) -> Result<()> {
-        self.bridge.drain(exchange_id(id)).await.map_err(|_| gone())
+    pub async fn drain(&self, id: f64) -> Result<bool> {
+        Ok(self.bridge.drain(exchange_id(id)).await.is_ok())
     }
 
     /// Ends a streamed response.
@@ -271,53 +268,48 @@ impl NativeServer {
         self.bridge.end(exchange_id(id));
     }
 
-    /// The next chunk of the request body, or null at its end.
+    /// The next chunk of the request body, `null` at its end, or the error code (a string)
+    /// that ended it: `ERR_FLOODGATE_BODY_TOO_LARGE`, `_BODY_TIMEOUT`, `_BODY_ABORTED` or
+    /// `_CLIENT_GONE` (`wire.ts` turns it into an error).
     #[napi]
-    pub async fn read_body(&self, id: f64) -> Result<Option<Buffer>> {
-        match self.bridge.read_body(exchange_id(id)).await {
-            Ok(chunk) => Ok(chunk.map(|bytes| bytes.to_vec().into())),
-            Err(BodyError::TooLarge) => {
-                Err(Error::new(Status::GenericFailure, "request body too large"))
-            }
-            Err(BodyError::Timeout) => Err(Error::new(
-                Status::GenericFailure,
-                "request body read timed out",
-            )),
-            Err(BodyError::Aborted) => Err(Error::new(
-                Status::GenericFailure,
-                "client aborted the request body",
-            )),
-            Err(BodyError::Gone) => Err(gone()),
-        }
+    pub async fn read_body(&self, id: f64) -> Result<Option<Either<Buffer, String>>> {
+        let kind = match self.bridge.read_body(exchange_id(id)).await {
+            Ok(chunk) => return Ok(chunk.map(|bytes| Either::A(bytes.to_vec().into()))),
+            Err(BodyError::TooLarge) => ErrorKind::BodyTooLarge,
+            Err(BodyError::Timeout) => ErrorKind::BodyTimeout,
+            Err(BodyError::Aborted) => ErrorKind::BodyAborted,
+            Err(BodyError::Gone) => ErrorKind::ClientGone,
+        };
+        let code = floodgate_core::Error::new(kind, "").code();
+        Ok(Some(Either::B(code.to_string())))
     }
 }
 
 #[napi]
 impl NativeServer {
-    /// Carries out a batch of `ws.send` / `ws.close` calls: `entries` holds `id, kind, length,
-    /// code` per call (kind 0 text, 1 binary, 2 close), `payload` their bytes end to end.
+    /// Carries out a batch of `ws.send` / `ws.close` calls (`wire::decode_ws_sends` has the
+    /// layout).
     #[napi]
-    pub fn ws_send(&self, entries: Float64Array, payload: Buffer) -> Result<()> {
-        self.bridge
-            .ws_hub()
-            .send_batch(&entries, &payload)
-            .map_err(|_| invalid("wsSend: malformed batch".into()))
+    pub fn ws_send(&self, entries: Float64Array, payload: Buffer) -> Result<(), String> {
+        let sends = wire::decode_ws_sends(&entries, &payload)
+            .map_err(|_| error(ErrorKind::Malformed, "wsSend: malformed batch"))?;
+        self.bridge.ws_hub().send_all(sends);
+        Ok(())
     }
 
     /// Subscribes WebSocket `id` to a topic pattern; `false` when the socket is gone.
     #[napi]
-    pub fn ws_subscribe(&self, id: f64, topic: String) -> Result<bool> {
-        let server = self
-            .running()
-            .ok_or_else(|| Error::from_reason("subscribe: the server is not listening"))?;
+    pub fn ws_subscribe(&self, id: f64, topic: String) -> Result<bool, String> {
+        let server = self.running().ok_or_else(|| not_listening("subscribe"))?;
         match self
             .bridge
             .ws_hub()
             .subscribe(server.bus(), exchange_id(id), &topic)
         {
             Ok(subscribed) => Ok(subscribed),
-            Err(HubError::InvalidTopic(message)) => Err(invalid(format!("subscribe: {message}"))),
-            Err(HubError::Malformed) => Err(invalid("subscribe: malformed".into())),
+            Err(HubError::InvalidTopic(message)) => {
+                Err(error(ErrorKind::Option, format!("subscribe: {message}")))
+            }
         }
     }
 
@@ -336,6 +328,6 @@ impl NativeServer {
     }
 }
 
-fn gone() -> Error {
-    Error::new(Status::Cancelled, "the client is gone")
+fn gone() -> Coded {
+    error(ErrorKind::ClientGone, "the client is gone")
 }

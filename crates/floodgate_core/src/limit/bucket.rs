@@ -5,7 +5,8 @@
 //! here are 1 KiB, which keeps the rounding error under 0.1 % up to 1 GiB/s. The bucket holds
 //! one chunk, so after an idle pause a client gets at most one chunk of burst.
 
-use governor::clock::{Clock, DefaultClock, MonotonicClock};
+use crate::limit::clock::{TokioClock, TokioInstant};
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
@@ -17,15 +18,15 @@ use std::sync::Arc;
 
 const CELL: u64 = 1024;
 
-type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
-/// A limiter made per response or per connection. Its clock reads `Instant`: creating a
-/// quanta clock (the default) runs CPUID, which exits to the hypervisor on virtual machines.
+type KeyedLimiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, TokioClock, NoOpMiddleware<TokioInstant>>;
+/// A limiter made per response or per connection, on tokio's clock (`limit::clock`).
 pub type DirectLimiter =
-    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+    RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
 
-/// A limiter of `quota` on the cheap-to-create clock.
+/// A limiter of `quota` on tokio's clock.
 pub fn direct_limiter(quota: Quota) -> DirectLimiter {
-    RateLimiter::direct_with_clock(quota, MonotonicClock)
+    RateLimiter::direct_with_clock(quota, TokioClock)
 }
 
 fn quota(bytes_per_second: u64, burst_bytes: u64) -> Quota {
@@ -57,7 +58,11 @@ pub struct ClientBuckets {
 impl ClientBuckets {
     pub fn new(bytes_per_second: u64, chunk_size: u64) -> Arc<Self> {
         Arc::new(Self {
-            limiter: RateLimiter::keyed(quota(bytes_per_second, chunk_size)),
+            limiter: RateLimiter::new(
+                quota(bytes_per_second, chunk_size),
+                DefaultKeyedStateStore::default(),
+                TokioClock,
+            ),
             calls: AtomicU32::new(0),
         })
     }
@@ -117,9 +122,11 @@ impl Shaper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use tokio::time::Instant;
 
-    #[tokio::test]
+    // On paused time: the shaper's sleeps advance the clock, so the test takes no real second
+    // and measures the rate exactly.
+    #[tokio::test(start_paused = true)]
     async fn paces_to_the_configured_rate() {
         let rate = 4 * 1024 * 1024;
         let chunk = 64 * 1024;
@@ -132,7 +139,34 @@ mod tests {
             sent += chunk;
         }
         let elapsed = started.elapsed().as_secs_f64();
-        assert!((0.95..1.2).contains(&elapsed), "elapsed {elapsed}");
+        // tokio timers round up to the millisecond: up to 1 ms per wait.
+        assert!((0.99..1.07).contains(&elapsed), "elapsed {elapsed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_share_their_bucket_across_connections() {
+        let rate = 1024 * 1024;
+        let chunk = 64 * 1024;
+        let buckets = ClientBuckets::new(rate, chunk);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = Shaper::new(0, chunk, Some((Arc::clone(&buckets), ip)));
+        let second = Shaper::new(0, chunk, Some((Arc::clone(&buckets), ip)));
+        let other = Shaper::new(0, chunk, Some((buckets, "10.0.0.2".parse().unwrap())));
+        let started = Instant::now();
+        // Two connections of one client take one second's worth between them (after the
+        // burst): together they get the client's rate, not twice it.
+        let half = async |shaper: &Shaper| {
+            for _ in 0..(rate / chunk / 2) {
+                shaper.take(chunk).await;
+            }
+        };
+        tokio::join!(half(&first), half(&second));
+        let shared = started.elapsed().as_secs_f64();
+        assert!((0.9..1.05).contains(&shared), "shared {shared}");
+        // Another client is not slowed by them.
+        let started = Instant::now();
+        other.take(chunk).await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(1));
     }
 
     #[test]

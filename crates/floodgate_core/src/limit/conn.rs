@@ -2,26 +2,13 @@
 //!
 //! A slot is a guard: it is released in `Drop`, so a connection that ends in any way (client
 //! reset, timeout, server close, even a panic unwinding its task) gives its slot back.
-//! IPv6 clients are grouped by /64, since one host usually owns a whole /64.
+//! Keys are `limit::key`'s: client addresses (IPv6 grouped per /64), or users.
 
+use crate::limit::key::address_key;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-
-/// The accounting key of a client address: the address itself, or its /64 for IPv6.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
 
 /// Counts open connections per key (a client address, or a user) and refuses those over
 /// `max` (0: no cap).
@@ -78,12 +65,12 @@ impl<K: Hash + Eq + Clone> ConnectionLimiter<K> {
 impl ConnectionLimiter<IpAddr> {
     /// Takes a slot for the client owning `ip`.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        self.try_acquire_key(client_key(ip))
+        self.try_acquire_key(address_key(ip))
     }
 
     /// Open connections of the client owning `ip`.
     pub fn open_for(&self, ip: IpAddr) -> u32 {
-        self.open_for_key(&client_key(ip))
+        self.open_for_key(&address_key(ip))
     }
 }
 

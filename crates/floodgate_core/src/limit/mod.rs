@@ -1,5 +1,10 @@
-//! Protections applied before any handler runs: connection slots, request rates and bandwidth.
+//! Limits: connection caps (`conn`) keyed by one client key (`key`), request rates (`rate`),
+//! bandwidth (`bucket`), bounded queues with an overflow policy (`queue`), all on tokio's
+//! clock (`clock`).
 
-pub mod bucket;
-pub mod conn;
-pub mod rate;
+pub(crate) mod bucket;
+pub(crate) mod clock;
+pub(crate) mod conn;
+pub(crate) mod key;
+pub(crate) mod queue;
+pub(crate) mod rate;

@@ -4,8 +4,10 @@
 //! table is a governor keyed store; keys whose bucket is full again (idle) are evicted now and
 //! then, and at once when the table passes its size bound, so memory follows active clients.
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
+use crate::limit::clock::{TokioClock, TokioInstant};
+use crate::limit::key::ClientKey;
+use governor::clock::Clock;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -15,8 +17,12 @@ use std::time::Duration;
 /// Keys held before idle ones are evicted eagerly.
 const MAX_KEYS: usize = 100_000;
 
-type Limiter =
-    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type Limiter = RateLimiter<
+    ClientKey,
+    DefaultKeyedStateStore<ClientKey>,
+    TokioClock,
+    StateInformationMiddleware,
+>;
 
 pub struct RequestLimiter {
     limiter: Limiter,
@@ -42,17 +48,21 @@ impl RequestLimiter {
         let quota =
             Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst).unwrap_or(limit_nz));
         Some(Self {
-            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::<_, _, _, NoOpMiddleware<TokioInstant>>::new(
+                quota,
+                DefaultKeyedStateStore::default(),
+                TokioClock,
+            )
+            .with_middleware::<StateInformationMiddleware>(),
             limit,
             window,
             checks: AtomicU32::new(0),
         })
     }
 
-    pub fn check(&self, key: &str) -> Decision {
+    pub fn check(&self, key: &ClientKey) -> Decision {
         self.evict_idle_now_and_then();
-        let key = key.to_string();
-        match self.limiter.check_key(&key) {
+        match self.limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let quota = snapshot.quota();
@@ -99,25 +109,25 @@ impl RequestLimiter {
             self.limiter.shrink_to_fit();
         }
     }
-
-    pub fn tracked_keys(&self) -> usize {
-        self.limiter.len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn user(name: &str) -> ClientKey {
+        ClientKey::User(name.into())
+    }
+
     #[test]
     fn allows_the_burst_then_refuses() {
         let limiter = RequestLimiter::new(5, Duration::from_secs(60), 5).unwrap();
         for expected_remaining in (0..5).rev() {
-            let decision = limiter.check("a");
+            let decision = limiter.check(&user("a"));
             assert!(decision.allowed);
             assert_eq!(decision.remaining, expected_remaining);
         }
-        let refused = limiter.check("a");
+        let refused = limiter.check(&user("a"));
         assert!(!refused.allowed);
         assert!(
             (1..=12).contains(&refused.reset_seconds),
@@ -125,9 +135,25 @@ mod tests {
             refused.reset_seconds
         );
         assert!(
-            limiter.check("b").allowed,
+            limiter.check(&user("b")).allowed,
             "other keys have their own bucket"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refills_one_request_per_period() {
+        // 60 per minute: one more request every second once the burst is spent.
+        let limiter = RequestLimiter::new(60, Duration::from_secs(60), 2).unwrap();
+        let key = user("a");
+        assert!(limiter.check(&key).allowed);
+        assert!(limiter.check(&key).allowed);
+        let refused = limiter.check(&key);
+        assert!(!refused.allowed);
+        assert_eq!(refused.reset_seconds, 1);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!limiter.check(&key).allowed);
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(limiter.check(&key).allowed);
     }
 
     #[test]

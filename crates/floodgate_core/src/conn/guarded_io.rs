@@ -10,7 +10,8 @@
 //! - a write that makes no progress for `sendTimeout`, or passes the response deadline, ends
 //!   the connection.
 
-use crate::conn_state::ConnState;
+use crate::conn::linger::Lingering;
+use crate::conn::state::ConnState;
 use crate::limit::conn::Slot;
 use crate::metrics::{LiveConnection, Metrics, Rejection};
 use std::future::Future;
@@ -18,16 +19,15 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tokio::time::Sleep;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 /// How long, and how much input, a closing connection drains after its last response.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 8 << 20;
 const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 #[derive(Clone, Copy)]
@@ -102,11 +102,6 @@ pub struct GuardedIo<S> {
     /// so they last exactly as long as it does, upgraded sessions included.
     _slot: Slot,
     _live: LiveConnection,
-}
-
-struct Lingering {
-    deadline: Instant,
-    drained: usize,
 }
 
 /// What an upgraded socket keeps of its wrapper: the client's slot and the live count.
@@ -404,30 +399,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
         let this = self.get_mut();
         if this.linger.is_none() {
             ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            let deadline = Instant::now() + LINGER_TIME;
-            this.read_timer.as_mut().reset(deadline.into());
-            this.read_timer_at = Some(deadline);
-            this.linger = Some(Lingering {
-                deadline,
-                drained: 0,
-            });
+            let lingering = Lingering::start();
+            this.read_timer.as_mut().reset(lingering.deadline());
+            this.read_timer_at = Some(lingering.deadline());
+            this.linger = Some(lingering);
         }
-        let mut sink = [0u8; 8192];
-        loop {
-            let linger = this.linger.as_mut().expect("set above");
-            if linger.drained > LINGER_BYTES || Instant::now() >= linger.deadline {
-                return Poll::Ready(Ok(()));
-            }
-            let mut buf = ReadBuf::new(&mut sink);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => linger.drained += buf.filled().len(),
-                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
-                Poll::Pending => {
-                    ready!(this.read_timer.as_mut().poll(cx));
-                    return Poll::Ready(Ok(()));
-                }
-            }
+        let linger = this.linger.as_mut().expect("set above");
+        if linger
+            .poll_drain(Pin::new(&mut this.inner), cx)
+            .is_pending()
+        {
+            // No input yet: done at the deadline if none comes.
+            ready!(this.read_timer.as_mut().poll(cx));
         }
+        Poll::Ready(Ok(()))
     }
 }

@@ -1,6 +1,6 @@
 //! Response body type and small response helpers.
 
-use crate::conn_state::ConnState;
+use crate::conn::state::ConnState;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};

@@ -5,12 +5,14 @@
 //! (`upload_sink`). Any failure — too large, too slow, client gone, server closing — drops the
 //! temporary file, which removes it. Memory stays a few batches, whatever the size.
 
-use crate::body::{self, Body};
+pub(crate) mod sink;
+
 use crate::config::UploadsConfig;
+use crate::delivery::body::{self, Body};
+use crate::files::safe_path;
 use crate::limit::bucket::{piece_size, Shaper};
 use crate::metrics::{Metrics, Rejection};
-use crate::safe_path;
-use crate::upload_sink::{SinkError, Stored, UploadSink};
+use crate::upload::sink::{SinkError, Stored, UploadSink};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
@@ -116,7 +118,7 @@ impl UploadsMount {
         match sink.commit().await {
             Ok(stored) => self.created(&target, stored),
             Err(SinkError::Exists) => conflict(),
-            Err(SinkError::Io(_) | SinkError::Abandoned) => server_error(),
+            Err(SinkError::Io | SinkError::Abandoned) => server_error(),
         }
     }
 

@@ -6,8 +6,8 @@
 //! away or the handler times out, dropping the guard unregisters the exchange and tells JS to
 //! abort (`req.signal`, the generator's `return()`).
 
-use crate::js_stream::{self, StreamReader, StreamWriter};
-use crate::ws_hub::{WsEvent, WsHub};
+use crate::js::stream::{self, StreamReader, StreamWriter};
+use crate::ws::hub::{WsEvent, WsHub};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -208,44 +208,9 @@ impl Bridge {
         }
     }
 
-    /// Answers a batch of exchanges, the complete responses of one JS turn: `entries` holds
-    /// `id, status, headersLength, bodyLength` per response (`bodyLength` -1: no body);
-    /// `payload` each response's headers (`name\0value\0...`, as in `JsResponse`) then its body, end to
-    /// end. One call and one lock for the batch, where a call per response cost more than the
-    /// handlers on the JS thread; heads and bodies stay slices of one copy of the payload.
-    /// Exchanges that are gone are skipped.
-    pub fn respond_batch(&self, entries: &[f64], payload: &[u8]) -> Result<(), Malformed> {
-        if !entries.len().is_multiple_of(4) {
-            return Err(Malformed);
-        }
-        // One copy for the batch; bodies are slices of it.
-        let payload = Bytes::copy_from_slice(payload);
-        let mut responses = Vec::with_capacity(entries.len() / 4);
-        let mut offset = 0usize;
-        for entry in entries.chunks_exact(4) {
-            let (id, status, head_len, body_len) = (entry[0], entry[1], entry[2], entry[3]);
-            let mut take = |length: usize| {
-                let end = offset
-                    .checked_add(length)
-                    .filter(|end| *end <= payload.len())
-                    .ok_or(Malformed)?;
-                let bytes = payload.slice(offset..end);
-                offset = end;
-                Ok(bytes)
-            };
-            let head = take(head_len as usize)?;
-            let body = if body_len < 0.0 {
-                JsBody::Empty
-            } else {
-                JsBody::Bytes(take(body_len as usize)?)
-            };
-            let response = JsResponse {
-                status: status as u16,
-                headers: head,
-                body,
-            };
-            responses.push((id as u64, response));
-        }
+    /// Answers many exchanges with complete responses under one lock (a batch from JS, as the
+    /// binding decoded it). Exchanges that are gone are skipped.
+    pub fn respond_all(&self, responses: Vec<(u64, JsResponse)>) {
         let senders: Vec<_> = {
             let mut exchanges = self.exchanges();
             responses
@@ -260,7 +225,6 @@ impl Bridge {
         for (sender, response) in senders {
             let _ = sender.send(response);
         }
-        Ok(())
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamWriter>> {
@@ -271,7 +235,7 @@ impl Bridge {
 
     /// JS answers `id` with a head and a body it will write chunk by chunk.
     pub fn respond_stream(&self, id: u64, status: u16, headers: Bytes) -> bool {
-        let (writer, reader) = js_stream::channel();
+        let (writer, reader) = stream::channel();
         let response = JsResponse {
             status,
             headers,
@@ -362,10 +326,6 @@ impl Bridge {
     }
 }
 
-/// A `respond_batch` whose entries do not match its payload.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Malformed;
-
 /// One exchange, from dispatch to the end of its response. Dropping it unfinished aborts it.
 pub struct Call {
     id: u64,
@@ -425,39 +385,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn respond_batch_slices_heads_and_bodies() {
+    async fn respond_all_answers_each_exchange_still_there() {
         let bridge = Bridge::new(Arc::new(NoHost));
         let mut first = bridge.start(request(), None, None);
         let mut second = bridge.start(request(), None, None);
-        let head = b"content-type\0application/json\0x-a\x001";
-        let mut payload = head.to_vec();
-        payload.extend_from_slice(b"{}");
-        let entries = [
-            first.id() as f64,
-            200.0,
-            head.len() as f64,
-            2.0,
-            999.0, // gone: skipped
-            200.0,
-            0.0,
-            -1.0,
-            second.id() as f64,
-            204.0,
-            0.0,
-            -1.0,
-        ];
-        bridge.respond_batch(&entries, &payload).unwrap();
-        let answer = first.response().await.unwrap();
-        assert_eq!(answer.status, 200);
-        assert_eq!(&answer.headers[..], &head[..]);
-        assert!(matches!(answer.body, JsBody::Bytes(ref b) if &b[..] == b"{}"));
-        let answer = second.response().await.unwrap();
-        assert_eq!(answer.status, 204);
-        assert!(answer.headers.is_empty());
-        assert!(matches!(answer.body, JsBody::Empty));
-        assert_eq!(
-            bridge.respond_batch(&[1.0, 200.0, 5.0, 0.0], b"abc"),
-            Err(Malformed)
-        );
+        let answer = |status, body| JsResponse {
+            status,
+            headers: Bytes::from_static(b"x-a\x001"),
+            body,
+        };
+        bridge.respond_all(vec![
+            (
+                first.id(),
+                answer(200, JsBody::Bytes(Bytes::from_static(b"{}"))),
+            ),
+            (999, answer(200, JsBody::Empty)), // gone: skipped
+            (second.id(), answer(204, JsBody::Empty)),
+        ]);
+        let got = first.response().await.unwrap();
+        assert_eq!(got.status, 200);
+        assert!(matches!(got.body, JsBody::Bytes(ref b) if &b[..] == b"{}"));
+        let got = second.response().await.unwrap();
+        assert_eq!(got.status, 204);
+        assert!(matches!(got.body, JsBody::Empty));
     }
 }

@@ -1,8 +1,11 @@
 //! The limits one streamed response is delivered under: chunking, shaping, deadlines.
 
-use crate::body::Body;
-use crate::conn_state::ConnState;
-use crate::file_body::{FileStream, Segment};
+pub(crate) mod body;
+pub(crate) mod file_body;
+
+use crate::conn::state::ConnState;
+use crate::delivery::body::Body;
+use crate::delivery::file_body::{FileStream, Segment};
 use crate::limit::bucket::{ClientBuckets, Shaper};
 use crate::metrics::Metrics;
 use std::collections::VecDeque;
@@ -30,7 +33,7 @@ impl Delivery {
     pub fn stream_file(self, file: File, segments: VecDeque<Segment>) -> Body {
         let deadline = (!self.download_timeout.is_zero()).then(|| {
             let deadline = Instant::now() + self.download_timeout;
-            self.conn.set_response_deadline(deadline.into_std());
+            self.conn.set_response_deadline(deadline);
             deadline
         });
         let slowest = [self.per_connection, self.client_rate]

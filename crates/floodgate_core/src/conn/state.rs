@@ -6,7 +6,8 @@
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub struct ConnState {
     /// When the connection was accepted: the origin of the millisecond fields below.

@@ -1,17 +1,20 @@
 //! The accept loop and per-connection tasks: connection slots, hyper (HTTP/1.1, optional
 //! h2c) over the guarded socket, mount dispatch, graceful shutdown.
 
-use crate::app::{RequestContext, StreamingApp};
-use crate::body::{self, Body, Tracked};
-use crate::bridge::Bridge;
-use crate::bus::Bus;
+use crate::app::router::MountTable;
+use crate::app::StreamingApp;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
-use crate::conn_state::ConnState;
-use crate::guarded_io::{GuardedIo, HeadLimits};
+use crate::conn::guarded_io::{GuardedIo, HeadLimits};
+use crate::conn::linger::linger;
+use crate::conn::proxy::client_ip;
+use crate::conn::state::ConnState;
+use crate::context::RequestContext;
+use crate::delivery::body::{self, Body, Tracked};
+use crate::error::Error;
+use crate::events::bus::Bus;
+use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
-use crate::proxy::client_ip;
-use crate::router::MountTable;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,17 +24,14 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const RESPONSE_429: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 35\r\n\r\nToo many connections from your IP.\n";
-/// How long a refused connection is drained before closing, so the client reads the 429
-/// instead of a reset (nginx's lingering close).
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Everything a connection task needs, shared by all of them.
 struct Shared {
@@ -59,23 +59,23 @@ pub struct RunningServer {
     accept_task: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Binds `addr` and starts serving `spec`; JS handler routes go through `bridge`. Must run
-/// inside a tokio runtime.
-pub async fn listen(
+/// Binds `addr` and starts serving `spec`; JS handler routes go through `bridge`. Must be
+/// called within a tokio runtime (it spawns the accept loop).
+pub fn listen(
     mut spec: ServerSpec,
     addr: SocketAddr,
     bridge: Option<Arc<Bridge>>,
-) -> Result<RunningServer, String> {
-    spec.validate()?;
+) -> Result<RunningServer, Error> {
+    spec.validate().map_err(Error::option)?;
     let mut mounts = MountTable::default();
     for mount in spec.mounts {
-        mounts.insert(
-            mount.prefix,
-            Arc::new(StreamingApp::build(mount.app, bridge.clone())?),
-        );
+        let app = StreamingApp::build(mount.app, bridge.clone()).map_err(Error::option)?;
+        mounts.insert(mount.prefix, Arc::new(app));
     }
-    let listener = bind(addr).map_err(|err| format!("listen on {addr}: {err}"))?;
-    let local_addr = listener.local_addr().map_err(|err| err.to_string())?;
+    let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|err| Error::listen(addr, &err))?;
     let stop_accepting = CancellationToken::new();
     let bus = Bus::new();
     bus.start_fanout();
@@ -209,9 +209,10 @@ async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
-            Err(_) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(err) => {
+                if let Some(pause) = accept_error_pause(&err, &shared.metrics) {
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
         };
@@ -238,17 +239,29 @@ async fn accept_loop(
     }
 }
 
-/// Answers 429 on a connection over the per-IP cap, then drains it briefly and closes.
-async fn refuse_connection(mut stream: TcpStream, abort: CancellationToken) {
-    let linger = async {
-        stream.write_all(RESPONSE_429).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    };
+/// What to do after a failed `accept` (as axum's `handle_accept_error`): an error of that one
+/// connection (reset or aborted before it was accepted) is skipped at once; running out of
+/// file descriptors is counted and backs off, since every retry would fail the same way
+/// until a connection closes; anything else backs off briefly instead of spinning.
+fn accept_error_pause(err: &io::Error, metrics: &Metrics) -> Option<Duration> {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    match err.kind() {
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionRefused => None,
+        _ if matches!(err.raw_os_error(), Some(EMFILE | ENFILE)) => {
+            metrics.reject(Rejection::OutOfFiles);
+            Some(Duration::from_millis(100))
+        }
+        _ => Some(Duration::from_millis(10)),
+    }
+}
+
+/// Answers 429 on a connection over the per-IP cap, then lingers briefly and closes.
+async fn refuse_connection(stream: TcpStream, abort: CancellationToken) {
     tokio::select! {
-        _ = tokio::time::timeout(LINGER, linger) => {}
+        _ = linger(stream, RESPONSE_429) => {}
         _ = abort.cancelled() => {}
     }
 }

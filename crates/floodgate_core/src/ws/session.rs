@@ -10,14 +10,16 @@
 //! with `1009`; permessage-deflate is never negotiated, so no inflated size can exceed what
 //! was read.
 
-use crate::bridge::Bridge;
 use crate::config::RateAction;
-use crate::guarded_io::{GuardedIo, SocketGuard};
+use crate::conn::guarded_io::{GuardedIo, SocketGuard};
+use crate::conn::linger::linger;
+use crate::js::bridge::Bridge;
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
+use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
-use crate::ws::Held;
-use crate::ws_frame::{self, Assembler, Incoming, ReadError};
-use crate::ws_hub::{QueueLimits, Registration, WsEvent};
+use crate::ws::frame::{self, Assembler, Incoming, ReadError};
+use crate::ws::hub::{Registration, WsEvent};
+use crate::ws::upgrade::Held;
 use bytes::{Buf, Bytes, BytesMut};
 use governor::clock::Clock;
 use governor::Quota;
@@ -48,8 +50,6 @@ const WRITE_BATCH: usize = 16 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads (or writes) in one go before the task yields to others.
 const BATCH: usize = 16;
-/// A politely closed socket drains what the client still sends for this long.
-const LINGER: Duration = Duration::from_secs(2);
 
 const NO_STATUS: u16 = 1005;
 const ABNORMAL: u16 = 1006;
@@ -183,7 +183,8 @@ async fn finish(session: Box<Session>, end: End) {
         });
     }
     let Guards {
-        socket: socket_guard,
+        // Held until the end: the client's slot lasts as long as the socket, lingering included.
+        socket: _socket_guard,
         held,
         abort,
     } = guards;
@@ -192,7 +193,7 @@ async fn finish(session: Box<Session>, end: End) {
     drop(held);
     if end.graceful {
         tokio::select! {
-            _ = linger(socket, socket_guard) => {}
+            _ = linger(socket, b"") => {}
             _ = abort.cancelled() => {}
         }
     }
@@ -206,18 +207,6 @@ struct Guards {
     held: Held,
     /// The server's abort after its drain deadline (bounds the lingering close).
     abort: CancellationToken,
-}
-
-/// FIN, then a short drain of what the client still sends rather than a reset.
-async fn linger(mut socket: TcpStream, _guard: SocketGuard) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let drain = async {
-        socket.shutdown().await?;
-        let mut sink = vec![0u8; 4096];
-        while socket.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// How a session ended, as JS's `close(ws, code, reason)` reports it.
@@ -402,7 +391,7 @@ impl Session {
                     Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
                     _ => return,
                 };
-                ws_frame::write_frame(write_buf, opcode, payload);
+                frame::write_frame(write_buf, opcode, payload);
                 sent += 1;
             });
             self.metrics.ws_sent(sent);
@@ -479,7 +468,7 @@ impl Session {
 
     /// Reads the rest of an incomplete frame straight into the heap buffer that holds it.
     fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let wanted = ws_frame::frame_len(&self.read_buf).unwrap_or(0);
+        let wanted = frame::frame_len(&self.read_buf).unwrap_or(0);
         let missing = wanted.saturating_sub(self.read_buf.len());
         self.read_buf.reserve(missing.clamp(64, READ_CHUNK * 4));
         let read = std::task::ready!(tokio_util::io::poll_read_buf(
@@ -502,7 +491,7 @@ impl Session {
         let mut consumed = 0;
         while !self.reading_done && !self.paused() {
             let rest = &mut data[consumed..];
-            let at = match ws_frame::next_frame(rest, self.limits.max_message_size) {
+            let at = match frame::next_frame(rest, self.limits.max_message_size) {
                 Ok(Some(at)) => at,
                 Ok(None) => break,
                 Err(err) => {
@@ -543,7 +532,7 @@ impl Session {
             Incoming::Fragment => self.last_activity = Instant::now(),
             Incoming::Ping(payload) => {
                 if matches!(self.state, State::Open) {
-                    ws_frame::write_frame(
+                    frame::write_frame(
                         &mut self.write_buf,
                         OpCode::Control(Control::Pong),
                         &payload,
@@ -566,13 +555,13 @@ impl Session {
                     self.registration.handle.stop_sending();
                     // The reply echoes the client's frame (RFC 6455 section 5.5.1).
                     if code == NO_STATUS {
-                        ws_frame::write_frame(
+                        frame::write_frame(
                             &mut self.write_buf,
                             OpCode::Control(Control::Close),
                             &[],
                         );
                     } else {
-                        ws_frame::write_close(&mut self.write_buf, code, &reason);
+                        frame::write_close(&mut self.write_buf, code, &reason);
                     }
                     self.state = State::Closing {
                         deadline: Instant::now() + CLOSE_TIMEOUT,
@@ -648,7 +637,7 @@ impl Session {
             return;
         }
         self.registration.handle.stop_sending();
-        ws_frame::write_close(&mut self.write_buf, code, reason);
+        frame::write_close(&mut self.write_buf, code, reason);
         self.state = State::Closing {
             deadline: Instant::now() + CLOSE_TIMEOUT,
             code,
@@ -712,7 +701,7 @@ impl Session {
                 } else if !limits.ping_interval.is_zero()
                     && now >= self.last_ping + limits.ping_interval
                 {
-                    ws_frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Ping), &[]);
+                    frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Ping), &[]);
                     self.last_ping = now;
                     self.ping_sent = Some(now);
                     self.registration.handle.waker.wake();

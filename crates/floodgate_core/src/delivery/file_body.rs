@@ -5,7 +5,7 @@
 //! files are expected in the page cache, where a 64 KiB read costs microseconds, far less than
 //! a hop to a blocking pool per chunk would.
 
-use crate::body::Body;
+use crate::delivery::body::Body;
 use crate::limit::bucket::{piece_size, Shaper};
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;

@@ -5,7 +5,12 @@
 //! strings are rejected with a message that starts with the option's name, which the
 //! TypeScript layer rethrows as a `TypeError` at construction time.
 
-use crate::units::{number_to_u64, parse_duration, parse_size};
+pub(crate) mod units;
+
+use crate::config::units::{number_to_u64, parse_duration, parse_size};
+use crate::error::Error;
+use crate::files::FilesMount;
+use crate::upload::UploadsMount;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::net::IpAddr;
@@ -37,10 +42,6 @@ pub struct ServerConfig {
     pub http2: bool,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
-    /// Read by the TypeScript layer: whether `globalThis.Response` becomes floodgate's light
-    /// `Response`, which handlers build and floodgate sends without undici's per-response
-    /// `Headers` and stream (`response.ts`).
-    pub override_global_response: bool,
 }
 
 impl Default for ServerConfig {
@@ -53,7 +54,6 @@ impl Default for ServerConfig {
             trust_proxy: Vec::new(),
             http2: false,
             http2_max_concurrent_streams: 100,
-            override_global_response: true,
         }
     }
 }
@@ -109,9 +109,6 @@ pub struct StreamingConfig {
     pub handler_timeout: Duration,
     /// JS requests in flight for this app; beyond it, 503 + Retry-After without calling JS.
     pub max_inflight: u32,
-    /// Set by the TypeScript layer when the app has an `identify(req)` function: the handler
-    /// id that names the user (per-user limits key on it; the client address otherwise).
-    pub identify_handler: Option<u32>,
     /// A comment line is sent on a quiet event stream this often, so proxies keep it open.
     #[serde(deserialize_with = "duration")]
     pub sse_keep_alive: Duration,
@@ -168,7 +165,6 @@ impl Default for StreamingConfig {
             rate_limit_burst: 0,
             handler_timeout: Duration::from_secs(30),
             max_inflight: 1024,
-            identify_handler: None,
             sse_keep_alive: Duration::from_secs(15),
             sse_max_connections_per_user: 10,
             sse_max_connections: 10_000,
@@ -251,10 +247,6 @@ pub struct SseConfig {
     pub overflow: Overflow,
     /// `retry:` sent when the stream opens, in milliseconds.
     pub retry: Option<u32>,
-    /// Set by the TypeScript layer: authenticate + topics, snapshot, onClose.
-    pub setup_handler: u32,
-    pub snapshot_handler: Option<u32>,
-    pub close_handler: Option<u32>,
 }
 
 impl Default for SseConfig {
@@ -264,9 +256,6 @@ impl Default for SseConfig {
             queue_bytes: MIB,
             overflow: Overflow::DropOldest,
             retry: None,
-            setup_handler: 0,
-            snapshot_handler: None,
-            close_handler: None,
         }
     }
 }
@@ -293,12 +282,6 @@ pub struct WsConfig {
     /// On a full queue: drop the oldest or the new message (counted), or close with 1013.
     pub overflow: Overflow,
     pub rate_limit_action: RateAction,
-    /// Set by the TypeScript layer: the route's id in JS, and its `authenticate` handler.
-    pub route: u32,
-    pub authenticate_handler: Option<u32>,
-    /// Whether JS has a handler to hear this route's sockets (open, message, close or batch):
-    /// without one, its sockets cost JS nothing and their messages are only counted.
-    pub js_events: bool,
 }
 
 impl Default for WsConfig {
@@ -308,9 +291,6 @@ impl Default for WsConfig {
             queue_bytes: MIB,
             overflow: Overflow::DropOldest,
             rate_limit_action: RateAction::Close,
-            route: 0,
-            authenticate_handler: None,
-            js_events: true,
         }
     }
 }
@@ -337,11 +317,36 @@ pub enum RouteSpec {
     Sse {
         prefix: String,
         options: SseConfig,
+        handlers: SseHandlers,
     },
     Ws {
         prefix: String,
         options: WsConfig,
+        handlers: WsHandlers,
     },
+}
+
+/// The JS handlers of an event stream route, registered by the TypeScript layer: authenticate
+/// and name the topics, build the snapshot, hear the close. Part of the route, not of its
+/// options, so a user cannot set them.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SseHandlers {
+    pub setup: u32,
+    pub snapshot: Option<u32>,
+    pub close: Option<u32>,
+}
+
+/// What JS knows of a WebSocket route: its id in JS, its `authenticate` handler, and whether
+/// JS hears its sockets at all (open, message, close or batch handlers): without any, its
+/// sockets cost JS nothing and their messages are only counted.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WsHandlers {
+    pub route: u32,
+    pub authenticate: Option<u32>,
+    #[serde(default = "yes")]
+    pub js_events: bool,
 }
 
 /// A streaming app with its routes, as mounted on a server.
@@ -352,6 +357,10 @@ pub struct StreamingSpec {
     pub options: StreamingConfig,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The app's `identify(req)` handler, when it has one: the user id per-user limits key on
+    /// (the client address otherwise).
+    #[serde(default)]
+    pub identify: Option<u32>,
 }
 
 /// One mount of the server.
@@ -372,8 +381,41 @@ pub struct ServerSpec {
     pub mounts: Vec<MountSpec>,
 }
 
+/// Checks one options object of `kind` (`server`, `streaming`, `files`, `uploads`, `sse`,
+/// `ws`) as the user wrote it; the error names the offending option.
+pub fn validate_options(kind: &str, options: serde_json::Value) -> Result<(), Error> {
+    fn check<T: serde::de::DeserializeOwned>(
+        options: serde_json::Value,
+        validate: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let parsed: T = from_json(options)?;
+        validate(&parsed)
+    }
+    match kind {
+        "server" => check::<ServerConfig>(options, ServerConfig::validate),
+        "streaming" => check::<StreamingConfig>(options, StreamingConfig::validate),
+        "files" => check::<FilesConfig>(options, |files| FilesMount::new(files.clone()).map(drop)),
+        "sse" => check::<SseConfig>(options, SseConfig::validate),
+        "ws" => check::<WsConfig>(options, WsConfig::validate),
+        "uploads" => check::<UploadsConfig>(options, |uploads| {
+            UploadsMount::new(uploads.clone()).map(drop)
+        }),
+        other => Err(format!("unknown options kind {other:?}")),
+    }
+    .map_err(Error::option)
+}
+
+impl ServerSpec {
+    /// The spec `listen` takes, from JSON; the error names the offending option.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, Error> {
+        from_json(value).map_err(Error::option)
+    }
+}
+
 /// Deserializes `T` from JSON; the error names the option (`"chunkSize: invalid size ..."`).
-pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, String> {
     let parsed: T = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner().to_string();
@@ -488,18 +530,32 @@ impl ServerSpec {
                         *prefix = normalize_prefix("uploads", prefix)?
                     }
                     RouteSpec::Handler { path, .. } => *path = normalize_prefix("route", path)?,
-                    RouteSpec::Ws { prefix, options } => {
+                    RouteSpec::Ws {
+                        prefix, options, ..
+                    } => {
                         *prefix = normalize_prefix("ws", prefix)?;
                         options.validate()?;
                     }
-                    RouteSpec::Sse { prefix, options } => {
+                    RouteSpec::Sse {
+                        prefix, options, ..
+                    } => {
                         *prefix = normalize_prefix("sse", prefix)?;
-                        if options.queue_events == 0 {
-                            return Err("sse: queueEvents must be at least 1".into());
-                        }
+                        options.validate()?;
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl SseConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_events == 0 {
+            return Err("sse: queueEvents must be at least 1".into());
+        }
+        if self.queue_bytes < KIB {
+            return Err("sse: queueBytes must be at least 1kb".into());
         }
         Ok(())
     }

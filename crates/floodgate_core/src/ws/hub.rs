@@ -7,12 +7,12 @@
 //! queue into the socket as fast as the client reads, and not faster: a full queue drops
 //! messages (counted) or closes the socket with 1013, as the route says.
 
-use crate::bus::{self, Bus, SharedEvent, Sink, SubscriptionGuard};
-use crate::config::Overflow;
+use crate::events::bus::{self, Bus, SharedEvent, Sink, SubscriptionGuard};
+use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -77,19 +77,15 @@ pub struct CloseRequest {
     pub reason: String,
 }
 
-#[derive(Default)]
 struct Outbound {
-    messages: VecDeque<Message>,
-    bytes: usize,
+    messages: BoundedQueue<Message>,
     close: Option<CloseRequest>,
 }
 
-/// Bounds of a session's outbound queue.
-#[derive(Clone, Copy)]
-pub struct QueueLimits {
-    pub messages: usize,
-    pub bytes: usize,
-    pub overflow: Overflow,
+impl Weighed for Message {
+    fn weight(&self) -> usize {
+        payload_len(self)
+    }
 }
 
 /// One session as the rest of the server sees it.
@@ -98,7 +94,6 @@ pub struct SessionHandle {
     outbound: Mutex<Outbound>,
     /// The session task, woken when there is something to send or it may read again.
     pub waker: AtomicWaker,
-    limits: QueueLimits,
     metrics: Arc<Metrics>,
     js_backlog: AtomicUsize,
     /// Bytes queued but not yet handed to the socket (`ws.bufferedAmount`).
@@ -126,47 +121,33 @@ impl SessionHandle {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        let size = payload_len(&message);
         let mut outbound = self.outbound();
         if outbound.close.is_some() {
             return;
         }
-        let full = |outbound: &Outbound| {
-            outbound.messages.len() >= self.limits.messages
-                || outbound.bytes + size > self.limits.bytes
-        };
-        while full(&outbound) {
-            match self.limits.overflow {
-                Overflow::DropOldest if !outbound.messages.is_empty() => {
-                    if let Some(old) = outbound.messages.pop_front() {
-                        outbound.bytes -= payload_len(&old);
-                    }
+        match outbound.messages.push(message) {
+            Pushed::Queued { dropped } => {
+                self.queued_bytes
+                    .store(outbound.messages.bytes(), Ordering::Relaxed);
+                drop(outbound);
+                for _ in 0..dropped {
                     self.metrics.reject(Rejection::WsMessageDropped);
                 }
-                Overflow::DropOldest | Overflow::DropNewest => {
-                    self.metrics.reject(Rejection::WsMessageDropped);
-                    return;
-                }
-                Overflow::Close => {
-                    self.metrics.reject(Rejection::WsOverflow);
-                    outbound.messages.clear();
-                    outbound.bytes = 0;
-                    outbound.close = Some(CloseRequest {
-                        code: CLOSE_TRY_AGAIN_LATER,
-                        reason: "Send queue overflow".into(),
-                    });
-                    self.queued_bytes.store(0, Ordering::Relaxed);
-                    drop(outbound);
-                    self.waker.wake();
-                    return;
-                }
+                self.waker.wake();
+            }
+            Pushed::Refused => self.metrics.reject(Rejection::WsMessageDropped),
+            Pushed::Overflow => {
+                outbound.messages.clear();
+                outbound.close = Some(CloseRequest {
+                    code: CLOSE_TRY_AGAIN_LATER,
+                    reason: "Send queue overflow".into(),
+                });
+                self.queued_bytes.store(0, Ordering::Relaxed);
+                drop(outbound);
+                self.metrics.reject(Rejection::WsOverflow);
+                self.waker.wake();
             }
         }
-        outbound.bytes += size;
-        outbound.messages.push_back(message);
-        self.queued_bytes.store(outbound.bytes, Ordering::Relaxed);
-        drop(outbound);
-        self.waker.wake();
     }
 
     /// Asks the session to close with `code` after what is already queued.
@@ -185,31 +166,26 @@ impl SessionHandle {
         let mut outbound = self.outbound();
         let mut taken = 0usize;
         while taken < budget {
-            let Some(message) = outbound.messages.pop_front() else {
+            let Some(message) = outbound.messages.pop() else {
                 break;
             };
-            let size = payload_len(&message);
-            outbound.bytes -= size;
-            taken += size.max(1);
+            taken += payload_len(&message).max(1);
             each(message);
         }
-        self.queued_bytes.store(outbound.bytes, Ordering::Relaxed);
+        self.queued_bytes
+            .store(outbound.messages.bytes(), Ordering::Relaxed);
         if !outbound.messages.is_empty() {
             return None;
         }
         // A burst should not leave a large queue allocated for the rest of the session.
-        if outbound.messages.capacity() > RETAINED_QUEUE {
-            outbound.messages.shrink_to(RETAINED_QUEUE);
-        }
+        outbound.messages.shrink_to(RETAINED_QUEUE);
         outbound.close.take()
     }
 
     /// The session is closing: what is queued is dropped, and nothing more is taken.
     pub fn stop_sending(&self) {
         self.closed.store(true, Ordering::Release);
-        let mut outbound = self.outbound();
-        outbound.messages.clear();
-        outbound.bytes = 0;
+        self.outbound().messages.clear();
         self.queued_bytes.store(0, Ordering::Relaxed);
     }
 
@@ -283,31 +259,38 @@ impl Drop for Registration {
     }
 }
 
-/// Why `send_batch` or `subscribe` could not be carried out.
+/// Why `subscribe` could not be carried out.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HubError {
-    /// The numbers of a send batch do not describe the payload.
-    Malformed,
     InvalidTopic(String),
 }
 
-/// Entry kinds of a send batch, as `ws.ts` writes them.
-const SEND_TEXT: f64 = 0.0;
-const SEND_BINARY: f64 = 1.0;
-const SEND_CLOSE: f64 = 2.0;
+/// One `ws.send` or `ws.close` call from JS.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsSend {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+    Close(CloseRequest),
+}
 
 impl WsHub {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    pub fn register(self: &Arc<Self>, limits: QueueLimits, metrics: Arc<Metrics>) -> Registration {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        limits: QueueLimits,
+        metrics: Arc<Metrics>,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = Arc::new(SessionHandle {
             id,
-            outbound: Mutex::new(Outbound::default()),
+            outbound: Mutex::new(Outbound {
+                messages: BoundedQueue::new(limits),
+                close: None,
+            }),
             waker: AtomicWaker::new(),
-            limits,
             metrics: Arc::clone(&metrics),
             js_backlog: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -370,46 +353,20 @@ impl WsHub {
             .cloned()
     }
 
-    /// Carries out a batch of `ws.send` / `ws.close` calls: `entries` is `[id, kind, length,
-    /// code]` per call (kind 0 text, 1 binary, 2 close), `payload` their bytes end to end.
+    /// Carries out a batch of `ws.send` / `ws.close` calls (as the binding decoded them).
     /// Calls on sessions that are gone are skipped.
-    pub fn send_batch(&self, entries: &[f64], payload: &[u8]) -> Result<(), HubError> {
-        if !entries.len().is_multiple_of(4) {
-            return Err(HubError::Malformed);
-        }
-        let payload = Bytes::copy_from_slice(payload);
+    pub fn send_all(&self, sends: impl IntoIterator<Item = (u64, WsSend)>) {
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
-        let mut offset = 0usize;
-        for entry in entries.chunks_exact(4) {
-            let (id, kind, length, code) = (entry[0] as u64, entry[1], entry[2] as usize, entry[3]);
-            let end = offset
-                .checked_add(length)
-                .filter(|end| *end <= payload.len());
-            let Some(end) = end else {
-                return Err(HubError::Malformed);
-            };
-            let bytes = payload.slice(offset..end);
-            offset = end;
+        for (id, send) in sends {
             let Some(session) = sessions.get(&id) else {
                 continue;
             };
-            if kind == SEND_TEXT {
-                if let Ok(text) = Utf8Bytes::try_from(bytes) {
-                    session.enqueue(Message::Text(text));
-                }
-            } else if kind == SEND_BINARY {
-                session.enqueue(Message::Binary(bytes));
-            } else if kind == SEND_CLOSE {
-                let reason = String::from_utf8_lossy(&bytes).into_owned();
-                session.request_close(CloseRequest {
-                    code: code as u16,
-                    reason,
-                });
-            } else {
-                return Err(HubError::Malformed);
+            match send {
+                WsSend::Text(text) => session.enqueue(Message::Text(text)),
+                WsSend::Binary(bytes) => session.enqueue(Message::Binary(bytes)),
+                WsSend::Close(request) => session.request_close(request),
             }
         }
-        Ok(())
     }
 
     /// Subscribes session `id` to a topic pattern; `false` when the session is gone.
@@ -459,29 +416,29 @@ impl WsHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Overflow;
 
     fn limits(overflow: Overflow) -> QueueLimits {
         QueueLimits {
-            messages: 2,
+            items: 2,
             bytes: 1024,
             overflow,
         }
     }
 
     #[test]
-    fn send_batch_slices_the_payload_per_entry() {
+    fn send_all_queues_per_session_and_skips_the_gone() {
         let hub = WsHub::new();
         let registration = hub.register(limits(Overflow::DropOldest), Arc::default());
-        let id = registration.handle.id as f64;
-        hub.send_batch(&[id, 0.0, 2.0, 0.0, id, 1.0, 3.0, 0.0], b"hiabc")
-            .unwrap();
+        let id = registration.handle.id;
+        hub.send_all([
+            (id, WsSend::Text("hi".into())),
+            (id + 100, WsSend::Text("nobody".into())),
+            (id, WsSend::Binary(Bytes::from_static(b"abc"))),
+        ]);
         let mut out = Vec::new();
         assert_eq!(registration.handle.drain(1024, |m| out.push(m)), None);
         assert_eq!(out, vec![Message::text("hi"), Message::binary(&b"abc"[..])]);
-        assert_eq!(
-            hub.send_batch(&[id, 0.0, 9.0, 0.0], b"short"),
-            Err(HubError::Malformed)
-        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The core served over real sockets on 127.0.0.1: files, limits and deadlines end to end.
 
-use floodgate_core::config::{from_json, ServerSpec};
-use floodgate_core::{listen, RunningServer};
+use crate::config::{from_json, ServerSpec};
+use crate::{listen, RunningServer};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,9 +20,7 @@ async fn start(root: &std::path::Path, options: serde_json::Value) -> RunningSer
         }]
     }))
     .unwrap();
-    listen(spec, "127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap()
+    listen(spec, "127.0.0.1:0".parse().unwrap(), None).unwrap()
 }
 
 async fn exchange(addr: SocketAddr, request: &str) -> String {

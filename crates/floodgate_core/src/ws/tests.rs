@@ -1,10 +1,10 @@
 //! WebSocket sessions over real sockets on 127.0.0.1, with a Rust stand-in for JS: the host
 //! echoes every message back through the hub, as `ws.send` in a handler would.
 
-use floodgate_core::bridge::{Bridge, JsHost, JsRequest};
-use floodgate_core::config::{from_json, ServerSpec};
-use floodgate_core::ws_hub::WsEvent;
-use floodgate_core::{listen, RunningServer};
+use crate::config::{from_json, ServerSpec};
+use crate::js::bridge::{Bridge, JsHost, JsRequest};
+use crate::ws::hub::{WsEvent, WsSend};
+use crate::{listen, RunningServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -33,9 +33,12 @@ impl JsHost for EchoHost {
             WsEvent::Message {
                 id, data, binary, ..
             } => {
-                let kind = if binary { 1.0 } else { 0.0 };
-                let entry = [id as f64, kind, data.len() as f64, 0.0];
-                bridge.ws_hub().send_batch(&entry, &data).unwrap();
+                let send = if binary {
+                    WsSend::Binary(data)
+                } else {
+                    WsSend::Text(data.try_into().unwrap())
+                };
+                bridge.ws_hub().send_all([(id, send)]);
             }
             WsEvent::Close { id, code, reason } => {
                 self.closes.lock().unwrap().push((id, code, reason));
@@ -58,14 +61,12 @@ async fn start(options: serde_json::Value) -> (RunningServer, Arc<EchoHost>) {
             "prefix": "/ws",
             "app": {
                 "options": app_options,
-                "routes": [{ "kind": "ws", "prefix": "/raw", "options": { "route": 0 } }]
+                "routes": [{ "kind": "ws", "prefix": "/raw", "options": {}, "handlers": { "route": 0 } }]
             }
         }]
     }))
     .unwrap();
-    let server = listen(spec, "127.0.0.1:0".parse().unwrap(), Some(bridge))
-        .await
-        .unwrap();
+    let server = listen(spec, "127.0.0.1:0".parse().unwrap(), Some(bridge)).unwrap();
     (server, host)
 }
 

@@ -1,12 +1,12 @@
 //! Serving a request through a JS handler: limits before JS is called, then the response JS
 //! gives back — bytes, a stream JS writes into, or a file Rust streams itself.
 
-use crate::body::{self, Body};
-use crate::bridge::{BodySource, Bridge, Call, JsBody, JsFile, JsRequest, JsResponse};
 use crate::config::Disposition;
+use crate::delivery::body::{self, Body};
 use crate::delivery::Delivery;
 use crate::files::{serve_file, FileOptions};
-use crate::js_stream::StreamReader;
+use crate::js::bridge::{BodySource, Bridge, Call, JsBody, JsFile, JsRequest, JsResponse};
+use crate::js::stream::StreamReader;
 use crate::limit::bucket::{piece_size, Shaper};
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;

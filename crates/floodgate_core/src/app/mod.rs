@@ -3,30 +3,31 @@
 //! Every request first passes the app's request-rate limiter (keyed by user, else address);
 //! then the route's own protections apply.
 
-use crate::body::{self, Body};
-use crate::bridge::Bridge;
-use crate::bus::Bus;
+pub(crate) mod route_pattern;
+pub(crate) mod router;
+
+use crate::app::route_pattern::RoutePattern;
+use crate::app::router::MountTable;
 use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
-use crate::conn_state::ConnState;
+use crate::context::RequestContext;
+use crate::delivery::body::{self, Body};
 use crate::delivery::Delivery;
+use crate::events::sse::{SseContext, SseRoute};
 use crate::files::FilesMount;
-use crate::js_call::{call_js, identify, JsLimits, JsTarget};
+use crate::js::bridge::Bridge;
+use crate::js::call::{call_js, identify, JsLimits, JsTarget};
 use crate::limit::bucket::{ClientBuckets, Shaper};
-use crate::limit::conn::client_key;
+use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{Decision, RequestLimiter};
-use crate::metrics::{Metrics, Rejection};
-use crate::route_pattern::RoutePattern;
-use crate::router::MountTable;
-use crate::sse::{SseContext, SseRoute};
+use crate::metrics::Rejection;
 use crate::upload::{UploadLimits, UploadsMount};
-use crate::ws::WsRoute;
+use crate::ws::upgrade::WsRoute;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 enum Route {
     Files(FilesMount),
@@ -49,21 +50,8 @@ pub struct StreamingApp {
     js_routes: Vec<JsRoute>,
     bridge: Option<Arc<Bridge>>,
     inflight: Arc<Semaphore>,
-}
-
-/// Who is asking, and over which connection.
-pub struct RequestContext {
-    pub client: IpAddr,
-    /// The user id from the app's `identify`, when it gave one.
-    pub user: Option<String>,
-    pub conn: Arc<ConnState>,
-    pub metrics: Arc<Metrics>,
-    pub bus: Arc<Bus>,
-    /// Cancelled when the server starts closing: endless responses (event streams) end then.
-    pub shutdown: CancellationToken,
-    /// Where WebSocket sessions are spawned, and the token that aborts them after the drain.
-    pub tracker: tokio_util::task::TaskTracker,
-    pub abort: CancellationToken,
+    /// The JS handler that names the user (`identify`), when the app has one.
+    identify: Option<u32>,
 }
 
 impl StreamingApp {
@@ -79,22 +67,31 @@ impl StreamingApp {
                 RouteSpec::Uploads { prefix, options } => {
                     routes.insert(prefix, Route::Uploads(UploadsMount::new(options)?))
                 }
-                RouteSpec::Sse { prefix, options } => {
+                RouteSpec::Sse {
+                    prefix,
+                    options,
+                    handlers,
+                } => {
                     if bridge.is_none() {
                         return Err("sse: event streams need the JS bridge".into());
                     }
                     let route = SseRoute::new(
                         options,
+                        handlers,
                         config.sse_max_connections_per_user,
                         config.sse_max_connections,
                     );
                     routes.insert(prefix, Route::Sse(route))
                 }
-                RouteSpec::Ws { prefix, options } => {
+                RouteSpec::Ws {
+                    prefix,
+                    options,
+                    handlers,
+                } => {
                     if bridge.is_none() {
                         return Err("ws: WebSockets need the JS bridge".into());
                     }
-                    routes.insert(prefix, Route::Ws(WsRoute::new(options, &config)))
+                    routes.insert(prefix, Route::Ws(WsRoute::new(options, handlers, &config)))
                 }
                 RouteSpec::Handler {
                     method,
@@ -125,6 +122,7 @@ impl StreamingApp {
             routes,
             js_routes,
             bridge,
+            identify: spec.identify,
         })
     }
 
@@ -139,7 +137,7 @@ impl StreamingApp {
     {
         context.conn.set_send_timeout(self.config.send_timeout);
         let mut context = context;
-        if let (Some(handler), Some(bridge)) = (self.config.identify_handler, &self.bridge) {
+        if let (Some(handler), Some(bridge)) = (self.identify, &self.bridge) {
             let target = JsTarget {
                 bridge,
                 handler,
@@ -159,13 +157,10 @@ impl StreamingApp {
                 Err(response) => return response,
             }
         }
-        let decision = self.requests.as_ref().map(|limiter| {
-            let key = match &context.user {
-                Some(user) => format!("u:{user}"),
-                None => format!("a:{}", client_key(context.client)),
-            };
-            limiter.check(&key)
-        });
+        let decision = self
+            .requests
+            .as_ref()
+            .map(|limiter| limiter.check(&ClientKey::new(context.user.as_deref(), context.client)));
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
             context.metrics.reject(Rejection::RateLimited);
             let mut response = body::text_with(
@@ -283,7 +278,7 @@ impl StreamingApp {
     ) -> Option<(Arc<ClientBuckets>, IpAddr)> {
         buckets
             .as_ref()
-            .map(|buckets| (Arc::clone(buckets), client_key(context.client)))
+            .map(|buckets| (Arc::clone(buckets), address_key(context.client)))
     }
 
     fn delivery(&self, context: &RequestContext) -> Delivery {

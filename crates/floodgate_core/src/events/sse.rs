@@ -6,13 +6,15 @@
 //! now on is lost), then JS builds the snapshot (a second exchange). Events already queued with
 //! a sequence number up to the snapshot's are dropped: the snapshot includes them.
 
-use crate::body::{self, Body};
-use crate::bridge::Bridge;
-use crate::bus::{self, Bus, SharedEvent, Sink};
-use crate::config::{Overflow, SseConfig};
-use crate::conn_state::ConnState;
-use crate::js_call::{ask, JsTarget};
+use crate::config::{SseConfig, SseHandlers};
+use crate::conn::state::ConnState;
+use crate::delivery::body::{self, Body};
+use crate::events::bus::{self, Bus, SharedEvent, Sink};
+use crate::js::bridge::Bridge;
+use crate::js::call::{ask, JsTarget};
 use crate::limit::conn::ConnectionLimiter;
+use crate::limit::key::ClientKey;
+use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
@@ -36,7 +38,8 @@ const COALESCE: usize = 16 * 1024;
 /// An SSE route with its caps.
 pub struct SseRoute {
     config: SseConfig,
-    per_user: Arc<ConnectionLimiter<String>>,
+    handlers: SseHandlers,
+    per_user: Arc<ConnectionLimiter<ClientKey>>,
     total: Arc<Semaphore>,
 }
 
@@ -85,9 +88,10 @@ impl CloseReason {
 }
 
 impl SseRoute {
-    pub fn new(config: SseConfig, per_user: u32, total: u32) -> Self {
+    pub fn new(config: SseConfig, handlers: SseHandlers, per_user: u32, total: u32) -> Self {
         Self {
             config,
+            handlers,
             per_user: ConnectionLimiter::new(per_user),
             total: Arc::new(Semaphore::new(total as usize)),
         }
@@ -104,7 +108,7 @@ impl SseRoute {
             );
             return response;
         }
-        let setup = match ask_js(request, &context, self.config.setup_handler, Vec::new()).await {
+        let setup = match ask_js(request, &context, self.handlers.setup, Vec::new()).await {
             Ok(answer) => answer,
             Err(response) => return response,
         };
@@ -118,10 +122,7 @@ impl SseRoute {
         {
             return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
         }
-        let key = setup
-            .user
-            .clone()
-            .unwrap_or_else(|| context.client.to_string());
+        let key = ClientKey::new(setup.user.as_deref(), context.client);
         let Some(slot) = self.per_user.try_acquire_key(key) else {
             context.metrics.reject(Rejection::SseLimit);
             return too_many(
@@ -151,7 +152,7 @@ impl SseRoute {
             .get("last-event-id")
             .and_then(|value| value.to_str().ok())
             .and_then(|last| context.bus.since(&setup.topics, last));
-        match (resumed, self.config.snapshot_handler) {
+        match (resumed, self.handlers.snapshot) {
             (Some(missed), _) => {
                 queue.skip_through(missed.last().map_or(0, |event| event.seq));
                 opening.extend(missed.into_iter().map(|event| event.frame.clone()));
@@ -175,7 +176,7 @@ impl SseRoute {
             (None, None) => {}
         }
 
-        let on_close = self.config.close_handler.map(|handler| OnClose {
+        let on_close = self.handlers.close.map(|handler| OnClose {
             queue: Arc::clone(&queue),
             bridge: Arc::clone(context.bridge),
             handler,
@@ -245,30 +246,37 @@ struct EventQueue {
     conn: Arc<ConnState>,
     /// The stream's body, parked while the queue is empty.
     waker: AtomicWaker,
-    max_events: usize,
-    max_bytes: usize,
-    overflow: Overflow,
     metrics: Arc<Metrics>,
 }
 
-#[derive(Default)]
 struct QueueState {
-    events: VecDeque<SharedEvent>,
-    bytes: usize,
+    events: BoundedQueue<SharedEvent>,
     /// Events up to this sequence number are already covered (snapshot or replay).
     skip_through: u64,
     overflowed: bool,
 }
 
+impl Weighed for SharedEvent {
+    fn weight(&self) -> usize {
+        self.frame.len()
+    }
+}
+
 impl EventQueue {
     fn new(config: &SseConfig, metrics: Arc<Metrics>, conn: Arc<ConnState>) -> Self {
+        let limits = QueueLimits {
+            items: config.queue_events as usize,
+            bytes: config.queue_bytes as usize,
+            overflow: config.overflow,
+        };
         Self {
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                events: BoundedQueue::new(limits),
+                skip_through: 0,
+                overflowed: false,
+            }),
             conn,
             waker: AtomicWaker::new(),
-            max_events: config.queue_events as usize,
-            max_bytes: config.queue_bytes as usize,
-            overflow: config.overflow,
             metrics,
         }
     }
@@ -281,9 +289,7 @@ impl EventQueue {
         let mut state = self.state();
         state.skip_through = seq;
         while state.events.front().is_some_and(|event| event.seq <= seq) {
-            if let Some(event) = state.events.pop_front() {
-                state.bytes -= event.frame.len();
-            }
+            state.events.pop();
         }
     }
 
@@ -299,10 +305,9 @@ impl EventQueue {
         if state.overflowed {
             return Err(());
         }
-        let Some(first) = state.events.pop_front() else {
+        let Some(first) = state.events.pop() else {
             return Ok(None);
         };
-        state.bytes -= first.frame.len();
         let fits = |state: &QueueState, taken: usize| {
             state
                 .events
@@ -314,11 +319,11 @@ impl EventQueue {
         }
         // A reader that fell behind gets its backlog in one body chunk, not one per event:
         // hyper frames and queues each chunk, which costs more than copying small events.
-        let mut chunk = BytesMut::with_capacity(COALESCE.min(state.bytes + first.frame.len()));
+        let queued = state.events.bytes();
+        let mut chunk = BytesMut::with_capacity(COALESCE.min(queued + first.frame.len()));
         chunk.extend_from_slice(&first.frame);
         while fits(&state, chunk.len()) {
-            if let Some(event) = state.events.pop_front() {
-                state.bytes -= event.frame.len();
+            if let Some(event) = state.events.pop() {
                 chunk.extend_from_slice(&event.frame);
             }
         }
@@ -332,36 +337,23 @@ impl Sink for EventQueue {
         if state.overflowed || event.seq <= state.skip_through {
             return;
         }
-        let full = |state: &QueueState| {
-            state.events.len() >= self.max_events
-                || state.bytes + event.frame.len() > self.max_bytes
-        };
-        while full(&state) {
-            match self.overflow {
-                Overflow::DropOldest if !state.events.is_empty() => {
-                    if let Some(old) = state.events.pop_front() {
-                        state.bytes -= old.frame.len();
-                    }
+        match state.events.push(event.clone()) {
+            Pushed::Queued { dropped } => {
+                drop(state);
+                for _ in 0..dropped {
                     self.metrics.reject(Rejection::SseEventDropped);
                 }
-                Overflow::DropOldest | Overflow::DropNewest => {
-                    self.metrics.reject(Rejection::SseEventDropped);
-                    return;
-                }
-                Overflow::Close => {
-                    state.overflowed = true;
-                    drop(state);
-                    self.metrics.reject(Rejection::SseOverflow);
-                    self.conn.abort();
-                    self.waker.wake();
-                    return;
-                }
+                self.waker.wake();
+            }
+            Pushed::Refused => self.metrics.reject(Rejection::SseEventDropped),
+            Pushed::Overflow => {
+                state.overflowed = true;
+                drop(state);
+                self.metrics.reject(Rejection::SseOverflow);
+                self.conn.abort();
+                self.waker.wake();
             }
         }
-        state.bytes += event.frame.len();
-        state.events.push_back(event.clone());
-        drop(state);
-        self.waker.wake();
     }
 
     fn wake(&self) {
@@ -399,7 +391,7 @@ impl Drop for OnClose {
 
 /// What an open stream holds: its slots, its subscription, its close notice.
 struct Held {
-    _slot: crate::limit::conn::Slot<String>,
+    _slot: crate::limit::conn::Slot<ClientKey>,
     _permit: OwnedSemaphorePermit,
     _subscription: bus::SubscriptionGuard,
     on_close: Option<OnClose>,

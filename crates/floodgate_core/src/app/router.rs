@@ -32,10 +32,6 @@ impl<T> MountTable<T> {
             .iter()
             .find_map(|(prefix, value)| strip_mount_prefix(prefix, path).map(|rest| (value, rest)))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 fn strip_mount_prefix<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {

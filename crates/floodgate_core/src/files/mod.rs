@@ -2,17 +2,20 @@
 //! conditional requests, single and multiple ranges, Content-Disposition, and the app's
 //! shaping and deadlines applied while streaming.
 
-use crate::body::{self, Body};
+pub(crate) mod disposition;
+pub(crate) mod range;
+pub(crate) mod safe_path;
+
 use crate::config::{Disposition, FilesConfig};
+use crate::delivery::body::{self, Body};
+use crate::delivery::file_body::Segment;
 use crate::delivery::Delivery;
-use crate::disposition::{content_disposition, DispositionKind};
-use crate::file_body::Segment;
+use crate::files::disposition::{content_disposition, DispositionKind};
 use crate::metrics::Rejection;
-use crate::range::{self, Multipart, RangeOutcome};
-use crate::safe_path;
 use bytes::Bytes;
 use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, IfRange, LastModified};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use range::{Multipart, RangeOutcome};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -2,15 +2,16 @@
 //! `101`: the handshake headers, `authenticate` in JS, and the per-user, per-address and
 //! per-app caps. The session itself runs in `ws_session`.
 
-use crate::app::RequestContext;
-use crate::body::{self, Body};
-use crate::bridge::Bridge;
-use crate::config::{StreamingConfig, WsConfig};
-use crate::js_call::{identify, JsTarget};
-use crate::limit::conn::{client_key, ConnectionLimiter, Slot};
+use crate::config::{StreamingConfig, WsConfig, WsHandlers};
+use crate::context::RequestContext;
+use crate::delivery::body::{self, Body};
+use crate::js::bridge::Bridge;
+use crate::js::call::{identify, JsTarget};
+use crate::limit::conn::{ConnectionLimiter, Slot};
+use crate::limit::key::{address_key, ClientKey};
+use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
-use crate::ws_hub::QueueLimits;
-use crate::ws_session::{self, SessionLimits, SessionStart};
+use crate::ws::session::{self, SessionLimits, SessionStart};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,22 +21,22 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// A WebSocket route with its caps.
 pub struct WsRoute {
-    config: WsConfig,
+    handlers: WsHandlers,
     limits: Arc<SessionLimits>,
-    per_user: Arc<ConnectionLimiter<String>>,
+    per_user: Arc<ConnectionLimiter<ClientKey>>,
     per_ip: Arc<ConnectionLimiter<IpAddr>>,
     total: Arc<Semaphore>,
 }
 
 /// What an open session holds until it ends: its slots under every cap.
 pub struct Held {
-    _user: Slot<String>,
+    _user: Slot<ClientKey>,
     _ip: Slot<IpAddr>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl WsRoute {
-    pub fn new(config: WsConfig, app: &StreamingConfig) -> Self {
+    pub fn new(config: WsConfig, handlers: WsHandlers, app: &StreamingConfig) -> Self {
         let limits = Arc::new(SessionLimits {
             max_message_size: app.ws_max_message_size as usize,
             idle_timeout: app.ws_idle_timeout,
@@ -47,19 +48,19 @@ impl WsRoute {
             pong_timeout: app.ws_pong_timeout,
             send_timeout: app.send_timeout,
             queue: QueueLimits {
-                messages: config.queue_messages as usize,
+                items: config.queue_messages as usize,
                 bytes: config.queue_bytes as usize,
                 overflow: config.overflow,
             },
-            route: config.route,
-            js_events: config.js_events,
+            route: handlers.route,
+            js_events: handlers.js_events,
         });
         Self {
             per_user: ConnectionLimiter::new(app.ws_max_connections_per_user),
             per_ip: ConnectionLimiter::new(app.ws_max_connections_per_ip),
             total: Arc::new(Semaphore::new(app.ws_max_connections as usize)),
             limits,
-            config,
+            handlers,
         }
     }
 
@@ -80,7 +81,7 @@ impl WsRoute {
             }
         };
         let mut user = context.user.clone();
-        if let Some(handler) = self.config.authenticate_handler {
+        if let Some(handler) = self.handlers.authenticate {
             let target = JsTarget {
                 bridge,
                 handler,
@@ -114,7 +115,7 @@ impl WsRoute {
             abort: context.abort.clone(),
             held,
         });
-        context.tracker.spawn(ws_session::run(start));
+        context.tracker.spawn(session::run(start));
 
         let mut response = Response::new(body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -128,8 +129,8 @@ impl WsRoute {
     }
 
     fn acquire(&self, user: Option<&str>, client: IpAddr) -> Result<Held, Box<Response<Body>>> {
-        let address = client_key(client);
-        let user_key = user.map_or_else(|| format!("a:{address}"), |user| format!("u:{user}"));
+        let address = address_key(client);
+        let user_key = ClientKey::new(user, client);
         let Some(user_slot) = self.per_user.try_acquire_key(user_key) else {
             return Err(too_many(
                 StatusCode::TOO_MANY_REQUESTS,

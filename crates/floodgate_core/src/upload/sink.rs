@@ -29,7 +29,8 @@ pub struct Stored {
 pub enum SinkError {
     /// `overwrite: false` and the name exists.
     Exists,
-    Io(io::Error),
+    /// Writing, syncing or renaming failed (disk full, permissions).
+    Io,
     /// The upload ended without a commit; the temporary file is gone.
     Abandoned,
 }
@@ -91,15 +92,15 @@ fn store(
             None => return Err(SinkError::Abandoned),
             Some(Message::Data(bytes)) => {
                 hasher.update(&bytes);
-                temp.write_all(&bytes).map_err(SinkError::Io)?;
+                temp.write_all(&bytes).map_err(|_| SinkError::Io)?;
                 size += bytes.len() as u64;
             }
             Some(Message::Commit) => break,
         }
     }
-    temp.flush().map_err(SinkError::Io)?;
+    temp.flush().map_err(|_| SinkError::Io)?;
     if fsync {
-        temp.as_file().sync_data().map_err(SinkError::Io)?;
+        temp.as_file().sync_data().map_err(|_| SinkError::Io)?;
     }
     let persisted = if overwrite {
         temp.persist(&target).map(drop)
@@ -113,6 +114,6 @@ fn store(
             sha256: format!("{:x}", hasher.finalize()),
         }),
         Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Err(SinkError::Exists),
-        Err(err) => Err(SinkError::Io(err.error)),
+        Err(_) => Err(SinkError::Io),
     }
 }

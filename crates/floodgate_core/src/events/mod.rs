@@ -1,0 +1,5 @@
+//! Events: the topic bus every subscriber (event stream or WebSocket) hangs on, and
+//! Server-Sent Event streams.
+
+pub(crate) mod bus;
+pub(crate) mod sse;

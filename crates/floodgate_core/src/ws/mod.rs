@@ -1,0 +1,11 @@
+//! WebSockets: the upgrade and its caps (`upgrade`), one task per session on the bare socket
+//! (`session`), frames parsed in place (`frame`), and the registry and outbound queues JS and
+//! the bus reach sessions through (`hub`).
+
+pub(crate) mod frame;
+pub(crate) mod hub;
+pub(crate) mod session;
+pub(crate) mod upgrade;
+
+#[cfg(test)]
+mod tests;
