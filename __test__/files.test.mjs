@@ -2,7 +2,7 @@
 import test from 'ava'
 import { symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { fixture, startFiles, request, rawExchange, curl, serverProcess } from './helpers.mjs'
+import { fixture, startFiles, request, rawExchange, curl, serverProcess, needs, curlTool } from './helpers.mjs'
 
 const DIGITS = Buffer.from('0123456789'.repeat(100)) // 1000 bytes
 const files = {
@@ -16,8 +16,8 @@ const files = {
 }
 
 // Each test gets its own folder and server.
-const filesTest = (title, body) =>
-  test(title, async (t) => {
+const filesTest = (title, body, base = test) =>
+  base(title, async (t) => {
     const dir = fixture(files)
     t.teardown(dir.cleanup)
     t.context = { ...(await startFiles(t, { root: dir.root })), root: dir.root }
@@ -224,7 +224,7 @@ filesTest('path traversal, NUL, dotfiles, folders and bad encodings all give 404
 filesTest('curl --path-as-is traversal gets 404', async (t) => {
   const res = await curl(['-s', '--path-as-is', '-o', '/dev/null', '-w', '%{http_code}', `${t.context.base}/../../../etc/passwd`])
   t.is(res.stdout.toString(), '404')
-})
+}, needs(curlTool, test))
 
 filesTest('a symlink escaping the root is not followed; one inside is', async (t) => {
   symlinkSync('/etc/passwd', join(t.context.root, 'escape'))
@@ -241,7 +241,7 @@ filesTest('paths outside any mount get 404 and are counted', async (t) => {
   t.true(t.context.server.stats().rejections.not_found >= 1)
 })
 
-test('serving a 1 GiB file keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
+needs(curlTool, test)('serving a 1 GiB file keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
   const { openSync, writeSync, closeSync } = await import('node:fs')
   const dir = fixture()
   t.teardown(dir.cleanup)

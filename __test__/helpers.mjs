@@ -1,17 +1,98 @@
 // Shared test helpers: real servers on 127.0.0.1 port 0, real sockets, temp folders.
 import { createRequire } from 'node:module'
-import { mkdtempSync, writeFileSync, mkdirSync, rmSync } from 'node:fs'
+import { mkdtempSync, writeFileSync, mkdirSync, rmSync, statSync, accessSync, constants } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
+import { join, dirname, delimiter, isAbsolute } from 'node:path'
 import net from 'node:net'
 import http from 'node:http'
-import { execFile, execFileSync, spawn } from 'node:child_process'
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { readFileSync } from 'node:fs'
 
 const require = createRequire(import.meta.url)
 export const floodgate = require('../index.js')
 export const { Server, StreamingApp } = floodgate
+
+// ---- External tools the tests spawn: found once, and a test that needs a missing one is skipped ----
+
+/** Under CI a missing tool fails the tests that need it instead of skipping them. */
+export const inCI = ['true', '1'].includes(String(process.env.CI).toLowerCase())
+
+function isExecutableFile(path) {
+  try {
+    if (!statSync(path).isFile()) return false
+    accessSync(path, constants.X_OK)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The first of `names` found as an executable file on PATH (with PATHEXT's endings on Windows). */
+export function onPath(names) {
+  const dirs = (process.env.PATH ?? '').split(delimiter).filter(Boolean)
+  const endings = process.platform === 'win32' ? ['', ...(process.env.PATHEXT ?? '.EXE;.CMD;.BAT').toLowerCase().split(';')] : ['']
+  for (const name of names) {
+    for (const dir of dirs) {
+      for (const ending of endings) {
+        const path = join(dir, name + ending)
+        if (isExecutableFile(path)) return path
+      }
+    }
+  }
+  return undefined
+}
+
+/**
+ * Finds an external tool. `env` names variables that point at it (a path, or a name looked up on
+ * PATH); when one is set it is the only candidate. Otherwise `names` on PATH, then `paths`.
+ * Returns { name, path, missing }: `missing` is the one line to show when it is not found.
+ */
+export function findTool({ name, env = [], names, paths = [], install }) {
+  const variable = env.find((key) => process.env[key])
+  if (variable) {
+    const value = process.env[variable]
+    const path = isAbsolute(value) || /[\\/]/.test(value) ? (isExecutableFile(value) ? value : undefined) : onPath([value])
+    return { name, path, missing: path ? undefined : `${variable}=${value} is not an executable file: ${install}` }
+  }
+  const path = onPath(names) ?? paths.find(isExecutableFile)
+  return { name, path, missing: path ? undefined : `no ${name} on PATH (${names.join(', ')}): ${install}` }
+}
+
+/** Chromium or Chrome, for the tests where a browser's own EventSource and WebSocket are the clients. */
+export const chromiumTool = findTool({
+  name: 'Chromium or Chrome',
+  env: ['CHROME_BIN', 'FLOODGATE_CHROMIUM'],
+  names: ['chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable'],
+  // Where Chrome is installed (and not put on PATH) on macOS and Windows, as on CI runners.
+  paths: [
+    '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
+    '/Applications/Chromium.app/Contents/MacOS/Chromium',
+    ...['PROGRAMFILES', 'PROGRAMFILES(X86)', 'LOCALAPPDATA']
+      .filter((key) => process.env[key])
+      .map((key) => join(process.env[key], 'Google', 'Chrome', 'Application', 'chrome.exe')),
+  ],
+  install: 'apt-get install chromium, or set CHROME_BIN to a Chromium or Chrome binary',
+})
+
+/** curl, a real HTTP/1.1 and HTTP/2 client in its own process. */
+export const curlTool = findTool({
+  name: 'curl',
+  env: ['FLOODGATE_CURL'],
+  names: ['curl'],
+  install: 'apt-get install curl, or set FLOODGATE_CURL to a curl binary',
+})
+
+/**
+ * `test` (or `test.serial`, or any (title, impl) wrapper with a .skip) for tests that spawn `tool`.
+ * When the tool is missing the test is skipped (counted as skipped by ava), its title saying what
+ * to install; under CI it runs and fails with that line instead.
+ */
+export function needs(tool, test) {
+  if (!tool.missing) return test
+  if (inCI) return (title, impl) => test(title, (t) => t.fail(tool.missing))
+  return (title, impl) => test.skip(`${title} [skipped: ${tool.missing}]`, impl)
+}
 
 /** A temp folder with the given files ({ 'a/b.txt': 'content' | Buffer }). */
 export function fixture(files = {}) {
@@ -88,10 +169,12 @@ export function untilClosed(socket) {
   )
 }
 
-/** Runs curl; resolves { code, stdout, stderr }. */
+/** Runs curl (tests that call it are declared with needs(curlTool, test)); resolves { code, stdout, stderr }. */
 export function curl(args, { timeout = 60_000 } = {}) {
+  if (curlTool.missing) throw new Error(curlTool.missing)
   return new Promise((resolve) => {
-    execFile('curl', args, { timeout, maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' }, (error, stdout, stderr) => {
+    // execFile reports a spawn failure and the timeout's kill through `error`: never uncaught.
+    execFile(curlTool.path, args, { timeout, maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' }, (error, stdout, stderr) => {
       resolve({ code: error ? (error.code ?? 1) : 0, stdout, stderr: stderr.toString() })
     })
   })
@@ -119,7 +202,16 @@ export async function serverProcess(t, script) {
   const prelude = `const floodgate = require(${JSON.stringify(fileURLToPath(new URL('../index.js', import.meta.url)))});`
   const child = spawn(process.execPath, ['-e', prelude + script], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => child.kill('SIGKILL'))
-  const port = await new Promise((resolve) => child.stdout.on('data', (d) => resolve(Number(/READY (\d+)/.exec(d)[1]))))
+  const port = await new Promise((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (d) => {
+      out += d
+      const ready = /READY (\d+)/.exec(out)
+      if (ready) resolve(Number(ready[1]))
+    })
+    child.on('error', reject)
+    child.on('exit', (code, signal) => reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY`)))
+  })
   return { port, rss: () => residentBytes(child.pid) }
 }
 
@@ -285,13 +377,14 @@ export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
   })
 }
 
-/** Opens `url` in headless Chromium until the test ends (the whole process group is killed). */
 /**
  * Serves `script` as the page at / of `app`, with a POST /report the page sends what it saw to,
- * mounts `app` on a new server and opens the page in headless Chromium. Resolves { server,
- * reported }: `reported()` is the page's report once it came.
+ * mounts `app` on a new server and opens the page in headless Chromium (declare the test with
+ * needs(chromiumTool, test)). Resolves { server, reported, running }: `reported()` is the page's
+ * report once it came; both throw once the browser failed (could not start, exited early, or ran
+ * past `timeout`), so a wait on them ends with the reason instead of running out.
  */
-export async function openInChromium(t, app, script) {
+export async function openInChromium(t, app, script, { timeout = 60_000 } = {}) {
   let report
   app.get('/', () => new Response(`<!doctype html><script>${script}</script>`, { headers: { 'content-type': 'text/html' } }))
   app.post('/report', async (req) => {
@@ -302,30 +395,66 @@ export async function openInChromium(t, app, script) {
   server.mount('/', app)
   const { url } = await server.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(() => server.close({ drain: 0 }))
-  chromium(t, `${url}/`)
-  return { server, reported: () => report }
+  const browser = chromium(t, `${url}/`, { timeout, done: () => report !== undefined })
+  const running = () => {
+    if (report === undefined && browser.problem) throw new Error(browser.problem)
+    return true
+  }
+  return { server, reported: () => running() && report, running }
 }
 
-function chromium(t, url) {
+/**
+ * Opens `url` in headless Chromium until the test ends or `timeout` passes, whichever is first;
+ * then the whole process group is killed. Returns { problem }: why the browser failed, if it did.
+ */
+function chromium(t, url, { timeout, done }) {
+  if (chromiumTool.missing) throw new Error(chromiumTool.missing)
+  const state = { problem: undefined }
   const profile = mkdtempSync(join(tmpdir(), 'floodgate-chromium-'))
   const browser = spawn(
-    'chromium',
-    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', `--user-data-dir=${profile}`, url],
-    { stdio: 'ignore', detached: true },
+    chromiumTool.path,
+    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', `--user-data-dir=${profile}`, url],
+    { stdio: ['ignore', 'ignore', 'pipe'], detached: process.platform !== 'win32' },
   )
-  const exited = new Promise((resolve) => browser.on('exit', resolve))
+  let stderr = ''
+  browser.stderr.on('data', (data) => (stderr = (stderr + data).slice(-1500)))
+  let stopping = false
+  const exited = new Promise((resolve) => {
+    browser.on('error', (error) => {
+      state.problem ??= `could not run ${chromiumTool.path}: ${error.message}`
+      resolve()
+    })
+    browser.on('exit', (code, signal) => {
+      if (!stopping && !done()) state.problem ??= `${chromiumTool.path} exited (${signal ?? `code ${code}`}) before the page reported${stderr ? `; its stderr ends:\n${stderr}` : ''}`
+      resolve()
+    })
+  })
+  const kill = () => {
+    stopping = true
+    if (browser.pid === undefined) return // it never started
+    if (process.platform === 'win32') spawnSync('taskkill', ['/pid', String(browser.pid), '/T', '/F'], { stdio: 'ignore' })
+    else {
+      try {
+        process.kill(-browser.pid, 'SIGKILL')
+      } catch {}
+    }
+  }
+  const timer = setTimeout(() => {
+    if (!done()) state.problem ??= `${chromiumTool.path} was killed after ${timeout / 1000} s without the page reporting`
+    kill()
+  }, timeout)
+  timer.unref()
   t.teardown(async () => {
-    try {
-      process.kill(-browser.pid, 'SIGKILL')
-    } catch {}
-    await exited
+    clearTimeout(timer)
+    kill()
+    await Promise.race([exited, sleep(10_000)])
     try {
       rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
     } catch {
       // A helper that outlived the group kill may still hold it; a stray temp folder is harmless.
     }
   })
-  return browser
+  return state
 }
 
 /** Resolves what `state.closing` resolves (a wsOpen or rawWebSocket state); throws after `ms`. */

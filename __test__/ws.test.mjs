@@ -10,6 +10,8 @@ import {
   wsFrame,
   rawWebSocket,
   openInChromium,
+  needs,
+  chromiumTool,
   connect,
   closedWithin,
   sleep,
@@ -411,7 +413,7 @@ test.serial('publish fans out to 1,000 subscribed sockets from 20 addresses, und
   t.true(await eventually(() => server.stats().wsConnections === 0, { timeout: 10_000 }))
 })
 
-test("a browser's own WebSocket (headless Chromium): echo text and binary, a published message, close code", async (t) => {
+needs(chromiumTool, test)("a browser's own WebSocket (headless Chromium): echo text and binary, a published message, close code", async (t) => {
   const handled = []
   const app = new StreamingApp({ rateLimitRequests: 0 })
   app.ws('/echo', {
@@ -425,7 +427,7 @@ test("a browser's own WebSocket (headless Chromium): echo text and binary, a pub
     },
     close: (ws, code, reason) => handled.push(['close', code, reason]),
   })
-  const { server, reported } = await openInChromium(
+  const { server, reported, running } = await openInChromium(
     t,
     app,
     `const seen = []
@@ -440,7 +442,7 @@ test("a browser's own WebSocket (headless Chromium): echo text and binary, a pub
       if (seen.length === 3) fetch('/report', { method: 'POST', body: JSON.stringify(seen) }).then(() => ws.close(4000, 'done'))
     }`,
   )
-  t.true(await eventually(() => handled.filter((h) => h[0] === 'message').length === 2, { timeout: 20_000 }), 'both messages arrived')
+  t.true(await eventually(() => running() && handled.filter((h) => h[0] === 'message').length === 2, { timeout: 20_000 }), 'both messages arrived')
   t.is(server.publish('browser.hi', 'published'), 1)
   t.truthy(await eventually(reported, { timeout: 10_000 }), 'the page reported what it saw')
   t.deepEqual(reported(), ['hello from chromium', 'binary:1,2,3,250', 'published'])
