@@ -18,8 +18,12 @@ export declare class NativeServer {
    * closes, in order.
    */
   constructor(onRequests: (numbers: Float64Array, bytes: Buffer) => void, onAborts: (arg: Array<number>) => void, onWsEvents: (numbers: Float64Array, strings: string[], payload: Buffer) => void)
-  /** Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts). */
-  listen(spec: any, host: string, port: number): Promise<BoundAddress>
+  /**
+   * Binds `host:port` (port 0 picks a free one) and serves `spec` (options and mounts).
+   * Synchronous, so a failure throws with its code (`EADDRINUSE`, `ERR_FLOODGATE_OPTION`,
+   * ...); `host` is an address or a name in the hosts file (resolved here, blocking).
+   */
+  listen(spec: any, host: string, port: number): BoundAddress
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
   stats(): any
   /** The same counters in the Prometheus text exposition format. */
@@ -36,9 +40,8 @@ export declare class NativeServer {
    */
   respond(id: number, status: number, headers: Buffer, body?: Buffer | string | undefined | null): boolean
   /**
-   * Answers a batch of exchanges with complete bodies: `entries` holds `id, status,
-   * headersLength, bodyLength` per response (`bodyLength` -1: no body), `payload` each one's
-   * `name\0value\0...` headers and body end to end (`Bridge::respond_batch`).
+   * Answers a batch of exchanges with complete bodies (`wire::decode_responses` has the
+   * layout).
    */
   respondBatch(entries: Float64Array, payload: Buffer): void
   /** Answers exchange `id` with a head; the body follows through `tryWrite`/`drain`/`end`. */
@@ -51,17 +54,21 @@ export declare class NativeServer {
    */
   tryWrite(id: number, chunk: Buffer): boolean
   /**
-   * Resolves once the client has taken most of the queue (the held chunk queued then).
-   * Rejects when it is gone.
+   * Resolves `true` once the client has taken most of the queue (the held chunk queued
+   * then), `false` when it is gone.
    */
-  drain(id: number): Promise<void>
+  drain(id: number): Promise<boolean>
   /** Ends a streamed response. */
   end(id: number): void
-  /** The next chunk of the request body, or null at its end. */
-  readBody(id: number): Promise<Buffer | null>
   /**
-   * Carries out a batch of `ws.send` / `ws.close` calls: `entries` holds `id, kind, length,
-   * code` per call (kind 0 text, 1 binary, 2 close), `payload` their bytes end to end.
+   * The next chunk of the request body, `null` at its end, or the error code (a string)
+   * that ended it: `ERR_FLOODGATE_BODY_TOO_LARGE`, `_BODY_TIMEOUT`, `_BODY_ABORTED` or
+   * `_CLIENT_GONE` (`wire.ts` turns it into an error).
+   */
+  readBody(id: number): Promise<Buffer | string | null>
+  /**
+   * Carries out a batch of `ws.send` / `ws.close` calls (`wire::decode_ws_sends` has the
+   * layout).
    */
   wsSend(entries: Float64Array, payload: Buffer): void
   /** Subscribes WebSocket `id` to a topic pattern; `false` when the socket is gone. */
@@ -85,7 +92,7 @@ export interface NativeFile {
 }
 
 /**
- * Checks one options object (`kind`: `server`, `streaming`, `files` or `uploads`) and throws
- * naming the offending option.
+ * Checks one options object (`kind`: `server`, `streaming`, `files`, `uploads`, `sse` or
+ * `ws`) and throws naming the offending option (`err.code` `ERR_FLOODGATE_OPTION`).
  */
 export declare function validateOptions(kind: string, options: any): void

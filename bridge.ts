@@ -225,7 +225,8 @@ export class HandlerBridge {
       for await (const chunk of body) {
         const buffer = toBuffer(chunk)
         if (buffer.length === 0) continue
-        if (!server.tryWrite(id, buffer)) await server.drain(id)
+        // `drain` resolves false when the client left.
+        if (!server.tryWrite(id, buffer) && !(await server.drain(id))) return
       }
       server.end(id)
     } catch (error) {

@@ -4,7 +4,7 @@
  * far as the handler looks.
  */
 import type { NativeServer } from './binding'
-import { RequestRecord, appendHeaders, findHeader } from './wire'
+import { RequestRecord, appendHeaders, bodyChunk, findHeader } from './wire'
 
 /**
  * One request as the native side sends it (`RequestRecord` in wire.ts): numbers, and the bytes
@@ -138,7 +138,7 @@ export class LazyRequest {
         const server = this[kServer]
         init.body = new ReadableStream<Uint8Array>({
           async pull(controller) {
-            const chunk = await server.readBody(id)
+            const chunk = bodyChunk(await server.readBody(id))
             if (chunk) controller.enqueue(chunk)
             else controller.close()
           },

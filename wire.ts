@@ -8,6 +8,7 @@
  * what indexing by literal offsets did.
  */
 import type { NativeBatch } from './native-batch'
+import { coded } from './options'
 
 // ---------------------------------------------------------------------------------------------
 // Header lists: `name\0value\0name\0value`, one string for a whole list. Header values are
@@ -184,4 +185,22 @@ export function batchWsBinary(batch: NativeBatch, id: number, bytes: Uint8Array)
 /** `ws.close(code, reason)`. */
 export function batchWsClose(batch: NativeBatch, id: number, code: number, reason: string): void {
   batch.entry(id, WsSend.Close, batch.text(reason), code)
+}
+
+/** Messages of the codes `readBody` resolves with when a request body ends in error. */
+const BODY_ERRORS: Record<string, string> = {
+  ERR_FLOODGATE_BODY_TOO_LARGE: 'request body too large',
+  ERR_FLOODGATE_BODY_TIMEOUT: 'request body read timed out',
+  ERR_FLOODGATE_BODY_ABORTED: 'client aborted the request body',
+  ERR_FLOODGATE_CLIENT_GONE: 'the client is gone',
+}
+
+/**
+ * One step of a request body as `readBody` resolves it: a chunk, `null` at the end, or the
+ * code of the error that ended it (napi-rs rejects promises with codes of its own, so the
+ * native side resolves with the code and it is thrown here).
+ */
+export function bodyChunk(step: Buffer | string | null): Buffer | null {
+  if (typeof step === 'string') throw coded(new Error(BODY_ERRORS[step] ?? step), step)
+  return step
 }

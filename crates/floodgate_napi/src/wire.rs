@@ -16,6 +16,7 @@ pub const REQUEST_FIELDS: usize = 8;
 
 /// Appends one request record.
 pub fn encode_request(request: &JsRequest, numbers: &mut Vec<f64>, bytes: &mut Vec<u8>) {
+    numbers.reserve(REQUEST_FIELDS);
     bytes.extend_from_slice(request.method.as_bytes());
     bytes.extend_from_slice(request.url.as_bytes());
     bytes.extend_from_slice(request.client.as_bytes());
@@ -57,6 +58,7 @@ pub fn encode_ws_event(
     strings: &mut Vec<String>,
     payload: &mut Vec<u8>,
 ) -> Option<floodgate_core::JsBacklog> {
+    numbers.reserve(WS_EVENT_FIELDS);
     match event {
         WsEvent::Open {
             id,
@@ -175,7 +177,8 @@ impl Slicer {
     }
 
     fn take(&mut self, length: f64) -> Result<Bytes, Malformed> {
-        if !(length >= 0.0) {
+        // Negative and NaN lengths are refused alike.
+        if length.is_nan() || length < 0.0 {
             return Err(Malformed);
         }
         let end = self

@@ -142,7 +142,7 @@ impl<S> GuardedIo<S> {
             limits,
             phase: Phase::Head(HeadProgress::new(true, accepted_at)),
             seen_progress: (0, 0),
-            read_timer: Box::pin(tokio::time::sleep_until(accepted_at.into())),
+            read_timer: Box::pin(tokio::time::sleep_until(accepted_at)),
             read_timer_at: None,
             write_timer: None,
             write_timer_at: None,
@@ -277,10 +277,9 @@ impl<S: AsyncWrite + Unpin> GuardedIo<S> {
             (None, None) => stall_deadline,
         };
         if self.write_timer_at != Some(deadline) {
-            let deadline_tokio = deadline.into();
             match &mut self.write_timer {
-                Some(timer) => timer.as_mut().reset(deadline_tokio),
-                None => self.write_timer = Some(Box::pin(tokio::time::sleep_until(deadline_tokio))),
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.write_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
             self.write_timer_at = Some(deadline);
         }
@@ -330,7 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
                     return Poll::Pending;
                 };
                 if this.read_timer_at != Some(deadline) {
-                    this.read_timer.as_mut().reset(deadline.into());
+                    this.read_timer.as_mut().reset(deadline);
                     this.read_timer_at = Some(deadline);
                 }
                 ready!(this.read_timer.as_mut().poll(cx));
