@@ -235,6 +235,7 @@ test('perClientBandwidth caps the sum over one client; other clients are not slo
   const heavy = Promise.all(Array.from({ length: 6 }, () => timedDownload(`${base}/one.bin`, { localAddress: '127.0.0.6' })))
   const other = await timedDownload(`${base}/one.bin`, { localAddress: '127.0.0.7' })
   const slowest = Math.max(...(await heavy).map((d) => d.seconds))
+  t.log(`six downloads by one client: ${slowest.toFixed(2)} s; one by another client beside them: ${other.seconds.toFixed(2)} s`)
   // The cap: 6 MiB at 2 MiB/s take 3 s (unshaped, milliseconds). The upper bound only catches a stall.
   t.true(slowest >= 2.55 && slowest <= 9, `six downloads by one client took ${slowest.toFixed(2)} s`)
   // In its own bucket the other client takes ~0.5 s; sharing the first one's (a cap that is not per
@@ -259,5 +260,6 @@ test('trustProxy: the forwarded address is the client only behind a trusted prox
     forwarded.map((ip) => timedDownload(`${behindProxy.base}/one.bin`, { localAddress: '127.0.0.9', headers: { 'x-forwarded-for': ip } })),
   )
   const spoofedSlowest = Math.max(...spoofed.map((d) => d.seconds))
+  t.log(`six forwarded clients: ${separateSlowest.toFixed(2)} s; six spoofed forwards from one peer: ${spoofedSlowest.toFixed(2)} s`)
   t.true(spoofedSlowest >= 2.55, `six spoofed forwards from one peer took ${spoofedSlowest.toFixed(2)} s`)
 })
