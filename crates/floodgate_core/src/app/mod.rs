@@ -16,7 +16,7 @@ use crate::events::sse::{SseContext, SseRoute};
 use crate::files::FilesMount;
 use crate::js::bridge::Bridge;
 use crate::js::call::{call_js, identify, JsLimits, JsTarget};
-use crate::limit::bucket::{ClientBuckets, Shaper};
+use crate::limit::bucket::{slowest_rate, ClientBuckets, Shaper};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{Decision, RequestLimiter};
 use crate::metrics::Rejection;
@@ -295,14 +295,10 @@ impl StreamingApp {
 
     fn upload_limits(&self, context: &RequestContext) -> UploadLimits {
         let config = &self.config;
-        let slowest = [
+        let slowest = slowest_rate([
             config.rate_limit_upload_bandwidth,
             config.per_client_upload_bandwidth,
-        ]
-        .into_iter()
-        .filter(|rate| *rate > 0)
-        .min()
-        .unwrap_or(0);
+        ]);
         UploadLimits {
             max_size: config.max_upload_size,
             read_timeout: config.read_timeout,

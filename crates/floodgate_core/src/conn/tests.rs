@@ -119,3 +119,285 @@ async fn connection_over_the_per_ip_cap_gets_429_and_slots_come_back() {
     assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
     server.close(Duration::from_secs(1)).await;
 }
+
+// The protections on tokio's paused clock: every deadline fires as soon as the runtime is idle,
+// so a 10 s header timeout takes no real time, and the moment it fires is exact.
+
+/// Starts a files mount with these server and app options (unshaped unless the app says so).
+async fn start_with(
+    root: &std::path::Path,
+    options: serde_json::Value,
+    app_options: serde_json::Value,
+) -> RunningServer {
+    let mut app = json!({ "rateLimitBandwidth": 0, "rateLimitRequests": 0 });
+    for (key, value) in app_options.as_object().unwrap() {
+        app[key] = value.clone();
+    }
+    let spec: ServerSpec = from_json(json!({
+        "options": options,
+        "mounts": [{
+            "prefix": "/stream",
+            "app": {
+                "options": app,
+                "routes": [{ "kind": "files", "prefix": "/files", "options": { "root": root } }]
+            }
+        }]
+    }))
+    .unwrap();
+    listen(spec, "127.0.0.1:0".parse().unwrap(), None).unwrap()
+}
+
+const HELLO: &str = "GET /stream/files/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// Asserts `elapsed` (on the paused clock) is `expected`, give or take less than a second late.
+#[track_caller]
+fn assert_at(elapsed: Duration, expected: Duration) {
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_secs(1),
+        "after {elapsed:?}, expected {expected:?}"
+    );
+}
+
+/// Everything the server sends until it closes (an error, a reset say, ends it too).
+async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes within 120 s");
+    received
+}
+
+/// Reads one response (its head and a `Content-Length` body) off a kept-alive connection.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("a response head"));
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8(body).unwrap()
+}
+
+fn rejections(server: &RunningServer, reason: &str) -> u64 {
+    server.stats().rejections[reason]
+}
+
+/// Waits (on the paused clock, 10 ms a step) until `reason` has been counted; returns when.
+async fn counted(server: &RunningServer, reason: &str) -> tokio::time::Instant {
+    for _ in 0..12_000 {
+        if rejections(server, reason) > 0 {
+            return tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{reason} not counted within 120 s");
+}
+
+/// A folder with `big.bin`, larger than any socket buffer on loopback.
+fn big_folder(size: usize) -> tempfile::TempDir {
+    let dir = folder();
+    std::fs::write(dir.path().join("big.bin"), vec![b'x'; size]).unwrap();
+    dir
+}
+
+/// A client socket with a small receive buffer, so a client that does not read stalls the
+/// server's writes soon.
+async fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_head_gets_408_at_header_timeout() {
+    let dir = folder();
+    let server = start_with(dir.path(), json!({ "headerTimeout": "10s" }), json!({})).await;
+    let started = tokio::time::Instant::now();
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let response = String::from_utf8(read_all(&mut stream).await).unwrap();
+    assert_at(started.elapsed(), Duration::from_secs(10));
+    assert_eq!(
+        response,
+        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(rejections(&server, "header_timeout"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_trickled_past_header_timeout_gets_408() {
+    let dir = folder();
+    let server = start_with(dir.path(), json!({ "headerTimeout": "10s" }), json!({})).await;
+    let started = tokio::time::Instant::now();
+    let stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every 500 ms: 48 bytes would take 24 s, each one before any read timeout.
+    let trickle = tokio::spawn(async move {
+        for byte in HELLO.bytes() {
+            if writer.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut response = Vec::new();
+    let _ = reader.read_to_end(&mut response).await;
+    assert_at(started.elapsed(), Duration::from_secs(10));
+    let response = String::from_utf8(response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{response}"
+    );
+    assert_eq!(rejections(&server, "header_timeout"), 1);
+    trickle.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_over_max_header_size_gets_431() {
+    let dir = folder();
+    let server = start_with(dir.path(), json!({ "maxHeaderSize": "1kb" }), json!({})).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let head = format!(
+        "GET /stream/files/hello.txt HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let response = String::from_utf8(read_all(&mut stream).await).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{response}"
+    );
+    assert_eq!(rejections(&server, "header_too_large"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_closes_silently_at_keep_alive_timeout() {
+    let dir = folder();
+    let server = start_with(dir.path(), json!({ "keepAliveTimeout": "5s" }), json!({})).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream.write_all(HELLO.as_bytes()).await.unwrap();
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    let idle_since = tokio::time::Instant::now();
+    let rest = read_all(&mut stream).await;
+    assert_at(idle_since.elapsed(), Duration::from_secs(5));
+    assert_eq!(String::from_utf8_lossy(&rest), "", "closed without a response");
+    assert_eq!(rejections(&server, "header_timeout"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_request_inside_keep_alive_timeout_is_served() {
+    let dir = folder();
+    let server = start_with(dir.path(), json!({ "keepAliveTimeout": "5s" }), json!({})).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream.write_all(HELLO.as_bytes()).await.unwrap();
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    stream.write_all(HELLO.as_bytes()).await.unwrap();
+    let second = read_response(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+    assert!(second.ends_with("\r\n\r\nhello world"), "{second}");
+    assert_eq!(server.stats().requests_total, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_per_ip_cap_the_429_is_written_and_slots_free_on_close() {
+    let dir = folder();
+    let server = start_with(dir.path(), json!({ "maxConnectionsPerIp": 2 }), json!({})).await;
+    let addr = server.local_addr();
+    let held = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    while server.limiter().open_for(addr.ip()) < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut refused = TcpStream::connect(addr).await.unwrap();
+    refused.write_all(HELLO.as_bytes()).await.unwrap();
+    let response = String::from_utf8(read_all(&mut refused).await).unwrap();
+    assert_eq!(
+        response,
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: 35\r\n\r\n\
+         Too many connections from your IP.\n"
+    );
+    assert_eq!(rejections(&server, "connection_limit"), 1);
+    drop(held);
+    let freed_by = tokio::time::Instant::now() + Duration::from_secs(1);
+    while server.limiter().tracked_clients() > 0 {
+        assert!(tokio::time::Instant::now() < freed_by, "slots freed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    again.write_all(HELLO.as_bytes()).await.unwrap();
+    let ok = read_response(&mut again).await;
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_is_cut_off_at_send_timeout() {
+    const SIZE: usize = 16 << 20;
+    let dir = big_folder(SIZE);
+    let server = start_with(dir.path(), json!({}), json!({ "sendTimeout": "3s" })).await;
+    let mut stream = connect_small_window(server.local_addr()).await;
+    let started = tokio::time::Instant::now();
+    stream
+        .write_all(b"GET /stream/files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let cut_at = counted(&server, "send_timeout").await;
+    assert_at(cut_at - started, Duration::from_secs(3));
+    assert_eq!(rejections(&server, "download_timeout"), 0);
+    let received = read_all(&mut stream).await;
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(received.len() < SIZE, "cut off after {} bytes", received.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_over_download_timeout_is_cut_off() {
+    const SIZE: usize = 1 << 20;
+    let dir = big_folder(SIZE);
+    // 64 KiB/s: the whole file would take 16 s; the client reads all the while.
+    let app = json!({ "downloadTimeout": "2s", "rateLimitBandwidth": "64kb", "chunkSize": "16kb" });
+    let server = start_with(dir.path(), json!({}), app).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    stream
+        .write_all(b"GET /stream/files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let received = read_all(&mut stream).await;
+    assert_at(started.elapsed(), Duration::from_secs(2));
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(received.len() < SIZE, "cut off after {} bytes", received.len());
+    assert_eq!(rejections(&server, "download_timeout"), 1);
+    assert_eq!(rejections(&server, "send_timeout"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_write_is_cut_off_at_download_timeout() {
+    const SIZE: usize = 16 << 20;
+    let dir = big_folder(SIZE);
+    let app = json!({ "downloadTimeout": "2s", "sendTimeout": "30s" });
+    let server = start_with(dir.path(), json!({}), app).await;
+    let mut stream = connect_small_window(server.local_addr()).await;
+    let started = tokio::time::Instant::now();
+    stream
+        .write_all(b"GET /stream/files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let cut_at = counted(&server, "download_timeout").await;
+    assert_at(cut_at - started, Duration::from_secs(2));
+    assert_eq!(rejections(&server, "send_timeout"), 0);
+    let received = read_all(&mut stream).await;
+    assert!(received.len() < SIZE, "cut off after {} bytes", received.len());
+}

@@ -6,8 +6,7 @@
 //! a hop to a blocking pool per chunk would.
 
 use crate::delivery::body::Body;
-use crate::limit::bucket::{piece_size, Shaper};
-use crate::metrics::{Metrics, Rejection};
+use crate::delivery::Pacing;
 use bytes::Bytes;
 use futures_util::stream;
 use http_body::Frame;
@@ -15,8 +14,6 @@ use http_body_util::{BodyExt, StreamBody};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::Arc;
-use tokio::time::Instant;
 
 /// One piece of the body: literal bytes (multipart framing) or an inclusive file range.
 pub enum Segment {
@@ -27,11 +24,7 @@ pub enum Segment {
 pub struct FileStream {
     pub file: File,
     pub segments: VecDeque<Segment>,
-    pub chunk_size: u64,
-    pub shaper: Shaper,
-    pub bandwidth: u64,
-    pub deadline: Option<Instant>,
-    pub metrics: Arc<Metrics>,
+    pub pacing: Pacing,
 }
 
 struct Cursor {
@@ -73,17 +66,8 @@ impl Cursor {
                 }
             }
         }
-        let piece =
-            piece_size(self.stream.chunk_size, self.stream.bandwidth).min(self.end - self.position);
-        if self.stream.shaper.is_active() {
-            self.stream.shaper.take(piece).await;
-        }
-        if let Some(deadline) = self.stream.deadline {
-            if Instant::now() >= deadline {
-                self.stream.metrics.reject(Rejection::DownloadTimeout);
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "download timeout"));
-            }
-        }
+        let piece = self.stream.pacing.piece().min(self.end - self.position);
+        self.stream.pacing.admit(piece).await?;
         // `read_to_end` fills spare capacity without zeroing it first (a memset per chunk).
         let mut buffer = Vec::with_capacity(piece as usize);
         (&mut self.stream.file)

@@ -1,4 +1,11 @@
-//! The limits one streamed response is delivered under: chunking, shaping, deadlines.
+//! Delivery: the one place that paces and bounds a response body. Every body that is
+//! written over time (a file, a streamed JS response) goes through a [`Pacing`]: its shaper
+//! (per connection and per client), the largest piece it may send at once (from the slowest
+//! of those rates), and the whole-response deadline of `downloadTimeout`, which the socket
+//! wrapper also watches so a blocked write cannot outlive it.
+//!
+//! Event streams are endless by design: they are bounded by their queue and `sendTimeout`,
+//! not by `downloadTimeout`, and are not shaped (`events::sse`).
 
 pub(crate) mod body;
 pub(crate) mod file_body;
@@ -6,49 +13,118 @@ pub(crate) mod file_body;
 use crate::conn::state::ConnState;
 use crate::delivery::body::Body;
 use crate::delivery::file_body::{FileStream, Segment};
-use crate::limit::bucket::{ClientBuckets, Shaper};
-use crate::metrics::Metrics;
+use crate::js::bridge::Call;
+use crate::js::stream::StreamReader;
+use crate::limit::bucket::{piece_size, slowest_rate, ClientBuckets, Shaper};
+use crate::metrics::{Metrics, Rejection};
+use futures_util::stream;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use std::collections::VecDeque;
 use std::fs::File;
+use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub struct Delivery {
-    pub metrics: Arc<Metrics>,
-    pub conn: Arc<ConnState>,
-    pub chunk_size: u64,
+/// The limits a response is delivered under, as its app sets them.
+pub(crate) struct Delivery {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) conn: Arc<ConnState>,
+    pub(crate) chunk_size: u64,
     /// Bytes per second per connection; 0 when unshaped.
-    pub per_connection: u64,
+    pub(crate) per_connection: u64,
     /// The client's shared bucket and key, when per-client shaping is on.
-    pub client: Option<(Arc<ClientBuckets>, IpAddr)>,
-    pub client_rate: u64,
+    pub(crate) client: Option<(Arc<ClientBuckets>, IpAddr)>,
+    pub(crate) client_rate: u64,
     /// 0 when unbounded.
-    pub download_timeout: Duration,
+    pub(crate) download_timeout: Duration,
 }
 
 impl Delivery {
     /// Streams `segments` of `file`; the whole-response deadline starts now.
-    pub fn stream_file(self, file: File, segments: VecDeque<Segment>) -> Body {
+    pub(crate) fn stream_file(self, file: File, segments: VecDeque<Segment>) -> Body {
+        FileStream {
+            file,
+            segments,
+            pacing: self.pacing(),
+        }
+        .into_body()
+    }
+
+    /// Streams the chunks JS writes; the whole-response deadline starts now. The exchange ends
+    /// normally at the stream's end; dropped early (client gone, deadline), it aborts in JS.
+    pub(crate) fn stream_js(self, reader: StreamReader, call: Call) -> Body {
+        let state = Some((reader, Some(call), self.pacing()));
+        let frames = stream::unfold(state, |state| async move {
+            let (mut reader, mut call, pacing) = state?;
+            match reader.next().await {
+                Some(bytes) => match pacing.admit(bytes.len() as u64).await {
+                    Ok(()) => Some((Ok(Frame::data(bytes)), Some((reader, call, pacing)))),
+                    // The stream ends after the error; dropping the call aborts it in JS.
+                    Err(err) => Some((Err(err), None)),
+                },
+                None => {
+                    if let Some(call) = call.take() {
+                        call.finish();
+                    }
+                    None
+                }
+            }
+        });
+        StreamBody::new(frames).boxed_unsync()
+    }
+
+    /// The pacing of one response, its deadline starting now.
+    fn pacing(self) -> Pacing {
         let deadline = (!self.download_timeout.is_zero()).then(|| {
             let deadline = Instant::now() + self.download_timeout;
             self.conn.set_response_deadline(deadline);
             deadline
         });
-        let slowest = [self.per_connection, self.client_rate]
-            .into_iter()
-            .filter(|r| *r > 0)
-            .min();
-        FileStream {
-            file,
-            segments,
-            chunk_size: self.chunk_size,
-            bandwidth: slowest.unwrap_or(0),
+        let slowest = slowest_rate([self.per_connection, self.client_rate]);
+        Pacing {
+            piece: piece_size(self.chunk_size, slowest),
             shaper: Shaper::new(self.per_connection, self.chunk_size, self.client),
             deadline,
             metrics: self.metrics,
         }
-        .into_body()
+    }
+}
+
+/// How one response body goes out: shaped, in pieces, before its deadline.
+pub(crate) struct Pacing {
+    shaper: Shaper,
+    /// The most the shaper lets through at once.
+    piece: u64,
+    deadline: Option<Instant>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pacing {
+    /// The largest piece to read or send at once.
+    pub(crate) fn piece(&self) -> u64 {
+        self.piece
+    }
+
+    /// Waits until `bytes` may be sent, then checks the response deadline: past it, the
+    /// response is cut off (`download_timeout`).
+    pub(crate) async fn admit(&self, bytes: u64) -> io::Result<()> {
+        if self.shaper.is_active() {
+            let mut owed = bytes;
+            while owed > 0 {
+                let take = owed.min(self.piece);
+                self.shaper.take(take).await;
+                owed -= take;
+            }
+        }
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => {
+                self.metrics.reject(Rejection::DownloadTimeout);
+                Err(io::Error::new(io::ErrorKind::TimedOut, "download timeout"))
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -6,14 +6,10 @@ use crate::delivery::body::{self, Body};
 use crate::delivery::Delivery;
 use crate::files::{serve_file, FileOptions};
 use crate::js::bridge::{BodySource, Bridge, Call, JsBody, JsFile, JsRequest, JsResponse};
-use crate::js::stream::StreamReader;
-use crate::limit::bucket::{piece_size, Shaper};
 use crate::metrics::{Metrics, Rejection};
 use bytes::Bytes;
-use futures_util::stream;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame};
-use http_body_util::{BodyExt, StreamBody};
+use http_body::Body as HttpBody;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,7 +197,7 @@ fn build_response(
             call.finish();
             Response::new(body::full(bytes))
         }
-        JsBody::Stream(reader) => Response::new(js_stream(reader, call, &delivery)),
+        JsBody::Stream(reader) => Response::new(delivery.stream_js(reader, call)),
         JsBody::File(file) => {
             call.finish();
             let served = serve_file(
@@ -260,46 +256,4 @@ fn file_options(file: &JsFile) -> FileOptions {
         media_type: file.media_type.clone(),
         cache_control: None,
     }
-}
-
-/// The body of a streamed JS response: chunks as JS writes them, shaped like files are. The
-/// exchange ends normally at the stream's end; dropped early (client gone), it aborts in JS.
-fn js_stream(reader: StreamReader, call: Call, delivery: &Delivery) -> Body {
-    let shaper = Shaper::new(
-        delivery.per_connection,
-        delivery.chunk_size,
-        delivery.client.clone(),
-    );
-    let slowest = [delivery.per_connection, delivery.client_rate]
-        .into_iter()
-        .filter(|r| *r > 0)
-        .min()
-        .unwrap_or(0);
-    let piece = piece_size(delivery.chunk_size, slowest);
-    let state = (reader, Some(call), shaper);
-    let frames = stream::unfold(state, move |(mut reader, mut call, shaper)| async move {
-        match reader.next().await {
-            Some(bytes) => {
-                if shaper.is_active() {
-                    let mut owed = bytes.len() as u64;
-                    while owed > 0 {
-                        let take = owed.min(piece);
-                        shaper.take(take).await;
-                        owed -= take;
-                    }
-                }
-                Some((
-                    Ok::<_, std::io::Error>(Frame::data(bytes)),
-                    (reader, call, shaper),
-                ))
-            }
-            None => {
-                if let Some(call) = call.take() {
-                    call.finish();
-                }
-                None
-            }
-        }
-    });
-    StreamBody::new(frames).boxed_unsync()
 }

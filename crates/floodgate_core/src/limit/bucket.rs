@@ -40,6 +40,15 @@ fn cells(bytes: u64) -> NonZeroU32 {
     NonZeroU32::new(cells).unwrap_or(NonZeroU32::MIN)
 }
 
+/// The slowest of the rates that are on (0: off); 0 when none is.
+pub fn slowest_rate(rates: impl IntoIterator<Item = u64>) -> u64 {
+    rates
+        .into_iter()
+        .filter(|rate| *rate > 0)
+        .min()
+        .unwrap_or(0)
+}
+
 /// The largest piece the shaper lets through at once: one chunk, or one second of rate if less.
 pub fn piece_size(chunk_size: u64, bytes_per_second: u64) -> u64 {
     if bytes_per_second == 0 {

@@ -236,3 +236,145 @@ async fn frames_behind_the_upgrade_request_and_frames_in_pieces_arrive_whole() {
         assert_eq!(*echo, Message::text(format!("m{i}")));
     }
 }
+
+// The session's timers and rate on tokio's paused clock: each deadline fires as soon as the
+// runtime is idle, at its exact time.
+
+/// Asserts `elapsed` (on the paused clock) is `expected`, give or take less than a second late.
+#[track_caller]
+fn assert_at(elapsed: Duration, expected: Duration) {
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_secs(1),
+        "after {elapsed:?}, expected {expected:?}"
+    );
+}
+
+fn rejections(server: &RunningServer, reason: &str) -> u64 {
+    server.stats().rejections[reason]
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_session_closes_1000_at_ws_idle_timeout() {
+    let (server, host) = start(json!({ "wsIdleTimeout": "5s", "wsPingInterval": 0 })).await;
+    let started = tokio::time::Instant::now();
+    let mut socket = connect(&server).await;
+    let (code, reason) = close_code(&mut socket).await.expect("a close frame");
+    assert_at(started.elapsed(), Duration::from_secs(5));
+    assert_eq!((code, reason.as_str()), (CloseCode::Normal, "Idle timeout"));
+    assert_eq!(rejections(&server, "ws_idle_timeout"), 1);
+    // The client answered the close: JS hears the server's code.
+    while host.closes.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let closes = host.closes.lock().unwrap().clone();
+    assert_eq!((closes[0].1, closes[0].2.as_str()), (1000, "Idle timeout"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_answers_pings_is_dropped_after_the_pong_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = json!({ "wsIdleTimeout": 0, "wsPingInterval": "2s", "wsPongTimeout": "1s" });
+    let (server, host) = start(options).await;
+    let started = tokio::time::Instant::now();
+    // A raw client: it reads what the server sends and never answers.
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut ping = [0u8; 2];
+    stream.read_exact(&mut ping).await.unwrap();
+    assert_eq!(ping, [0x89, 0x00], "an empty ping");
+    assert_at(started.elapsed(), Duration::from_secs(2));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
+        .await
+        .expect("dropped within 60 s");
+    assert_at(started.elapsed(), Duration::from_secs(3));
+    assert!(rest.is_empty(), "dropped without a close frame: {rest:?}");
+    assert_eq!(rejections(&server, "ws_pong_timeout"), 1);
+    let closes = host.closes.lock().unwrap().clone();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes[0].1, 1006, "abnormal closure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_flood_over_the_rate_closes_1008() {
+    let (server, _host) = start(json!({ "wsMaxMessagesPerSecond": 10 })).await;
+    let mut socket = connect(&server).await;
+    for i in 0..30 {
+        socket.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    let mut echoes = 0;
+    let closed = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server answers within 10 s");
+        match message {
+            Some(Ok(Message::Text(_))) => echoes += 1,
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| (f.code, f.reason.to_string())),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        closed,
+        Some((CloseCode::Policy, "Rate limit exceeded".to_string()))
+    );
+    // One second's worth reaches JS; echoes still queued when the close begins are dropped.
+    assert_eq!(server.stats().ws_messages_in, 10, "the burst passes");
+    assert!(echoes <= 10, "{echoes} echoes");
+    assert_eq!(rejections(&server, "ws_rate_limited"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn traffic_under_the_limits_stays_open_across_intervals() {
+    let options = json!({
+        "wsMaxMessagesPerSecond": 10,
+        "wsIdleTimeout": "3s",
+        "wsPingInterval": "1s",
+        "wsPongTimeout": "500ms",
+    });
+    let (server, host) = start(options).await;
+    let mut socket = connect(&server).await;
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    // Five messages a second for ten seconds: half the rate, well inside every timeout.
+    for i in 0..50 {
+        socket.send(Message::text(format!("m{i}"))).await.unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("an echo within 10 s");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    assert_eq!(text.as_str(), format!("m{i}"));
+                    break;
+                }
+                // tungstenite queues the pong and sends it with the next write.
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("message {i}: expected its echo, got {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert!(pings >= 8, "pinged every second: {pings}");
+    let stats = server.stats();
+    for reason in ["ws_rate_limited", "ws_idle_timeout", "ws_pong_timeout"] {
+        assert_eq!(stats.rejections[reason], 0, "{reason}");
+    }
+    assert_eq!(stats.ws_messages_in, 50);
+    assert_eq!(stats.ws_connections, 1);
+    assert!(host.closes.lock().unwrap().is_empty());
+    socket.close(None).await.unwrap();
+}
