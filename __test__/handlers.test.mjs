@@ -236,10 +236,19 @@ test('StreamingResponse: a slow reader holds the generator back; disconnect call
   socket.write('GET /endless HTTP/1.1\r\nHost: x\r\n\r\n')
   await eventually(() => received > 1024 * 1024)
   socket.pause() // stop reading: kernel buffers fill, then the generator must wait
-  await sleep(500)
-  const settled = produced
-  await sleep(500)
-  t.is(produced, settled, 'the generator does not run ahead of a stalled reader')
+  // It must come to rest: still for 500 ms, within 10 s (filling the buffers can outlast one fixed
+  // 500 ms sleep on a loaded machine). A generator that runs ahead never rests.
+  let settled = produced
+  const rested = await eventually(
+    async () => {
+      const before = produced
+      await sleep(500)
+      settled = produced
+      return produced === before
+    },
+    { timeout: 10_000, interval: 0 },
+  )
+  t.true(rested, `the generator does not run ahead of a stalled reader (${produced} chunks)`)
   const aheadBytes = settled * chunk.length - received
   // What the client has not read sits in socket buffers; beyond that, only a few chunks.
   t.true(aheadBytes < 32 * MiB, `generator ${(aheadBytes / MiB).toFixed(1)} MiB ahead of the reader`)

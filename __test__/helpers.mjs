@@ -139,7 +139,9 @@ export function rawExchange(port, payload, { localAddress, timeout = 15_000 } = 
     const chunks = []
     const timer = setTimeout(() => {
       socket.destroy()
-      reject(new Error('raw exchange timed out'))
+      const received = Buffer.concat(chunks).toString('latin1')
+      const sent = String(payload).split('\r\n')[0]
+      reject(new Error(`raw exchange timed out after ${timeout} ms (sent ${JSON.stringify(sent)}; received ${JSON.stringify(received.slice(0, 200))})`))
     }, timeout)
     socket.on('connect', () => socket.write(payload))
     socket.on('data', (chunk) => chunks.push(chunk))
