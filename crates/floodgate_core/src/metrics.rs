@@ -172,7 +172,11 @@ impl Metrics {
     }
 
     pub fn reject(&self, reason: Rejection) {
-        self.rejections[reason as usize].fetch_add(1, Relaxed);
+        self.reject_many(reason, 1);
+    }
+
+    pub fn reject_many(&self, reason: Rejection, count: usize) {
+        self.rejections[reason as usize].fetch_add(count as u64, Relaxed);
     }
 
     pub fn rejections(&self, reason: Rejection) -> u64 {

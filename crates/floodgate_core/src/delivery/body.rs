@@ -46,6 +46,16 @@ pub fn text_with(
     response
 }
 
+/// `405` with the methods the route takes in `Allow`.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    text_with(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed\n",
+        header::ALLOW,
+        HeaderValue::from_static(allow),
+    )
+}
+
 /// Tells the connection's `ConnState` when the response body ends (or is dropped unfinished),
 /// so the socket wrapper starts the keep-alive / next-head deadline only then.
 pub struct Tracked {

@@ -100,13 +100,7 @@ impl SseRoute {
     pub async fn open<B>(&self, request: &Request<B>, context: SseContext<'_>) -> Response<Body> {
         if request.method() != Method::GET {
             context.metrics.reject(Rejection::MethodNotAllowed);
-            let response = body::text_with(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method Not Allowed\n",
-                header::ALLOW,
-                HeaderValue::from_static("GET"),
-            );
-            return response;
+            return body::method_not_allowed("GET");
         }
         let setup = match ask_js(request, &context, self.handlers.setup, Vec::new()).await {
             Ok(answer) => answer,
@@ -340,9 +334,8 @@ impl Sink for EventQueue {
         match state.events.push(event.clone()) {
             Pushed::Queued { dropped } => {
                 drop(state);
-                for _ in 0..dropped {
-                    self.metrics.reject(Rejection::SseEventDropped);
-                }
+                self.metrics
+                    .reject_many(Rejection::SseEventDropped, dropped);
                 self.waker.wake();
             }
             Pushed::Refused => self.metrics.reject(Rejection::SseEventDropped),

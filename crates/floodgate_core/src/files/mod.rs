@@ -70,13 +70,7 @@ impl FilesMount {
     ) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
             delivery.metrics.reject(Rejection::MethodNotAllowed);
-            let response = body::text_with(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method Not Allowed\n",
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD"),
-            );
-            return response;
+            return body::method_not_allowed("GET, HEAD");
         }
         match safe_path::resolve(&self.root, rel) {
             Ok(path) => serve_file(&path, &self.options, method, headers, delivery),

@@ -73,13 +73,7 @@ impl UploadsMount {
     {
         if request.method() != Method::PUT && request.method() != Method::POST {
             limits.metrics.reject(Rejection::MethodNotAllowed);
-            let response = body::text_with(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method Not Allowed\n",
-                header::ALLOW,
-                HeaderValue::from_static("PUT, POST"),
-            );
-            return response;
+            return body::method_not_allowed("PUT, POST");
         }
         let Ok(target) = safe_path::resolve_new(&self.dir, rel) else {
             limits.metrics.reject(Rejection::NotFound);

@@ -130,9 +130,8 @@ impl SessionHandle {
                 self.queued_bytes
                     .store(outbound.messages.bytes(), Ordering::Relaxed);
                 drop(outbound);
-                for _ in 0..dropped {
-                    self.metrics.reject(Rejection::WsMessageDropped);
-                }
+                self.metrics
+                    .reject_many(Rejection::WsMessageDropped, dropped);
                 self.waker.wake();
             }
             Pushed::Refused => self.metrics.reject(Rejection::WsMessageDropped),
