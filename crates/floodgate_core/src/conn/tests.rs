@@ -289,7 +289,11 @@ async fn an_idle_keep_alive_connection_closes_silently_at_keep_alive_timeout() {
     let idle_since = tokio::time::Instant::now();
     let rest = read_all(&mut stream).await;
     assert_at(idle_since.elapsed(), Duration::from_secs(5));
-    assert_eq!(String::from_utf8_lossy(&rest), "", "closed without a response");
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "",
+        "closed without a response"
+    );
     assert_eq!(rejections(&server, "header_timeout"), 0);
 }
 
@@ -359,7 +363,11 @@ async fn a_client_that_never_reads_is_cut_off_at_send_timeout() {
     assert_eq!(rejections(&server, "download_timeout"), 0);
     let received = read_all(&mut stream).await;
     assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
-    assert!(received.len() < SIZE, "cut off after {} bytes", received.len());
+    assert!(
+        received.len() < SIZE,
+        "cut off after {} bytes",
+        received.len()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -378,7 +386,11 @@ async fn a_response_over_download_timeout_is_cut_off() {
     let received = read_all(&mut stream).await;
     assert_at(started.elapsed(), Duration::from_secs(2));
     assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
-    assert!(received.len() < SIZE, "cut off after {} bytes", received.len());
+    assert!(
+        received.len() < SIZE,
+        "cut off after {} bytes",
+        received.len()
+    );
     assert_eq!(rejections(&server, "download_timeout"), 1);
     assert_eq!(rejections(&server, "send_timeout"), 0);
 }
@@ -399,5 +411,9 @@ async fn a_blocked_write_is_cut_off_at_download_timeout() {
     assert_at(cut_at - started, Duration::from_secs(2));
     assert_eq!(rejections(&server, "send_timeout"), 0);
     let received = read_all(&mut stream).await;
-    assert!(received.len() < SIZE, "cut off after {} bytes", received.len());
+    assert!(
+        received.len() < SIZE,
+        "cut off after {} bytes",
+        received.len()
+    );
 }

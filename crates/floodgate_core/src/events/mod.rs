@@ -3,3 +3,6 @@
 
 pub(crate) mod bus;
 pub(crate) mod sse;
+
+#[cfg(test)]
+mod tests;
