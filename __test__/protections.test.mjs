@@ -97,8 +97,8 @@ test('no slot leaks after thousands of connections ending every way', async (t) 
 
 test('slowloris: a head dripped one byte per second gets 408 at headerTimeout', async (t) => {
   const { server, port } = await startFiles(t, { root, server: { headerTimeout: 3000 } })
+  const started = Date.now() // before connecting: the server's clock may start at accept, before connect resolves here
   const socket = await connect(port)
-  const started = Date.now()
   const closed = untilClosed(socket)
   const head = GET('small.txt')
   let index = 0

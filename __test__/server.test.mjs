@@ -189,8 +189,8 @@ needs(curlTool, test)('h2c: HTTP/2 with prior knowledge when http2 is on', async
 
 test('h2c: half a preface is closed at headerTimeout', async (t) => {
   const { port, server } = await startFiles(t, { root, server: { http2: true, headerTimeout: 500 } })
+  const started = Date.now() // before connecting: the server's clock may start at accept, before connect resolves here
   const socket = await connect(port)
-  const started = Date.now()
   const closed = untilClosed(socket)
   socket.write('PRI * HTTP/2.0\r\n\r\nSM')
   const { at } = await closed
