@@ -166,8 +166,8 @@ test('snapshot then live under concurrent publishes: nothing lost, nothing twice
 
 test('keepalive comments on a quiet stream; a quiet stream is not closed', async (t) => {
   const { port } = await start(t, { topics: ['quiet'] }, { sseKeepAlive: 300 })
+  const started = Date.now() // before the request: the keepalive clock may start before rawStream resolves
   const stream = await rawStream(port, '/events')
-  const started = Date.now()
   await eventually(() => stream.events.some((e) => e.comment), { timeout: 3000 })
   const elapsed = Date.now() - started
   t.true(elapsed >= 250 && elapsed < 1500, `first keepalive after ${elapsed} ms`)
