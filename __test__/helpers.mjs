@@ -83,6 +83,39 @@ export const curlTool = findTool({
   install: 'apt-get install curl, or set FLOODGATE_CURL to a curl binary',
 })
 
+/** h2load (nghttp2's load client), a real HTTP/2 client that opens many streams at once. */
+export const h2loadTool = findTool({
+  name: 'h2load',
+  env: ['FLOODGATE_H2LOAD'],
+  names: ['h2load'],
+  install: 'apt-get install nghttp2-client, or set FLOODGATE_H2LOAD to an h2load binary',
+})
+
+/**
+ * A Python 3 that imports `module` (Debian's python3-h2, python3-websockets): the first of
+ * FLOODGATE_PYTHON, python3 on PATH, /usr/bin/python3 that can.
+ */
+export function pythonWith(module, debianPackage) {
+  const install = `apt-get install ${debianPackage} (a python3 that can import ${module}), or set FLOODGATE_PYTHON`
+  const candidates = [process.env.FLOODGATE_PYTHON, onPath(['python3']), '/usr/bin/python3'].filter(Boolean)
+  for (const python of candidates) {
+    const imports = spawnSync(python, ['-c', `import ${module}`], { stdio: 'ignore', timeout: 10_000 })
+    if (imports.status === 0) return { name: `python3 with ${module}`, path: python, missing: undefined }
+  }
+  return { name: `python3 with ${module}`, path: undefined, missing: `no python3 that imports ${module}: ${install}` }
+}
+
+/** Runs a script of `__test__/tools` with `python`; resolves its last stdout line as JSON. */
+export function runPythonTool(python, script, args, { timeout = 60_000 } = {}) {
+  const path = fileURLToPath(new URL(`./tools/${script}`, import.meta.url))
+  return new Promise((resolve, reject) => {
+    execFile(python.path, [path, ...args.map(String)], { timeout }, (error, stdout, stderr) => {
+      if (error) return reject(new Error(`${script} ${args.join(' ')}: ${error.message}\n${stderr}`))
+      resolve(JSON.parse(stdout.trim().split('\n').pop()))
+    })
+  })
+}
+
 /**
  * `test` (or `test.serial`, or any (title, impl) wrapper with a .skip) for tests that spawn `tool`.
  * When the tool is missing the test is skipped (counted as skipped by ava), its title saying what

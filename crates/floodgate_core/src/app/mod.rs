@@ -9,6 +9,7 @@ pub(crate) mod router;
 use crate::app::route_pattern::RoutePattern;
 use crate::app::router::MountTable;
 use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
+use crate::conn::h2_stream;
 use crate::context::RequestContext;
 use crate::delivery::body::{self, Body};
 use crate::delivery::Delivery;
@@ -136,6 +137,7 @@ impl StreamingApp {
         B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
         context.conn.set_send_timeout(self.config.send_timeout);
+        h2_stream::set_send_timeout(self.config.send_timeout);
         let mut context = context;
         if let (Some(handler), Some(bridge)) = (self.identify, &self.bridge) {
             let target = JsTarget {
@@ -308,8 +310,11 @@ impl StreamingApp {
             chunk_size: config.chunk_size,
             bandwidth: slowest,
             shaper: Shaper::new(
-                config.rate_limit_upload_bandwidth,
-                config.chunk_size,
+                (config.rate_limit_upload_bandwidth > 0).then(|| {
+                    context
+                        .conn
+                        .upload_bucket(config.rate_limit_upload_bandwidth, config.chunk_size)
+                }),
                 Self::client_bucket(&self.upload_buckets, context),
             ),
             metrics: Arc::clone(&context.metrics),

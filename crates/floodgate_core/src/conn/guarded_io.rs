@@ -6,7 +6,7 @@
 //! - the request head must arrive within `headerTimeout` (from accept for the first request,
 //!   from its first byte on a keep-alive connection) → `408` written here, then close;
 //! - an idle keep-alive connection closes after `keepAliveTimeout`, silently;
-//! - a head larger than `maxHeaderSize` → `431`, then close;
+//! - a head larger than `maxHeaderSize`, or of more than 100 header fields → `431`, then close;
 //! - a write that makes no progress for `sendTimeout`, or passes the response deadline, ends
 //!   the connection.
 
@@ -28,6 +28,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 /// How long, and how much input, a closing connection drains after its last response.
+/// The request line and hyper's default limit of 100 header fields.
+const MAX_HEAD_LINES: usize = 101;
 const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 #[derive(Clone, Copy)]
@@ -56,6 +58,8 @@ struct HeadProgress {
     since: Instant,
     first_byte_at: Option<Instant>,
     head_bytes: usize,
+    /// Lines of the head so far (request line and header fields).
+    head_lines: usize,
     /// The head's blank line was seen (a request will follow); stops the size count.
     terminated: bool,
     previous_was_lf: bool,
@@ -70,6 +74,7 @@ impl HeadProgress {
             since,
             first_byte_at: None,
             head_bytes: 0,
+            head_lines: 0,
             terminated: false,
             previous_was_lf: false,
             preface_matched: 0,
@@ -189,6 +194,7 @@ impl<S> GuardedIo<S> {
                 head.preface_matched += common;
                 if head.preface_matched == H2_PREFACE.len() {
                     self.phase = Phase::Http2;
+                    self.state.mark_http2();
                     return Ok(());
                 }
             }
@@ -205,13 +211,21 @@ impl<S> GuardedIo<S> {
                     counted = index + 1;
                     break;
                 }
-                b'\n' => head.previous_was_lf = true,
+                b'\n' => {
+                    head.previous_was_lf = true;
+                    head.head_lines += 1;
+                }
                 b'\r' => {}
                 _ => head.previous_was_lf = false,
             }
         }
         head.head_bytes += counted;
-        if head.head_bytes > self.limits.max_header_size && head.preface_matched < head.head_bytes {
+        // hyper refuses more than `MAX_HEAD_LINES - 1` header fields with a 431 of its own,
+        // which nothing would count: the wrapper refuses them first, as it refuses bytes.
+        let too_many_lines = head.head_lines > MAX_HEAD_LINES;
+        if (head.head_bytes > self.limits.max_header_size || too_many_lines)
+            && head.preface_matched < head.head_bytes
+        {
             self.metrics.reject(Rejection::HeaderTooLarge);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -3,6 +3,7 @@
 //! a trusted proxy, and the lingering close every path that ends a connection shares.
 
 pub(crate) mod guarded_io;
+pub(crate) mod h2_stream;
 pub(crate) mod linger;
 pub(crate) mod proxy;
 pub(crate) mod server;

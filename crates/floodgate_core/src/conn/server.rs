@@ -5,6 +5,7 @@ use crate::app::router::MountTable;
 use crate::app::StreamingApp;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
+use crate::conn::h2_stream::StreamExecutor;
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
 use crate::conn::state::ConnState;
@@ -17,12 +18,15 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -39,7 +43,7 @@ struct Shared {
     mounts: MountTable<Arc<StreamingApp>>,
     metrics: Arc<Metrics>,
     limiter: Arc<ConnectionLimiter>,
-    builder: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
     shutdown: CancellationToken,
@@ -81,14 +85,15 @@ pub fn listen(
     bus.start_fanout();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         bus,
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
         abort: abort.clone(),
-        builder: hyper_builder(&spec.options),
+        protocols: Protocols::new(&spec.options, &metrics),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         mounts,
         config: spec.options,
         default_send_timeout: StreamingConfig::default().send_timeout,
@@ -127,26 +132,46 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn hyper_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+/// The HTTP versions a server speaks. Without `http2`, connections go to hyper's HTTP/1
+/// builder alone: hyper-util's auto builder sniffs the HTTP/2 preface on upgradable
+/// connections whatever `http1_only` says, so cleartext HTTP/2 would be served anyway.
+enum Protocols {
+    Http1(http1::Builder),
+    Auto(auto::Builder<StreamExecutor>),
+}
+
+/// Bytes hyper may buffer per HTTP/2 stream beyond what the client's window lets out (h2's
+/// default is 400 KiB): with a hundred streams whose windows a client keeps shut, this is
+/// what one connection can pin in memory until the streams' deadlines end them.
+const H2_SEND_BUFFER: usize = 128 * 1024;
+
+impl Protocols {
+    fn new(config: &ServerConfig, metrics: &Arc<Metrics>) -> Self {
+        let mut http1 = http1::Builder::new();
         // Head deadlines live in `GuardedIo`, which answers 408 where hyper would only close.
-        .header_read_timeout(None)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.http2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    if config.http2 {
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true);
+        if !config.http2 {
+            return Self::Http1(http1);
+        }
+        let mut builder = auto::Builder::new(StreamExecutor::new(Arc::clone(metrics)));
         builder
-    } else {
-        builder.http1_only()
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.http2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Self::Auto(builder)
     }
 }
 
@@ -289,6 +314,7 @@ async fn serve_connection(
         limits,
         slot,
     ));
+    let idle = h2_idle(Arc::clone(&conn), &shared);
     let service = {
         let shared = Arc::clone(&shared);
         service_fn(move |request: Request<Incoming>| {
@@ -300,15 +326,115 @@ async fn serve_connection(
             async move { Ok::<_, Infallible>(handle(&shared, request, peer, &conn).await) }
         })
     };
-    let connection = shared.builder.serve_connection_with_upgrades(io, service);
+    match &shared.protocols {
+        Protocols::Http1(http1) => {
+            let connection = http1.serve_connection(io, service).with_upgrades();
+            drive(connection, idle, shutdown, abort).await
+        }
+        Protocols::Auto(auto) => {
+            let connection = auto.serve_connection_with_upgrades(io, service);
+            drive(connection, idle, shutdown, abort).await
+        }
+    }
+}
+
+/// A hyper connection that can be asked to finish gracefully (GOAWAY for HTTP/2).
+trait Graceful: Future {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I, S, E> Graceful for auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Future: 'static,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+/// Runs a connection to its end: finished gracefully when the server closes or an HTTP/2
+/// connection idles out, and dropped at the server's abort.
+async fn drive<C: Graceful>(
+    connection: C,
+    idle: impl Future<Output = ()>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
-        _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+        _ = shutdown.cancelled() => connection.as_mut().graceful(),
+        _ = idle => connection.as_mut().graceful(),
     }
     tokio::select! {
         _ = connection.as_mut() => {}
         _ = abort.cancelled() => {}
+    }
+}
+
+/// Resolves when an HTTP/2 connection should be told GOAWAY: no request within
+/// `headerTimeout` of accept (counted as `header_timeout`, as a silent HTTP/1.1 connection
+/// is), or no open stream for `keepAliveTimeout` (nginx's `keepalive_timeout` for h2).
+/// HTTP/1.1 connections are bounded by the socket wrapper; for them this never resolves.
+async fn h2_idle(conn: Arc<ConnState>, shared: &Shared) {
+    let (header_timeout, keep_alive) = (
+        shared.config.header_timeout,
+        shared.config.keep_alive_timeout,
+    );
+    if matches!(shared.protocols, Protocols::Http1(_)) {
+        return std::future::pending().await;
+    }
+    let first_request_by = conn.accepted_at + header_timeout;
+    let mut at = conn.accepted_at + header_timeout.min(keep_alive);
+    loop {
+        tokio::time::sleep_until(at).await;
+        let now = Instant::now();
+        if !conn.is_http2() {
+            if now >= first_request_by {
+                // HTTP/1.1: the socket wrapper's deadlines apply.
+                return std::future::pending().await;
+            }
+            at = first_request_by;
+            continue;
+        }
+        let (started, done) = conn.progress();
+        if started == 0 {
+            if now >= first_request_by {
+                shared.metrics.reject(Rejection::HeaderTimeout);
+                return;
+            }
+            at = first_request_by;
+            continue;
+        }
+        if started > done {
+            // Streams open: look again once they may have ended.
+            at = now + keep_alive;
+            continue;
+        }
+        let idle_until = conn.last_response_at() + keep_alive;
+        if now >= idle_until {
+            return;
+        }
+        at = idle_until;
     }
 }
 

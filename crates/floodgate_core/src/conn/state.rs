@@ -3,8 +3,10 @@
 //! The wrapper only sees bytes; these counters tell it whether a request is in flight (no
 //! head deadline then) and which send deadlines the current response has.
 
+use crate::limit::bucket::{ConnectionBucket, DirectLimiter};
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,6 +28,14 @@ pub struct ConnState {
     aborted: std::sync::atomic::AtomicBool,
     /// The connection was handed to a WebSocket session: no more HTTP heads or deadlines.
     upgraded: std::sync::atomic::AtomicBool,
+    /// The connection speaks HTTP/2 (its preface arrived).
+    http2: std::sync::atomic::AtomicBool,
+    /// When the last response ended, in ms after `accepted_at` (an HTTP/2 connection's idle
+    /// time starts there).
+    last_response_ms: AtomicU64,
+    /// The connection's own bandwidth buckets (responses, request bodies), made on first use.
+    download_bucket: Mutex<Option<ConnectionBucket>>,
+    upload_bucket: Mutex<Option<ConnectionBucket>>,
 }
 
 impl ConnState {
@@ -40,6 +50,10 @@ impl ConnState {
             writer: AtomicWaker::new(),
             aborted: std::sync::atomic::AtomicBool::new(false),
             upgraded: std::sync::atomic::AtomicBool::new(false),
+            http2: std::sync::atomic::AtomicBool::new(false),
+            last_response_ms: AtomicU64::new(0),
+            download_bucket: Mutex::new(None),
+            upload_bucket: Mutex::new(None),
         }
     }
 
@@ -48,6 +62,8 @@ impl ConnState {
     }
 
     pub fn response_done(&self) {
+        let now = Instant::now().saturating_duration_since(self.accepted_at);
+        self.last_response_ms.store(now.as_millis() as u64, Relaxed);
         self.response_deadline_ms.store(0, Relaxed);
         self.responses_done.fetch_add(1, Relaxed);
         self.reader.wake();
@@ -63,6 +79,35 @@ impl ConnState {
     /// WebSocket frames, which the session bounds with its own timers.
     pub fn mark_upgraded(&self) {
         self.upgraded.store(true, Relaxed);
+    }
+
+    /// The connection's bucket for responses at `bytes_per_second`.
+    pub fn download_bucket(&self, bytes_per_second: u64, chunk_size: u64) -> Arc<DirectLimiter> {
+        let mut slot = self
+            .download_bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        ConnectionBucket::for_rate(&mut slot, bytes_per_second, chunk_size)
+    }
+
+    /// The connection's bucket for request bodies at `bytes_per_second`.
+    pub fn upload_bucket(&self, bytes_per_second: u64, chunk_size: u64) -> Arc<DirectLimiter> {
+        let mut slot = self.upload_bucket.lock().unwrap_or_else(|p| p.into_inner());
+        ConnectionBucket::for_rate(&mut slot, bytes_per_second, chunk_size)
+    }
+
+    /// The socket wrapper saw the HTTP/2 preface.
+    pub fn mark_http2(&self) {
+        self.http2.store(true, Relaxed);
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Relaxed)
+    }
+
+    /// When the last response ended (accept time when none has).
+    pub fn last_response_at(&self) -> Instant {
+        self.accepted_at + Duration::from_millis(self.last_response_ms.load(Relaxed))
     }
 
     pub fn is_upgraded(&self) -> bool {

@@ -1,5 +1,6 @@
 //! Response body type and small response helpers.
 
+use crate::conn::h2_stream::{self, StreamWatch};
 use crate::conn::state::ConnState;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -58,22 +59,34 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 /// Tells the connection's `ConnState` when the response body ends (or is dropped unfinished),
 /// so the socket wrapper starts the keep-alive / next-head deadline only then.
+/// Over HTTP/2 it also reports to the stream's watch (`conn::h2_stream`) when it hands hyper
+/// a frame and when it waits on its own source, so a stream the client's window keeps shut
+/// can be told from a quiet one.
 pub struct Tracked {
     inner: Body,
     state: Option<Arc<ConnState>>,
+    stream: Option<Arc<StreamWatch>>,
 }
 
 impl Tracked {
     pub fn new(inner: Body, state: Arc<ConnState>) -> Self {
+        let stream = h2_stream::current();
+        if let Some(stream) = &stream {
+            stream.responding();
+        }
         Self {
             inner,
             state: Some(state),
+            stream,
         }
     }
 
     fn finish(&mut self) {
         if let Some(state) = self.state.take() {
             state.response_done();
+        }
+        if let Some(stream) = &self.stream {
+            stream.finished();
         }
     }
 }
@@ -88,8 +101,11 @@ impl HttpBody for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.finish();
+        match (&polled, &this.stream) {
+            (Poll::Ready(None) | Poll::Ready(Some(Err(_))), _) => this.finish(),
+            (Poll::Ready(Some(Ok(_))), Some(stream)) => stream.handed(),
+            (Poll::Pending, Some(stream)) => stream.body_idle(),
+            _ => {}
         }
         polled
     }

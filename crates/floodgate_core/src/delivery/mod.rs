@@ -10,6 +10,7 @@
 pub(crate) mod body;
 pub(crate) mod file_body;
 
+use crate::conn::h2_stream;
 use crate::conn::state::ConnState;
 use crate::delivery::body::Body;
 use crate::delivery::file_body::{FileStream, Segment};
@@ -81,12 +82,19 @@ impl Delivery {
         let deadline = (!self.download_timeout.is_zero()).then(|| {
             let deadline = Instant::now() + self.download_timeout;
             self.conn.set_response_deadline(deadline);
+            h2_stream::set_deadline(deadline);
             deadline
         });
         let slowest = slowest_rate([self.per_connection, self.client_rate]);
         Pacing {
             piece: piece_size(self.chunk_size, slowest),
-            shaper: Shaper::new(self.per_connection, self.chunk_size, self.client),
+            shaper: Shaper::new(
+                (self.per_connection > 0).then(|| {
+                    self.conn
+                        .download_bucket(self.per_connection, self.chunk_size)
+                }),
+                self.client,
+            ),
             deadline,
             metrics: self.metrics,
         }

@@ -89,20 +89,49 @@ impl ClientBuckets {
     }
 }
 
-/// The shaping of one response: its own bucket, and its client's shared one.
+/// A connection's own bucket: every response (or request body) on the connection draws from
+/// it, so over HTTP/2 the streams of one connection share its rate, as over HTTP/1.1 the
+/// responses one after another do.
+pub struct ConnectionBucket {
+    bytes_per_second: u64,
+    limiter: Arc<DirectLimiter>,
+}
+
+impl ConnectionBucket {
+    pub fn new(bytes_per_second: u64, chunk_size: u64) -> Self {
+        Self {
+            bytes_per_second,
+            limiter: Arc::new(direct_limiter(quota(bytes_per_second, chunk_size))),
+        }
+    }
+
+    /// The bucket for `bytes_per_second`: this one when it has that rate (the mounts of one
+    /// server may shape differently; a connection moving between them starts afresh).
+    pub fn for_rate(
+        slot: &mut Option<Self>,
+        bytes_per_second: u64,
+        chunk_size: u64,
+    ) -> Arc<DirectLimiter> {
+        match slot {
+            Some(bucket) if bucket.bytes_per_second == bytes_per_second => {
+                Arc::clone(&bucket.limiter)
+            }
+            _ => Arc::clone(&slot.insert(Self::new(bytes_per_second, chunk_size)).limiter),
+        }
+    }
+}
+
+/// The shaping of one response: its connection's bucket, and its client's shared one.
 pub struct Shaper {
-    connection: Option<DirectLimiter>,
+    connection: Option<Arc<DirectLimiter>>,
     client: Option<(Arc<ClientBuckets>, IpAddr)>,
 }
 
 impl Shaper {
     pub fn new(
-        per_connection: u64,
-        chunk_size: u64,
+        connection: Option<Arc<DirectLimiter>>,
         client: Option<(Arc<ClientBuckets>, IpAddr)>,
     ) -> Self {
-        let connection =
-            (per_connection > 0).then(|| direct_limiter(quota(per_connection, chunk_size)));
         Self { connection, client }
     }
 
@@ -139,7 +168,7 @@ mod tests {
     async fn paces_to_the_configured_rate() {
         let rate = 4 * 1024 * 1024;
         let chunk = 64 * 1024;
-        let shaper = Shaper::new(rate, chunk, None);
+        let shaper = Shaper::new(Some(Arc::new(direct_limiter(quota(rate, chunk)))), None);
         let started = Instant::now();
         let total = rate; // one second's worth after the initial burst
         let mut sent = 0;
@@ -158,9 +187,9 @@ mod tests {
         let chunk = 64 * 1024;
         let buckets = ClientBuckets::new(rate, chunk);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let first = Shaper::new(0, chunk, Some((Arc::clone(&buckets), ip)));
-        let second = Shaper::new(0, chunk, Some((Arc::clone(&buckets), ip)));
-        let other = Shaper::new(0, chunk, Some((buckets, "10.0.0.2".parse().unwrap())));
+        let first = Shaper::new(None, Some((Arc::clone(&buckets), ip)));
+        let second = Shaper::new(None, Some((Arc::clone(&buckets), ip)));
+        let other = Shaper::new(None, Some((buckets, "10.0.0.2".parse().unwrap())));
         let started = Instant::now();
         // Two connections of one client take one second's worth between them (after the
         // burst): together they get the client's rate, not twice it.
@@ -176,6 +205,30 @@ mod tests {
         let started = Instant::now();
         other.take(chunk).await;
         assert!(started.elapsed() < std::time::Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn responses_of_one_connection_share_its_bucket() {
+        let rate = 1024 * 1024;
+        let chunk = 64 * 1024;
+        let mut slot = None;
+        let first = Shaper::new(
+            Some(ConnectionBucket::for_rate(&mut slot, rate, chunk)),
+            None,
+        );
+        let second = Shaper::new(
+            Some(ConnectionBucket::for_rate(&mut slot, rate, chunk)),
+            None,
+        );
+        let started = Instant::now();
+        let half = async |shaper: &Shaper| {
+            for _ in 0..(rate / chunk / 2) {
+                shaper.take(chunk).await;
+            }
+        };
+        tokio::join!(half(&first), half(&second));
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!((0.9..1.05).contains(&elapsed), "elapsed {elapsed}");
     }
 
     #[test]

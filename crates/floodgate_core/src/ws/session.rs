@@ -110,8 +110,17 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         upgraded = &mut start.on_upgrade => upgraded.ok()?,
         _ = start.abort.cancelled() => return None,
     };
-    let parts = hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded).ok()?;
-    let (socket, guard) = parts.io.into_inner().into_upgraded();
+    // The HTTP/1-only builder hands the socket back as it is; hyper-util's auto builder wraps
+    // it in a type of its own, which its `downcast` unwraps.
+    let (io, read_buf) = match hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded)
+    {
+        Ok(parts) => (parts.io, parts.read_buf),
+        Err(upgraded) => {
+            let parts = upgraded.downcast::<HttpIo>().ok()?;
+            (parts.io, parts.read_buf)
+        }
+    };
+    let (socket, guard) = io.into_inner().into_upgraded();
     let SessionStart {
         on_upgrade,
         limits,
@@ -148,7 +157,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         rates: Rates::new(&limits).map(Box::new),
         limits,
         // Bytes the client sent right behind its upgrade request.
-        read_buf: BytesMut::from(&parts.read_buf[..]),
+        read_buf: BytesMut::from(&read_buf[..]),
         assembler: Assembler::default(),
         write_buf: BytesMut::new(),
         shutting_down: false,
