@@ -414,4 +414,303 @@ mod tests {
         assert_eq!(bus.publish("a.x", "4", None, None), 0);
         assert!(bus.subscriptions().by_pattern.is_empty());
     }
+
+    mod proptests {
+        //! `frame` against a parser that follows the WHATWG rules for `text/event-stream`
+        //! (HTML, "9.2.6 Interpreting an event stream").
+
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// One dispatched event: its last event ID, type and data.
+        #[derive(Debug, PartialEq, Eq)]
+        struct Parsed {
+            id: String,
+            event: String,
+            data: String,
+        }
+
+        /// The lines of a stream: CRLF, LF and CR each end one.
+        fn lines(text: &str) -> Vec<&str> {
+            let mut lines = Vec::new();
+            let mut rest = text;
+            while let Some(at) = rest.find(['\r', '\n']) {
+                lines.push(&rest[..at]);
+                rest = if rest[at..].starts_with("\r\n") {
+                    &rest[at + 2..]
+                } else {
+                    &rest[at + 1..]
+                };
+            }
+            // A final line without its end is never processed.
+            lines
+        }
+
+        /// The events a client dispatches from `stream`.
+        fn parse(stream: &str) -> Vec<Parsed> {
+            let mut events = Vec::new();
+            let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+            for line in lines(stream) {
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        data.pop();
+                        let event = std::mem::take(&mut event);
+                        events.push(Parsed {
+                            id: id.clone(),
+                            event: if event.is_empty() {
+                                "message".into()
+                            } else {
+                                event
+                            },
+                            data: std::mem::take(&mut data),
+                        });
+                    }
+                    data.clear();
+                    event.clear();
+                    continue;
+                }
+                if line.starts_with(':') {
+                    continue;
+                }
+                let (field, value) = match line.split_once(':') {
+                    Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                    None => (line, ""),
+                };
+                match field {
+                    "event" => event = value.to_string(),
+                    "data" => {
+                        data.push_str(value);
+                        data.push('\n');
+                    }
+                    "id" if !value.contains('\0') => id = value.to_string(),
+                    _ => {}
+                }
+            }
+            events
+        }
+
+        /// The lines of published data: what the line ends separate, the last piece included.
+        fn data_lines(text: &str) -> Vec<&str> {
+            let ends = text.rfind(['\r', '\n']).map_or(0, |at| at + 1);
+            let mut lines = lines(&text[..ends]);
+            lines.push(&text[ends..]);
+            lines
+        }
+
+        /// `text` as a client should see it: its lines (any of the three ends) joined by `\n`.
+        fn normalized(text: &str) -> String {
+            data_lines(text).join("\n")
+        }
+
+        /// The frame's structure: one id line, at most one event line, then only data lines up
+        /// to the blank line that ends it (nothing in the data starts a field or an event), and
+        /// a client reads back the same id and event.
+        fn check_fields(id: &str, event: Option<&str>, data: &str) -> Result<(), TestCaseError> {
+            let framed = frame(id, event, data);
+            let text = std::str::from_utf8(&framed).unwrap();
+            prop_assert!(text.ends_with("\n\n"), "{:?}", text);
+            let lines = lines(text);
+            let mut fields = lines
+                .iter()
+                .map(|line| line.split_once(':').map_or(*line, |(field, _)| field));
+            prop_assert_eq!(fields.next(), Some("id"), "{:?}", text);
+            let mut rest: Vec<&str> = fields.collect();
+            if event.is_some() {
+                prop_assert_eq!(rest.first().copied(), Some("event"), "{:?}", text);
+                rest.remove(0);
+            }
+            prop_assert_eq!(rest.pop(), Some(""), "{:?}", text);
+            prop_assert!(
+                rest.iter().all(|field| *field == "data"),
+                "a field from the data: {:?}",
+                text
+            );
+            let parsed = parse(text);
+            prop_assert_eq!(parsed.len(), 1, "{:?}", text);
+            prop_assert_eq!(&parsed[0].id, id, "{:?}", text);
+            let event = event.filter(|e| !e.is_empty()).unwrap_or("message");
+            prop_assert_eq!(&parsed[0].event, event, "{:?}", text);
+            Ok(())
+        }
+
+        /// The fields, and the data reads back: its lines (whatever ended them) joined by `\n`.
+        fn check(id: &str, event: Option<&str>, data: &str) -> Result<(), TestCaseError> {
+            check_fields(id, event, data)?;
+            let framed = frame(id, event, data);
+            let text = std::str::from_utf8(&framed).unwrap();
+            prop_assert_eq!(&parse(text)[0].data, &normalized(data), "{:?}", text);
+            Ok(())
+        }
+
+        /// Text rich in line ends, field names and non-ASCII.
+        fn text(without: &'static [char]) -> impl Strategy<Value = String> {
+            let pieces = prop::sample::select(vec![
+                "\n",
+                "\r\n",
+                "\r",
+                "\n\n",
+                "",
+                " ",
+                ":",
+                "data:",
+                "id:",
+                "event:",
+                "id: 9",
+                "event: x",
+                "retry: 1",
+                ": c",
+                "é",
+                "日本",
+                "🦀",
+                "\u{feff}",
+                "\u{2028}",
+                "a",
+                "plain words",
+            ]);
+            prop_oneof![
+                3 => prop::collection::vec(pieces, 0..12).prop_map(|p| p.concat()),
+                1 => any::<String>(),
+            ]
+            .prop_map(move |text: String| text.chars().filter(|c| !without.contains(c)).collect())
+        }
+
+        /// A name that is safe in a field: no line end (nor NUL, for an id).
+        fn name(without: &'static [char]) -> impl Strategy<Value = String> {
+            text(without).prop_map(|name| name.chars().take(20).collect())
+        }
+
+        const LINE_ENDS: &[char] = &['\r', '\n'];
+        const ID_UNSAFE: &[char] = &['\r', '\n', '\0'];
+        const BARE_CR: &[char] = &['\r'];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Data with `\n` and `\r\n` line ends (no lone `\r`) reads back exactly.
+            #[test]
+            fn frames_read_back(
+                id in name(ID_UNSAFE),
+                event in prop::option::of(name(LINE_ENDS)),
+                data in text(&[]).prop_map(|d| d.replace("\r\n", "\n").replace('\r', "")),
+                crlf in any::<bool>(),
+            ) {
+                let data = if crlf { data.replace('\n', "\r\n") } else { data };
+                check(&id, event.as_deref(), &data)?;
+            }
+
+            /// Any data at all, lone `\r` included: CR alone ends a line for a client, so data
+            /// must not be able to start a field (`x\rid: 1`).
+            #[test]
+            #[ignore = "fails: frame() splits data on \\n only, so a lone \\r in data ends the \
+                        line for a client and what follows is a field (\"a\\rid: x\" sets the \
+                        event id); see proptest-regressions/events/bus.txt"]
+            fn no_field_from_any_data(
+                id in name(ID_UNSAFE),
+                event in prop::option::of(name(LINE_ENDS)),
+                data in text(&[]),
+            ) {
+                check_fields(&id, event.as_deref(), &data)?;
+            }
+
+            /// Any data at all reads back, its line ends (a lone `\r` too) as `\n`.
+            #[test]
+            #[ignore = "fails: a lone \\r in data is not a line end to frame(): a final one is \
+                        dropped (\"\\r\" reads back as \"\", not \"\\n\"), one inside a line cuts \
+                        it; see proptest-regressions/events/bus.txt"]
+            fn any_data_reads_back(
+                id in name(ID_UNSAFE),
+                event in prop::option::of(name(LINE_ENDS)),
+                data in text(&[]),
+            ) {
+                check(&id, event.as_deref(), &data)?;
+            }
+
+            /// Ids and event names with line ends or NUL: `frame` has no way to refuse them,
+            /// so it must at least not let them add fields or events.
+            #[test]
+            #[ignore = "fails: frame() writes id and event verbatim, so an id or event name \
+                        with \\n or \\r starts new fields (event \"\\ndata: x\"), and an id with \
+                        NUL is ignored by clients; see proptest-regressions/events/bus.txt"]
+            fn any_id_or_event_cannot_add_fields(
+                id in name(&[]),
+                event in prop::option::of(name(&[])),
+                data in text(BARE_CR),
+            ) {
+                check(&id, event.as_deref(), &data)?;
+            }
+        }
+
+        #[test]
+        fn the_parser_follows_the_spec() {
+            let stream = "id: 1\r\nevent: a\rdata:x\ndata:  y\n: comment\nretry: 5\nbogus\n\n\
+                          data\n\nevent: lost\n\nid\ndata: z\r\n\r\nid: a\0b\ndata: n\n\ndata: tail";
+            assert_eq!(
+                parse(stream),
+                vec![
+                    Parsed {
+                        id: "1".into(),
+                        event: "a".into(),
+                        data: "x\n y".into()
+                    },
+                    Parsed {
+                        id: "1".into(),
+                        event: "message".into(),
+                        data: "".into()
+                    },
+                    Parsed {
+                        id: "".into(),
+                        event: "message".into(),
+                        data: "z".into()
+                    },
+                    Parsed {
+                        id: "".into(),
+                        event: "message".into(),
+                        data: "n".into()
+                    },
+                ]
+            );
+            assert_eq!(normalized("a\r\nb\rc\n"), "a\nb\nc\n");
+            assert_eq!(normalized("a\r"), "a\n");
+            assert_eq!(normalized(""), "");
+        }
+
+        fn framed(id: &str, event: Option<&str>, data: &str) -> String {
+            String::from_utf8(frame(id, event, data).to_vec()).unwrap()
+        }
+
+        /// The smallest failures found, as plain cases: a lone CR in data ends the line for a
+        /// client, so what follows it is a field.
+        #[test]
+        #[ignore = "fails: a lone \\r in data is framed verbatim"]
+        fn minimal_lone_cr_starts_a_field() {
+            let text = framed("1", None, "x\rid: 2");
+            assert_eq!(parse(&text)[0].id, "1", "{text:?}");
+        }
+
+        /// A final lone CR ends a last, empty line, but `frame` drops it.
+        #[test]
+        #[ignore = "fails: a final lone \\r in data is dropped"]
+        fn minimal_final_lone_cr_is_a_line_end() {
+            let text = framed("1", None, "\r");
+            assert_eq!(parse(&text)[0].data, "\n", "{text:?}");
+        }
+
+        /// An event name (or an id) with a line end adds fields of its own.
+        #[test]
+        #[ignore = "fails: line ends in event names and ids are framed verbatim"]
+        fn minimal_line_end_in_event_or_id_adds_fields() {
+            let text = framed("1", Some("a\ndata: x"), "");
+            assert_eq!(parse(&text)[0].data, "", "{text:?}");
+            let text = framed("1\ndata: a\n", None, "y");
+            assert_eq!(parse(&text).len(), 1, "{text:?}");
+        }
+
+        /// Clients ignore an `id:` line holding NUL, so the event keeps the previous id.
+        #[test]
+        #[ignore = "fails: an id with NUL is framed verbatim"]
+        fn minimal_nul_in_id_is_ignored_by_clients() {
+            let text = framed("a\0b", None, "y");
+            assert_eq!(parse(&text)[0].id, "a\0b", "{text:?}");
+        }
+    }
 }

@@ -242,4 +242,298 @@ mod tests {
             "--b\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-9/100\r\n\r\n"
         ));
     }
+
+    mod proptests {
+        //! Properties of `evaluate` against a model of RFC 9110 section 14.1.2, and of the
+        //! multipart framing against an independent reader of the framed body.
+
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// One requested range, as the model sees it.
+        #[derive(Debug, Clone)]
+        enum Req {
+            FromTo(u64, u64),
+            From(u64),
+            Suffix(u64),
+        }
+
+        impl Req {
+            fn text(&self) -> String {
+                match self {
+                    Req::FromTo(a, b) => format!("{a}-{b}"),
+                    Req::From(a) => format!("{a}-"),
+                    Req::Suffix(n) => format!("-{n}"),
+                }
+            }
+
+            /// The inclusive byte interval it asks for in a file of `len` bytes, if satisfiable.
+            fn satisfiable(&self, len: u64) -> Option<(u64, u64)> {
+                match *self {
+                    Req::FromTo(a, b) if a < len => Some((a, b.min(len - 1))),
+                    Req::From(a) if a < len => Some((a, len - 1)),
+                    Req::Suffix(n) if n > 0 && len > 0 => Some((len - n.min(len), len - 1)),
+                    _ => None,
+                }
+            }
+        }
+
+        /// File lengths: mostly small, some at the edges of u64.
+        fn file_len() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                2 => 0u64..3000,
+                2 => 0u64..24,
+                1 => Just(0u64),
+                1 => any::<u64>(),
+                1 => (u64::MAX - 4)..=u64::MAX,
+            ]
+        }
+
+        /// A position near `len` (or anywhere); small ones often, so that ranges often touch
+        /// and overlap.
+        fn position(len: u64) -> BoxedStrategy<u64> {
+            prop_oneof![
+                3 => 0..=len.saturating_add(10),
+                3 => 0u64..30,
+                1 => len.saturating_sub(3)..=len.saturating_add(3),
+                1 => any::<u64>(),
+            ]
+            .boxed()
+        }
+
+        /// A well-formed range-spec (first ≤ last) for a file of `len` bytes.
+        fn req(len: u64) -> BoxedStrategy<Req> {
+            prop_oneof![
+                3 => (position(len), position(len))
+                    .prop_map(|(a, b)| Req::FromTo(a.min(b), a.max(b))),
+                1 => position(len).prop_map(Req::From),
+                1 => position(len).prop_map(Req::Suffix),
+            ]
+            .boxed()
+        }
+
+        /// The header for `reqs`, with the optional whitespace, case and empty list elements
+        /// that RFC 9110's list syntax allows.
+        fn header(reqs: &[Req], unit: &str, separators: &[&str]) -> String {
+            let mut text = format!("{unit}=");
+            for (index, req) in reqs.iter().enumerate() {
+                if index > 0 {
+                    text.push_str(separators[index % separators.len()]);
+                }
+                text.push_str(&req.text());
+            }
+            text
+        }
+
+        fn separator() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![",", ", ", " ,", ",\t", ",,", ", ,"])
+        }
+
+        fn unit() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["bytes", "Bytes", "BYTES"])
+        }
+
+        fn case() -> impl Strategy<Value = (u64, Vec<Req>, &'static str, Vec<&'static str>)> {
+            file_len().prop_flat_map(|len| {
+                (
+                    Just(len),
+                    prop::collection::vec(req(len), 1..=MAX_RANGES + 6),
+                    unit(),
+                    prop::collection::vec(separator(), 1..4),
+                )
+            })
+        }
+
+        /// Checks the shape every `Partial` must have: inside the file, sorted, apart.
+        fn check_shape(ranges: &[(u64, u64)], len: u64) -> Result<(), TestCaseError> {
+            prop_assert!(!ranges.is_empty());
+            for &(start, end) in ranges {
+                prop_assert!(
+                    start <= end && end < len,
+                    "{start}-{end} outside a file of {len}"
+                );
+            }
+            for pair in ranges.windows(2) {
+                // Sorted, not overlapping, not adjacent: a gap of at least one byte.
+                prop_assert!(
+                    pair[0]
+                        .1
+                        .checked_add(1)
+                        .is_some_and(|next| next < pair[1].0),
+                    "{:?} and {:?} should have been coalesced or sorted",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            Ok(())
+        }
+
+        /// Do two lists of inclusive intervals cover the same bytes? Compared on the elementary
+        /// segments between every boundary, so it works for any u64 length.
+        fn same_bytes(a: &[(u64, u64)], b: &[(u64, u64)]) -> bool {
+            let covers = |set: &[(u64, u64)], at: u128| {
+                set.iter()
+                    .any(|&(s, e)| u128::from(s) <= at && at <= u128::from(e))
+            };
+            let mut points: Vec<u128> = a
+                .iter()
+                .chain(b)
+                .flat_map(|&(s, e)| [u128::from(s), u128::from(e) + 1])
+                .collect();
+            points.sort_unstable();
+            points.dedup();
+            points.iter().all(|&at| covers(a, at) == covers(b, at))
+        }
+
+        fn eval_text(text: &str, len: u64) -> RangeOutcome {
+            evaluate(Some(&HeaderValue::from_str(text).unwrap()), len)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Well-formed lists: the outcome is exactly what the model says.
+            #[test]
+            fn structured_headers_match_the_model(
+                (len, reqs, unit, separators) in case()
+            ) {
+                let text = header(&reqs, unit, &separators);
+                let outcome = eval_text(&text, len);
+                if reqs.len() > MAX_RANGES {
+                    prop_assert_eq!(outcome, RangeOutcome::Full, "over the cap: {}", text);
+                    return Ok(());
+                }
+                let wanted: Vec<(u64, u64)> =
+                    reqs.iter().filter_map(|req| req.satisfiable(len)).collect();
+                match outcome {
+                    RangeOutcome::Partial(ranges) => {
+                        prop_assert!(!wanted.is_empty(), "{} on {}: {:?}", text, len, ranges);
+                        check_shape(&ranges, len)?;
+                        prop_assert!(
+                            same_bytes(&ranges, &wanted),
+                            "{} on {}: got {:?}, asked for {:?}", text, len, ranges, wanted
+                        );
+                    }
+                    RangeOutcome::Unsatisfiable => {
+                        prop_assert!(wanted.is_empty(), "{} on {}: 416 but {:?}", text, len, wanted)
+                    }
+                    RangeOutcome::Full => prop_assert!(false, "{} on {} ignored", text, len),
+                }
+            }
+
+            /// One range-spec with last < first makes the whole header invalid: ignored.
+            #[test]
+            fn a_backwards_spec_voids_the_header(
+                (len, mut reqs, unit, separators) in case(),
+                first in 1u64..,
+                gap in 1u64..1000,
+                at in any::<prop::sample::Index>(),
+            ) {
+                reqs.truncate(MAX_RANGES - 1);
+                let index = at.index(reqs.len() + 1);
+                reqs.insert(index, Req::FromTo(first, first.saturating_sub(gap)));
+                let text = header(&reqs, unit, &separators);
+                prop_assert_eq!(eval_text(&text, len), RangeOutcome::Full, "{}", text);
+            }
+
+            /// Any header at all: no panic, and a `Partial` always has the right shape.
+            #[test]
+            fn arbitrary_headers_never_panic(
+                len in file_len(),
+                text in prop_oneof![
+                    // Close to the grammar, so the parser's branches are reached.
+                    "[bB][yY][tT][eE][sS]?[ \t]?=[0-9 \t,+-]{0,40}",
+                    "bytes=([0-9]{0,21}-[0-9]{0,21},?){0,20}",
+                    any::<String>(),
+                ],
+            ) {
+                let header = HeaderValue::from_bytes(text.as_bytes());
+                let outcome = evaluate(header.as_ref().ok(), len);
+                if let RangeOutcome::Partial(ranges) = &outcome {
+                    check_shape(ranges, len)?;
+                }
+            }
+
+            /// Arbitrary bytes, including obs-text that `to_str` refuses.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                len in file_len(),
+                bytes in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut header = b"bytes=".to_vec();
+                header.extend(bytes);
+                if let Ok(value) = HeaderValue::from_bytes(&header) {
+                    if let RangeOutcome::Partial(ranges) = evaluate(Some(&value), len) {
+                        check_shape(&ranges, len)?;
+                    }
+                }
+            }
+
+            /// The multipart body framed as `files` frames it is exactly `body_len` bytes, and
+            /// reads back (by the Content-Range of each part) to the requested bytes.
+            #[test]
+            fn multipart_framing_matches_its_length(
+                (len, reqs, unit, separators) in case().prop_filter(
+                    "a small file, under the cap", |(len, reqs, ..)| *len <= 3000 && reqs.len() <= MAX_RANGES
+                ),
+                boundary in "[0-9A-Za-z'()+_,./:=?-]{1,69}[0-9A-Za-z'()+_,./:=?-]",
+                content_type in prop::sample::select(vec![
+                    "application/octet-stream", "text/plain; charset=utf-8", "image/png",
+                ]),
+            ) {
+                let file: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+                let text = header(&reqs, unit, &separators);
+                let RangeOutcome::Partial(ranges) = eval_text(&text, len) else {
+                    return Ok(());
+                };
+                let multipart = Multipart {
+                    boundary: boundary.clone(),
+                    content_type: content_type.to_string(),
+                    len,
+                };
+                // As `files::serve` sends it.
+                let mut body = Vec::new();
+                for (index, &(start, end)) in ranges.iter().enumerate() {
+                    body.extend(multipart.part_header(index == 0, start, end).into_bytes());
+                    body.extend(&file[start as usize..=end as usize]);
+                }
+                body.extend(multipart.trailer().into_bytes());
+                prop_assert_eq!(body.len() as u64, multipart.body_len(&ranges));
+
+                // Read it back as a client would: delimiter, headers, the part's bytes.
+                let mut rest = &body[..];
+                let mut parts = Vec::new();
+                let opening = format!("--{boundary}\r\n");
+                prop_assert!(rest.starts_with(opening.as_bytes()));
+                rest = &rest[opening.len()..];
+                loop {
+                    let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                    let head = std::str::from_utf8(&rest[..head_end]).unwrap();
+                    let type_line = format!("Content-Type: {content_type}");
+                    prop_assert!(head.lines().any(|line| line == type_line), "{}", head);
+                    let range_line = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("Content-Range: bytes "))
+                        .unwrap();
+                    let (span, total) = range_line.split_once('/').unwrap();
+                    prop_assert_eq!(total.parse::<u64>().unwrap(), len);
+                    let (start, end) = span.split_once('-').unwrap();
+                    let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
+                    rest = &rest[head_end + 4..];
+                    prop_assert_eq!(&rest[..end - start + 1], &file[start..=end]);
+                    parts.push((start as u64, end as u64));
+                    rest = &rest[end - start + 1..];
+                    let delimiter = format!("\r\n--{boundary}");
+                    prop_assert!(rest.starts_with(delimiter.as_bytes()));
+                    rest = &rest[delimiter.len()..];
+                    if rest == b"--\r\n" {
+                        break;
+                    }
+                    prop_assert!(rest.starts_with(b"\r\n"));
+                    rest = &rest[2..];
+                }
+                prop_assert_eq!(parts, ranges);
+            }
+        }
+    }
 }

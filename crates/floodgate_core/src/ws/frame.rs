@@ -380,4 +380,425 @@ mod tests {
             assert_eq!(masked, data);
         }
     }
+
+    mod proptests {
+        //! Client byte streams (tungstenite formats and masks each frame) fed to `next_frame` and
+        //! `Assembler` in arbitrary chunks, as a session does, against a model of the frames.
+
+        use super::super::*;
+        use proptest::prelude::*;
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+        /// The message size the generated messages stay under (70 KiB).
+        const MAX: usize = 70 * 1024;
+        /// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
+        const MAX_HEADER: usize = 14;
+
+        /// One message to send: its kind, size, content seed, fragment cuts and the control
+        /// frames sent between its fragments.
+        #[derive(Debug, Clone)]
+        struct Msg {
+            binary: bool,
+            size: usize,
+            seed: u64,
+            cuts: Vec<prop::sample::Index>,
+            controls: Vec<(prop::sample::Index, bool, usize, u64)>,
+        }
+
+        fn bytes(seed: u64, size: usize) -> Vec<u8> {
+            let mut state = seed | 1;
+            (0..size)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        }
+
+        /// Valid UTF-8 of exactly `size` bytes, with characters of every width.
+        fn text(seed: u64, size: usize) -> Vec<u8> {
+            let mut out = String::with_capacity(size);
+            for byte in bytes(seed, size) {
+                let c = ['a', 'é', '日', '🦀'][usize::from(byte) % 4];
+                let c = if out.len() + c.len_utf8() <= size {
+                    c
+                } else {
+                    'z'
+                };
+                out.push(c);
+                if out.len() == size {
+                    break;
+                }
+            }
+            out.into_bytes()
+        }
+
+        impl Msg {
+            fn data(&self) -> Vec<u8> {
+                if self.binary {
+                    bytes(self.seed, self.size)
+                } else {
+                    text(self.seed, self.size)
+                }
+            }
+        }
+
+        /// One frame on the wire.
+        #[derive(Debug, Clone)]
+        enum Wire {
+            Data {
+                opcode: OpCode,
+                fin: bool,
+                payload: Vec<u8>,
+            },
+            Ping(Vec<u8>),
+            Pong(Vec<u8>),
+            Close(u16, String),
+        }
+
+        fn wire(messages: &[Msg], close: Option<(u16, String)>) -> Vec<Wire> {
+            let mut frames = Vec::new();
+            for msg in messages {
+                let data = msg.data();
+                let mut cuts: Vec<usize> = msg
+                    .cuts
+                    .iter()
+                    .map(|cut| cut.index(data.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                let mut bounds = vec![0];
+                bounds.extend(cuts);
+                bounds.push(data.len());
+                let pieces = bounds.len() - 1;
+                for piece in 0..pieces {
+                    for (slot, ping, len, seed) in &msg.controls {
+                        if slot.index(pieces) == piece {
+                            let payload = bytes(*seed, *len);
+                            frames.push(if *ping {
+                                Wire::Ping(payload)
+                            } else {
+                                Wire::Pong(payload)
+                            });
+                        }
+                    }
+                    let opcode = match (piece, msg.binary) {
+                        (0, true) => OpCode::Data(Data::Binary),
+                        (0, false) => OpCode::Data(Data::Text),
+                        _ => OpCode::Data(Data::Continue),
+                    };
+                    frames.push(Wire::Data {
+                        opcode,
+                        fin: piece + 1 == pieces,
+                        payload: data[bounds[piece]..bounds[piece + 1]].to_vec(),
+                    });
+                }
+            }
+            if let Some((code, reason)) = close {
+                frames.push(Wire::Close(code, reason));
+            }
+            frames
+        }
+
+        /// A frame as a client sends it, and where in it its payload starts.
+        fn encode(frame: &Wire, mask: [u8; 4]) -> (Vec<u8>, usize) {
+            let (opcode, fin, payload) = match frame {
+                Wire::Data {
+                    opcode,
+                    fin,
+                    payload,
+                } => (*opcode, *fin, payload.clone()),
+                Wire::Ping(payload) => (OpCode::Control(Control::Ping), true, payload.clone()),
+                Wire::Pong(payload) => (OpCode::Control(Control::Pong), true, payload.clone()),
+                Wire::Close(code, reason) => {
+                    let mut payload = code.to_be_bytes().to_vec();
+                    payload.extend(reason.as_bytes());
+                    (OpCode::Control(Control::Close), true, payload)
+                }
+            };
+            let header = FrameHeader {
+                is_final: fin,
+                opcode,
+                mask: Some(mask),
+                ..FrameHeader::default()
+            };
+            let len = payload.len();
+            let mut out = Vec::new();
+            Frame::from_payload(header, Bytes::from(payload))
+                .format(&mut out)
+                .unwrap();
+            let payload_start = out.len() - len;
+            (out, payload_start)
+        }
+
+        /// What the session should get from `frames` with a cap of `max`: the frames' meanings
+        /// in order, and the error that ends them, if any.
+        fn model(frames: &[Wire], max: usize) -> (Vec<Incoming>, Option<ReadError>) {
+            let mut events = Vec::new();
+            let mut partial: Option<(bool, Vec<u8>)> = None;
+            for frame in frames {
+                // Any frame declaring more than the cap is refused from its header, even a
+                // control frame (when the cap is under 125 bytes).
+                let payload_len = match frame {
+                    Wire::Data { payload, .. } | Wire::Ping(payload) | Wire::Pong(payload) => {
+                        payload.len()
+                    }
+                    Wire::Close(_, reason) => 2 + reason.len(),
+                };
+                if payload_len > max {
+                    return (events, Some(ReadError::TooBig));
+                }
+                let event = match frame {
+                    Wire::Data {
+                        opcode,
+                        fin,
+                        payload,
+                    } => {
+                        let continued = *opcode == OpCode::Data(Data::Continue);
+                        let (binary, mut data) = match continued {
+                            true => partial.take().unwrap(),
+                            false => (*opcode == OpCode::Data(Data::Binary), Vec::new()),
+                        };
+                        if continued && data.len() + payload.len() > max {
+                            return (events, Some(ReadError::TooBig));
+                        }
+                        data.extend(payload);
+                        if *fin {
+                            Incoming::Message {
+                                data: Bytes::from(data),
+                                binary,
+                            }
+                        } else {
+                            partial = Some((binary, data));
+                            Incoming::Fragment
+                        }
+                    }
+                    Wire::Ping(payload) => Incoming::Ping(Bytes::from(payload.clone())),
+                    Wire::Pong(_) => Incoming::Pong,
+                    Wire::Close(code, reason) => Incoming::Close(Some((*code, reason.clone()))),
+                };
+                events.push(event);
+            }
+            (events, None)
+        }
+
+        /// Feeds `stream` in the pieces `cuts` makes, as `Session` does: parse what has come,
+        /// keep only the unparsed tail. Checks the memory bounds as it goes.
+        fn run(
+            stream: &[u8],
+            cuts: &[usize],
+            max: usize,
+        ) -> Result<(Vec<Incoming>, Option<ReadError>, usize), TestCaseError> {
+            let mut bounds: Vec<usize> = cuts.to_vec();
+            bounds.push(0);
+            bounds.push(stream.len());
+            bounds.sort_unstable();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut assembler = Assembler::default();
+            let mut events = Vec::new();
+            for piece in bounds.windows(2) {
+                pending.extend_from_slice(&stream[piece[0]..piece[1]]);
+                let mut consumed = 0;
+                loop {
+                    let rest = &mut pending[consumed..];
+                    let at = match next_frame(rest, max) {
+                        Ok(Some(at)) => at,
+                        Ok(None) => break,
+                        Err(err) => return Ok((events, Some(err), 0)),
+                    };
+                    consumed += at.end;
+                    let incoming = assembler.frame(&at.header, &mut rest[at.payload], max);
+                    if let Some(partial) = &assembler.partial {
+                        prop_assert!(
+                            partial.1.len() <= max,
+                            "{} held, cap {}",
+                            partial.1.len(),
+                            max
+                        );
+                    }
+                    match incoming {
+                        Ok(incoming) => {
+                            match &incoming {
+                                Incoming::Message { data, .. } => prop_assert!(data.len() <= max),
+                                Incoming::Ping(payload) => prop_assert!(payload.len() <= 125),
+                                _ => {}
+                            }
+                            let close = matches!(incoming, Incoming::Close(_));
+                            events.push(incoming);
+                            if close {
+                                return Ok((events, None, 0));
+                            }
+                        }
+                        Err(err) => return Ok((events, Some(err), 0)),
+                    }
+                }
+                pending.drain(..consumed);
+                // Only one incomplete frame is ever kept, and never one declared over the cap.
+                prop_assert!(
+                    pending.len() < MAX_HEADER + max,
+                    "{} bytes pending, cap {}",
+                    pending.len(),
+                    max
+                );
+            }
+            Ok((events, None, pending.len()))
+        }
+
+        fn size() -> impl Strategy<Value = usize> {
+            prop_oneof![
+                6 => 0usize..300,
+                1 => prop::sample::select(vec![125usize, 126, 127, 65535, 65536, MAX - 1]),
+                1 => 0usize..MAX,
+            ]
+        }
+
+        fn msg(size: impl Strategy<Value = usize>) -> impl Strategy<Value = Msg> {
+            (
+                any::<bool>(),
+                size,
+                any::<u64>(),
+                prop::collection::vec(any::<prop::sample::Index>(), 0..5),
+                prop::collection::vec(
+                    (
+                        any::<prop::sample::Index>(),
+                        any::<bool>(),
+                        0usize..=125,
+                        any::<u64>(),
+                    ),
+                    0..3,
+                ),
+            )
+                .prop_map(|(binary, size, seed, cuts, controls)| Msg {
+                    binary,
+                    size,
+                    seed,
+                    cuts,
+                    controls,
+                })
+        }
+
+        fn close() -> impl Strategy<Value = Option<(u16, String)>> {
+            prop::option::of((
+                prop::sample::select(vec![1000u16, 1001, 1003, 3000, 4999]),
+                "[a-zé日🦀 ]{0,20}",
+            ))
+        }
+
+        /// The stream, its frames, and where each frame and its payload start.
+        fn stream(frames: &[Wire], masks: u64) -> (Vec<u8>, Vec<(usize, usize)>) {
+            let mut out = Vec::new();
+            let mut starts = Vec::new();
+            for (index, frame) in frames.iter().enumerate() {
+                let mask = (masks.rotate_left(index as u32 * 7) as u32).to_be_bytes();
+                let (bytes, payload_start) = encode(frame, mask);
+                starts.push((out.len(), out.len() + payload_start));
+                out.extend(bytes);
+            }
+            (out, starts)
+        }
+
+        fn chunking(len: usize, cuts: &[prop::sample::Index]) -> Vec<usize> {
+            cuts.iter().map(|cut| cut.index(len + 1)).collect()
+        }
+
+        /// The shape of an event: its kind and size, not its bytes.
+        fn shape(event: &Incoming) -> (u8, usize) {
+            match event {
+                Incoming::Message { data, binary } => (*binary as u8, data.len()),
+                Incoming::Ping(payload) => (2, payload.len()),
+                Incoming::Pong => (3, 0),
+                Incoming::Close(_) => (4, 0),
+                Incoming::Fragment => (5, 0),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Messages come out whole and unchanged, whatever the chunking; over a smaller
+            /// cap, the first message over it ends the stream with 1009 (TooBig).
+            #[test]
+            fn messages_survive_any_chunking(
+                messages in prop::collection::vec(msg(size()), 1..4),
+                close in close(),
+                masks in any::<u64>(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+                cap in prop_oneof![
+                    2 => Just(None),
+                    1 => (0usize..4096).prop_map(|cap| Some((None, cap as i64))),
+                    1 => (any::<prop::sample::Index>(), -2i64..=2)
+                        .prop_map(|(which, off)| Some((Some(which), off))),
+                ],
+            ) {
+                // The cap: 70 KiB, or small, or right at the size of one of the messages.
+                let max = match cap {
+                    None => MAX,
+                    Some((None, cap)) => cap as usize,
+                    Some((Some(which), off)) => {
+                        (messages[which.index(messages.len())].size as i64 + off).max(0) as usize
+                    }
+                };
+                let frames = wire(&messages, close);
+                let (bytes, _) = stream(&frames, masks);
+                let (events, error, pending) = run(&bytes, &chunking(bytes.len(), &cuts), max)?;
+                let (expected, expected_error) = model(&frames, max);
+                prop_assert_eq!(error, expected_error);
+                prop_assert_eq!(events, expected);
+                if error.is_none() {
+                    prop_assert_eq!(pending, 0);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(192))]
+
+            /// One corrupted byte anywhere: no panic and no buffering past the cap. Frames
+            /// before the damaged one mean what they meant; damage inside a payload or mask
+            /// keeps the framing (same kinds and sizes) or ends in 1007 (text, close reason)
+            /// or 1002 (close code). Damage to a header may do anything within those bounds.
+            #[test]
+            fn one_corrupt_byte_is_contained(
+                messages in prop::collection::vec(msg(prop_oneof![0usize..200, 0usize..MAX]), 1..3),
+                close in close(),
+                masks in any::<u64>(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..,
+            ) {
+                let frames = wire(&messages, close);
+                let (mut bytes, starts) = stream(&frames, masks);
+                let at = at.index(bytes.len());
+                bytes[at] ^= flip;
+                let (events, error, _) = run(&bytes, &chunking(bytes.len(), &cuts), MAX)?;
+                let (expected, _) = model(&frames, MAX);
+
+                // The frame holding the damaged byte; each frame means one event.
+                let hit = starts.iter().rposition(|&(start, _)| start <= at).unwrap();
+                prop_assert!(events.len() >= hit, "stopped before the damage: {:?}", error);
+                prop_assert_eq!(&events[..hit], &expected[..hit]);
+                // Damage to the mask key or payload leaves the framing as it was.
+                if at + 4 >= starts[hit].1 {
+                    let shapes: Vec<_> = events.iter().map(shape).collect();
+                    let expected_shapes: Vec<_> = expected.iter().map(shape).collect();
+                    prop_assert_eq!(&shapes[..], &expected_shapes[..shapes.len()]);
+                    let text = frames[..=hit].iter().rev().find_map(|frame| match frame {
+                        Wire::Data { opcode: OpCode::Data(Data::Continue), .. } => None,
+                        Wire::Data { opcode, .. } => Some(*opcode == OpCode::Data(Data::Text)),
+                        _ => None,
+                    }) == Some(true) && matches!(frames[hit], Wire::Data { .. });
+                    match (error, &frames[hit]) {
+                        (None, _) => prop_assert_eq!(shapes, expected_shapes),
+                        (Some(ReadError::BadUtf8), Wire::Close(..)) => {}
+                        (Some(ReadError::BadUtf8), _) if text => {}
+                        (Some(ReadError::Protocol), Wire::Close(..)) => {}
+                        (Some(err), frame) => {
+                            prop_assert!(false, "{:?} from a damaged payload of {:?}", err, frame)
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
