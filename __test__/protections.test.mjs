@@ -39,40 +39,44 @@ test('no slot leaks after thousands of connections ending every way', async (t) 
     server: { maxConnectionsPerIp: limit, headerTimeout: 300, keepAliveTimeout: 200 },
   })
   const localAddress = '127.0.0.5'
-  const inBatches = async (count, batch, make) => {
+  const inBatches = async (phase, count, batch, make) => {
     for (let done = 0; done < count; done += batch) {
       await Promise.all(Array.from({ length: Math.min(batch, count - done) }, make))
       // The client may finish before the server has seen the close; wait for it, so the
-      // next batch never races a closing connection for a slot.
-      await eventually(() => server.stats().connectionsLive === 0, { interval: 5 })
+      // next batch never races a closing connection for a slot (and say so if it never comes).
+      if (!(await eventually(() => server.stats().connectionsLive === 0, { interval: 5, timeout: 10_000 }))) {
+        throw new Error(`${phase}: ${server.stats().connectionsLive} connections still live 10 s after their batch`)
+      }
     }
+    // A refusal is a slot not given back in time; name the phase it happened in.
+    t.is(server.stats().rejections.connection_limit ?? 0, 0, `${phase}: connections refused at the per-IP cap`)
   }
   // 1. Complete requests, closed by the client.
-  await inBatches(1200, limit, async () => {
+  await inBatches('complete requests', 1200, limit, async () => {
     const res = await request(`${base}/small.txt`, { localAddress, headers: { connection: 'close' } })
     if (res.status !== 200) throw new Error(`status ${res.status}`)
   })
   // 2. Client resets in the middle of a head.
-  await inBatches(600, limit, async () => {
+  await inBatches('resets mid-head', 600, limit, async () => {
     const socket = await connect(port, { localAddress })
     socket.write('GET /stream/files/sma')
     await sleep(5)
     socket.resetAndDestroy()
   })
   // 3. Clients that send nothing until the header timeout closes them.
-  await inBatches(200, limit, async () => {
+  await inBatches('header timeouts', 200, limit, async () => {
     const socket = await connect(port, { localAddress })
     await untilClosed(socket)
   })
   // 4. Keep-alive connections left idle until the keep-alive timeout.
-  await inBatches(200, limit, async () => {
+  await inBatches('keep-alive timeouts', 200, limit, async () => {
     const socket = await connect(port, { localAddress })
     const closed = untilClosed(socket)
     socket.write(GET('small.txt'))
     await closed
   })
   // 5. Clients that reset in the middle of a download.
-  await inBatches(200, limit, async () => {
+  await inBatches('resets mid-download', 200, limit, async () => {
     const socket = await connect(port, { localAddress })
     socket.write(GET('one.bin'))
     await new Promise((resolve) => socket.once('data', resolve))
