@@ -123,7 +123,7 @@ export function runPythonTool(python, script, args, { timeout = 60_000 } = {}) {
  */
 export function needs(tool, test) {
   if (!tool.missing) return test
-  if (inCI) return (title, impl) => test(title, (t) => t.fail(tool.missing))
+  if (inCI) return (title) => test(title, (t) => t.fail(tool.missing))
   return (title, impl) => test.skip(`${title} [skipped: ${tool.missing}]`, impl)
 }
 
