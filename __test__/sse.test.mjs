@@ -304,3 +304,18 @@ needs(chromiumTool, test)("a browser's EventSource (headless Chromium) gets the 
   t.truthy(await eventually(reported, { timeout: 10_000 }), 'the page reported what it saw')
   t.deepEqual(reported(), ['snapshot:{"welcome":"ada"}', 'ping 1', 'ping 2'])
 })
+
+test('published data cannot inject fields (a lone CR is a line end); unsafe ids and event names are refused', async (t) => {
+  const { server, port } = await start(t, { topics: ['t'] })
+  const stream = await rawStream(port, '/events')
+  await eventually(() => stream.text.includes('\r\n\r\n'))
+  server.publish('t', 'x\rid: 666\revent: forged', { id: '7' })
+  await eventually(() => stream.events.length === 1)
+  // Each piece between line ends (a lone CR is one, for a client) is a data line of its own.
+  t.true(stream.text.includes('id: 7\ndata: x\ndata: id: 666\ndata: event: forged\n\n'), JSON.stringify(stream.text))
+  t.deepEqual(stream.events[0], { id: '7', data: 'x\nid: 666\nevent: forged' })
+  for (const fields of [{ id: '1\ndata: x' }, { event: 'a\rb' }, { id: 'a\0b' }]) {
+    t.throws(() => server.publish('t', 'y', fields), { instanceOf: TypeError, code: 'ERR_FLOODGATE_OPTION' })
+  }
+  stream.socket.destroy()
+})

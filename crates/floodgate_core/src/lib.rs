@@ -26,7 +26,7 @@ mod ws;
 pub use config::{validate_options, ServerSpec};
 pub use conn::server::{listen, RunningServer};
 pub use error::{Error, ErrorKind};
-pub use events::bus::validate as validate_topic;
+pub use events::bus::{validate as validate_topic, validate_field as validate_event_field};
 pub use js::bridge::{BodyError, Bridge, JsBody, JsFile, JsHost, JsRequest, JsResponse};
 pub use metrics::Snapshot;
 pub use ws::hub::{CloseRequest, HubError, JsBacklog, WsEvent, WsSend};

@@ -171,7 +171,13 @@ impl NativeServer {
         event: Option<String>,
         id: Option<String>,
     ) -> Result<u32, String> {
+        let fields = [("event", event.as_deref()), ("id", id.as_deref())];
         floodgate_core::validate_topic(&topic, false)
+            .and(fields.into_iter().try_for_each(|(name, value)| {
+                value.map_or(Ok(()), |value| {
+                    floodgate_core::validate_event_field(name, value)
+                })
+            }))
             .map_err(|message| error(ErrorKind::Option, format!("publish: {message}")))?;
         let server = self.running().ok_or_else(|| not_listening("publish"))?;
         Ok(server
