@@ -1,7 +1,7 @@
 // WebSocket protections: each limit tripped with the close code or status it promises, and
 // legitimate traffic passing beside it. Clients are the ws package, on loopback addresses only.
 import test from 'ava'
-import { startWs, wsOpen, wsRefused, closedWithin, request, sleep, eventually, rawWebSocket, wsFrame } from './helpers.mjs'
+import { startWs, wsOpen, wsRefused, closedWithin, request, sleep, eventually, rawWebSocket, rawExchange, wsFrame, serverProcess } from './helpers.mjs'
 
 const KiB = 1024
 const rejections = (server) => server.stats().rejections
@@ -464,4 +464,176 @@ test('malformed frames: text that is not UTF-8 closes with 1007, an unmasked fra
   t.true(await eventually(() => closes.length === 2))
   t.deepEqual(closes.sort(), [1002, 1007])
   t.is(rejections(server).ws_protocol_error, 2)
+})
+
+// ---- Pings: answered with coalesced pongs, counted toward wsMaxMessagesPerSecond ----
+
+const PING_FLOOD = 100_000
+/** `count` masked pings of 125 bytes (the largest control payload), in writes of 1,000. */
+function pingFlood(count) {
+  const one = wsFrame(0x9, Buffer.alloc(125, 0x70))
+  const chunk = Buffer.concat(Array(1000).fill(one))
+  return Array.from({ length: Math.ceil(count / 1000) }, () => chunk)
+}
+
+/** A server process of its own (so its memory is measured alone) with a closing and a pausing route. */
+const pingServer = (t) =>
+  serverProcess(
+    t,
+    `const { Server, StreamingApp } = floodgate
+    const server = new Server()
+    const app = new StreamingApp({ rateLimitRequests: 0, wsPingInterval: 0 })
+    app.ws('/close', {})
+    app.ws('/pause', { rateLimitAction: 'pause' })
+    server.mount('/ws', app)
+    server.mount('/stats', () => Response.json(server.stats().rejections))
+    server.listen({ port: 0, host: '127.0.0.1' }).then(({ port }) => console.log('READY ' + port))`,
+  )
+
+/** Writes the flood without waiting for the server to take it, and tracks the server's peak RSS for `ms`. */
+async function floodAndWatch(raw, rss, ms) {
+  const before = rss()
+  for (const chunk of pingFlood(PING_FLOOD)) raw.socket.write(chunk)
+  let peak = before
+  const until = Date.now() + ms
+  while (Date.now() < until) {
+    peak = Math.max(peak, rss())
+    await sleep(50)
+  }
+  return (peak - before) / 2 ** 20
+}
+
+test('a ping flood from a client that never reads: server memory stays flat, the socket closes 1008 (ws_rate_limited)', async (t) => {
+  const { port, rss } = await pingServer(t)
+  const raw = await rawWebSocket(port, '/ws/close')
+  t.is(raw.status, 101)
+  raw.socket.pause() // reads nothing until the flood is over
+  const growth = await floodAndWatch(raw, rss, 2000)
+  t.log(`server RSS growth: ${growth.toFixed(1)} MiB for ${PING_FLOOD} pings of 125 bytes (${((PING_FLOOD * 131) / 2 ** 20).toFixed(1)} MiB sent)`)
+  t.true(growth < 4, `server memory grew ${growth.toFixed(1)} MiB`)
+  raw.socket.resume()
+  await closedWithin(raw, 15_000)
+  const closes = raw.frames.filter((frame) => frame.opcode === 0x8)
+  t.is(closes.length, 1)
+  t.is(closes[0].payload.readUInt16BE(0), 1008)
+  const pongs = raw.frames.filter((frame) => frame.opcode === 0xa).length
+  t.true(pongs <= 100, `${pongs} pongs for ${PING_FLOOD} pings`)
+  const counted = await (await fetch(`http://127.0.0.1:${port}/stats`)).json()
+  t.is(counted.ws_rate_limited, 1)
+  t.is(counted.ws_protocol_error, 0)
+})
+
+test("a ping flood under rateLimitAction 'pause': memory stays flat, the socket stays open and is answered", async (t) => {
+  const { port, rss } = await pingServer(t)
+  const raw = await rawWebSocket(port, '/ws/pause')
+  raw.socket.pause()
+  const growth = await floodAndWatch(raw, rss, 2000)
+  t.log(`server RSS growth: ${growth.toFixed(1)} MiB for ${PING_FLOOD} pings, reading paused`)
+  t.true(growth < 4, `server memory grew ${growth.toFixed(1)} MiB`)
+  t.false(raw.closed)
+  raw.socket.resume()
+  t.truthy(await eventually(() => raw.frames.some((frame) => frame.opcode === 0xa)), 'pongs arrive once the client reads')
+  t.false(raw.closed)
+  t.false(raw.frames.some((frame) => frame.opcode === 0x8), 'no close frame')
+  const counted = await (await fetch(`http://127.0.0.1:${port}/stats`)).json()
+  t.is(counted.ws_rate_limited, 0, "a pause is not a rejection")
+  raw.socket.destroy()
+})
+
+test('a client that pings at a normal rate and reads gets the latest pong each time and stays open', async (t) => {
+  const { server, base } = await startWs(t, { '/in': { message: (ws, data) => ws.send(data) } }, { wsPingInterval: 0 })
+  const c = await wsOpen(t, `${base}/in`)
+  const pongs = []
+  c.client.on('pong', (data) => pongs.push(data.toString()))
+  // 40 pings and 40 messages a second: 80 of the default 100 per second.
+  for (let i = 0; i < 40; i++) {
+    c.client.ping(`p${i}`)
+    c.client.send(`m${i}`)
+    await sleep(25)
+  }
+  t.truthy(await eventually(() => pongs.at(-1) === 'p39'), `the last ping was answered (${pongs.at(-1)})`)
+  const order = pongs.map((p) => Number(p.slice(1)))
+  t.deepEqual(order, [...order].sort((a, b) => a - b), 'pongs in ping order')
+  t.true(pongs.length >= 20, `${pongs.length} of 40 pings answered separately`)
+  t.truthy(await eventually(() => c.texts.length === 40))
+  t.is(c.closed, undefined)
+  t.is(rejections(server).ws_rate_limited, 0)
+  c.client.close(1000)
+  t.is((await closedWithin(c)).code, 1000)
+})
+
+test('a flood of pings and pongs over the rate closes 1008 like a flood of messages', async (t) => {
+  const { server, port } = await startWs(t, { '/in': {} }, { wsMaxMessagesPerSecond: 20, wsPingInterval: 0 })
+  for (const opcode of [0x9, 0xa]) {
+    const raw = await rawWebSocket(port, '/ws/in')
+    raw.socket.write(Buffer.concat(Array.from({ length: 50 }, (_, i) => wsFrame(opcode, Buffer.from(`x${i}`)))))
+    await closedWithin(raw, 15_000)
+    t.is(raw.frames.find((frame) => frame.opcode === 0x8)?.payload.readUInt16BE(0), 1008, `opcode ${opcode}`)
+  }
+  t.is(rejections(server).ws_rate_limited, 2)
+})
+
+// ---- Counters: one count per refusal ----
+
+test('ws_protocol_error counts exactly the sessions closed 1002/1007; handshake refusals are ws_bad_handshake', async (t) => {
+  const closes = []
+  const { server, port } = await startWs(t, {
+    '/in': { message: () => {}, close: (ws, code) => closes.push(code) },
+    '/strict': { close: (ws, code) => closes.push(code) },
+  }, { wsMaxMessagesPerSecond: 5, wsPingInterval: 0 })
+  const text = (s) => Buffer.from(s)
+  const withRsv1 = (frame) => {
+    frame[0] |= 0x40
+    return frame
+  }
+  const violations = [
+    ['unmasked frame', Buffer.from([0x81, 0x02, 0x68, 0x69]), 1002],
+    ['reserved bit', withRsv1(wsFrame(0x1, text('x'))), 1002],
+    ['reserved data opcode', wsFrame(0x3, text('x')), 1002],
+    ['reserved control opcode', wsFrame(0xb), 1002],
+    ['fragmented ping', wsFrame(0x9, text('p'), { fin: false }), 1002],
+    ['ping over 125 bytes', wsFrame(0x9, Buffer.alloc(126)), 1002],
+    ['continuation with nothing to continue', wsFrame(0x0, text('x')), 1002],
+    ['new message inside a fragmented one', Buffer.concat([wsFrame(0x1, text('a'), { fin: false }), wsFrame(0x1, text('b'))]), 1002],
+    ['close code 1005 on the wire', wsFrame(0x8, Buffer.from([0x03, 0xed])), 1002],
+    ['one-byte close payload', wsFrame(0x8, Buffer.from([0x03])), 1002],
+    ['text not UTF-8', wsFrame(0x1, Buffer.from([0x68, 0xff, 0xfe])), 1007],
+    ['fragmented text not UTF-8', Buffer.concat([wsFrame(0x1, Buffer.from([0xe2, 0x82]), { fin: false }), wsFrame(0x0, Buffer.from([0xff]))]), 1007],
+    ['close reason not UTF-8', wsFrame(0x8, Buffer.from([0x03, 0xe8, 0xff])), 1007],
+  ]
+  // One socket at a time: the per-address cap (10) would refuse some of 13 at once.
+  for (const [what, bytes, expected] of violations) {
+    const raw = await rawWebSocket(port, '/ws/in')
+    t.is(raw.status, 101, what)
+    raw.socket.write(bytes)
+    await closedWithin(raw)
+    t.is(raw.frames.find((frame) => frame.opcode === 0x8)?.payload.readUInt16BE(0), expected, what)
+  }
+  t.true(await eventually(() => closes.length === violations.length))
+  t.is(rejections(server).ws_protocol_error, violations.length)
+
+  // Closed 1008 first, then a violation: a rate close, counted once, not a protocol error.
+  const flooded = await rawWebSocket(port, '/ws/strict')
+  flooded.socket.write(Buffer.concat([...Array.from({ length: 10 }, () => wsFrame(0x1, text('m'))), Buffer.from([0x81, 0x02, 0x68, 0x69])]))
+  await closedWithin(flooded, 15_000)
+  t.is(flooded.frames.find((frame) => frame.opcode === 0x8)?.payload.readUInt16BE(0), 1008)
+  t.is(rejections(server).ws_rate_limited, 1)
+  t.is(rejections(server).ws_protocol_error, violations.length, 'input after the server closed is not counted')
+
+  // Refused before the 101: counted apart, one each.
+  const key = 'dGhlIHNhbXBsZSBub25jZQ=='
+  const head = (lines) => `${lines.join('\r\n')}\r\nHost: 127.0.0.1\r\n\r\n`
+  const upgrade = ['Upgrade: websocket', 'Connection: Upgrade, close']
+  const refusals = [
+    ['plain GET', head(['GET /ws/in HTTP/1.1', 'Connection: close']), 426],
+    ['POST upgrade', head(['POST /ws/in HTTP/1.1', ...upgrade, 'Sec-WebSocket-Version: 13', `Sec-WebSocket-Key: ${key}`, 'Content-Length: 0']), 400],
+    ['version 8', head(['GET /ws/in HTTP/1.1', ...upgrade, 'Sec-WebSocket-Version: 8', `Sec-WebSocket-Key: ${key}`]), 400],
+    ['no Sec-WebSocket-Key', head(['GET /ws/in HTTP/1.1', ...upgrade, 'Sec-WebSocket-Version: 13']), 400],
+  ]
+  for (const [what, payload, status] of refusals) {
+    const answer = await rawExchange(port, payload)
+    t.is(Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1]), status, what)
+  }
+  t.is(rejections(server).ws_bad_handshake, refusals.length)
+  t.is(rejections(server).ws_protocol_error, violations.length)
 })

@@ -34,14 +34,21 @@ pub enum Rejection {
     WsPongTimeout,
     WsMessageDropped,
     WsOverflow,
+    /// A session closed by the server for the client's input: `1002`, or `1007` for text or
+    /// a close reason that is not UTF-8. One per session, only when that refusal is what
+    /// closes it.
     WsProtocolError,
+    /// An upgrade request refused before the `101` for its handshake: `426` without
+    /// `Upgrade: websocket`, `400` for another method, no `Connection: Upgrade`, a version
+    /// other than 13 or no `Sec-WebSocket-Key`.
+    WsBadHandshake,
     /// `accept` failed for want of file descriptors (EMFILE / ENFILE): the accept loop backs
     /// off; the kernel keeps the connection queued (or refuses it once its backlog is full).
     OutOfFiles,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 27] = [
+    pub const ALL: [Rejection; 28] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -68,6 +75,7 @@ impl Rejection {
         Rejection::WsMessageDropped,
         Rejection::WsOverflow,
         Rejection::WsProtocolError,
+        Rejection::WsBadHandshake,
         Rejection::OutOfFiles,
     ];
 
@@ -99,6 +107,7 @@ impl Rejection {
             Rejection::WsMessageDropped => "ws_message_dropped",
             Rejection::WsOverflow => "ws_overflow",
             Rejection::WsProtocolError => "ws_protocol_error",
+            Rejection::WsBadHandshake => "ws_bad_handshake",
             Rejection::OutOfFiles => "out_of_files",
         }
     }

@@ -160,6 +160,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         read_buf: BytesMut::from(&read_buf[..]),
         assembler: Assembler::default(),
         write_buf: BytesMut::new(),
+        pending_pong: None,
         shutting_down: false,
         state: State::Open,
         reading_done: false,
@@ -304,6 +305,11 @@ struct Session {
     assembler: Assembler,
     /// Frames the socket has not taken yet. Empty and unallocated while nothing is pending.
     write_buf: BytesMut,
+    /// The latest ping's payload, not answered yet. Pongs are coalesced (RFC 6455 section
+    /// 5.5.3 asks an answer to the most recent ping only): a newer ping replaces it, and it
+    /// goes into `write_buf` only once the socket has taken what was there, so a client that
+    /// pings without reading costs one payload, not a pong per ping.
+    pending_pong: Option<Bytes>,
     /// Only when a rate limit is set: most sessions carry none.
     rates: Option<Box<Rates>>,
     shutting_down: bool,
@@ -315,8 +321,8 @@ struct Session {
     ping_sent: Option<Instant>,
     /// Since when a write has been waiting for the client without progress.
     stalled_since: Option<Instant>,
-    /// A message over the rate under `pause`, delivered once the rate allows.
-    held_back: Option<(Bytes, bool)>,
+    /// A message, ping or pong over the rate under `pause`, handled once the rate allows.
+    held_back: Option<Incoming>,
     paused_until: Option<Instant>,
     /// Armed for the nearest deadline; created with the first one.
     timer: Option<Pin<Box<Sleep>>>,
@@ -392,6 +398,14 @@ impl Session {
             if !matches!(self.state, State::Open) {
                 break;
             }
+            // The socket took everything: the latest ping's answer goes first.
+            if let Some(payload) = self.pending_pong.take() {
+                frame::write_frame(
+                    &mut self.write_buf,
+                    OpCode::Control(Control::Pong),
+                    &payload,
+                );
+            }
             let mut sent = 0u64;
             let write_buf = &mut self.write_buf;
             let close = self.registration.handle.drain(WRITE_BATCH, |message| {
@@ -420,12 +434,14 @@ impl Session {
         if self.reading_done {
             return Ok(false);
         }
-        if let Some((data, binary)) = self.held_back.take() {
-            if !self.admit(data, binary) {
+        let mut progressed = false;
+        if let Some(incoming) = self.held_back.take() {
+            if let Flow::Stop = self.on_incoming(incoming) {
                 return Ok(false);
             }
+            // Handled now: a pong it left must be written on the next turn.
+            progressed = true;
         }
-        let mut progressed = false;
         for _ in 0..BATCH {
             if self.paused() {
                 return Ok(progressed);
@@ -531,85 +547,85 @@ impl Session {
     }
 
     fn on_incoming(&mut self, incoming: Incoming) -> Flow {
-        let counts_as_activity = self.limits.idle_counts_pings;
-        match incoming {
-            Incoming::Message { data, binary } => {
-                if !self.admit(data, binary) {
-                    return Flow::Stop;
-                }
-            }
-            Incoming::Fragment => self.last_activity = Instant::now(),
-            Incoming::Ping(payload) => {
-                if matches!(self.state, State::Open) {
-                    frame::write_frame(
-                        &mut self.write_buf,
-                        OpCode::Control(Control::Pong),
-                        &payload,
-                    );
-                }
-                if counts_as_activity {
-                    self.last_activity = Instant::now();
-                }
-            }
-            Incoming::Pong => {
-                self.ping_sent = None;
-                if counts_as_activity {
-                    self.last_activity = Instant::now();
-                }
+        let incoming = match incoming {
+            Incoming::Fragment => {
+                self.last_activity = Instant::now();
+                return Flow::Continue;
             }
             Incoming::Close(frame) => {
-                self.reading_done = true;
-                if matches!(self.state, State::Open) {
-                    let (code, reason) = frame.unwrap_or((NO_STATUS, String::new()));
-                    self.registration.handle.stop_sending();
-                    // The reply echoes the client's frame (RFC 6455 section 5.5.1).
-                    if code == NO_STATUS {
-                        frame::write_frame(
-                            &mut self.write_buf,
-                            OpCode::Control(Control::Close),
-                            &[],
-                        );
-                    } else {
-                        frame::write_close(&mut self.write_buf, code, &reason);
-                    }
-                    self.state = State::Closing {
-                        deadline: Instant::now() + CLOSE_TIMEOUT,
-                        code,
-                        reason,
-                    };
-                }
+                self.on_close(frame);
+                return Flow::Continue;
             }
+            other => other,
+        };
+        if matches!(incoming, Incoming::Message { .. }) || self.limits.idle_counts_pings {
+            self.last_activity = Instant::now();
         }
-        Flow::Continue
-    }
-
-    /// A data message arrived: rate-check it, then hand it to JS. `false` when held back.
-    fn admit(&mut self, data: Bytes, binary: bool) -> bool {
-        self.last_activity = Instant::now();
         if !matches!(self.state, State::Open) {
-            return true;
+            // Closing: nothing more reaches JS or is answered.
+            return Flow::Continue;
         }
-        if let Some(wait) = self
-            .rates
-            .as_ref()
-            .and_then(|rates| rates.check(data.len()))
-        {
+        // Messages, pings and pongs alike count toward the rate: a ping flood is a flood.
+        if let Some(wait) = self.over_rate(&incoming) {
             match self.limits.rate_action {
                 RateAction::Close => {
                     self.metrics.reject(Rejection::WsRateLimited);
                     self.begin_close(1008, "Rate limit exceeded");
-                    return true;
+                    return Flow::Continue;
                 }
                 RateAction::Pause => {
-                    self.held_back = Some((data, binary));
+                    self.held_back = Some(incoming);
                     self.paused_until = Some(Instant::now() + wait);
-                    return false;
+                    return Flow::Stop;
                 }
             }
         }
+        match incoming {
+            Incoming::Message { data, binary } => self.deliver(data, binary),
+            // Replaces an older unanswered one: only the latest ping needs its pong.
+            Incoming::Ping(payload) => self.pending_pong = Some(payload),
+            Incoming::Pong => self.ping_sent = None,
+            Incoming::Fragment | Incoming::Close(_) => {}
+        }
+        Flow::Continue
+    }
+
+    /// `None` when a message, ping or pong may pass now, else how long until it may.
+    fn over_rate(&self, incoming: &Incoming) -> Option<Duration> {
+        let size = match incoming {
+            Incoming::Message { data, .. } => data.len(),
+            Incoming::Ping(payload) => payload.len(),
+            _ => 0,
+        };
+        self.rates.as_ref()?.check(size)
+    }
+
+    /// The client's close frame: echo it (RFC 6455 section 5.5.1) unless ours went first.
+    fn on_close(&mut self, frame: Option<(u16, String)>) {
+        self.reading_done = true;
+        if !matches!(self.state, State::Open) {
+            return;
+        }
+        let (code, reason) = frame.unwrap_or((NO_STATUS, String::new()));
+        self.registration.handle.stop_sending();
+        self.pending_pong = None;
+        if code == NO_STATUS {
+            frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Close), &[]);
+        } else {
+            frame::write_close(&mut self.write_buf, code, &reason);
+        }
+        self.state = State::Closing {
+            deadline: Instant::now() + CLOSE_TIMEOUT,
+            code,
+            reason,
+        };
+    }
+
+    /// A data message within the rate: count it and hand it to JS.
+    fn deliver(&mut self, data: Bytes, binary: bool) {
         self.metrics.ws_received();
         if !self.limits.js_events {
-            return true;
+            return;
         }
         let backlog = self.registration.handle.to_js(data.len());
         self.bridge.ws_event(WsEvent::Message {
@@ -618,12 +634,17 @@ impl Session {
             binary,
             backlog,
         });
-        true
     }
 
     /// The client's input broke a rule: close with its code and read no more.
+    ///
+    /// Counted only when this refusal is what closes the session: input after the server's
+    /// own close frame (a rate close, an idle close, shutdown) is dropped, not counted again.
     fn refuse(&mut self, err: ReadError) {
         self.reading_done = true;
+        if !matches!(self.state, State::Open) {
+            return;
+        }
         match err {
             ReadError::TooBig => {
                 self.metrics.reject(Rejection::WsMessageTooLarge);
@@ -646,6 +667,7 @@ impl Session {
             return;
         }
         self.registration.handle.stop_sending();
+        self.pending_pong = None;
         frame::write_close(&mut self.write_buf, code, reason);
         self.state = State::Closing {
             deadline: Instant::now() + CLOSE_TIMEOUT,

@@ -10,8 +10,8 @@ use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async, WebSocketStream};
 
@@ -49,6 +49,14 @@ impl JsHost for EchoHost {
 }
 
 async fn start(options: serde_json::Value) -> (RunningServer, Arc<EchoHost>) {
+    start_route(options, json!({})).await
+}
+
+/// `options` are the app's, `route_options` the WebSocket route's.
+async fn start_route(
+    options: serde_json::Value,
+    route_options: serde_json::Value,
+) -> (RunningServer, Arc<EchoHost>) {
     let host = Arc::new(EchoHost::default());
     let bridge = Bridge::new(host.clone());
     host.bridge.set(Arc::downgrade(&bridge)).ok();
@@ -61,7 +69,7 @@ async fn start(options: serde_json::Value) -> (RunningServer, Arc<EchoHost>) {
             "prefix": "/ws",
             "app": {
                 "options": app_options,
-                "routes": [{ "kind": "ws", "prefix": "/raw", "options": {}, "handlers": { "route": 0 } }]
+                "routes": [{ "kind": "ws", "prefix": "/raw", "options": route_options, "handlers": { "route": 0 } }]
             }
         }]
     }))
@@ -377,4 +385,188 @@ async fn traffic_under_the_limits_stays_open_across_intervals() {
     assert_eq!(stats.ws_connections, 1);
     assert!(host.closes.lock().unwrap().is_empty());
     socket.close(None).await.unwrap();
+}
+
+// Pings: answered with one coalesced pong, and counted toward `wsMaxMessagesPerSecond`.
+
+/// A raw client past the handshake (it never answers anything on its own).
+async fn raw_session(server: &RunningServer) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream
+}
+
+/// A masked client control frame.
+fn masked_control(opcode: Control, payload: &[u8]) -> Vec<u8> {
+    let header = FrameHeader {
+        opcode: OpCode::Control(opcode),
+        mask: Some([0x12, 0x34, 0x56, 0x78]),
+        ..FrameHeader::default()
+    };
+    let frame = Frame::from_payload(header, payload.to_vec().into());
+    let mut bytes = Vec::new();
+    frame.format(&mut bytes).unwrap();
+    bytes
+}
+
+/// A 125-byte ping payload (the largest a control frame carries) that ends in `n`.
+fn ping_payload(n: usize) -> Vec<u8> {
+    let mut payload = vec![b'p'; 125];
+    payload[117..].copy_from_slice(format!("{n:08}").as_bytes());
+    payload
+}
+
+/// Reads server frames (unmasked, short) until `stop` says so or the stream ends; returns them
+/// as (opcode byte, payload).
+async fn read_frames(
+    stream: &mut TcpStream,
+    mut stop: impl FnMut(u8, &[u8]) -> bool,
+) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut frames = Vec::new();
+    loop {
+        let mut head = [0u8; 2];
+        let read = tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut head))
+            .await
+            .expect("a frame within 60 s");
+        if read.is_err() {
+            return frames;
+        }
+        let len = match head[1] & 0x7f {
+            126 => stream.read_u16().await.unwrap() as usize,
+            127 => stream.read_u64().await.unwrap() as usize,
+            len => len as usize,
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        let opcode = head[0] & 0x0f;
+        let done = stop(opcode, &payload);
+        frames.push((opcode, payload));
+        if done {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_from_a_client_that_does_not_read_get_one_coalesced_pong() {
+    use tokio::io::AsyncWriteExt;
+    let options = json!({ "wsMaxMessagesPerSecond": 0, "wsPingInterval": 0, "wsIdleTimeout": 0 });
+    let (server, _host) = start(options).await;
+    let mut stream = raw_session(&server).await;
+    const PINGS: usize = 20_000;
+    // 2.6 MB of pings, written before anything is read.
+    let flood: Vec<u8> = (0..PINGS)
+        .flat_map(|n| masked_control(Control::Ping, &ping_payload(n)))
+        .collect();
+    stream.write_all(&flood).await.unwrap();
+    let last = ping_payload(PINGS - 1);
+    let frames = read_frames(&mut stream, |opcode, payload| {
+        opcode == 0xA && payload == last.as_slice()
+    })
+    .await;
+    assert!(
+        frames.iter().all(|(opcode, _)| *opcode == 0xA),
+        "only pongs"
+    );
+    assert_eq!(
+        frames.last().unwrap().1,
+        last,
+        "the latest ping is answered"
+    );
+    // One pong per read of the socket at most (16 KiB, ~125 pings), not one per ping.
+    assert!(
+        frames.len() <= PINGS / 100,
+        "{} pongs for {PINGS} pings",
+        frames.len()
+    );
+    let mut payloads: Vec<&[u8]> = frames.iter().map(|(_, p)| p.as_slice()).collect();
+    let answered = payloads.len();
+    payloads.dedup();
+    assert_eq!(payloads.len(), answered, "each pong answers a newer ping");
+    assert_eq!(rejections(&server, "ws_rate_limited"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_and_pongs_count_toward_the_message_rate_and_close_1008() {
+    use tokio::io::AsyncWriteExt;
+    let options = json!({ "wsMaxMessagesPerSecond": 10, "wsPingInterval": 0 });
+    let (server, _host) = start(options).await;
+    for control in [Control::Ping, Control::Pong] {
+        let mut stream = raw_session(&server).await;
+        // 4 messages and 8 control frames: 12, over a burst of 10.
+        let mut burst: Vec<u8> = (0..4)
+            .flat_map(|i| masked_frame(Data::Text, format!("m{i}").as_bytes()))
+            .collect();
+        burst.extend((0..8).flat_map(|n| masked_control(control, &ping_payload(n))));
+        stream.write_all(&burst).await.unwrap();
+        let frames = read_frames(&mut stream, |opcode, _| opcode == 0x8).await;
+        let (opcode, close) = frames.last().unwrap();
+        assert_eq!(*opcode, 0x8, "{control:?}: a close frame");
+        assert_eq!(&close[..2], &1008u16.to_be_bytes(), "{control:?}");
+    }
+    assert_eq!(rejections(&server, "ws_rate_limited"), 2);
+    assert_eq!(rejections(&server, "ws_protocol_error"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_over_the_rate_under_pause_are_answered_at_the_rate() {
+    use tokio::io::AsyncWriteExt;
+    let options = json!({ "wsMaxMessagesPerSecond": 10, "wsPingInterval": 0, "wsIdleTimeout": 0 });
+    let (server, _host) = start_route(options, json!({ "rateLimitAction": "pause" })).await;
+    let mut stream = raw_session(&server).await;
+    let started = tokio::time::Instant::now();
+    let flood: Vec<u8> = (0..30)
+        .flat_map(|n| masked_control(Control::Ping, &ping_payload(n)))
+        .collect();
+    stream.write_all(&flood).await.unwrap();
+    let last = ping_payload(29);
+    let frames = read_frames(&mut stream, |opcode, payload| {
+        opcode == 0xA && payload == last.as_slice()
+    })
+    .await;
+    // The burst of 10 at once (one pong for them), then one ping every 100 ms.
+    assert_at(started.elapsed(), Duration::from_secs(2));
+    assert!(
+        frames.iter().all(|(opcode, _)| *opcode == 0xA),
+        "only pongs"
+    );
+    assert!(frames.len() <= 21, "{} pongs", frames.len());
+    assert_eq!(
+        rejections(&server, "ws_rate_limited"),
+        0,
+        "a pause is not a rejection"
+    );
+    assert_eq!(server.stats().ws_connections, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn input_after_the_servers_close_is_not_counted_as_a_protocol_error() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _host) = start(json!({ "wsMaxMessagesPerSecond": 5, "wsPingInterval": 0 })).await;
+    let mut stream = raw_session(&server).await;
+    let mut input: Vec<u8> = (0..10)
+        .flat_map(|i| masked_frame(Data::Text, format!("m{i}").as_bytes()))
+        .collect();
+    // Unmasked: a protocol error, but the session is already closing (1008).
+    input.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    stream.write_all(&input).await.unwrap();
+    let frames = read_frames(&mut stream, |opcode, _| opcode == 0x8).await;
+    let (_, close) = frames.last().unwrap();
+    assert_eq!(&close[..2], &1008u16.to_be_bytes());
+    assert_eq!(rejections(&server, "ws_rate_limited"), 1);
+    assert_eq!(rejections(&server, "ws_protocol_error"), 0);
 }

@@ -76,7 +76,8 @@ impl WsRoute {
         let accept_key = match handshake_key(request.method(), request.headers()) {
             Ok(key) => key,
             Err(response) => {
-                context.metrics.reject(Rejection::WsProtocolError);
+                // Refused before the 101: no session, so not a protocol close.
+                context.metrics.reject(Rejection::WsBadHandshake);
                 return *response;
             }
         };
