@@ -38,10 +38,14 @@ pub enum Rejection {
     /// `accept` failed for want of file descriptors (EMFILE / ENFILE): the accept loop backs
     /// off; the kernel keeps the connection queued (or refuses it once its backlog is full).
     OutOfFiles,
+    /// A request that breaks HTTP/1.1's message rules (`conn/conformance.rs`: Host,
+    /// Transfer-Encoding, Content-Length with Transfer-Encoding; `400`, or `501` for a transfer
+    /// coding other than `chunked`), or a request body whose framing is broken (`400`).
+    BadRequest,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 27] = [
+    pub const ALL: [Rejection; 28] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -69,6 +73,7 @@ impl Rejection {
         Rejection::WsOverflow,
         Rejection::WsProtocolError,
         Rejection::OutOfFiles,
+        Rejection::BadRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +105,7 @@ impl Rejection {
             Rejection::WsOverflow => "ws_overflow",
             Rejection::WsProtocolError => "ws_protocol_error",
             Rejection::OutOfFiles => "out_of_files",
+            Rejection::BadRequest => "bad_request",
         }
     }
 }

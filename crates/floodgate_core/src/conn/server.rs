@@ -4,6 +4,7 @@
 use crate::app::router::MountTable;
 use crate::app::StreamingApp;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
+use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
@@ -15,7 +16,7 @@ use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -319,6 +320,16 @@ async fn handle(
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
     shared.metrics.request();
+    // Read for every request, so a note about one head never applies to a later one.
+    let length_and_chunks = conn.take_length_and_chunks();
+    if matches!(request.version(), Version::HTTP_10 | Version::HTTP_11) {
+        if let Some(refusal) =
+            conformance::check(request.version(), request.headers(), length_and_chunks)
+        {
+            shared.metrics.reject(Rejection::BadRequest);
+            return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
+        }
+    }
     let path = request.uri().path().to_string();
     let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {

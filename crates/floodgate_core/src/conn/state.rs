@@ -26,6 +26,9 @@ pub struct ConnState {
     aborted: std::sync::atomic::AtomicBool,
     /// The connection was handed to a WebSocket session: no more HTTP heads or deadlines.
     upgraded: std::sync::atomic::AtomicBool,
+    /// The head the wrapper last read had both `Content-Length` and `Transfer-Encoding` lines
+    /// (hyper drops the first from the head it hands over); taken by the request it belongs to.
+    length_and_chunks: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -40,6 +43,7 @@ impl ConnState {
             writer: AtomicWaker::new(),
             aborted: std::sync::atomic::AtomicBool::new(false),
             upgraded: std::sync::atomic::AtomicBool::new(false),
+            length_and_chunks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -67,6 +71,17 @@ impl ConnState {
 
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Relaxed)
+    }
+
+    /// Called by the socket wrapper when a head it read declared both `Content-Length` and
+    /// `Transfer-Encoding`.
+    pub fn note_length_and_chunks(&self) {
+        self.length_and_chunks.store(true, Relaxed);
+    }
+
+    /// Whether the head of the request now being handled declared both lengths (read once).
+    pub fn take_length_and_chunks(&self) -> bool {
+        self.length_and_chunks.swap(false, Relaxed)
     }
 
     pub fn is_aborted(&self) -> bool {
