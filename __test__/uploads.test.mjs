@@ -314,3 +314,16 @@ test('identify: rate limits key on the user it names, else on the address', asyn
   // Anonymous requests fall back to the address.
   t.deepEqual([await get('', '127.0.0.15'), await get('', '127.0.0.15'), await get('', '127.0.0.15')], [200, 200, 429])
 })
+
+test('a chunked upload with a garbage chunk-size line gets 400 and close, counted; nothing is left', async (t) => {
+  const { port, root, server } = await start(t)
+  const socket = await connect(port)
+  const closed = untilClosed(socket)
+  socket.write('PUT /stream/up/bad.bin HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz-not-hex\r\n')
+  const { text } = await closed
+  t.regex(text, /^HTTP\/1\.1 400 /)
+  t.regex(text, /\r\nconnection: close\r\n/i)
+  t.is(server.stats().rejections.bad_request, 1)
+  t.false(existsSync(join(root, 'bad.bin')))
+  t.deepEqual(leftovers(root), [])
+})

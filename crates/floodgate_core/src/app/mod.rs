@@ -212,7 +212,7 @@ impl StreamingApp {
         context: &RequestContext,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
     {
         match self.routes.find(rel) {
             None => {

@@ -13,6 +13,9 @@
 //!
 //! Every refusal carries `Connection: close`: after a message whose framing is in doubt, the
 //! connection cannot be trusted to find the next one. The caller counts it as `bad_request`.
+//!
+//! A body whose framing turns out broken while it is read (`malformed_body`) is refused the
+//! same way by whoever reads it: the JS bridge and uploads.
 
 use crate::delivery::body::{self, Body};
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Version};
@@ -39,6 +42,21 @@ pub fn check(
         }
     }
     None
+}
+
+/// Whether a body read failed because the body's framing is broken: hyper's chunked decoder
+/// reports `InvalidInput` / `InvalidData` (a chunk-size line that is not hex, a size that
+/// overflows, a bad line end), as opposed to the client going away (`UnexpectedEof`, a reset)
+/// or an HTTP/2 stream error.
+pub fn malformed_body(err: &hyper::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
 }
 
 /// `uri-host [":" port]` (RFC 9110 §7.2): an authority without user info, a host that is not

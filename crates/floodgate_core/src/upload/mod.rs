@@ -8,6 +8,7 @@
 pub(crate) mod sink;
 
 use crate::config::UploadsConfig;
+use crate::conn::conformance::malformed_body;
 use crate::delivery::body::{self, Body};
 use crate::files::safe_path;
 use crate::limit::bucket::{piece_size, Shaper};
@@ -69,7 +70,7 @@ impl UploadsMount {
         limits: UploadLimits,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
     {
         if request.method() != Method::PUT && request.method() != Method::POST {
             limits.metrics.reject(Rejection::MethodNotAllowed);
@@ -147,7 +148,7 @@ fn temp_prefix(target: &Path) -> String {
 /// shaping. Small frames are gathered into batches of a few chunks to spare write calls.
 async fn receive_body<B>(mut body: B, sink: &UploadSink, limits: &UploadLimits) -> Result<(), Stop>
 where
-    B: HttpBody<Data = Bytes> + Unpin,
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
 {
     let started = Instant::now();
     let whole_deadline = started + limits.upload_timeout;
@@ -172,6 +173,9 @@ where
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(Stop::Rejected(reason)),
             Ok(None) => break,
+            Ok(Some(Err(err))) if malformed_body(&err) => {
+                return Err(Stop::Rejected(Rejection::BadRequest))
+            }
             Ok(Some(Err(_))) => return Err(Stop::ClientGone),
             Ok(Some(Ok(frame))) => frame,
         };
@@ -222,6 +226,7 @@ fn reject(metrics: &Metrics, reason: Rejection) -> Response<Body> {
     metrics.reject(reason);
     let (status, message) = match reason {
         Rejection::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
+        Rejection::BadRequest => (StatusCode::BAD_REQUEST, "Bad Request\n"),
         _ => (StatusCode::REQUEST_TIMEOUT, "Request Timeout\n"),
     };
     body::text_with(
