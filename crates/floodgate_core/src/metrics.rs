@@ -120,6 +120,7 @@ pub struct Metrics {
     ws_live: AtomicI64,
     ws_messages_in: AtomicU64,
     ws_messages_out: AtomicU64,
+    stale_uploads_removed: AtomicU64,
     rejections: [AtomicU64; Rejection::ALL.len()],
 }
 
@@ -136,6 +137,8 @@ pub struct Snapshot {
     pub ws_connections: i64,
     pub ws_messages_in: u64,
     pub ws_messages_out: u64,
+    /// Temporary files of uploads cut by a crash, removed by uploads mounts when they started.
+    pub stale_uploads_removed: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -177,6 +180,10 @@ impl Metrics {
         self.ws_messages_out.fetch_add(messages, Relaxed);
     }
 
+    pub fn stale_uploads_removed(&self, count: u64) {
+        self.stale_uploads_removed.fetch_add(count, Relaxed);
+    }
+
     pub fn reject(&self, reason: Rejection) {
         self.reject_many(reason, 1);
     }
@@ -199,6 +206,7 @@ impl Metrics {
             ws_connections: self.ws_live.load(Relaxed),
             ws_messages_in: self.ws_messages_in.load(Relaxed),
             ws_messages_out: self.ws_messages_out.load(Relaxed),
+            stale_uploads_removed: self.stale_uploads_removed.load(Relaxed),
             rejections: Rejection::ALL
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
@@ -265,6 +273,12 @@ impl Snapshot {
             "counter",
             "WebSocket messages sent.",
             self.ws_messages_out as f64,
+        );
+        metric(
+            "stale_uploads_removed_total",
+            "counter",
+            "Temporary files of interrupted uploads removed at start.",
+            self.stale_uploads_removed as f64,
         );
         let _ = writeln!(
             out,

@@ -74,6 +74,11 @@ pub fn listen(
         mounts.insert(mount.prefix, Arc::new(app));
     }
     let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
+    let metrics = Arc::new(Metrics::default());
+    // Bound: this instance owns its folders now; leftovers of a crashed one can go.
+    for app in mounts.values() {
+        app.remove_stale_uploads(&metrics);
+    }
     let local_addr = listener
         .local_addr()
         .map_err(|err| Error::listen(addr, &err))?;
@@ -89,7 +94,7 @@ pub fn listen(
         abort: abort.clone(),
         builder: hyper_builder(&spec.options),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         mounts,
         config: spec.options,
         default_send_timeout: StreamingConfig::default().send_timeout,
