@@ -27,8 +27,10 @@ const native = loadNative()
  *   exchange whose client left; the bridge ends a streamed response quietly on it.
  * - `ERR_FLOODGATE_BODY_TOO_LARGE`, `ERR_FLOODGATE_BODY_TIMEOUT`, `ERR_FLOODGATE_BODY_ABORTED`:
  *   reading a request body (`req.text()`, `req.body`, ...) past `maxUploadSize`, past
- *   `readTimeout` / `uploadTimeout`, or after the client aborted it. Thrown by native code
- *   into the handler that reads.
+ *   `readTimeout` / `uploadTimeout`, or after the client aborted it or broke its chunked
+ *   framing. Thrown by native code into the handler that reads; for the first two and broken
+ *   framing the client has already been answered `413` / `408` / `400` with `Connection: close`,
+ *   whatever the handler answers next.
  * - `ERR_FLOODGATE_HANDLER_RESULT` (TypeError, reported through the server's `error` event):
  *   a handler returned something floodgate cannot send.
  */
@@ -249,7 +251,9 @@ export interface Stats {
   requestsTotal: number
   bytesSent: number
   bytesReceived: number
-  /** Refusals and cut-offs by reason: `connection_limit`, `header_timeout`, `send_timeout`, ... */
+  /** Temporary files of uploads cut by a crash, removed by uploads mounts when the server started listening (counted shortly after `listen`, once each folder was scanned). */
+  staleUploadsRemoved: number
+  /** Refusals and cut-offs by reason: `connection_limit`, `header_timeout`, `send_timeout`, `bad_request`, ... */
   rejections: Record<string, number>
 }
 

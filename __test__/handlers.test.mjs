@@ -5,7 +5,7 @@ import http from 'node:http'
 import { spawn } from 'node:child_process'
 import { Hono } from 'hono'
 import express from 'express'
-import { Server, StreamingApp, floodgate, fixture, request, rawExchange, connect, sleep, eventually, needs, curlTool } from './helpers.mjs'
+import { Server, StreamingApp, floodgate, fixture, request, rawExchange, connect, untilClosed, sleep, eventually, needs, curlTool } from './helpers.mjs'
 
 const { StreamingResponse, FileResponse, fromNodeHandler } = floodgate
 const MiB = 1024 * 1024
@@ -418,4 +418,84 @@ needs(curlTool, test)('a flood of downloads on /stream does not stall /api', asy
   // A stall (/api queued behind the downloads) costs seconds; a loaded machine costs a few ms. The
   // bound only catches the stall: how close flooded latency stays to idle is the benchmark's figure.
   t.true(loaded.p99 < 500, `idle ${ms(idle)}; flooded ${ms(loaded)}`)
+})
+
+// A body that stops arriving, or is malformed, is the client's fault: the bridge answers 408 / 400
+// and closes, whatever the handler answers after its read failed (as for 413).
+async function bodyFaultServer(t) {
+  const seen = []
+  const served = await serve(t, (server) => {
+    const app = streamingApp({ readTimeout: 500 })
+    app.post('/throw', async (req) => {
+      try {
+        return new Response(await req.text())
+      } catch (err) {
+        seen.push(err.code)
+        throw err
+      }
+    })
+    app.post('/swallow', async (req) => {
+      try {
+        await req.arrayBuffer()
+      } catch (err) {
+        seen.push(err.code)
+      }
+      return new Response('fine anyway')
+    })
+    server.mount('/', app)
+  })
+  return { ...served, seen }
+}
+
+for (const route of ['/throw', '/swallow']) {
+  test(`a body that stops arriving on a JS route (${route}) gets 408 at readTimeout, counted, closed`, async (t) => {
+    const { port, server, seen } = await bodyFaultServer(t)
+    const socket = await connect(port)
+    const closed = untilClosed(socket)
+    const started = Date.now()
+    socket.write(`POST ${route} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n${'a'.repeat(50)}`)
+    const { text, at } = await closed
+    t.regex(text, /^HTTP\/1\.1 408 /)
+    t.regex(text, /\r\nconnection: close\r\n/i)
+    t.true(at - started >= 450 && at - started < 3000, `closed after ${at - started} ms`)
+    t.is(server.stats().rejections.read_timeout, 1)
+    t.deepEqual(await eventually(() => seen.length === 1 && seen), ['ERR_FLOODGATE_BODY_TIMEOUT'])
+  })
+
+  test(`a chunked body with a garbage chunk-size line on a JS route (${route}) gets 400, counted, closed`, async (t) => {
+    const { port, server, seen } = await bodyFaultServer(t)
+    const socket = await connect(port)
+    const closed = untilClosed(socket)
+    socket.write(`POST ${route} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz-not-hex\r\n`)
+    const { text } = await closed
+    t.regex(text, /^HTTP\/1\.1 400 /)
+    t.regex(text, /\r\nconnection: close\r\n/i)
+    t.is(server.stats().rejections.bad_request, 1)
+    t.is(server.stats().rejections.read_timeout, 0)
+    t.deepEqual(await eventually(() => seen.length === 1 && seen), ['ERR_FLOODGATE_BODY_ABORTED'])
+  })
+}
+
+test('legitimate bodies on the same routes still pass: whole, chunked, slow but within readTimeout', async (t) => {
+  const { port, url, server, seen } = await bodyFaultServer(t)
+  const res = await fetch(`${url}/throw`, { method: 'POST', body: 'hello' })
+  t.is(res.status, 200)
+  t.is(await res.text(), 'hello')
+  const chunked = await rawExchange(
+    port,
+    'POST /throw HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n',
+  )
+  t.regex(chunked, /^HTTP\/1\.1 200 /)
+  t.regex(chunked, /hello world$/)
+  const socket = await connect(port)
+  const closed = untilClosed(socket)
+  socket.write('POST /throw HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab')
+  await sleep(150) // well inside the 500 ms readTimeout, even on a loaded machine
+  socket.write('cd')
+  const { text } = await closed
+  t.regex(text, /^HTTP\/1\.1 200 /)
+  t.regex(text, /abcd$/)
+  t.deepEqual(seen, [])
+  t.is(server.stats().rejections.read_timeout, 0)
+  t.is(server.stats().rejections.bad_request, 0)
 })

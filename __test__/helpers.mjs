@@ -247,7 +247,7 @@ export async function serverProcess(t, script) {
     child.on('error', reject)
     child.on('exit', (code, signal) => reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY`)))
   })
-  return { port, rss: () => residentBytes(child.pid) }
+  return { port, child, rss: () => residentBytes(child.pid) }
 }
 
 /** A process's resident set size in bytes: /proc on Linux, `ps` on macOS, PowerShell on Windows. */

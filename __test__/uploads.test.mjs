@@ -1,7 +1,7 @@
 // Uploads: atomic, bounded, timed request bodies; and the per-client request-rate limit.
 import test from 'ava'
 import { createHash } from 'node:crypto'
-import { readdirSync, readFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, existsSync, mkdirSync, writeFileSync, utimesSync } from 'node:fs'
 import { join } from 'node:path'
 import http from 'node:http'
 import { Server, StreamingApp, fixture, connect, untilClosed, sleep, eventually, request, serverProcess } from './helpers.mjs'
@@ -313,4 +313,100 @@ test('identify: rate limits key on the user it names, else on the address', asyn
   t.is(await get('?token=bob', '127.0.0.12'), 200)
   // Anonymous requests fall back to the address.
   t.deepEqual([await get('', '127.0.0.15'), await get('', '127.0.0.15'), await get('', '127.0.0.15')], [200, 200, 429])
+})
+
+// ---- stale temporaries: an upload cut by a crash leaves `.NAME.XXXXXX.upload`; the next start removes it ----
+
+test('at listen an uploads mount removes its own stale temporaries, and nothing else', async (t) => {
+  const dir = fixture()
+  t.teardown(dir.cleanup)
+  const root = dir.root
+  const hourAgo = new Date(Date.now() - 3600_000)
+  const make = (name, { old = true } = {}) => {
+    writeFileSync(join(root, name), 'partial')
+    if (old) utimesSync(join(root, name), hourAgo, hourAgo)
+  }
+  make('.report.pdf.Ab3xZ9.upload') // ours and stale: removed
+  make('.fresh.bin.Qw12Er.upload', { old: false }) // ours but fresh (a concurrent instance's upload)
+  const kept = [
+    '.hidden', // a dotfile that does not match
+    '.report.pdf.Ab3xZ.upload', // random part one short
+    '.report.pdf.Ab3xZ9.uploads',
+    '..report.pdf.Ab3xZ9.upload', // a name that cannot be uploaded
+    '.report.pdf.Ab-xZ9.upload', // not tempfile's alphabet
+    'report.pdf.Ab3xZ9.upload', // no leading dot
+    '.Ab3xZ9.upload', // no name
+    'plain.txt',
+  ]
+  kept.forEach((name) => make(name))
+  mkdirSync(join(root, '.sub.bin.Ab3xZ9.upload')) // a folder named like one
+  utimesSync(join(root, '.sub.bin.Ab3xZ9.upload'), hourAgo, hourAgo)
+  mkdirSync(join(root, 'nested'))
+  make('nested/.deep.bin.Ab3xZ9.upload') // in a subfolder: the scan stays in the mount's folder
+
+  const server = new Server()
+  const app = new StreamingApp({ rateLimitRequests: 0, uploadTimeout: '1m' })
+  app.uploads('/up', { dir: root })
+  server.mount('/', app)
+  const { url } = await server.listen({ port: 0 })
+  t.teardown(() => server.close({ drain: 0 }))
+
+  t.true(await eventually(() => server.stats().staleUploadsRemoved === 1), `counter ${server.stats().staleUploadsRemoved}`)
+  t.deepEqual(
+    readdirSync(root).sort(),
+    [...kept, '.fresh.bin.Qw12Er.upload', '.sub.bin.Ab3xZ9.upload', 'nested'].sort(),
+  )
+  t.true(existsSync(join(root, 'nested/.deep.bin.Ab3xZ9.upload')))
+  t.is(server.stats().rejections.body_too_large, 0)
+  // Uploads work as before beside it.
+  const res = await upload(`${url}/up/report.pdf`, Buffer.from('whole'))
+  t.is(res.status, 201)
+  t.is(readFileSync(join(root, 'report.pdf'), 'utf8'), 'whole')
+  t.is(server.stats().staleUploadsRemoved, 1)
+})
+
+test('an upload cut by kill -9 leaves its temporary; a restart after uploadTimeout removes it', async (t) => {
+  const dir = fixture()
+  t.teardown(dir.cleanup)
+  const script = (uploadTimeout) => `const { Server, StreamingApp } = floodgate
+    const server = new Server()
+    const app = new StreamingApp({ rateLimitRequests: 0, uploadTimeout: ${JSON.stringify(uploadTimeout)} })
+    app.uploads('/up', { dir: ${JSON.stringify(dir.root)} })
+    server.mount('/', app)
+    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port + ' ' + server.stats().staleUploadsRemoved))`
+  const first = await serverProcess(t, script('5m'))
+  const socket = await connect(first.port)
+  socket.on('error', () => {})
+  socket.write(`PUT /up/cut.bin HTTP/1.1\r\nHost: x\r\nContent-Length: ${MiB}\r\n\r\n`)
+  socket.write(Buffer.alloc(64 * 1024, 1))
+  const temps = () => readdirSync(dir.root).filter((name) => /^\.cut\.bin\.[A-Za-z0-9]{6}\.upload$/.test(name))
+  t.is((await eventually(() => temps().length === 1 && temps(), { timeout: 10_000 })).length, 1, 'the upload is under way')
+  const exited = new Promise((resolve) => first.child.once('exit', resolve))
+  first.child.kill('SIGKILL')
+  await exited
+  socket.destroy()
+  t.is(temps().length, 1, 'the crash left the temporary behind')
+
+  await sleep(1_200) // older than the next instance's uploadTimeout of 1 s
+  const server = new Server()
+  const app = new StreamingApp({ rateLimitRequests: 0, uploadTimeout: '1s' })
+  app.uploads('/up', { dir: dir.root })
+  server.mount('/', app)
+  await server.listen({ port: 0 })
+  t.teardown(() => server.close({ drain: 0 }))
+  t.true(await eventually(() => server.stats().staleUploadsRemoved === 1))
+  t.deepEqual(temps(), [])
+})
+
+test('a chunked upload with a garbage chunk-size line gets 400 and close, counted; nothing is left', async (t) => {
+  const { port, root, server } = await start(t)
+  const socket = await connect(port)
+  const closed = untilClosed(socket)
+  socket.write('PUT /stream/up/bad.bin HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz-not-hex\r\n')
+  const { text } = await closed
+  t.regex(text, /^HTTP\/1\.1 400 /)
+  t.regex(text, /\r\nconnection: close\r\n/i)
+  t.is(server.stats().rejections.bad_request, 1)
+  t.false(existsSync(join(root, 'bad.bin')))
+  t.deepEqual(leftovers(root), [])
 })

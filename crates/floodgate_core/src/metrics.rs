@@ -45,6 +45,10 @@ pub enum Rejection {
     /// `accept` failed for want of file descriptors (EMFILE / ENFILE): the accept loop backs
     /// off; the kernel keeps the connection queued (or refuses it once its backlog is full).
     OutOfFiles,
+    /// A request that breaks HTTP/1.1's message rules (`conn/conformance.rs`: Host,
+    /// Transfer-Encoding, Content-Length with Transfer-Encoding; `400`, or `501` for a transfer
+    /// coding other than `chunked`), or a request body whose framing is broken (`400`).
+    BadRequest,
 }
 
 impl Rejection {
@@ -77,6 +81,7 @@ impl Rejection {
         Rejection::WsProtocolError,
         Rejection::WsBadHandshake,
         Rejection::OutOfFiles,
+        Rejection::BadRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +114,7 @@ impl Rejection {
             Rejection::WsProtocolError => "ws_protocol_error",
             Rejection::WsBadHandshake => "ws_bad_handshake",
             Rejection::OutOfFiles => "out_of_files",
+            Rejection::BadRequest => "bad_request",
         }
     }
 }
@@ -123,6 +129,7 @@ pub struct Metrics {
     ws_live: AtomicI64,
     ws_messages_in: AtomicU64,
     ws_messages_out: AtomicU64,
+    stale_uploads_removed: AtomicU64,
     rejections: [AtomicU64; Rejection::ALL.len()],
 }
 
@@ -139,6 +146,8 @@ pub struct Snapshot {
     pub ws_connections: i64,
     pub ws_messages_in: u64,
     pub ws_messages_out: u64,
+    /// Temporary files of uploads cut by a crash, removed by uploads mounts when they started.
+    pub stale_uploads_removed: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -180,6 +189,10 @@ impl Metrics {
         self.ws_messages_out.fetch_add(messages, Relaxed);
     }
 
+    pub fn stale_uploads_removed(&self, count: u64) {
+        self.stale_uploads_removed.fetch_add(count, Relaxed);
+    }
+
     pub fn reject(&self, reason: Rejection) {
         self.reject_many(reason, 1);
     }
@@ -202,6 +215,7 @@ impl Metrics {
             ws_connections: self.ws_live.load(Relaxed),
             ws_messages_in: self.ws_messages_in.load(Relaxed),
             ws_messages_out: self.ws_messages_out.load(Relaxed),
+            stale_uploads_removed: self.stale_uploads_removed.load(Relaxed),
             rejections: Rejection::ALL
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
@@ -268,6 +282,12 @@ impl Snapshot {
             "counter",
             "WebSocket messages sent.",
             self.ws_messages_out as f64,
+        );
+        metric(
+            "stale_uploads_removed_total",
+            "counter",
+            "Temporary files of interrupted uploads removed at start.",
+            self.stale_uploads_removed as f64,
         );
         let _ = writeln!(
             out,

@@ -283,7 +283,7 @@ impl NativeServer {
             Ok(chunk) => return Ok(chunk.map(|bytes| Either::A(bytes.to_vec().into()))),
             Err(BodyError::TooLarge) => ErrorKind::BodyTooLarge,
             Err(BodyError::Timeout) => ErrorKind::BodyTimeout,
-            Err(BodyError::Aborted) => ErrorKind::BodyAborted,
+            Err(BodyError::Aborted | BodyError::Malformed) => ErrorKind::BodyAborted,
             Err(BodyError::Gone) => ErrorKind::ClientGone,
         };
         let code = floodgate_core::Error::new(kind, "").code();

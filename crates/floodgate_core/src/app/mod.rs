@@ -20,7 +20,7 @@ use crate::js::call::{call_js, identify, JsLimits, JsTarget};
 use crate::limit::bucket::{slowest_rate, ClientBuckets, Shaper};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{Decision, RequestLimiter};
-use crate::metrics::Rejection;
+use crate::metrics::{Metrics, Rejection};
 use crate::upload::{UploadLimits, UploadsMount};
 use crate::ws::upgrade::WsRoute;
 use bytes::Bytes;
@@ -127,6 +127,16 @@ impl StreamingApp {
         })
     }
 
+    /// Starts each uploads mount's removal of the temporaries a crashed instance left
+    /// (`UploadsMount::remove_stale`), counted in `metrics` once done.
+    pub fn remove_stale_uploads(&self, metrics: &Arc<Metrics>) {
+        for route in self.routes.values() {
+            if let Route::Uploads(uploads) = route {
+                uploads.remove_stale(self.config.upload_timeout, Arc::clone(metrics));
+            }
+        }
+    }
+
     pub async fn handle<B>(
         &self,
         request: Request<B>,
@@ -214,7 +224,7 @@ impl StreamingApp {
         context: &RequestContext,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
     {
         match self.routes.find(rel) {
             None => {

@@ -26,6 +26,11 @@ impl<T> MountTable<T> {
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
 
+    /// Every mounted value, longest prefix first.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, value)| value)
+    }
+
     /// Finds the mount for `path`, returning it with the path relative to the mount.
     pub fn find<'p>(&self, path: &'p str) -> Option<(&T, &'p str)> {
         self.entries

@@ -65,6 +65,50 @@ struct HeadProgress {
     previous_was_lf: bool,
     /// The first bytes of the connection, while they may still be the h2 preface.
     preface_matched: usize,
+    /// Which framing headers the head declares (see `FramingScan`).
+    framing: FramingScan,
+}
+
+/// Notes whether a head has `Content-Length` and `Transfer-Encoding` lines, from the bytes as
+/// they are counted: hyper keeps only `Transfer-Encoding` in the head it hands over when both
+/// came, and the pair must be refused (`conformance`). Only each line's name is looked at.
+#[derive(Default)]
+struct FramingScan {
+    /// The current line's name so far (longer names are not kept: they match neither).
+    name: [u8; FramingScan::LONGEST],
+    name_len: usize,
+    /// Past the current line's `:`: the rest of the line is its value, not a name.
+    in_value: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl FramingScan {
+    const LONGEST: usize = "transfer-encoding".len();
+
+    fn byte(&mut self, byte: u8) {
+        match byte {
+            b'\n' => {
+                self.in_value = false;
+                self.name_len = 0;
+            }
+            _ if self.in_value => {}
+            b':' => {
+                let name = &self.name[..self.name_len.min(Self::LONGEST)];
+                if self.name_len <= Self::LONGEST {
+                    self.content_length |= name.eq_ignore_ascii_case(b"content-length");
+                    self.transfer_encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
+                }
+                self.in_value = true;
+            }
+            _ => {
+                if self.name_len < Self::LONGEST {
+                    self.name[self.name_len] = byte;
+                }
+                self.name_len = self.name_len.saturating_add(1);
+            }
+        }
+    }
 }
 
 impl HeadProgress {
@@ -78,6 +122,7 @@ impl HeadProgress {
             terminated: false,
             previous_was_lf: false,
             preface_matched: 0,
+            framing: FramingScan::default(),
         }
     }
 }
@@ -205,10 +250,14 @@ impl<S> GuardedIo<S> {
         // A head ends at an empty line; bare LF line endings count too, as in httparse.
         let mut counted = bytes.len();
         for (index, byte) in bytes.iter().enumerate() {
+            head.framing.byte(*byte);
             match byte {
                 b'\n' if head.previous_was_lf => {
                     head.terminated = true;
                     counted = index + 1;
+                    if head.framing.content_length && head.framing.transfer_encoding {
+                        self.state.note_length_and_chunks();
+                    }
                     break;
                 }
                 b'\n' => {
@@ -426,5 +475,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
             ready!(this.read_timer.as_mut().poll(cx));
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod framing_tests {
+    use super::FramingScan;
+
+    fn scan(head: &[u8]) -> (bool, bool) {
+        let mut framing = FramingScan::default();
+        head.iter().for_each(|byte| framing.byte(*byte));
+        (framing.content_length, framing.transfer_encoding)
+    }
+
+    #[test]
+    fn both_framing_headers_are_noted_in_any_case_and_order() {
+        let both = b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ntransfer-ENCODING: chunked\r\n\r\n";
+        assert_eq!(scan(both), (true, true));
+        let reversed = b"PUT /a HTTP/1.1\nTransfer-Encoding: chunked\ncontent-length: 5\n\n";
+        assert_eq!(scan(reversed), (true, true));
+    }
+
+    #[test]
+    fn names_in_values_or_the_request_line_do_not_count() {
+        let head = b"GET /content-length: HTTP/1.1\r\nX-Note: transfer-encoding: chunked\r\nContent-Lengths: 1\r\nTransfer-Encoding-X: 1\r\n\r\n";
+        assert_eq!(scan(head), (false, false));
+        let long = b"GET / HTTP/1.1\r\nX-Very-Long-Header-Name-Transfer-Encoding: 1\r\n\r\n";
+        assert_eq!(scan(long), (false, false));
     }
 }

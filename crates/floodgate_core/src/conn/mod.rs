@@ -1,7 +1,9 @@
 //! The connection: the accept loop and its tasks, the socket wrapper that enforces head and
 //! send deadlines, the state a connection shares with its requests, the client address behind
-//! a trusted proxy, and the lingering close every path that ends a connection shares.
+//! a trusted proxy, the lingering close every path that ends a connection shares, and the
+//! HTTP/1.1 message rules checked before a request reaches a mount.
 
+pub(crate) mod conformance;
 pub(crate) mod guarded_io;
 pub(crate) mod h2_stream;
 pub(crate) mod linger;

@@ -4,6 +4,7 @@
 use crate::app::router::MountTable;
 use crate::app::StreamingApp;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
+use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::h2_stream::StreamExecutor;
 use crate::conn::linger::linger;
@@ -16,7 +17,7 @@ use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -77,6 +78,11 @@ pub fn listen(
         mounts.insert(mount.prefix, Arc::new(app));
     }
     let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
+    let metrics = Arc::new(Metrics::default());
+    // Bound: this instance owns its folders now; leftovers of a crashed one can go.
+    for app in mounts.values() {
+        app.remove_stale_uploads(&metrics);
+    }
     let local_addr = listener
         .local_addr()
         .map_err(|err| Error::listen(addr, &err))?;
@@ -445,6 +451,16 @@ async fn handle(
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
     shared.metrics.request();
+    // Read for every request, so a note about one head never applies to a later one.
+    let length_and_chunks = conn.take_length_and_chunks();
+    if matches!(request.version(), Version::HTTP_10 | Version::HTTP_11) {
+        if let Some(refusal) =
+            conformance::check(request.version(), request.headers(), length_and_chunks)
+        {
+            shared.metrics.reject(Rejection::BadRequest);
+            return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
+        }
+    }
     let path = request.uri().path().to_string();
     let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {

@@ -36,6 +36,9 @@ pub struct ConnState {
     /// The connection's own bandwidth buckets (responses, request bodies), made on first use.
     download_bucket: Mutex<Option<ConnectionBucket>>,
     upload_bucket: Mutex<Option<ConnectionBucket>>,
+    /// The head the wrapper last read had both `Content-Length` and `Transfer-Encoding` lines
+    /// (hyper drops the first from the head it hands over); taken by the request it belongs to.
+    length_and_chunks: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -54,6 +57,7 @@ impl ConnState {
             last_response_ms: AtomicU64::new(0),
             download_bucket: Mutex::new(None),
             upload_bucket: Mutex::new(None),
+            length_and_chunks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -112,6 +116,17 @@ impl ConnState {
 
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Relaxed)
+    }
+
+    /// Called by the socket wrapper when a head it read declared both `Content-Length` and
+    /// `Transfer-Encoding`.
+    pub fn note_length_and_chunks(&self) {
+        self.length_and_chunks.store(true, Relaxed);
+    }
+
+    /// Whether the head of the request now being handled declared both lengths (read once).
+    pub fn take_length_and_chunks(&self) -> bool {
+        self.length_and_chunks.swap(false, Relaxed)
     }
 
     pub fn is_aborted(&self) -> bool {

@@ -63,7 +63,7 @@ fn segments(rel: &str) -> Result<Vec<String>, Reject> {
         .collect()
 }
 
-fn is_plain_segment(segment: &str) -> bool {
+pub(crate) fn is_plain_segment(segment: &str) -> bool {
     !segment.is_empty()
         && !segment.starts_with('.')
         && !segment.contains(['/', '\\', ':', '\0'])

@@ -6,7 +6,9 @@
 //! away or the handler times out, dropping the guard unregisters the exchange and tells JS to
 //! abort (`req.signal`, the generator's `return()`).
 
+use crate::conn::conformance::malformed_body;
 use crate::js::stream::{self, StreamReader, StreamWriter};
+use crate::metrics::{Metrics, Rejection};
 use crate::ws::hub::{WsEvent, WsHub};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
@@ -74,7 +76,10 @@ pub trait JsHost: Send + Sync + 'static {
     fn ws_event(&self, event: WsEvent);
 }
 
-/// Why reading a request body for JS failed.
+/// Why reading a request body for JS failed. `TooLarge`, `Timeout` and `Malformed` are the
+/// client's fault: the bridge has already answered the exchange (413, 408, 400, each with
+/// `Connection: close`) and counted it, so whatever JS answers after its read failed (a 500 from
+/// a throw, or even a 200) does not reach the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {
     /// The exchange is gone (answered, aborted, or never existed).
@@ -83,20 +88,25 @@ pub enum BodyError {
     Timeout,
     /// The client stopped sending mid-body.
     Aborted,
+    /// The body's framing is broken (a chunk-size line that is not hex, say). JS sees it as
+    /// `Aborted` (`ERR_FLOODGATE_BODY_ABORTED`).
+    Malformed,
 }
 
 type RequestBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// A request body JS pulls from, with the app's size cap and read timeout.
+/// A request body JS pulls from, with the app's size cap and read timeout, and the counters
+/// its refusals go to.
 pub struct BodySource {
     body: RequestBody,
     received: u64,
     max: u64,
     read_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl BodySource {
-    pub fn new<B>(body: B, max: u64, read_timeout: Duration) -> Self
+    pub fn new<B>(body: B, max: u64, read_timeout: Duration, metrics: Arc<Metrics>) -> Self
     where
         B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + 'static,
     {
@@ -105,6 +115,7 @@ impl BodySource {
             received: 0,
             max,
             read_timeout,
+            metrics,
         }
     }
 }
@@ -280,16 +291,28 @@ impl Bridge {
         loop {
             let read_timeout = source.read_timeout;
             let frame = match tokio::time::timeout(read_timeout, source.body.frame()).await {
-                Err(_) => return Err(BodyError::Timeout),
+                Err(_) => {
+                    source.metrics.reject(Rejection::ReadTimeout);
+                    drop(source);
+                    self.refuse(id, 408, b"Request Timeout\n");
+                    return Err(BodyError::Timeout);
+                }
                 Ok(None) => return Ok(None),
+                Ok(Some(Err(err))) if malformed_body(&err) => {
+                    source.metrics.reject(Rejection::BadRequest);
+                    drop(source);
+                    self.refuse(id, 400, b"Bad Request\n");
+                    return Err(BodyError::Malformed);
+                }
                 Ok(Some(Err(_))) => return Err(BodyError::Aborted),
                 Ok(Some(Ok(frame))) => frame,
             };
             if let Ok(data) = frame.into_data() {
                 source.received += data.len() as u64;
                 if source.received > source.max {
+                    source.metrics.reject(Rejection::BodyTooLarge);
                     drop(source);
-                    self.refuse_too_large(id);
+                    self.refuse(id, 413, b"Payload Too Large\n");
                     return Err(BodyError::TooLarge);
                 }
                 return Ok(Some(data));
@@ -297,15 +320,17 @@ impl Bridge {
         }
     }
 
-    /// A body passed the cap while JS was reading it: answer 413 and close, whatever JS does.
-    fn refuse_too_large(&self, id: u64) {
+    /// The client is at fault in the middle of its body (too large, too slow, malformed):
+    /// answer `status` and close, whatever JS does after its read failed. A response JS sent
+    /// before is left alone (the sender is taken by whichever answers first).
+    fn refuse(&self, id: u64, status: u16, message: &'static [u8]) {
         let headers =
             Bytes::from_static(b"content-type\0text/plain; charset=utf-8\0connection\0close");
-        let body = JsBody::Bytes(Bytes::from_static(b"Payload Too Large\n"));
+        let body = JsBody::Bytes(Bytes::from_static(message));
         self.respond(
             id,
             JsResponse {
-                status: 413,
+                status,
                 headers,
                 body,
             },

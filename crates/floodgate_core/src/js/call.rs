@@ -80,7 +80,14 @@ where
         client: target.client.to_string(),
         has_body,
     };
-    let source = has_body.then(|| BodySource::new(body, limits.max_body, limits.read_timeout));
+    let source = has_body.then(|| {
+        BodySource::new(
+            body,
+            limits.max_body,
+            limits.read_timeout,
+            Arc::clone(limits.metrics),
+        )
+    });
     let mut call = target.bridge.start(js_request, source, Some(permit));
     let js_response = match tokio::time::timeout(limits.handler_timeout, call.response()).await {
         Err(_) => {

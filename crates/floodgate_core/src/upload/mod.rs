@@ -4,10 +4,15 @@
 //! and is renamed into place only after the last byte arrived and was flushed to disk
 //! (`upload_sink`). Any failure — too large, too slow, client gone, server closing — drops the
 //! temporary file, which removes it. Memory stays a few batches, whatever the size.
+//!
+//! A crash (`kill -9`, power loss) leaves its temporary behind: when the server listens, each
+//! uploads mount removes the temporaries in its folder that match its own name pattern exactly
+//! and are older than `uploadTimeout` (`remove_stale`), counted in `staleUploadsRemoved`.
 
 pub(crate) mod sink;
 
 use crate::config::UploadsConfig;
+use crate::conn::conformance::malformed_body;
 use crate::delivery::body::{self, Body};
 use crate::files::safe_path;
 use crate::limit::bucket::{piece_size, Shaper};
@@ -19,7 +24,7 @@ use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 pub struct UploadsMount {
@@ -69,7 +74,7 @@ impl UploadsMount {
         limits: UploadLimits,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
     {
         if request.method() != Method::PUT && request.method() != Method::POST {
             limits.metrics.reject(Rejection::MethodNotAllowed);
@@ -94,7 +99,8 @@ impl UploadsMount {
         let Some(temp) = target.parent().and_then(|folder| {
             tempfile::Builder::new()
                 .prefix(&temp_prefix(&target))
-                .suffix(".upload")
+                .rand_bytes(TEMP_RANDOM_LEN)
+                .suffix(TEMP_SUFFIX)
                 .tempfile_in(folder)
                 .ok()
         }) else {
@@ -116,6 +122,20 @@ impl UploadsMount {
         }
     }
 
+    /// Removes, on a blocking worker, the temporaries a crashed instance left in this mount's
+    /// folder: regular files named exactly as `receive` names them (`is_own_temp`) whose last
+    /// write is older than `upload_timeout`. No live upload's temporary is that old: an upload
+    /// ends at `upload_timeout` and writes its file as bytes arrive. Subfolders, other files
+    /// and fresh temporaries (an instance sharing the folder) are left alone. The count reaches
+    /// `metrics` when the scan is done, shortly after `listen`: a large folder never holds up
+    /// listening (the binding's `listen` is synchronous on the JS thread).
+    pub fn remove_stale(&self, upload_timeout: Duration, metrics: Arc<Metrics>) {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            metrics.stale_uploads_removed(remove_stale_temps(&dir, upload_timeout));
+        });
+    }
+
     fn created(&self, target: &Path, stored: Stored) -> Response<Body> {
         let relative = target.strip_prefix(&self.dir).unwrap_or(target);
         let name = relative
@@ -135,6 +155,66 @@ impl UploadsMount {
     }
 }
 
+/// A temporary file is `.NAME.` + this many of tempfile's random characters (ASCII letters and
+/// digits) + `.upload`; set here rather than left to tempfile's default, since
+/// `is_own_temp` must recognize exactly these names.
+const TEMP_RANDOM_LEN: usize = 6;
+const TEMP_SUFFIX: &str = ".upload";
+
+/// Whether `name` is one of the temporaries `receive` makes: `.NAME.XXXXXX.upload`, NAME a
+/// name an upload can have (`safe_path::is_plain_segment`: no leading dot, no separators).
+fn is_own_temp(name: &str) -> bool {
+    let Some(inner) = name
+        .strip_prefix('.')
+        .and_then(|name| name.strip_suffix(TEMP_SUFFIX))
+    else {
+        return false;
+    };
+    let Some(split) = inner.len().checked_sub(TEMP_RANDOM_LEN) else {
+        return false;
+    };
+    if !inner.as_bytes()[split..]
+        .iter()
+        .all(u8::is_ascii_alphanumeric)
+    {
+        return false;
+    }
+    // The random part is ASCII, so `split` is a character boundary.
+    inner[..split]
+        .strip_suffix('.')
+        .is_some_and(safe_path::is_plain_segment)
+}
+
+/// Removes the files of `dir` (not its subfolders) that `is_own_temp` recognizes and that were
+/// last written more than `older_than` ago; returns how many went.
+fn remove_stale_temps(dir: &Path, older_than: Duration) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(is_own_temp) {
+            continue;
+        }
+        // Not followed: a symbolic link named like a temporary is not one.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let stale = meta.file_type().is_file()
+            && meta
+                .modified()
+                .ok()
+                .and_then(|written| now.duration_since(written).ok())
+                .is_some_and(|age| age > older_than);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn temp_prefix(target: &Path) -> String {
     let name = target
         .file_name()
@@ -147,7 +227,7 @@ fn temp_prefix(target: &Path) -> String {
 /// shaping. Small frames are gathered into batches of a few chunks to spare write calls.
 async fn receive_body<B>(mut body: B, sink: &UploadSink, limits: &UploadLimits) -> Result<(), Stop>
 where
-    B: HttpBody<Data = Bytes> + Unpin,
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
 {
     let started = Instant::now();
     let whole_deadline = started + limits.upload_timeout;
@@ -172,6 +252,9 @@ where
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(Stop::Rejected(reason)),
             Ok(None) => break,
+            Ok(Some(Err(err))) if malformed_body(&err) => {
+                return Err(Stop::Rejected(Rejection::BadRequest))
+            }
             Ok(Some(Err(_))) => return Err(Stop::ClientGone),
             Ok(Some(Ok(frame))) => frame,
         };
@@ -222,6 +305,7 @@ fn reject(metrics: &Metrics, reason: Rejection) -> Response<Body> {
     metrics.reject(reason);
     let (status, message) = match reason {
         Rejection::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
+        Rejection::BadRequest => (StatusCode::BAD_REQUEST, "Bad Request\n"),
         _ => (StatusCode::REQUEST_TIMEOUT, "Request Timeout\n"),
     };
     body::text_with(
@@ -230,4 +314,86 @@ fn reject(metrics: &Metrics, reason: Rejection) -> Response<Body> {
         header::CONNECTION,
         HeaderValue::from_static("close"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_temporaries_are_recognized_exactly() {
+        for ours in [
+            ".report.pdf.Ab3xZ9.upload",
+            ".a.000000.upload",
+            ".été.zzzzzz.upload",
+        ] {
+            assert!(is_own_temp(ours), "{ours}");
+        }
+        for other in [
+            ".hidden",
+            ".report.pdf.Ab3xZ.upload",
+            ".report.pdf.Ab3xZ99.upload",
+            ".report.pdf.Ab-xZ9.upload",
+            ".report.pdf.Ab3xZ9.uploads",
+            "..report.pdf.Ab3xZ9.upload",
+            "report.pdf.Ab3xZ9.upload",
+            ".Ab3xZ9.upload",
+            "..Ab3xZ9.upload",
+            ".reportAb3xZ9.upload",
+            ".a:b.Ab3xZ9.upload",
+            ".upload",
+        ] {
+            assert!(!is_own_temp(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_temporary_made_by_receive_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = tempfile::Builder::new()
+            .prefix(&temp_prefix(&dir.path().join("name.bin")))
+            .rand_bytes(TEMP_RANDOM_LEN)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(dir.path())
+            .unwrap();
+        let name = temp.path().file_name().unwrap().to_str().unwrap();
+        assert!(is_own_temp(name), "{name}");
+    }
+
+    #[test]
+    fn only_stale_own_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let make = |name: &str, stale: bool| {
+            let path = dir.path().join(name);
+            let file = std::fs::File::create(&path).unwrap();
+            if stale {
+                file.set_modified(old).unwrap();
+            }
+        };
+        make(".a.bin.Ab3xZ9.upload", true);
+        make(".b.bin.Ab3xZ9.upload", false);
+        make(".hidden", true);
+        make("plain.Ab3xZ9.upload", true);
+        std::fs::create_dir(dir.path().join(".c.bin.Ab3xZ9.upload")).unwrap();
+        assert_eq!(remove_stale_temps(dir.path(), Duration::from_secs(60)), 1);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".b.bin.Ab3xZ9.upload",
+                ".c.bin.Ab3xZ9.upload",
+                ".hidden",
+                "plain.Ab3xZ9.upload"
+            ]
+        );
+        assert_eq!(
+            remove_stale_temps(&dir.path().join("missing"), Duration::ZERO),
+            0
+        );
+    }
 }
