@@ -91,7 +91,6 @@ pub fn listen(
     bus.start_fanout();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         bus,
         shutdown: stop_accepting.clone(),
