@@ -354,7 +354,8 @@ export function wsFrame(opcode, payload = Buffer.alloc(0), { fin = true } = {}) 
 /**
  * Completes a WebSocket handshake by hand on a raw socket and then only listens: it never
  * answers a ping. Resolves after the response head with { socket, status, head, key, frames:
- * [{ opcode, fin, payload, at }], openedAt, closed, closing } (`closing` resolves at TCP close).
+ * [{ opcode, fin, payload, at }], requestedAt, openedAt, closed, closing } (`closing` resolves at
+ * TCP close).
  */
 export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
   return new Promise((resolve, reject) => {
@@ -372,12 +373,15 @@ export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
       }),
     )
     socket.on('error', () => {})
-    socket.on('connect', () =>
+    socket.on('connect', () => {
+      // Before the server's session can start: the base of lower time bounds (the 101's
+      // arrival, `openedAt`, can be read late by a busy test process).
+      state.requestedAt = Date.now()
       socket.write(
         `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
           `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${headers}\r\n`,
-      ),
-    )
+      )
+    })
     socket.on('data', (chunk) => {
       buffer = Buffer.concat([buffer, chunk])
       if (!headDone) {
