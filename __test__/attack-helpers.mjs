@@ -27,12 +27,15 @@ export const residentSet = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/
 
 /**
  * Starts tools/attack_server.cjs with `config` ({ server, streaming, root, uploads, sse }).
- * Resolves { port, url, pid, rss(), fds(), stats(), stop() }; `stats()` asks the server's /stats
+ * Resolves { port, url, pid, rss(), fds(), stats(), stderr(), stop() }; `stats()` asks the server's /stats
  * route (server.stats(), its own fd count) from STATS_ADDRESS. With `t`, killed at teardown.
  */
 export async function attackServer(t, config = {}) {
   const script = fileURLToPath(new URL('./tools/attack_server.cjs', import.meta.url))
-  const child = spawn(process.execPath, [script, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [script, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'pipe'] })
+  // Its stderr (the `error` events of handlers the attacks made fail) is kept, not printed.
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-20_000)))
   const stop = () => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')
   t?.teardown(stop)
   const port = await new Promise((resolve, reject) => {
@@ -43,7 +46,7 @@ export async function attackServer(t, config = {}) {
       if (ready) resolve(Number(ready[1]))
     })
     child.on('error', reject)
-    child.on('exit', (code, signal) => reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY`)))
+    child.on('exit', (code, signal) => reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY; stderr:\n${stderr}`)))
   })
   const url = `http://127.0.0.1:${port}`
   const server = {
@@ -53,6 +56,7 @@ export async function attackServer(t, config = {}) {
     child,
     stop,
     alive: () => child.exitCode === null && child.signalCode === null,
+    stderr: () => stderr,
     rss: () => residentSet(child.pid),
     fds: () => openFds(child.pid),
     stats: async () => JSON.parse((await get(`${url}/stats`, { localAddress: STATS_ADDRESS, timeout: 10_000 })).body.toString()),

