@@ -110,16 +110,18 @@ test(`malformed and smuggling requests (${Object.keys(MALFORMED).length}): each 
 })
 
 
-test(`path traversal probes (${TRAVERSAL.length} encodings): all 404 or 400, nothing outside the root or hidden served`, async (t) => {
+const TRAVERSAL_TARGETS = [
+  ...TRAVERSAL.map((probe) => `/stream/files/${probe}`),
+  '/stream/files/../../secret.txt',
+  '/stream/../stream/files/../secret.txt',
+  '/stream/files/%2e%2e/%2e%2e/%2e%2e/etc/passwd',
+]
+
+test(`path traversal probes (${TRAVERSAL_TARGETS.length} encodings): all 404 or 400, nothing outside the root or hidden served`, async (t) => {
   const server = await attackServer(t, { root })
   const base = await baseline(server)
   const watch = sampler(server, { t })
-  const targets = [
-    ...TRAVERSAL.map((probe) => `/stream/files/${probe}`),
-    '/stream/files/../../secret.txt',
-    '/stream/../stream/files/../secret.txt',
-    '/stream/files/%2e%2e/%2e%2e/%2e%2e/etc/passwd',
-  ]
+  const targets = TRAVERSAL_TARGETS
   const answers = await Promise.all(
     targets.map(async (target) => ({ target, answer: await rawExchange(server.port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`) })),
   )
