@@ -78,7 +78,7 @@ const WHY = {
     /bare LF/.test(name)
       ? ' — a bare LF ended the header line, so the Content-Length hidden in X-A’s value was obeyed and swallowed the request behind it as a body (a front end that ends lines only at CRLF forwards both: a desync)'
       : /absolute-form/.test(name)
-        ? ' — the request-target’s authority (evil.example) replaced Host: x and the request was served'
+        ? ' — served as a request to Host: x (the handler sees http://x/a), the authority evil.example silently dropped: neither refused nor taken as the host (RFC 9112 3.2.2 says a server must use it)'
         : '',
 }
 
