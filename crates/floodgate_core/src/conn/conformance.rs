@@ -11,6 +11,8 @@
 //!   hands over when both came, so the socket wrapper notes the pair while it counts the head's
 //!   bytes (`HeadProgress` in `guarded_io`) and passes it here as `length_and_chunks`.
 //!
+//! - The absolute form (§3.2.2) naming another host than `Host` → `400` (`check_target`).
+//!
 //! Every refusal carries `Connection: close`: after a message whose framing is in doubt, the
 //! connection cannot be trusted to find the next one. The caller counts it as `bad_request`.
 //!
@@ -42,6 +44,21 @@ pub fn check(
         }
     }
     None
+}
+
+/// A request in absolute form (`GET http://host/path`) whose authority is not its `Host`:
+/// RFC 9112 §3.2.2 has an origin server use the target's authority and ignore `Host`, so the
+/// two name different hosts to a front end that routes by `Host` and to this server — the
+/// ambiguity routing and cache-poisoning attacks need. floodgate serves no virtual hosts, so
+/// it refuses the disagreement (400) rather than choose; an absolute form that agrees with
+/// `Host` (as proxies send) is served.
+pub fn check_target(uri: &http::Uri, headers: &HeaderMap) -> Option<Response<Body>> {
+    let authority = uri.authority()?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok());
+    let agrees = host.is_some_and(|host| host.eq_ignore_ascii_case(authority.as_str()));
+    (!agrees).then(bad_request)
 }
 
 /// Whether a body read failed because the body's framing is broken: hyper's chunked decoder
@@ -174,6 +191,19 @@ mod tests {
             ("transfer-encoding", "chunked"),
         ];
         assert_eq!(status(V11, &two, false), 501);
+    }
+
+    #[test]
+    fn an_absolute_form_must_name_the_host() {
+        let target = |uri: &str, host: &str| {
+            let uri: http::Uri = uri.parse().unwrap();
+            check_target(&uri, &head(&[("host", host)])).map(|r| r.status().as_u16())
+        };
+        assert_eq!(target("/a", "x"), None, "origin form");
+        assert_eq!(target("http://x/a", "x"), None);
+        assert_eq!(target("http://X:8080/a", "x:8080"), None);
+        assert_eq!(target("http://evil.example/a", "x"), Some(400));
+        assert_eq!(target("http://x:81/a", "x:80"), Some(400));
     }
 
     #[test]

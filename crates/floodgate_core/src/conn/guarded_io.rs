@@ -7,6 +7,7 @@
 //!   from its first byte on a keep-alive connection) → `408` written here, then close;
 //! - an idle keep-alive connection closes after `keepAliveTimeout`, silently;
 //! - a head larger than `maxHeaderSize`, or of more than 100 header fields → `431`, then close;
+//! - a head line ended by a bare LF → `400`, then close (counted `bad_request`);
 //! - a write that makes no progress for `sendTimeout`, or passes the response deadline, ends
 //!   the connection.
 
@@ -28,6 +29,17 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 /// How long, and how much input, a closing connection drains after its last response.
+const RESPONSE_400: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// Why a request head is refused while it arrives.
+enum HeadRefusal {
+    /// Over `maxHeaderSize`, or more header fields than hyper takes → 431.
+    TooLarge,
+    /// A line ended by LF alone → 400.
+    BareLf,
+}
+
 /// The request line and hyper's default limit of 100 header fields.
 const MAX_HEAD_LINES: usize = 101;
 const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
@@ -63,6 +75,8 @@ struct HeadProgress {
     /// The head's blank line was seen (a request will follow); stops the size count.
     terminated: bool,
     previous_was_lf: bool,
+    /// The byte before was CR: a line must end with CR LF.
+    previous_was_cr: bool,
     /// The first bytes of the connection, while they may still be the h2 preface.
     preface_matched: usize,
     /// Which framing headers the head declares (see `FramingScan`).
@@ -121,6 +135,7 @@ impl HeadProgress {
             head_lines: 0,
             terminated: false,
             previous_was_lf: false,
+            previous_was_cr: false,
             preface_matched: 0,
             framing: FramingScan::default(),
         }
@@ -224,7 +239,7 @@ impl<S> GuardedIo<S> {
     }
 
     /// Accounts bytes read while waiting for a head; `Err` when the head is too large.
-    fn on_head_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn on_head_bytes(&mut self, bytes: &[u8]) -> Result<(), HeadRefusal> {
         let Phase::Head(head) = &mut self.phase else {
             return Ok(());
         };
@@ -247,10 +262,17 @@ impl<S> GuardedIo<S> {
         if head.terminated {
             return Ok(());
         }
-        // A head ends at an empty line; bare LF line endings count too, as in httparse.
+        // A head ends at an empty line. Lines end with CR LF: httparse also takes a bare LF,
+        // and a front end that does not would see other header lines (`X: a\nContent-Length:
+        // 5`), which is how requests are smuggled past it; Node's parser refuses them too.
         let mut counted = bytes.len();
         for (index, byte) in bytes.iter().enumerate() {
             head.framing.byte(*byte);
+            if *byte == b'\n' && !head.previous_was_cr {
+                self.metrics.reject(Rejection::BadRequest);
+                return Err(HeadRefusal::BareLf);
+            }
+            head.previous_was_cr = *byte == b'\r';
             match byte {
                 b'\n' if head.previous_was_lf => {
                     head.terminated = true;
@@ -276,10 +298,7 @@ impl<S> GuardedIo<S> {
             && head.preface_matched < head.head_bytes
         {
             self.metrics.reject(Rejection::HeaderTooLarge);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
+            return Err(HeadRefusal::TooLarge);
         }
         Ok(())
     }
@@ -378,9 +397,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
                 let bytes = &buf.filled()[before..];
                 this.metrics.received(bytes.len());
                 if !bytes.is_empty() && matches!(this.phase, Phase::Head(_)) {
-                    if let Err(err) = this.on_head_bytes(bytes) {
-                        this.write_final_response(cx, RESPONSE_431);
-                        return Poll::Ready(Err(err));
+                    if let Err(refusal) = this.on_head_bytes(bytes) {
+                        let (response, message) = match refusal {
+                            HeadRefusal::TooLarge => (RESPONSE_431, "request head too large"),
+                            HeadRefusal::BareLf => (RESPONSE_400, "bare LF in the request head"),
+                        };
+                        this.write_final_response(cx, response);
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            message,
+                        )));
                     }
                 }
                 Poll::Ready(Ok(()))

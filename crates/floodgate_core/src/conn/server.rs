@@ -453,9 +453,9 @@ async fn handle(
     // Read for every request, so a note about one head never applies to a later one.
     let length_and_chunks = conn.take_length_and_chunks();
     if matches!(request.version(), Version::HTTP_10 | Version::HTTP_11) {
-        if let Some(refusal) =
-            conformance::check(request.version(), request.headers(), length_and_chunks)
-        {
+        let refusal = conformance::check(request.version(), request.headers(), length_and_chunks)
+            .or_else(|| conformance::check_target(request.uri(), request.headers()));
+        if let Some(refusal) = refusal {
             shared.metrics.reject(Rejection::BadRequest);
             return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
         }
