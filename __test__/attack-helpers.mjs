@@ -5,7 +5,7 @@ import { spawn, execFile } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import http from 'node:http'
-import { findTool, sleep, eventually, wsFrame } from './helpers.mjs'
+import { findTool, readyPort, sleep, eventually, wsFrame } from './helpers.mjs'
 
 export const MiB = 1024 * 1024
 
@@ -38,16 +38,7 @@ export async function attackServer(t, config = {}) {
   child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-20_000)))
   const stop = () => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')
   t?.teardown(stop)
-  const port = await new Promise((resolve, reject) => {
-    let out = ''
-    child.stdout.on('data', (d) => {
-      out += d
-      const ready = /READY (\d+)/.exec(out)
-      if (ready) resolve(Number(ready[1]))
-    })
-    child.on('error', reject)
-    child.on('exit', (code, signal) => reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY; stderr:\n${stderr}`)))
-  })
+  const port = await readyPort(child, () => stderr)
   const url = `http://127.0.0.1:${port}`
   const server = {
     port,

@@ -233,11 +233,12 @@ export async function eventually(check, { timeout = 5_000, interval = 25 } = {})
  * process, so that process's memory can be measured alone. The script prints `READY <port>`.
  * Resolves { port, rss } where rss() reads the child's resident set size in bytes.
  */
-export async function serverProcess(t, script) {
-  const prelude = `const floodgate = require(${JSON.stringify(fileURLToPath(new URL('../index.js', import.meta.url)))});`
-  const child = spawn(process.execPath, ['-e', prelude + script], { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => child.kill('SIGKILL'))
-  const port = await new Promise((resolve, reject) => {
+/**
+ * The port a server process prints as `READY <port>`; rejects if it ends first (`stderr()`, when
+ * given, says what it printed).
+ */
+export function readyPort(child, stderr = () => '') {
+  return new Promise((resolve, reject) => {
     let out = ''
     child.stdout.on('data', (d) => {
       out += d
@@ -245,8 +246,18 @@ export async function serverProcess(t, script) {
       if (ready) resolve(Number(ready[1]))
     })
     child.on('error', reject)
-    child.on('exit', (code, signal) => reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY`)))
+    child.on('exit', (code, signal) => {
+      const said = stderr()
+      reject(new Error(`the server process ended (${signal ?? `code ${code}`}) before READY${said ? `; stderr:\n${said}` : ''}`))
+    })
   })
+}
+
+export async function serverProcess(t, script) {
+  const prelude = `const floodgate = require(${JSON.stringify(fileURLToPath(new URL('../index.js', import.meta.url)))});`
+  const child = spawn(process.execPath, ['-e', prelude + script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  const port = await readyPort(child)
   return { port, child, rss: () => residentBytes(child.pid) }
 }
 

@@ -111,12 +111,7 @@ fn bad_request() -> Response<Body> {
 }
 
 fn refuse(status: StatusCode, message: &'static str) -> Response<Body> {
-    body::text_with(
-        status,
-        message,
-        header::CONNECTION,
-        HeaderValue::from_static("close"),
-    )
+    body::closing(status, message)
 }
 
 #[cfg(test)]

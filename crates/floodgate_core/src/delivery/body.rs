@@ -47,6 +47,17 @@ pub fn text_with(
     response
 }
 
+/// A short plain-text refusal that closes the connection (`Connection: close`): after it, the
+/// rest of the request cannot be trusted to frame the next one.
+pub fn closing(status: StatusCode, message: &'static str) -> Response<Body> {
+    text_with(
+        status,
+        message,
+        header::CONNECTION,
+        HeaderValue::from_static("close"),
+    )
+}
+
 /// `405` with the methods the route takes in `Allow`.
 pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     text_with(

@@ -48,23 +48,16 @@ where
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body) {
         limits.metrics.reject(Rejection::BodyTooLarge);
-        let response = body::text_with(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Payload Too Large\n",
-            header::CONNECTION,
-            HeaderValue::from_static("close"),
-        );
-        return response;
+        return body::closing(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
     }
     let Ok(permit) = Arc::clone(limits.inflight).try_acquire_owned() else {
         limits.metrics.reject(Rejection::InflightLimit);
-        let response = body::text_with(
+        return body::text_with(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable\n",
             header::RETRY_AFTER,
             HeaderValue::from_static("1"),
         );
-        return response;
     };
     let (parts, body) = request.into_parts();
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD)

@@ -308,12 +308,7 @@ fn reject(metrics: &Metrics, reason: Rejection) -> Response<Body> {
         Rejection::BadRequest => (StatusCode::BAD_REQUEST, "Bad Request\n"),
         _ => (StatusCode::REQUEST_TIMEOUT, "Request Timeout\n"),
     };
-    body::text_with(
-        status,
-        message,
-        header::CONNECTION,
-        HeaderValue::from_static("close"),
-    )
+    body::closing(status, message)
 }
 
 #[cfg(test)]
