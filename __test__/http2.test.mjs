@@ -22,6 +22,7 @@ async function start(t, { server = {}, streaming = {} } = {}) {
   const instance = new Server(server)
   const app = new StreamingApp({ rateLimitRequests: 0, ...streaming })
   app.files('/files', { root })
+  app.post('/echo', async (req) => String((await req.arrayBuffer()).byteLength))
   instance.mount('/stream', app)
   instance.mount('/api', () => 'hi')
   const { port, url } = await instance.listen({ port: 0 })
@@ -67,6 +68,23 @@ needs(h2loadTool, test)('over HTTP/2, perClientBandwidth holds across one client
   const elapsed = (Date.now() - started) / 1000
   t.regex(stdout, /4 succeeded/)
   t.true(elapsed >= 1.5, `${elapsed} s`)
+})
+
+needs(h2loadTool, test)('over HTTP/2, rateLimitRequests counts every stream: 429 past the limit on one connection', async (t) => {
+  const { server, url } = await start(t, { server: { http2: true }, streaming: { rateLimitRequests: 5, rateLimitWindow: '1m' } })
+  const { stdout } = await run(h2loadTool, ['-n', '20', '-c', '1', '-m', '1', `${url}/stream/files/small.txt`])
+  t.regex(stdout, /status codes: 5 2xx, 0 3xx, 15 4xx/)
+  t.is(server.stats().rejections.rate_limited, 15)
+})
+
+needs(h2loadTool, test)('over HTTP/2, maxUploadSize refuses a body over the cap with 413', async (t) => {
+  const { server, url } = await start(t, { server: { http2: true }, streaming: { maxUploadSize: '1kb' } })
+  const { root: dir } = fixture({})
+  const body = join(dir, 'body.bin')
+  writeFileSync(body, Buffer.alloc(64 * 1024, 1))
+  const { stdout } = await run(h2loadTool, ['-n', '2', '-c', '1', '-d', body, `${url}/stream/echo`])
+  t.regex(stdout, /status codes: 0 2xx, 0 3xx, 2 4xx/)
+  t.is(server.stats().rejections.body_too_large, 2)
 })
 
 needs(pythonH2, test)('over HTTP/2, streams whose window the client keeps shut are reset at sendTimeout', async (t) => {
