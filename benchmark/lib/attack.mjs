@@ -222,20 +222,21 @@ function run(command, args, timeout) {
 
 /**
  * The whole measurement: warm-up, RSS at start, attacks, then RSS every `every` s for `settle` s.
- * Returns { start, peak, curve: [{ t, rssMiB, fds }], counts }.
+ * `python` and `h2load` are the tools' paths (runAttacks' defaults otherwise).
+ * Returns { startMiB, startFds, peakMiB, curve: [{ t, rssMiB, fds }], counts }.
  */
-export async function measureAttack({ seconds = 40, settle = 60, every = 5, scale = 1, env = {}, log = () => {}, atEnd } = {}) {
+export async function measureAttack({ seconds = 40, settle = 60, every = 5, scale = 1, env = {}, log = () => {}, atEnd, ...tools } = {}) {
   const server = await startAttackedServer({ env })
   try {
     // Warm-up: a few of every kind of request, so lazily made state is there before the baseline.
-    await runAttacks({ port: server.port, seconds: 2, scale: 0.05 })
+    await runAttacks({ port: server.port, seconds: 2, scale: 0.05, ...tools })
     await sleep(6000)
     const start = server.rss()
     const startFds = server.fds()
     log(`start: ${(start / 2 ** 20).toFixed(1)} MiB, ${startFds} fds`)
     let peak = start
     const sampler = setInterval(() => (peak = Math.max(peak, server.rss())), 250)
-    const counts = await runAttacks({ port: server.port, seconds, scale })
+    const counts = await runAttacks({ port: server.port, seconds, scale, ...tools })
     clearInterval(sampler)
     log(`attacks over: ${JSON.stringify(counts)}; peak ${(peak / 2 ** 20).toFixed(1)} MiB`)
     const curve = []
