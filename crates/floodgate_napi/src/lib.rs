@@ -4,6 +4,7 @@
 //! config (one source of defaults and error messages). JS handlers are reached through
 //! `host::NapiHost` (batched ThreadsafeFunction calls). No protection logic lives here.
 
+mod alloc;
 mod host;
 mod wire;
 
