@@ -38,6 +38,8 @@ enum HeadRefusal {
     TooLarge,
     /// A line ended by LF alone → 400.
     BareLf,
+    /// The HTTP/2 preface while `http2` is off → closed.
+    Http2Off,
 }
 
 /// The request line and hyper's default limit of 100 header fields.
@@ -246,13 +248,17 @@ impl<S> GuardedIo<S> {
         if head.first_byte_at.is_none() {
             head.first_byte_at = Some(Instant::now());
         }
-        if self.limits.http2 && head.first && head.preface_matched == head.head_bytes {
+        if head.first && head.preface_matched == head.head_bytes {
             let offset = head.preface_matched;
             let wanted = &H2_PREFACE[offset.min(H2_PREFACE.len())..];
             let common = wanted.iter().zip(bytes).take_while(|(a, b)| a == b).count();
             if common == bytes.len().min(wanted.len()) {
                 head.preface_matched += common;
                 if head.preface_matched == H2_PREFACE.len() {
+                    if !self.limits.http2 {
+                        // hyper-util would serve it (see `conn::server`): HTTP/2 is off.
+                        return Err(HeadRefusal::Http2Off);
+                    }
                     self.phase = Phase::Http2;
                     self.state.mark_http2();
                     return Ok(());
@@ -401,6 +407,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
                         let (response, message) = match refusal {
                             HeadRefusal::TooLarge => (RESPONSE_431, "request head too large"),
                             HeadRefusal::BareLf => (RESPONSE_400, "bare LF in the request head"),
+                            // Not an HTTP/1 client: nothing it could read is written.
+                            HeadRefusal::Http2Off => (&b""[..], "HTTP/2 is off"),
                         };
                         this.write_final_response(cx, response);
                         return Poll::Ready(Err(io::Error::new(

@@ -19,15 +19,12 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -44,7 +41,7 @@ struct Shared {
     mounts: MountTable<Arc<StreamingApp>>,
     metrics: Arc<Metrics>,
     limiter: Arc<ConnectionLimiter>,
-    protocols: Protocols,
+    builder: auto::Builder<StreamExecutor>,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
     shutdown: CancellationToken,
@@ -96,7 +93,7 @@ pub fn listen(
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
         abort: abort.clone(),
-        protocols: Protocols::new(&spec.options, &metrics),
+        builder: hyper_builder(&spec.options, &metrics),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
         metrics,
         mounts,
@@ -137,47 +134,33 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The HTTP versions a server speaks. Without `http2`, connections go to hyper's HTTP/1
-/// builder alone: hyper-util's auto builder sniffs the HTTP/2 preface on upgradable
-/// connections whatever `http1_only` says, so cleartext HTTP/2 would be served anyway.
-enum Protocols {
-    Http1(http1::Builder),
-    Auto(auto::Builder<StreamExecutor>),
-}
-
 /// Bytes hyper may buffer per HTTP/2 stream beyond what the client's window lets out (h2's
 /// default is 400 KiB): with a hundred streams whose windows a client keeps shut, this is
 /// what one connection can pin in memory until the streams' deadlines end them.
 const H2_SEND_BUFFER: usize = 128 * 1024;
 
-impl Protocols {
-    fn new(config: &ServerConfig, metrics: &Arc<Metrics>) -> Self {
-        let mut http1 = http1::Builder::new();
+/// hyper-util's auto builder, whatever `http2` says: on upgradable connections it sniffs the
+/// HTTP/2 preface even under `http1_only`, so with `http2: false` the socket wrapper refuses
+/// the preface itself (`GuardedIo`). (hyper's HTTP/1-only builder was tried: upgraded sockets
+/// then cost 0.3 KiB more each in `ws-idle-10k`, from how its buffers were laid out.)
+fn hyper_builder(config: &ServerConfig, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
+    let mut builder = auto::Builder::new(StreamExecutor::new(Arc::clone(metrics)));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
         // Head deadlines live in `GuardedIo`, which answers 408 where hyper would only close.
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .keep_alive(true);
-        if !config.http2 {
-            return Self::Http1(http1);
-        }
-        let mut builder = auto::Builder::new(StreamExecutor::new(Arc::clone(metrics)));
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(config.http2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(1024)
-            .max_send_buf_size(H2_SEND_BUFFER)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10));
-        Self::Auto(builder)
-    }
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
 }
 
 impl RunningServer {
@@ -331,64 +314,14 @@ async fn serve_connection(
             async move { Ok::<_, Infallible>(handle(&shared, request, peer, &conn).await) }
         })
     };
-    match &shared.protocols {
-        Protocols::Http1(http1) => {
-            let connection = http1.serve_connection(io, service).with_upgrades();
-            drive(connection, idle, shutdown, abort).await
-        }
-        Protocols::Auto(auto) => {
-            let connection = auto.serve_connection_with_upgrades(io, service);
-            drive(connection, idle, shutdown, abort).await
-        }
-    }
-}
-
-/// A hyper connection that can be asked to finish gracefully (GOAWAY for HTTP/2).
-trait Graceful: Future {
-    fn graceful(self: Pin<&mut Self>);
-}
-
-impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    Self: Future,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown()
-    }
-}
-
-impl<I, S, E> Graceful for auto::UpgradeableConnection<'_, I, S, E>
-where
-    Self: Future,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming>,
-    S::Future: 'static,
-    S::ResBody: 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown()
-    }
-}
-
-/// Runs a connection to its end: finished gracefully when the server closes or an HTTP/2
-/// connection idles out, and dropped at the server's abort.
-async fn drive<C: Graceful>(
-    connection: C,
-    idle: impl Future<Output = ()>,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-) {
+    // Finished gracefully when the server closes or an HTTP/2 connection idles out (GOAWAY),
+    // dropped at the server's abort.
+    let connection = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
-        _ = shutdown.cancelled() => connection.as_mut().graceful(),
-        _ = idle => connection.as_mut().graceful(),
+        _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+        _ = idle => connection.as_mut().graceful_shutdown(),
     }
     tokio::select! {
         _ = connection.as_mut() => {}
@@ -405,7 +338,7 @@ async fn h2_idle(conn: Arc<ConnState>, shared: &Shared) {
         shared.config.header_timeout,
         shared.config.keep_alive_timeout,
     );
-    if matches!(shared.protocols, Protocols::Http1(_)) {
+    if !shared.config.http2 {
         return std::future::pending().await;
     }
     let first_request_by = conn.accepted_at + header_timeout;

@@ -110,16 +110,8 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         upgraded = &mut start.on_upgrade => upgraded.ok()?,
         _ = start.abort.cancelled() => return None,
     };
-    // The HTTP/1-only builder hands the socket back as it is; hyper-util's auto builder wraps
-    // it in a type of its own, which its `downcast` unwraps.
-    let (io, read_buf) = match hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded)
-    {
-        Ok(parts) => (parts.io, parts.read_buf),
-        Err(upgraded) => {
-            let parts = upgraded.downcast::<HttpIo>().ok()?;
-            (parts.io, parts.read_buf)
-        }
-    };
+    let parts = hyper_util::server::conn::auto::upgrade::downcast::<HttpIo>(upgraded).ok()?;
+    let (io, read_buf) = (parts.io, parts.read_buf);
     let (socket, guard) = io.into_inner().into_upgraded();
     let SessionStart {
         on_upgrade,
