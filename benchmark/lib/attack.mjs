@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { readyPort } from '../../__test__/helpers.mjs'
 
 const INDEX = fileURLToPath(new URL('../../index.js', import.meta.url))
 const H2_CLIENT = fileURLToPath(new URL('../../__test__/tools/h2_client.py', import.meta.url))
@@ -40,16 +41,7 @@ export async function startAttackedServer({ env = {} } = {}) {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, ROOT: root, ...env },
   })
-  const port = await new Promise((resolve, reject) => {
-    let out = ''
-    child.stdout.on('data', (d) => {
-      out += d
-      const ready = /READY (\d+)/.exec(out)
-      if (ready) resolve(Number(ready[1]))
-    })
-    child.on('error', reject)
-    child.on('exit', (code, signal) => reject(new Error(`server ended (${signal ?? code}) before READY`)))
-  })
+  const port = await readyPort(child)
   const stop = () => {
     child.kill('SIGKILL')
     rmSync(root, { recursive: true, force: true })

@@ -20,6 +20,8 @@ mod files;
 mod js;
 mod limit;
 mod metrics;
+#[cfg(test)]
+mod test_support;
 mod upload;
 mod ws;
 

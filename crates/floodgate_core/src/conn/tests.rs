@@ -1,7 +1,7 @@
 //! The core served over real sockets on 127.0.0.1: files, limits and deadlines end to end.
 
-use crate::config::{from_json, ServerSpec};
-use crate::{listen, RunningServer};
+use crate::test_support::serve_route;
+use crate::RunningServer;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,18 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(root: &std::path::Path, options: serde_json::Value) -> RunningServer {
-    let spec: ServerSpec = from_json(json!({
-        "options": options,
-        "mounts": [{
-            "prefix": "/stream",
-            "app": {
-                "options": { "rateLimitBandwidth": 0 },
-                "routes": [{ "kind": "files", "prefix": "/files", "options": { "root": root } }]
-            }
-        }]
-    }))
-    .unwrap();
-    listen(spec, "127.0.0.1:0".parse().unwrap(), None).unwrap()
+    start_with(root, options, json!({ "rateLimitRequests": 100 })).await
 }
 
 async fn exchange(addr: SocketAddr, request: &str) -> String {
@@ -129,22 +118,8 @@ async fn start_with(
     options: serde_json::Value,
     app_options: serde_json::Value,
 ) -> RunningServer {
-    let mut app = json!({ "rateLimitBandwidth": 0, "rateLimitRequests": 0 });
-    for (key, value) in app_options.as_object().unwrap() {
-        app[key] = value.clone();
-    }
-    let spec: ServerSpec = from_json(json!({
-        "options": options,
-        "mounts": [{
-            "prefix": "/stream",
-            "app": {
-                "options": app,
-                "routes": [{ "kind": "files", "prefix": "/files", "options": { "root": root } }]
-            }
-        }]
-    }))
-    .unwrap();
-    listen(spec, "127.0.0.1:0".parse().unwrap(), None).unwrap()
+    let files = json!({ "kind": "files", "prefix": "/files", "options": { "root": root } });
+    serve_route(options, "/stream", app_options, files, None)
 }
 
 const HELLO: &str = "GET /stream/files/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n";

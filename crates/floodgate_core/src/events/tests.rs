@@ -2,10 +2,10 @@
 //! for JS: the setup handler names the user from the query (`?user=alice`; anonymous without)
 //! and subscribes every stream to one topic.
 
-use crate::config::{from_json, ServerSpec};
 use crate::js::bridge::{Bridge, JsBody, JsHost, JsRequest, JsResponse};
+use crate::test_support::serve_route;
 use crate::ws::hub::WsEvent;
-use crate::{listen, RunningServer};
+use crate::RunningServer;
 use bytes::Bytes;
 use serde_json::json;
 use std::sync::{Arc, OnceLock, Weak};
@@ -49,21 +49,9 @@ async fn start(options: serde_json::Value) -> RunningServer {
     let host = Arc::new(SetupHost::default());
     let bridge = Bridge::new(host.clone());
     host.bridge.set(Arc::downgrade(&bridge)).ok();
-    let mut app_options = json!({ "rateLimitRequests": 0 });
-    for (key, value) in options.as_object().unwrap() {
-        app_options[key] = value.clone();
-    }
-    let spec: ServerSpec = from_json(json!({
-        "mounts": [{
-            "prefix": "/ev",
-            "app": {
-                "options": app_options,
-                "routes": [{ "kind": "sse", "prefix": "/events", "options": {}, "handlers": { "setup": 1 } }]
-            }
-        }]
-    }))
-    .unwrap();
-    listen(spec, "127.0.0.1:0".parse().unwrap(), Some(bridge)).unwrap()
+    let route =
+        json!({ "kind": "sse", "prefix": "/events", "options": {}, "handlers": { "setup": 1 } });
+    serve_route(json!({}), "/ev", options, route, Some(bridge))
 }
 
 /// Opens a stream (`query` such as `?user=alice`) and reads its response head.

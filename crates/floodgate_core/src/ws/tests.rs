@@ -1,10 +1,10 @@
 //! WebSocket sessions over real sockets on 127.0.0.1, with a Rust stand-in for JS: the host
 //! echoes every message back through the hub, as `ws.send` in a handler would.
 
-use crate::config::{from_json, ServerSpec};
 use crate::js::bridge::{Bridge, JsHost, JsRequest};
+use crate::test_support::serve_route;
 use crate::ws::hub::{WsEvent, WsSend};
-use crate::{listen, RunningServer};
+use crate::RunningServer;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -60,21 +60,8 @@ async fn start_route(
     let host = Arc::new(EchoHost::default());
     let bridge = Bridge::new(host.clone());
     host.bridge.set(Arc::downgrade(&bridge)).ok();
-    let mut app_options = json!({ "rateLimitRequests": 0 });
-    for (key, value) in options.as_object().unwrap() {
-        app_options[key] = value.clone();
-    }
-    let spec: ServerSpec = from_json(json!({
-        "mounts": [{
-            "prefix": "/ws",
-            "app": {
-                "options": app_options,
-                "routes": [{ "kind": "ws", "prefix": "/raw", "options": route_options, "handlers": { "route": 0 } }]
-            }
-        }]
-    }))
-    .unwrap();
-    let server = listen(spec, "127.0.0.1:0".parse().unwrap(), Some(bridge)).unwrap();
+    let route = json!({ "kind": "ws", "prefix": "/raw", "options": route_options, "handlers": { "route": 0 } });
+    let server = serve_route(json!({}), "/ws", options, route, Some(bridge));
     (server, host)
 }
 
