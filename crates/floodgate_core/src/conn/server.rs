@@ -172,11 +172,9 @@ impl RunningServer {
         self.shared.metrics.snapshot()
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-
-    pub fn limiter(&self) -> &ConnectionLimiter {
+    /// The per-address connection slots (tests watch slots come back).
+    #[cfg(test)]
+    pub(crate) fn limiter(&self) -> &ConnectionLimiter {
         &self.shared.limiter
     }
 
