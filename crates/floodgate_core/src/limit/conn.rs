@@ -51,11 +51,13 @@ impl<K: Hash + Eq + Clone> ConnectionLimiter<K> {
         })
     }
 
+    #[cfg(test)]
     /// Slots held by `key`.
     pub fn open_for_key(&self, key: &K) -> u32 {
         self.table().get(key).copied().unwrap_or(0)
     }
 
+    #[cfg(test)]
     /// Distinct keys holding at least one slot (the table never keeps empty entries).
     pub fn tracked_clients(&self) -> usize {
         self.table().len()
@@ -68,6 +70,7 @@ impl ConnectionLimiter<IpAddr> {
         self.try_acquire_key(address_key(ip))
     }
 
+    #[cfg(test)]
     /// Open connections of the client owning `ip`.
     pub fn open_for(&self, ip: IpAddr) -> u32 {
         self.open_for_key(&address_key(ip))
