@@ -124,6 +124,14 @@ async fn start_with(
 
 const HELLO: &str = "GET /stream/files/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n";
 
+/// Asks for `hello.txt` on a kept-alive connection, checks it is served, returns the response.
+async fn get_hello(stream: &mut TcpStream) -> String {
+    stream.write_all(HELLO.as_bytes()).await.unwrap();
+    let response = read_response(stream).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    response
+}
+
 /// Asserts `elapsed` (on the paused clock) is `expected`, give or take less than a second late.
 #[track_caller]
 fn assert_at(elapsed: Duration, expected: Duration) {
@@ -267,9 +275,7 @@ async fn an_idle_keep_alive_connection_closes_silently_at_keep_alive_timeout() {
     let dir = folder();
     let server = start_with(dir.path(), json!({ "keepAliveTimeout": "5s" }), json!({})).await;
     let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
-    stream.write_all(HELLO.as_bytes()).await.unwrap();
-    let first = read_response(&mut stream).await;
-    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    get_hello(&mut stream).await;
     let idle_since = tokio::time::Instant::now();
     let rest = read_all(&mut stream).await;
     assert_at(idle_since.elapsed(), Duration::from_secs(5));
@@ -286,13 +292,9 @@ async fn a_second_request_inside_keep_alive_timeout_is_served() {
     let dir = folder();
     let server = start_with(dir.path(), json!({ "keepAliveTimeout": "5s" }), json!({})).await;
     let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
-    stream.write_all(HELLO.as_bytes()).await.unwrap();
-    let first = read_response(&mut stream).await;
-    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    get_hello(&mut stream).await;
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    stream.write_all(HELLO.as_bytes()).await.unwrap();
-    let second = read_response(&mut stream).await;
-    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+    let second = get_hello(&mut stream).await;
     assert!(second.ends_with("\r\n\r\nhello world"), "{second}");
     assert_eq!(server.stats().requests_total, 2);
 }
