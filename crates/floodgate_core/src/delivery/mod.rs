@@ -9,8 +9,10 @@
 
 pub(crate) mod body;
 pub(crate) mod file_body;
+pub(crate) mod zero_copy;
 
 use crate::conn::h2_stream;
+use crate::conn::send_file::advise_sequential;
 use crate::conn::state::ConnState;
 use crate::delivery::body::Body;
 use crate::delivery::file_body::{FileStream, Segment};
@@ -46,10 +48,19 @@ pub(crate) struct Delivery {
 impl Delivery {
     /// Streams `segments` of `file`; the whole-response deadline starts now.
     pub(crate) fn stream_file(self, file: File, segments: VecDeque<Segment>) -> Body {
+        let zero_copy = self
+            .conn
+            .zero_copy()
+            .is_some()
+            .then(|| Arc::clone(&self.conn));
+        if let Some(Segment::File { start, .. }) = segments.front() {
+            advise_sequential(&file, *start);
+        }
         FileStream {
-            file,
+            file: Arc::new(file),
             segments,
             pacing: self.pacing(),
+            zero_copy,
         }
         .into_body()
     }
@@ -114,6 +125,11 @@ impl Pacing {
     /// The largest piece to read or send at once.
     pub(crate) fn piece(&self) -> u64 {
         self.piece
+    }
+
+    /// Whether a shaper paces this body (else `admit` only checks the deadline).
+    pub(crate) fn is_shaped(&self) -> bool {
+        self.shaper.is_active()
     }
 
     /// Waits until `bytes` may be sent, then checks the response deadline: past it, the
