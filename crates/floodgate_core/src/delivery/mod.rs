@@ -12,7 +12,6 @@ pub(crate) mod file_body;
 pub(crate) mod zero_copy;
 
 use crate::conn::h2_stream;
-use crate::conn::send_file::advise_sequential;
 use crate::conn::state::ConnState;
 use crate::delivery::body::Body;
 use crate::delivery::file_body::{FileStream, Segment};
@@ -53,9 +52,6 @@ impl Delivery {
             .zero_copy()
             .is_some()
             .then(|| Arc::clone(&self.conn));
-        if let Some(Segment::File { start, .. }) = segments.front() {
-            advise_sequential(&file, *start);
-        }
         FileStream {
             file: Arc::new(file),
             segments,
