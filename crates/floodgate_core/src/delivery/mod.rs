@@ -45,12 +45,17 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// Streams `segments` of `file`; the whole-response deadline starts now.
+    /// Streams `segments` of `file`, with `sendfile` when the connection can and the body is
+    /// not small; the whole-response deadline starts now.
     pub(crate) fn stream_file(self, file: File, segments: VecDeque<Segment>) -> Body {
-        let zero_copy = self
-            .conn
-            .zero_copy()
-            .is_some()
+        let file_bytes: u64 = segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::File { start, end } => end + 1 - start,
+                Segment::Bytes(_) => 0,
+            })
+            .sum();
+        let zero_copy = (file_bytes >= zero_copy::MIN_BODY && self.conn.zero_copy().is_some())
             .then(|| Arc::clone(&self.conn));
         FileStream {
             file: Arc::new(file),
