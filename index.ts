@@ -9,6 +9,8 @@ export type {
   Size,
   Duration,
   ServerOptions,
+  TlsOptions,
+  TlsCertificate,
   StreamingOptions,
   UploadsOptions,
   FilesOptions,

@@ -81,11 +81,31 @@ export interface ServerOptions {
    */
   sendfile?: boolean
   /**
+   * Serve TLS on every connection (rustls; TLS 1.2 and 1.3). `cert` and `key` are PEM text or
+   * paths of PEM files. HTTP/2 is offered by ALPN unless `tls.http2` is false. The handshake
+   * shares `headerTimeout` with the first request head. `server.setTls()` replaces them live.
+   */
+  tls?: TlsOptions
+  /**
    * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
    * handlers build and floodgate sends without undici's per-response `Headers` and stream.
    * It behaves as the real class (`instanceof` holds both ways). Default true.
    */
   overrideGlobalResponse?: boolean
+}
+
+export interface TlsCertificate {
+  /** The certificate chain: PEM text, or the path of a PEM file. */
+  cert: string
+  /** Its private key (PKCS#8, PKCS#1 or SEC1): PEM text, or the path of a PEM file. */
+  key: string
+}
+
+export interface TlsOptions extends TlsCertificate {
+  /** More certificates by the host name the client asks for (SNI); `*.example.com` matches one label. The top-level one is the default. */
+  sni?: Record<string, TlsCertificate>
+  /** Offer HTTP/2 by ALPN (`h2`), as browsers expect. Default true. */
+  http2?: boolean
 }
 
 export interface StreamingOptions {

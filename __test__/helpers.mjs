@@ -83,6 +83,30 @@ export const curlTool = findTool({
   install: 'apt-get install curl, or set FLOODGATE_CURL to a curl binary',
 })
 
+/** openssl, to make the self-signed certificates of the TLS tests. */
+export const opensslTool = findTool({
+  name: 'openssl',
+  env: ['FLOODGATE_OPENSSL'],
+  names: ['openssl'],
+  install: 'apt-get install openssl, or set FLOODGATE_OPENSSL to an openssl binary',
+})
+
+/** A self-signed P-256 certificate for `names` (DNS names; 127.0.0.1 too): { cert, key } as PEM text. */
+export function selfSignedCertificate(names = ['localhost']) {
+  const dir = mkdtempSync(join(tmpdir(), 'floodgate-cert-'))
+  try {
+    const san = [...names.map((name) => `DNS:${name}`), 'IP:127.0.0.1'].join(',')
+    execFileSync(opensslTool.path, [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
+      '-subj', `/CN=${names[0]}`, '-addext', `subjectAltName=${san}`,
+      '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+    ], { stdio: 'ignore' })
+    return { cert: readFileSync(join(dir, 'cert.pem'), 'utf8'), key: readFileSync(join(dir, 'key.pem'), 'utf8') }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 /** h2load (nghttp2's load client), a real HTTP/2 client that opens many streams at once. */
 export const h2loadTool = findTool({
   name: 'h2load',

@@ -45,6 +45,36 @@ pub struct ServerConfig {
     /// Send file bodies with `sendfile(2)` on HTTP/1.1 connections where the system has it
     /// (Linux); off, they are read and written as over HTTP/2.
     pub sendfile: bool,
+    /// Serve TLS (every connection) with these certificates.
+    pub tls: Option<TlsOptions>,
+}
+
+/// `tls`: the default certificate chain and key, and more chosen by SNI name. Each is PEM
+/// text, or the path of a PEM file (read when the options are checked, and again by
+/// `setTls`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsOptions {
+    pub cert: String,
+    pub key: String,
+    /// Certificates by the host name a client asks for (`*.example.com` matches one label).
+    #[serde(default)]
+    pub sni: std::collections::BTreeMap<String, TlsPair>,
+    /// Offer HTTP/2 by ALPN (`h2`), as browsers expect over TLS. Cleartext HTTP/2 is the
+    /// separate `http2` option.
+    #[serde(default = "offer_http2")]
+    pub http2: bool,
+}
+
+fn offer_http2() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsPair {
+    pub cert: String,
+    pub key: String,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +88,7 @@ impl Default for ServerConfig {
             http2: false,
             http2_max_concurrent_streams: 100,
             sendfile: true,
+            tls: None,
         }
     }
 }
@@ -445,6 +476,9 @@ impl ServerConfig {
         }
         if self.http2_max_concurrent_streams == 0 {
             return Err("http2MaxConcurrentStreams: must be at least 1".into());
+        }
+        if let Some(tls) = &self.tls {
+            crate::tls::server_config(tls)?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub(crate) mod linger;
 pub(crate) mod proxy;
 pub(crate) mod send_file;
 pub(crate) mod server;
+pub(crate) mod socket;
 pub(crate) mod state;
 
 #[cfg(test)]

@@ -3,13 +3,14 @@
 
 use crate::app::router::MountTable;
 use crate::app::StreamingApp;
-use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
+use crate::config::{ServerConfig, ServerSpec, StreamingConfig, TlsOptions};
 use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::h2_stream::StreamExecutor;
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
 use crate::conn::send_file::SendFile;
+use crate::conn::socket::Socket;
 use crate::conn::state::ConnState;
 use crate::context::RequestContext;
 use crate::delivery::body::{self, Body, Tracked};
@@ -18,6 +19,7 @@ use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -45,6 +47,8 @@ struct Shared {
     builder: auto::Builder<StreamExecutor>,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
+    /// The certificates of new handshakes, when the server speaks TLS.
+    tls: Option<TlsConfig>,
     shutdown: CancellationToken,
     /// Upgraded (WebSocket) sessions outlive their HTTP connection task: they are spawned
     /// here, so `close` drains and then aborts them like any connection.
@@ -75,6 +79,10 @@ pub fn listen(
         let app = StreamingApp::build(mount.app, bridge.clone()).map_err(Error::option)?;
         mounts.insert(mount.prefix, Arc::new(app));
     }
+    let tls = match &spec.options.tls {
+        Some(options) => Some(TlsConfig::new(options).map_err(Error::option)?),
+        None => None,
+    };
     let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
     let metrics = Arc::new(Metrics::default());
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
@@ -91,6 +99,7 @@ pub fn listen(
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         bus,
+        tls,
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
         abort: abort.clone(),
@@ -181,6 +190,17 @@ impl RunningServer {
     #[cfg(test)]
     pub(crate) fn limiter(&self) -> &ConnectionLimiter {
         &self.shared.limiter
+    }
+
+    /// Replaces the certificates for new TLS handshakes (`tls` options as JSON); open
+    /// connections keep theirs.
+    pub fn set_tls(&self, options: serde_json::Value) -> Result<(), Error> {
+        let Some(tls) = &self.shared.tls else {
+            return Err(Error::option("tls: the server was started without tls"));
+        };
+        let options: TlsOptions = serde_path_to_error::deserialize(options)
+            .map_err(|err| Error::option(format!("tls.{}: {}", err.path(), err.inner())))?;
+        tls.replace(&options).map_err(Error::option)
     }
 
     /// The topic bus event streams subscribe to.
@@ -291,18 +311,38 @@ async fn serve_connection(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
+    let socket = match &shared.tls {
+        None => Socket::Plain(stream),
+        // The handshake is part of the head: it shares its `headerTimeout` from accept.
+        Some(tls) => {
+            let deadline = accepted_at + shared.config.header_timeout;
+            let handshake = handshake::accept(stream, tls.current(), deadline, &shared.metrics);
+            let stream = tokio::select! {
+                stream = handshake => stream,
+                _ = abort.cancelled() => None,
+            };
+            match stream {
+                Some(stream) => Socket::Tls(Box::new(stream)),
+                None => return,
+            }
+        }
+    };
+    let http2 = match &socket {
+        Socket::Plain(_) => shared.config.http2,
+        Socket::Tls(_) => socket.alpn_protocol() == Some(b"h2"),
+    };
     let conn = Arc::new(
         ConnState::new(accepted_at, shared.default_send_timeout)
-            .with_sendfile(shared.config.sendfile && <TcpStream as SendFile>::SUPPORTED),
+            .with_sendfile(shared.config.sendfile && socket.can_send_file()),
     );
     let limits = HeadLimits {
         header_timeout: shared.config.header_timeout,
         keep_alive_timeout: shared.config.keep_alive_timeout,
         max_header_size: shared.config.max_header_size as usize,
-        http2: shared.config.http2,
+        http2,
     };
     let io = TokioIo::new(GuardedIo::new(
-        stream,
+        socket,
         Arc::clone(&conn),
         Arc::clone(&shared.metrics),
         limits,
