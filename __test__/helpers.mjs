@@ -458,18 +458,18 @@ export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
  * report once it came; both throw once the browser failed (could not start, exited early, or ran
  * past `timeout`), so a wait on them ends with the reason instead of running out.
  */
-export async function openInChromium(t, app, script, { timeout = 60_000 } = {}) {
+export async function openInChromium(t, app, script, { timeout = 60_000, server: serverOptions = {}, flags = [] } = {}) {
   let report
   app.get('/', () => new Response(`<!doctype html><script>${script}</script>`, { headers: { 'content-type': 'text/html' } }))
   app.post('/report', async (req) => {
     report = await req.json()
     return new Response(null, { status: 204 })
   })
-  const server = new Server()
+  const server = new Server(serverOptions)
   server.mount('/', app)
   const { url } = await server.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(() => server.close({ drain: 0 }))
-  const browser = chromium(t, `${url}/`, { timeout, done: () => report !== undefined })
+  const browser = chromium(t, `${url}/`, { timeout, flags, done: () => report !== undefined })
   const running = () => {
     if (report === undefined && browser.problem) throw new Error(browser.problem)
     return true
@@ -481,13 +481,13 @@ export async function openInChromium(t, app, script, { timeout = 60_000 } = {}) 
  * Opens `url` in headless Chromium until the test ends or `timeout` passes, whichever is first;
  * then the whole process group is killed. Returns { problem }: why the browser failed, if it did.
  */
-function chromium(t, url, { timeout, done }) {
+function chromium(t, url, { timeout, flags = [], done }) {
   if (chromiumTool.missing) throw new Error(chromiumTool.missing)
   const state = { problem: undefined }
   const profile = mkdtempSync(join(tmpdir(), 'floodgate-chromium-'))
   const browser = spawn(
     chromiumTool.path,
-    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', `--user-data-dir=${profile}`, url],
+    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', `--user-data-dir=${profile}`, ...flags, url],
     { stdio: ['ignore', 'ignore', 'pipe'], detached: process.platform !== 'win32' },
   )
   let stderr = ''

@@ -9,7 +9,7 @@ import net from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { fixture, eventually, needs, opensslTool, selfSignedCertificate, Server, StreamingApp, WebSocketClient, curlTool, curl, sleep } from './helpers.mjs'
+import { fixture, eventually, needs, chromiumTool, openInChromium, opensslTool, selfSignedCertificate, Server, StreamingApp, WebSocketClient, curlTool, curl, sleep } from './helpers.mjs'
 
 const MiB = 1024 * 1024
 const opensslTest = needs(opensslTool, test)
@@ -311,4 +311,31 @@ opensslTest('event streams and WebSockets (wss:) over TLS, with their limits', a
   t.is(await closed, 1009)
   t.is(server.stats().rejections.ws_message_too_large, 1)
   await sleep(10)
+})
+
+needs(chromiumTool, opensslTest)('a browser holds more than six event streams to one origin over TLS (HTTP/2)', async (t) => {
+  const app = new StreamingApp({ rateLimitRequests: 0, sseMaxConnectionsPerUser: 20 })
+  app.sse('/events', { topics: ['news'] })
+  const { server, reported, running } = await openInChromium(
+    t,
+    app,
+    `const streams = 10
+    const got = new Set()
+    for (let i = 0; i < streams; i++) {
+      const source = new EventSource('/events?stream=' + i)
+      source.onmessage = () => {
+        got.add(i)
+        if (got.size === streams) {
+          const protocol = performance.getEntriesByType('navigation')[0].nextHopProtocol
+          fetch('/report', { method: 'POST', body: JSON.stringify({ streams: got.size, protocol }) })
+        }
+      }
+    }`,
+    { server: { tls: certificates.main }, flags: ['--ignore-certificate-errors'] },
+  )
+  // Published until every stream has one (they subscribe as the page opens them).
+  const publishing = setInterval(() => running() && server.publish('news', 'live'), 200)
+  t.teardown(() => clearInterval(publishing))
+  t.truthy(await eventually(reported, { timeout: 30_000 }), 'the page reported')
+  t.deepEqual(reported(), { streams: 10, protocol: 'h2' })
 })
