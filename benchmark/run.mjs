@@ -10,6 +10,8 @@ import { PEERS } from './lib/peers.mjs'
 import { makeFixtures } from './lib/fixtures.mjs'
 import { chart } from './lib/chart.mjs'
 import files from './workloads/files.mjs'
+import filesTls from './workloads/files-tls.mjs'
+import { tlsEnv } from './lib/tls-cert.mjs'
 import download from './workloads/download.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
 import json from './workloads/json.mjs'
@@ -19,7 +21,7 @@ import wsEcho from './workloads/ws-echo.mjs'
 import wsFanout from './workloads/ws-fanout.mjs'
 import wsIdle from './workloads/ws-idle.mjs'
 
-const WORKLOADS = [files, download, upload, json, generator, sse, wsEcho, wsFanout, wsIdle]
+const WORKLOADS = [files, filesTls, download, upload, json, generator, sse, wsEcho, wsFanout, wsIdle]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
@@ -47,7 +49,7 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
     }
     let server
     try {
-      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir })
+      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir, ...(workload.tls && tlsEnv()) })
       // One short warm-up so page cache and JIT are hot for everyone alike.
       await workload.run({ port: server.port, pids: server.pids, root: fixture.root, uploads: uploads.dir, peer: peer.name, quick: true, warmup: true }).catch(() => {})
       spawnSync('sync') // start every measured run with no dirty pages pending writeback

@@ -33,8 +33,11 @@ function waitForPort(port, timeout = 10_000) {
   })
 }
 
-/** Starts nginx serving `root` at /stream/files/ (and /api/json); resolves { port, pids, stop }. */
-export async function startNginx(root) {
+/**
+ * Starts nginx serving `root` at /stream/files/ (and /api/json); resolves { port, pids, stop }.
+ * With `tls` ({ cert, key } paths): HTTPS with TLS 1.3 only, as the TLS workloads compare.
+ */
+export async function startNginx(root, tls) {
   const dir = mkdtempSync(join(tmpdir(), 'floodgate-nginx-'))
   const port = await freePort()
   writeFileSync(
@@ -53,8 +56,8 @@ http {
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
   server {
-    listen 127.0.0.1:${port};
-    location /stream/files/ { alias ${root}/; }
+    listen 127.0.0.1:${port}${tls ? ' ssl' : ''};
+${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};\n    ssl_protocols TLSv1.3;\n` : ''}    location /stream/files/ { alias ${root}/; }
     # The JSON workload's answer from the config itself, no application code: what this
     # machine allows a server to reach under the same wrk.
     location = /api/json { default_type application/json; return 200 '{"hello":"world"}'; }

@@ -34,7 +34,7 @@ export const PEERS = [
   {
     name: 'nginx',
     available: () => nginxAvailable() || 'nginx is not installed',
-    start: (env) => startNginx(env.ROOT),
+    start: (env) => startNginx(env.ROOT, env.TLS_CERT && { cert: env.TLS_CERT, key: env.TLS_KEY }),
   },
   nodeServer('ws', '../servers/ws.mjs', wsInstalled),
 ]
