@@ -87,6 +87,13 @@ export interface ServerOptions {
    */
   tls?: TlsOptions
   /**
+   * Behind an L4 load balancer (HAProxy, AWS NLB): every connection must come from one of
+   * `trusted` (CIDRs or addresses) and start with a PROXY protocol header (v1 or v2), whose
+   * address is then the client's for every per-address limit and for handlers. Others are
+   * closed and counted (`proxy_protocol_untrusted`, `proxy_protocol_invalid`). Default off.
+   */
+  proxyProtocol?: { trusted: string[] }
+  /**
    * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
    * handlers build and floodgate sends without undici's per-response `Headers` and stream.
    * It behaves as the real class (`instanceof` holds both ways). Default true.

@@ -60,10 +60,14 @@ pub enum Rejection {
     /// Any other failed handshake: the client's alert (it does not trust the certificate),
     /// or the connection closed during the handshake.
     TlsHandshakeFailed,
+    /// `proxyProtocol` is on and the connection came from a source it does not trust.
+    ProxyProtocolUntrusted,
+    /// `proxyProtocol` is on and the connection did not start with a valid header.
+    ProxyProtocolInvalid,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 34] = [
+    pub const ALL: [Rejection; 36] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -98,6 +102,8 @@ impl Rejection {
         Rejection::TlsNoSharedCipher,
         Rejection::TlsBadMessage,
         Rejection::TlsHandshakeFailed,
+        Rejection::ProxyProtocolUntrusted,
+        Rejection::ProxyProtocolInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -136,6 +142,8 @@ impl Rejection {
             Rejection::TlsNoSharedCipher => "tls_no_shared_cipher",
             Rejection::TlsBadMessage => "tls_bad_message",
             Rejection::TlsHandshakeFailed => "tls_handshake_failed",
+            Rejection::ProxyProtocolUntrusted => "proxy_protocol_untrusted",
+            Rejection::ProxyProtocolInvalid => "proxy_protocol_invalid",
         }
     }
 }

@@ -47,6 +47,17 @@ pub struct ServerConfig {
     pub sendfile: bool,
     /// Serve TLS (every connection) with these certificates.
     pub tls: Option<TlsOptions>,
+    /// Every connection starts with a PROXY protocol header from one of these sources.
+    pub proxy_protocol: Option<ProxyProtocolOptions>,
+}
+
+/// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyProtocolOptions {
+    /// Load balancers (CIDRs or addresses); a connection from anywhere else is closed.
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted: Vec<IpNet>,
 }
 
 /// `tls`: the default certificate chain and key, and more chosen by SNI name. Each is PEM
@@ -89,6 +100,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: 100,
             sendfile: true,
             tls: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -479,6 +491,13 @@ impl ServerConfig {
         }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;
+        }
+        if self
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|proxy| proxy.trusted.is_empty())
+        {
+            return Err("proxyProtocol.trusted: name at least one address or CIDR".into());
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::h2_stream::StreamExecutor;
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
+use crate::conn::proxy_protocol;
 use crate::conn::send_file::SendFile;
 use crate::conn::socket::Socket;
 use crate::conn::state::ConnState;
@@ -254,6 +255,19 @@ async fn accept_loop(
         };
         let accepted_at = Instant::now();
         let _ = stream.set_nodelay(true);
+        if shared.config.proxy_protocol.is_some() {
+            // The per-address slot waits for the address the header carries.
+            let task = serve_proxied(
+                stream,
+                peer,
+                accepted_at,
+                Arc::clone(&shared),
+                stop_accepting.clone(),
+                abort.clone(),
+            );
+            tracker.spawn(task);
+            continue;
+        }
         match shared.limiter.try_acquire(peer.ip()) {
             Some(slot) => {
                 let task = serve_connection(
@@ -291,6 +305,49 @@ fn accept_error_pause(err: &io::Error, metrics: &Metrics) -> Option<Duration> {
             Some(Duration::from_millis(100))
         }
         _ => Some(Duration::from_millis(10)),
+    }
+}
+
+/// A connection behind a load balancer: its PROXY protocol header (from a trusted source,
+/// within `headerTimeout` of accept) names the client, whose per-address slot it then takes.
+async fn serve_proxied(
+    mut stream: TcpStream,
+    balancer: SocketAddr,
+    accepted_at: Instant,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let trusted = &shared
+        .config
+        .proxy_protocol
+        .as_ref()
+        .expect("checked by the caller")
+        .trusted;
+    if !proxy_protocol::trusted(balancer.ip(), trusted) {
+        shared.metrics.reject(Rejection::ProxyProtocolUntrusted);
+        return;
+    }
+    let deadline = accepted_at + shared.config.header_timeout;
+    let header = tokio::select! {
+        header = proxy_protocol::read_header(&mut stream, balancer, deadline) => header,
+        _ = abort.cancelled() => return,
+    };
+    let client = match header {
+        Ok(client) => client,
+        Err(reason) => {
+            shared.metrics.reject(reason);
+            return;
+        }
+    };
+    match shared.limiter.try_acquire(client.ip()) {
+        Some(slot) => {
+            serve_connection(stream, client, accepted_at, slot, shared, shutdown, abort).await
+        }
+        None => {
+            shared.metrics.reject(Rejection::ConnectionLimit);
+            refuse_connection(stream, abort).await
+        }
     }
 }
 
