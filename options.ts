@@ -74,6 +74,8 @@ export interface ServerOptions {
   http2?: boolean
   /** Concurrent streams per HTTP/2 connection. Default 100. */
   http2MaxConcurrentStreams?: number
+  /** SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second; past it, GOAWAY and close (`h2_control_flood`). 0 disables. Default 100. */
+  http2MaxControlFramesPerSecond?: number
   /**
    * Send file bodies with `sendfile(2)` on HTTP/1.1 (Linux): the kernel copies from the page
    * cache to the socket, as nginx's `sendfile on`. Off, or over HTTP/2 and on other systems,

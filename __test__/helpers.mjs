@@ -130,10 +130,10 @@ export function pythonWith(module, debianPackage) {
 }
 
 /** Runs a script of `__test__/tools` with `python`; resolves its last stdout line as JSON. */
-export function runPythonTool(python, script, args, { timeout = 60_000 } = {}) {
+export function runPythonTool(python, script, args, { timeout = 60_000, env = {} } = {}) {
   const path = fileURLToPath(new URL(`./tools/${script}`, import.meta.url))
   return new Promise((resolve, reject) => {
-    execFile(python.path, [path, ...args.map(String)], { timeout }, (error, stdout, stderr) => {
+    execFile(python.path, [path, ...args.map(String)], { timeout, env: { ...process.env, ...env } }, (error, stdout, stderr) => {
       if (error) return reject(new Error(`${script} ${args.join(' ')}: ${error.message}\n${stderr}`))
       resolve(JSON.parse(stdout.trim().split('\n').pop()))
     })

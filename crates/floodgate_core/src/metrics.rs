@@ -64,10 +64,18 @@ pub enum Rejection {
     ProxyProtocolUntrusted,
     /// `proxyProtocol` is on and the connection did not start with a valid header.
     ProxyProtocolInvalid,
+    /// An HTTP/2 client over `http2MaxControlFramesPerSecond` (SETTINGS, PING, PRIORITY).
+    H2ControlFlood,
+    /// h2 ended an HTTP/2 connection with GOAWAY `ENHANCE_YOUR_CALM`: rapid resets, a
+    /// CONTINUATION flood, a header list over its limit, a flood of empty DATA frames.
+    H2Flood,
+    /// h2 ended an HTTP/2 connection with GOAWAY for a protocol violation (malformed frames,
+    /// flow-control or compression errors).
+    H2ProtocolError,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 36] = [
+    pub const ALL: [Rejection; 39] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -104,6 +112,9 @@ impl Rejection {
         Rejection::TlsHandshakeFailed,
         Rejection::ProxyProtocolUntrusted,
         Rejection::ProxyProtocolInvalid,
+        Rejection::H2ControlFlood,
+        Rejection::H2Flood,
+        Rejection::H2ProtocolError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -144,6 +155,9 @@ impl Rejection {
             Rejection::TlsHandshakeFailed => "tls_handshake_failed",
             Rejection::ProxyProtocolUntrusted => "proxy_protocol_untrusted",
             Rejection::ProxyProtocolInvalid => "proxy_protocol_invalid",
+            Rejection::H2ControlFlood => "h2_control_flood",
+            Rejection::H2Flood => "h2_flood",
+            Rejection::H2ProtocolError => "h2_protocol_error",
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub http2: bool,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second; past it the
+    /// connection gets GOAWAY. 0 disables.
+    pub http2_max_control_frames_per_second: u32,
     /// Send file bodies with `sendfile(2)` on HTTP/1.1 connections where the system has it
     /// (Linux); off, they are read and written as over HTTP/2.
     pub sendfile: bool,
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             trust_proxy: Vec::new(),
             http2: false,
             http2_max_concurrent_streams: 100,
+            http2_max_control_frames_per_second: 100,
             sendfile: true,
             tls: None,
             proxy_protocol: None,

@@ -5,6 +5,7 @@
 
 pub(crate) mod conformance;
 pub(crate) mod guarded_io;
+pub(crate) mod h2_frames;
 pub(crate) mod h2_stream;
 pub(crate) mod linger;
 pub(crate) mod proxy;

@@ -170,6 +170,8 @@ fn hyper_builder(config: &ServerConfig, metrics: &Arc<Metrics>) -> auto::Builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
+        // `maxHeaderSize` over HTTP/2 too: h2 answers a larger header list with 431.
+        .max_header_list_size(config.max_header_size as u32)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
         .max_send_buf_size(H2_SEND_BUFFER)
@@ -397,6 +399,7 @@ async fn serve_connection(
         keep_alive_timeout: shared.config.keep_alive_timeout,
         max_header_size: shared.config.max_header_size as usize,
         http2,
+        http2_max_control_frames: shared.config.http2_max_control_frames_per_second,
     };
     let io = TokioIo::new(GuardedIo::new(
         socket,
@@ -422,13 +425,36 @@ async fn serve_connection(
     let connection = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
-        _ = connection.as_mut() => return,
+        ended = connection.as_mut() => {
+            if let Err(err) = ended {
+                count_h2_goaway(err.as_ref(), &shared.metrics);
+            }
+            return;
+        }
         _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
         _ = idle => connection.as_mut().graceful_shutdown(),
     }
     tokio::select! {
         _ = connection.as_mut() => {}
         _ = abort.cancelled() => {}
+    }
+}
+
+/// Counts an HTTP/2 connection that h2 ended with a GOAWAY of its own, by its reason: h2
+/// bounds rapid resets, CONTINUATION floods, header lists and empty DATA frames itself.
+fn count_h2_goaway(err: &(dyn std::error::Error + 'static), metrics: &Metrics) {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_go_away() && h2.is_library() {
+                metrics.reject(match h2.reason() {
+                    Some(h2::Reason::ENHANCE_YOUR_CALM) => Rejection::H2Flood,
+                    _ => Rejection::H2ProtocolError,
+                });
+            }
+            return;
+        }
+        source = err.source();
     }
 }
 
