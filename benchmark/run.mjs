@@ -12,7 +12,9 @@ import { chart } from './lib/chart.mjs'
 import files from './workloads/files.mjs'
 import filesTls from './workloads/files-tls.mjs'
 import { tlsEnv } from './lib/tls-cert.mjs'
-import download from './workloads/download.mjs'
+import download, { downloadWorkload } from './workloads/download.mjs'
+import tlsHandshakes from './workloads/tls-handshakes.mjs'
+import h2SmallTls from './workloads/h2-small-tls.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
 import json from './workloads/json.mjs'
 import generator from './workloads/generator.mjs'
@@ -21,7 +23,7 @@ import wsEcho from './workloads/ws-echo.mjs'
 import wsFanout from './workloads/ws-fanout.mjs'
 import wsIdle from './workloads/ws-idle.mjs'
 
-const WORKLOADS = [files, filesTls, download, upload, json, generator, sse, wsEcho, wsFanout, wsIdle]
+const WORKLOADS = [files, filesTls, download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
@@ -49,7 +51,7 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
     }
     let server
     try {
-      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir, ...(workload.tls && tlsEnv()) })
+      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir, ...(workload.tls && tlsEnv()), ...(workload.http2 && { TLS_H2: '1' }) })
       // One short warm-up so page cache and JIT are hot for everyone alike.
       await workload.run({ port: server.port, pids: server.pids, root: fixture.root, uploads: uploads.dir, peer: peer.name, quick: true, warmup: true }).catch(() => {})
       spawnSync('sync') // start every measured run with no dirty pages pending writeback
