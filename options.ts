@@ -76,6 +76,8 @@ export interface ServerOptions {
   http2MaxConcurrentStreams?: number
   /** SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second; past it, GOAWAY and close (`h2_control_flood`). 0 disables. Default 100. */
   http2MaxControlFramesPerSecond?: number
+  /** Streams an HTTP/2 client may open and reset before the server sees them (rapid reset, CVE-2023-44487); past it, GOAWAY (`h2_flood`). Default 20. */
+  http2MaxPendingResets?: number
   /**
    * Send file bodies with `sendfile(2)` on HTTP/1.1 (Linux): the kernel copies from the page
    * cache to the socket, as nginx's `sendfile on`. Off, or over HTTP/2 and on other systems,

@@ -313,13 +313,13 @@ opensslTest('event streams and WebSockets (wss:) over TLS, with their limits', a
   await sleep(10)
 })
 
-needs(chromiumTool, opensslTest)('a browser holds more than six event streams to one origin over TLS (HTTP/2)', async (t) => {
-  const app = new StreamingApp({ rateLimitRequests: 0, sseMaxConnectionsPerUser: 20 })
+needs(chromiumTool, opensslTest)('a browser holds 100 event streams to one origin over TLS (HTTP/2), each within the SSE caps', async (t) => {
+  const app = new StreamingApp({ rateLimitRequests: 0, sseMaxConnectionsPerUser: 100 })
   app.sse('/events', { topics: ['news'] })
   const { server, reported, running } = await openInChromium(
     t,
     app,
-    `const streams = 10
+    `const streams = 100
     const got = new Set()
     for (let i = 0; i < streams; i++) {
       const source = new EventSource('/events?stream=' + i)
@@ -327,15 +327,20 @@ needs(chromiumTool, opensslTest)('a browser holds more than six event streams to
         got.add(i)
         if (got.size === streams) {
           const protocol = performance.getEntriesByType('navigation')[0].nextHopProtocol
-          fetch('/report', { method: 'POST', body: JSON.stringify({ streams: got.size, protocol }) })
+          // The 101st stream is over the per-user cap of 100: refused (429), not queued.
+          fetch('/events?stream=extra').then((res) =>
+            fetch('/report', { method: 'POST', body: JSON.stringify({ streams: got.size, protocol, extra: res.status }) }),
+          )
         }
       }
     }`,
-    { server: { tls: certificates.main }, flags: ['--ignore-certificate-errors'] },
+    // Room on the connection for the page, its fetches and the 100 streams.
+    { server: { tls: certificates.main, http2MaxConcurrentStreams: 128 }, flags: ['--ignore-certificate-errors'] },
   )
   // Published until every stream has one (they subscribe as the page opens them).
   const publishing = setInterval(() => running() && server.publish('news', 'live'), 200)
   t.teardown(() => clearInterval(publishing))
   t.truthy(await eventually(reported, { timeout: 30_000 }), 'the page reported')
-  t.deepEqual(reported(), { streams: 10, protocol: 'h2' })
+  t.deepEqual(reported(), { streams: 100, protocol: 'h2', extra: 429 })
+  t.is(server.stats().rejections.sse_limit, 1)
 })

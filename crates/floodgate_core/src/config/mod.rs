@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second; past it the
     /// connection gets GOAWAY. 0 disables.
     pub http2_max_control_frames_per_second: u32,
+    /// Streams an HTTP/2 client may open and reset before the server has seen them (the rapid
+    /// reset attack); past it the connection gets GOAWAY `ENHANCE_YOUR_CALM`.
+    pub http2_max_pending_resets: u32,
     /// Send file bodies with `sendfile(2)` on HTTP/1.1 connections where the system has it
     /// (Linux); off, they are read and written as over HTTP/2.
     pub sendfile: bool,
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             http2: false,
             http2_max_concurrent_streams: 100,
             http2_max_control_frames_per_second: 100,
+            http2_max_pending_resets: 20,
             sendfile: true,
             tls: None,
             proxy_protocol: None,
@@ -492,6 +496,9 @@ impl ServerConfig {
         }
         if self.http2_max_concurrent_streams == 0 {
             return Err("http2MaxConcurrentStreams: must be at least 1".into());
+        }
+        if self.http2_max_pending_resets == 0 {
+            return Err("http2MaxPendingResets: must be at least 1".into());
         }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;

@@ -172,7 +172,7 @@ fn hyper_builder(config: &ServerConfig, metrics: &Arc<Metrics>) -> auto::Builder
         .max_concurrent_streams(config.http2_max_concurrent_streams)
         // `maxHeaderSize` over HTTP/2 too: h2 answers a larger header list with 431.
         .max_header_list_size(config.max_header_size as u32)
-        .max_pending_accept_reset_streams(20)
+        .max_pending_accept_reset_streams(config.http2_max_pending_resets as usize)
         .max_local_error_reset_streams(1024)
         .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)))
