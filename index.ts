@@ -9,6 +9,8 @@ export type {
   Size,
   Duration,
   ServerOptions,
+  ClusterOptions,
+  ClusterStats,
   StreamingOptions,
   UploadsOptions,
   FilesOptions,

@@ -149,6 +149,9 @@ pub struct Snapshot {
     /// Temporary files of uploads cut by a crash, removed by uploads mounts when they started.
     pub stale_uploads_removed: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    /// Present with the `cluster` option: Redis's state and what was decided without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
 }
 
 impl Metrics {
@@ -220,6 +223,7 @@ impl Metrics {
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
                 .collect(),
+            cluster: None,
         }
     }
 }
@@ -289,6 +293,43 @@ impl Snapshot {
             "Temporary files of interrupted uploads removed at start.",
             self.stale_uploads_removed as f64,
         );
+        if let Some(cluster) = &self.cluster {
+            metric(
+                "cluster_degraded",
+                "gauge",
+                "1 while Redis fails and limits follow the failure policy.",
+                u8::from(cluster.degraded) as f64,
+            );
+            metric(
+                "cluster_leases",
+                "gauge",
+                "Connections holding a cluster-wide lease.",
+                cluster.leases as f64,
+            );
+            metric(
+                "cluster_recoveries_total",
+                "counter",
+                "Times Redis answered again after failing.",
+                cluster.recoveries as f64,
+            );
+            metric(
+                "cluster_events_lost_total",
+                "counter",
+                "Events other instances may have missed while Redis failed.",
+                cluster.events_lost as f64,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP floodgate_cluster_fallbacks_total Limit decisions made without Redis, by reason."
+            );
+            let _ = writeln!(out, "# TYPE floodgate_cluster_fallbacks_total counter");
+            for (reason, count) in &cluster.fallbacks {
+                let _ = writeln!(
+                    out,
+                    "floodgate_cluster_fallbacks_total{{reason=\"{reason}\"}} {count}"
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP floodgate_rejections_total Clients refused or cut off, by reason."

@@ -3,6 +3,7 @@
 
 use crate::app::router::MountTable;
 use crate::app::StreamingApp;
+use crate::cluster::Cluster;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
 use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
@@ -44,6 +45,8 @@ struct Shared {
     builder: auto::Builder<StreamExecutor>,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
+    /// Redis behind the caps, rates and bus, with the `cluster` option.
+    cluster: Option<Arc<Cluster>>,
     shutdown: CancellationToken,
     /// Upgraded (WebSocket) sessions outlive their HTTP connection task: they are spawned
     /// here, so `close` drains and then aborts them like any connection.
@@ -69,9 +72,14 @@ pub fn listen(
     bridge: Option<Arc<Bridge>>,
 ) -> Result<RunningServer, Error> {
     spec.validate().map_err(Error::option)?;
+    let cluster = match &spec.options.cluster {
+        Some(config) => Some(Cluster::start(config.clone()).map_err(Error::option)?),
+        None => None,
+    };
     let mut mounts = MountTable::default();
     for mount in spec.mounts {
-        let app = StreamingApp::build(mount.app, bridge.clone()).map_err(Error::option)?;
+        let app = StreamingApp::build(mount.app, bridge.clone(), cluster.as_ref(), &mount.prefix)
+            .map_err(Error::option)?;
         mounts.insert(mount.prefix, Arc::new(app));
     }
     let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
@@ -90,6 +98,7 @@ pub fn listen(
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         bus,
+        cluster,
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
         abort: abort.clone(),
@@ -169,7 +178,13 @@ impl RunningServer {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.shared.metrics.snapshot()
+        let mut snapshot = self.shared.metrics.snapshot();
+        snapshot.cluster = self
+            .shared
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.snapshot());
+        snapshot
     }
 
     /// The per-address connection slots (tests watch slots come back).
@@ -202,6 +217,10 @@ impl RunningServer {
         {
             self.abort.cancel();
             self.tracker.wait().await;
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            // Every connection has ended: its lease release is queued; send them, then stop.
+            cluster.stop();
         }
     }
 }

@@ -6,6 +6,8 @@
 //! now on is lost), then JS builds the snapshot (a second exchange). Events already queued with
 //! a sequence number up to the snapshot's are dropped: the snapshot includes them.
 
+use crate::cluster::lease::{self, Lease, Refusal};
+use crate::cluster::Cluster;
 use crate::config::{SseConfig, SseHandlers};
 use crate::conn::state::ConnState;
 use crate::delivery::body::{self, Body};
@@ -41,6 +43,10 @@ pub struct SseRoute {
     handlers: SseHandlers,
     per_user: Arc<ConnectionLimiter<ClientKey>>,
     total: Arc<Semaphore>,
+    /// The per-user cap, cluster-wide (keys name the route by `path`).
+    cluster: Option<Arc<Cluster>>,
+    path: String,
+    per_user_cap: u32,
 }
 
 /// What the app and the server lend an SSE connection.
@@ -88,12 +94,23 @@ impl CloseReason {
 }
 
 impl SseRoute {
-    pub fn new(config: SseConfig, handlers: SseHandlers, per_user: u32, total: u32) -> Self {
+    /// A route at `path` (mount and route prefix) with `per_user` streams per user and `total`.
+    pub fn new(
+        config: SseConfig,
+        handlers: SseHandlers,
+        (per_user, total): (u32, u32),
+        cluster: Option<&Arc<Cluster>>,
+        path: String,
+    ) -> Self {
+        let local = cluster.map_or(per_user, |cluster| cluster.config().share(per_user));
         Self {
             config,
             handlers,
-            per_user: ConnectionLimiter::new(per_user),
+            per_user: ConnectionLimiter::new(local),
             total: Arc::new(Semaphore::new(total as usize)),
+            cluster: cluster.cloned(),
+            path,
+            per_user_cap: per_user,
         }
     }
 
@@ -117,12 +134,30 @@ impl SseRoute {
             return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
         }
         let key = ClientKey::new(setup.user.as_deref(), context.client);
-        let Some(slot) = self.per_user.try_acquire_key(key) else {
+        let per_user = || {
             context.metrics.reject(Rejection::SseLimit);
-            return too_many(
+            too_many(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many event streams for this user\n",
-            );
+            )
+        };
+        let caps = [(format!("sse:{}:{key}", self.path), self.per_user_cap)];
+        let admission = match lease::admit(self.cluster.as_ref(), &caps).await {
+            Ok(admission) => admission,
+            Err(Refusal::AtCap(_)) => return per_user(),
+            Err(Refusal::Unavailable) => {
+                context.metrics.reject(Rejection::SseLimit);
+                return too_many(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Connection limits are unavailable, try again shortly\n",
+                );
+            }
+        };
+        let capped = admission
+            .as_ref()
+            .is_none_or(|admission| admission.local_cap);
+        let Some(slot) = self.per_user.acquire_key(key, capped) else {
+            return per_user();
         };
         let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
             context.metrics.reject(Rejection::SseLimit);
@@ -179,6 +214,7 @@ impl SseRoute {
             reason: CloseReason::Client,
         });
         let held = Held {
+            _lease: admission.map(|admission| admission.lease),
             _slot: slot,
             _permit: permit,
             _subscription: subscription,
@@ -384,6 +420,7 @@ impl Drop for OnClose {
 
 /// What an open stream holds: its slots, its subscription, its close notice.
 struct Held {
+    _lease: Option<Lease>,
     _slot: crate::limit::conn::Slot<ClientKey>,
     _permit: OwnedSemaphorePermit,
     _subscription: bus::SubscriptionGuard,
