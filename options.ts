@@ -116,6 +116,8 @@ export interface ClusterStats {
   recoveries: number
   /** Events published here that other instances may have missed while Redis failed. */
   eventsLost: number
+  /** Topic patterns this instance is subscribed to in Redis (one per distinct pattern of its subscribers); 0 while its pub/sub connection is down. */
+  patterns: number
 }
 
 export interface StreamingOptions {

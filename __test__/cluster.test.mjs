@@ -5,7 +5,8 @@ import test from 'ava'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import http from 'node:http'
-import { Server, needs, redisTool, startRedis, readyPort, wsOpen, eventually } from './helpers.mjs'
+import { EventSource } from 'eventsource'
+import { Server, needs, redisTool, startRedis, readyPort, wsOpen, eventually, sleep } from './helpers.mjs'
 
 const redisTest = needs(redisTool, test.serial)
 const SCRIPT = fileURLToPath(new URL('./tools/cluster_server.cjs', import.meta.url))
@@ -241,4 +242,159 @@ redisTest('redis-server restarted empty: the live leases are registered again', 
   t.truthy(await eventually(async () => (await redis.command('ZCARD', key)) === 3, { timeout: 4_000, interval: 100 }), 're-registered')
   const b = await instance(t, config)
   t.is((await attempt(t, b.ws('user=judy'))).status, 429, 'another instance sees them')
+})
+
+/** Publishes on `server` (POST /publish): { reached } (subscribers on that instance). */
+async function publish(server, topic, data, { id } = {}) {
+  const query = new URLSearchParams({ topic, ...(id ? { id } : {}) })
+  return (await fetch(`${server.url}/publish?${query}`, { method: 'POST', body: data })).json()
+}
+
+/** An EventSource on `server`'s /s/events for `topics`: { source, events: [{ data, id, type }], opened }. */
+function eventStream(t, server, topics, { fetchImpl } = {}) {
+  const query = ['user=reader', ...topics.map((topic) => `topic=${encodeURIComponent(topic)}`)].join('&')
+  const source = new EventSource(`${server.url}/s/events?${query}`, fetchImpl ? { fetch: fetchImpl } : undefined)
+  const state = { source, events: [] }
+  const keep = (type) => (event) => state.events.push({ type, data: event.data, id: event.lastEventId })
+  source.addEventListener('message', keep('message'))
+  source.addEventListener('snapshot', keep('snapshot'))
+  state.opened = new Promise((resolve, reject) => {
+    source.addEventListener('open', resolve, { once: true })
+    setTimeout(() => reject(new Error('the event stream did not open')), 10_000).unref()
+  })
+  t.teardown(() => source.close())
+  return state
+}
+
+/** Waits until `server` is subscribed in Redis to `count` patterns. */
+async function subscribedTo(server, count) {
+  return eventually(async () => (await server.stats()).cluster.patterns === count, { timeout: 5_000, interval: 50 })
+}
+
+redisTest('publish on one instance reaches every matching WebSocket and event stream on every instance, once', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis) }
+  const [a, b, c] = await Promise.all([0, 1, 2].map(() => instance(t, config)))
+  // A socket on A (`news.>`), two on B (`news.*`, `news.>`: one message from Redis per pattern
+  // for B, each socket must get it once), two event streams on C (`news.>`, `news.sport`).
+  const socket = async (server, pattern) => {
+    const state = await wsOpen(t, server.ws('user=kim'))
+    state.client.send(`sub:${pattern}`)
+    await eventually(() => state.texts.includes(`subscribed:${pattern}`))
+    return state
+  }
+  const onA = await socket(a, 'news.>')
+  const oneToken = await socket(b, 'news.*')
+  const rest = await socket(b, 'news.>')
+  const all = eventStream(t, c, ['news.>'])
+  const sport = eventStream(t, c, ['news.sport'])
+  await Promise.all([all.opened, sport.opened])
+  t.truthy(await subscribedTo(a, 1))
+  t.truthy(await subscribedTo(b, 2))
+  t.truthy(await subscribedTo(c, 2))
+
+  t.deepEqual(await publish(a, 'news.sport', 's1'), { reached: 1 })
+  await publish(b, 'news.weather', 'w1')
+  await publish(c, 'news.sport.live', 'l1')
+  await publish(a, 'other.thing', 'o1')
+  await publish(b, 'news', 'n1')
+  const received = (state) => state.texts.filter((text) => !text.startsWith('subscribed:'))
+  const data = (stream) => stream.events.filter((e) => e.type === 'message').map((e) => e.data)
+  t.truthy(
+    await eventually(
+      () => [onA, rest].every((s) => received(s).length >= 3) && received(oneToken).length >= 2 && data(all).length >= 3 && data(sport).length >= 1,
+      { timeout: 5_000 },
+    ),
+    'delivered',
+  )
+  await sleep(300) // a duplicate would arrive meanwhile
+  const sorted = (list) => [...list].sort()
+  t.deepEqual(sorted(received(onA)), ['l1', 's1', 'w1'])
+  t.deepEqual(sorted(received(rest)), ['l1', 's1', 'w1'])
+  t.deepEqual(sorted(received(oneToken)), ['s1', 'w1'], '`*` is one token, however Redis globs')
+  t.deepEqual(sorted(data(all)), ['l1', 's1', 'w1'])
+  t.deepEqual(data(sport), ['s1'])
+  // Ids are unique across instances.
+  t.is(new Set(all.events.filter((e) => e.type === 'message').map((e) => e.id)).size, 3)
+})
+
+redisTest('an event stream moved from instance A to B resumes from Last-Event-ID without a gap', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis), sse: { retry: 100 } }
+  const [a, b, c] = await Promise.all([0, 1, 2].map(() => instance(t, config)))
+  let target = a
+  let release
+  const released = new Promise((resolve) => (release = resolve))
+  const lastIds = []
+  const fetchImpl = async (input, init) => {
+    const url = new URL(input)
+    lastIds.push(new Headers(init?.headers).get('last-event-id'))
+    if (target !== a) await released
+    return fetch(`${target.url}${url.pathname}${url.search}`, init)
+  }
+  const stream = eventStream(t, a, ['feed.>'], { fetchImpl })
+  await stream.opened
+  t.truthy(await subscribedTo(a, 1))
+  for (const n of [1, 2, 3]) await publish(c, `feed.${n % 2 ? 'odd' : 'even'}`, `e${n}`)
+  t.truthy(await eventually(() => stream.events.length === 4), 'the snapshot and three events')
+  target = b
+  a.kill('SIGKILL')
+  for (const n of [4, 5, 6]) await publish(c, `feed.${n % 2 ? 'odd' : 'even'}`, `e${n}`)
+  const history = async () => (await redis.command('XLEN', `${config.cluster.prefix}:hist:feed.odd`)) + (await redis.command('XLEN', `${config.cluster.prefix}:hist:feed.even`))
+  t.truthy(await eventually(async () => (await history()) === 6), 'in the history')
+  release()
+  t.truthy(await eventually(() => stream.events.length >= 7, { timeout: 10_000 }), 'resumed')
+  t.truthy(await subscribedTo(b, 1))
+  await publish(c, 'feed.odd', 'e7')
+  t.truthy(await eventually(() => stream.events.length >= 8), 'live after the resume')
+  await sleep(200)
+  t.deepEqual(
+    stream.events.map((e) => (e.type === 'snapshot' ? 'snapshot' : e.data)),
+    ['snapshot', 'e1', 'e2', 'e3', 'e4', 'e5', 'e6', 'e7'],
+  )
+  t.is(lastIds.at(-1), stream.events[3].id, 'B was asked to resume after e3')
+})
+
+redisTest('while Redis fails publish keeps reaching local subscribers and counts the rest lost; a restarted Redis gets the subscriptions again', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis, { timeout: '200ms', leaseTtl: '3s' }) }
+  const [a, b] = await Promise.all([instance(t, config), instance(t, config)])
+  const socket = async (server) => {
+    const state = await wsOpen(t, server.ws('user=lee'))
+    state.client.send('sub:alerts.>')
+    await eventually(() => state.texts.includes('subscribed:alerts.>'))
+    return state
+  }
+  const [onA, onB] = [await socket(a), await socket(b)]
+  t.truthy(await subscribedTo(a, 1))
+  t.truthy(await subscribedTo(b, 1))
+  const received = (state) => state.texts.filter((text) => !text.startsWith('subscribed:'))
+
+  redis.pause()
+  t.deepEqual(await publish(a, 'alerts.x', 'p1'), { reached: 1 })
+  t.truthy(await eventually(() => received(onA).includes('p1'), { timeout: 1_000 }), 'local fan-out goes on')
+  t.truthy(await eventually(async () => (await a.stats()).cluster.eventsLost >= 1, { timeout: 3_000 }), 'counted as lost for the others')
+  redis.resume()
+  t.truthy(await eventually(async () => !(await a.stats()).cluster.degraded, { timeout: 5_000 }))
+
+  await redis.kill()
+  await redis.start()
+  // Both instances subscribe their pattern again on the new Redis, without a restart.
+  const subscribers = async () => (await redis.command('CLIENT', 'LIST')).split('\n').filter((line) => /psub=1 /.test(line)).length
+  const numpat = await eventually(async () => (await subscribers()) === 2, { timeout: 5_000, interval: 100 })
+  t.truthy(numpat, 'patterns subscribed again')
+  let n = 0
+  const arrived = await eventually(
+    async () => {
+      await publish(a, 'alerts.y', `r${++n}`)
+      await sleep(100)
+      return received(onB).some((text) => text.startsWith('r'))
+    },
+    { timeout: 8_000 },
+  )
+  t.truthy(arrived, 'events cross instances again')
+  await sleep(300)
+  const crossed = received(onB).filter((text) => text.startsWith('r'))
+  t.is(new Set(crossed).size, crossed.length, 'none twice')
+  t.is(received(onA).filter((text) => text.startsWith('r')).length, n, 'every one delivered locally')
 })

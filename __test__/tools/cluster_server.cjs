@@ -1,7 +1,7 @@
 // One floodgate instance of a cluster, in a process of its own, for the cluster tests and the
 // README's two-process example.
 //
-// usage: node cluster_server.cjs '{"cluster": {...}, "streaming": {...}, "rate": {...}, "listen": {...}}'
+// usage: node cluster_server.cjs '{"cluster": {...}, "streaming": {...}, "sse": {...}, "rate": {...}, "listen": {...}}'
 // Prints `READY <port>`. Routes (the user is ?user=, else the client address):
 //   /s/ws            WebSocket; echoes, and `sub:<pattern>` subscribes to a topic pattern
 //   /s/events        event stream on the ?topic= patterns (repeatable)
@@ -30,6 +30,7 @@ streaming.sse('/events', {
   authenticate: user,
   topics: (req) => new URL(req.url, 'http://x').searchParams.getAll('topic'),
   snapshot: () => ({ snapshot: true }),
+  ...config.sse,
 })
 server.mount('/s', streaming)
 

@@ -318,6 +318,12 @@ impl Snapshot {
                 "Events other instances may have missed while Redis failed.",
                 cluster.events_lost as f64,
             );
+            metric(
+                "cluster_patterns",
+                "gauge",
+                "Topic patterns subscribed in Redis.",
+                cluster.patterns as f64,
+            );
             let _ = writeln!(
                 out,
                 "# HELP floodgate_cluster_fallbacks_total Limit decisions made without Redis, by reason."

@@ -34,6 +34,7 @@ pub(crate) struct Health {
     fallbacks: [AtomicU64; Failure::ALL.len()],
     recoveries: AtomicU64,
     events_lost: AtomicU64,
+    patterns: AtomicU64,
 }
 
 /// What `stats().cluster` reports.
@@ -50,6 +51,9 @@ pub struct ClusterSnapshot {
     pub recoveries: u64,
     /// Events published here that other instances may not have received (Redis failing).
     pub events_lost: u64,
+    /// Topic patterns this instance is subscribed to in Redis (confirmed), one per distinct
+    /// pattern of its subscribers; 0 while its pub/sub connection is down.
+    pub patterns: u64,
 }
 
 impl Health {
@@ -74,6 +78,14 @@ impl Health {
         self.fallbacks[reason as usize].fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn set_patterns(&self, count: usize) {
+        self.patterns.store(count as u64, Relaxed);
+    }
+
+    pub(crate) fn events_lost(&self, count: u64) {
+        self.events_lost.fetch_add(count, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, leases: u64) -> ClusterSnapshot {
         ClusterSnapshot {
             degraded: self.is_degraded(),
@@ -89,6 +101,7 @@ impl Health {
                 .collect(),
             recoveries: self.recoveries.load(Relaxed),
             events_lost: self.events_lost.load(Relaxed),
+            patterns: self.patterns.load(Relaxed),
         }
     }
 }

@@ -10,10 +10,12 @@
 //! the degraded flag and the counters `stats().cluster` reports; `upkeep`: the one task that
 //! renews and releases leases and probes Redis while degraded.
 
+pub(crate) mod bus;
 pub(crate) mod health;
 pub(crate) mod lease;
 pub(crate) mod rate;
 mod upkeep;
+pub(crate) mod wire;
 
 use crate::config::{ClusterConfig, FailurePolicy};
 use health::{ClusterSnapshot, Failure, Health};

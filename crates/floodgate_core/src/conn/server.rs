@@ -94,6 +94,9 @@ pub fn listen(
     let stop_accepting = CancellationToken::new();
     let bus = Bus::new();
     bus.start_fanout();
+    if let Some(cluster) = &cluster {
+        crate::cluster::bus::attach(cluster, &bus);
+    }
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {

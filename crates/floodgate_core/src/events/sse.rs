@@ -24,7 +24,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -176,16 +176,16 @@ impl SseRoute {
         if let Some(retry) = self.config.retry {
             opening.push(Bytes::from(format!("retry: {retry}\n\n")));
         }
-        let resumed = request
+        let last_id = request
             .headers()
             .get("last-event-id")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|last| context.bus.since(&setup.topics, last));
+            .and_then(|value| value.to_str().ok());
+        let resumed = match last_id {
+            Some(last) => self.resume(context.bus, &setup.topics, last, &queue).await,
+            None => None,
+        };
         match (resumed, self.handlers.snapshot) {
-            (Some(missed), _) => {
-                queue.skip_through(missed.last().map_or(0, |event| event.seq));
-                opening.extend(missed.into_iter().map(|event| event.frame.clone()));
-            }
+            (Some(missed), _) => opening.extend(missed),
             (None, Some(handler)) => {
                 let params = vec!["user".to_string(), setup.user.clone().unwrap_or_default()];
                 let answer = match ask_js(request, &context, handler, params).await {
@@ -242,6 +242,34 @@ impl SseRoute {
     }
 }
 
+impl SseRoute {
+    /// The frames a client missed since `last`, on `topics`, with the queue told to skip them;
+    /// `None` when `last` is not held (the snapshot is sent instead). With a cluster, from the
+    /// history every instance appends to (so a client may resume on any instance), else, or
+    /// when Redis fails, from this instance's recent events.
+    async fn resume(
+        &self,
+        bus: &Bus,
+        topics: &[String],
+        last: &str,
+        queue: &EventQueue,
+    ) -> Option<Vec<Bytes>> {
+        if let Some(cluster) = &self.cluster {
+            match crate::cluster::bus::since(cluster, topics, last).await {
+                Ok(Some(missed)) => {
+                    queue.skip_ids(missed.iter().map(|event| event.id.clone()).collect());
+                    return Some(missed.into_iter().map(|event| event.frame).collect());
+                }
+                Ok(None) => return None,
+                Err(failure) => cluster.health().fell_back(failure),
+            }
+        }
+        let missed = bus.since(topics, last)?;
+        queue.skip_through(missed.last().map_or(0, |event| event.seq));
+        Some(missed.iter().map(|event| event.frame.clone()).collect())
+    }
+}
+
 fn too_many(status: StatusCode, message: &'static str) -> Response<Body> {
     body::text_with(
         status,
@@ -283,6 +311,9 @@ struct QueueState {
     events: BoundedQueue<SharedEvent>,
     /// Events up to this sequence number are already covered (snapshot or replay).
     skip_through: u64,
+    /// Ids of events a replay from the cluster's history covered; each is skipped (and
+    /// forgotten) when it arrives live too.
+    skip_ids: HashSet<String>,
     overflowed: bool,
 }
 
@@ -303,6 +334,7 @@ impl EventQueue {
             state: Mutex::new(QueueState {
                 events: BoundedQueue::new(limits),
                 skip_through: 0,
+                skip_ids: HashSet::new(),
                 overflowed: false,
             }),
             conn,
@@ -321,6 +353,21 @@ impl EventQueue {
         while state.events.front().is_some_and(|event| event.seq <= seq) {
             state.events.pop();
         }
+    }
+
+    /// Skips the events with these ids: those queued already, and those still to come.
+    fn skip_ids(&self, ids: HashSet<String>) {
+        let mut state = self.state();
+        let mut kept = Vec::new();
+        while let Some(event) = state.events.pop() {
+            if !ids.contains(&event.id) {
+                kept.push(event);
+            }
+        }
+        for event in kept {
+            state.events.push(event);
+        }
+        state.skip_ids = ids;
     }
 
     /// The next event to write; `Err` once the queue overflowed under the `close` policy.
@@ -365,6 +412,9 @@ impl Sink for EventQueue {
     fn deliver(&self, event: &SharedEvent) {
         let mut state = self.state();
         if state.overflowed || event.seq <= state.skip_through {
+            return;
+        }
+        if !state.skip_ids.is_empty() && state.skip_ids.remove(&event.id) {
             return;
         }
         match state.events.push(event.clone()) {
