@@ -271,6 +271,12 @@ export interface ListenOptions {
   port?: number
   /** Default '127.0.0.1'. */
   host?: string
+  /**
+   * Bind with `SO_REUSEPORT` (Linux only): several processes (Node's `cluster`, PM2) each
+   * listen on the same port and the kernel spreads new connections over them. Every process
+   * must set it. With `cluster`, they share limits and the bus too. Default false.
+   */
+  reusePort?: boolean
 }
 
 export interface AddressInfo {

@@ -74,6 +74,11 @@ test('cluster options are checked when the server is made: TypeErrors naming the
   t.notThrows(() => new Server({ cluster: { redis: 'redis://127.0.0.1:6379', onFailure: 'closed', instances: 3, leaseTtl: '10s' } }))
 })
 
+test('listen: reusePort must be a boolean', async (t) => {
+  const error = await t.throwsAsync(new Server().listen({ reusePort: 'yes' }), { instanceOf: TypeError, message: /reusePort/ })
+  t.is(error.code, 'ERR_FLOODGATE_OPTION')
+})
+
 redisTest('3 instances, 50 simultaneous WebSockets of one user, cap 10: exactly 10 open, 40 get 429', async (t) => {
   const redis = await startRedis(t)
   const config = { cluster: cluster(redis), streaming: { wsMaxConnectionsPerUser: 10 } }
@@ -397,4 +402,18 @@ redisTest('while Redis fails publish keeps reaching local subscribers and counts
   const crossed = received(onB).filter((text) => text.startsWith('r'))
   t.is(new Set(crossed).size, crossed.length, 'none twice')
   t.is(received(onA).filter((text) => text.startsWith('r')).length, n, 'every one delivered locally')
+})
+
+redisTest('listen({ reusePort: true }): two processes on one port both accept, and share the cluster limits', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis, { instances: 2 }), streaming: { wsMaxConnectionsPerUser: 4 } }
+  const a = await instance(t, { ...config, listen: { reusePort: true } })
+  const b = await instance(t, { ...config, listen: { port: a.port, reusePort: true } })
+  t.is(b.port, a.port)
+  const pids = new Set()
+  for (let i = 0; i < 40; i++) pids.add((await get(`${a.url}/pid`)).body)
+  t.is(pids.size, 2, 'the kernel spread the connections over both processes')
+  const attempts = await Promise.all(Array.from({ length: 6 }, () => attempt(t, a.ws('user=mo'))))
+  t.is(attempts.filter((x) => x.socket).length, 4)
+  t.deepEqual(attempts.filter((x) => x.status).map((x) => x.status), [429, 429])
 })

@@ -8,6 +8,7 @@
 //   /r/hit           a JS handler behind `rateLimitRequests` (options `rate`), identify = ?user=
 //   /publish         POST ?topic=&event=&id=, body = data: server.publish on this instance
 //   /stats           server.stats()
+//   /pid             this process's id
 const { join } = require('node:path')
 const { Server, StreamingApp } = require(join(__dirname, '..', '..', 'index.js'))
 
@@ -47,6 +48,7 @@ server.mount('/publish', async (req) => {
   return Response.json({ reached })
 })
 server.mount('/stats', () => Response.json(server.stats()))
+server.mount('/pid', () => new Response(String(process.pid)))
 
 server.listen({ port: 0, host: '127.0.0.1', ...config.listen }).then(({ port }) => console.log(`READY ${port}`))
 process.on('SIGTERM', () => server.close({ drain: 0 }).then(() => process.exit(0)))

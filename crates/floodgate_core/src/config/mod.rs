@@ -464,6 +464,10 @@ pub struct ServerSpec {
     pub options: ServerConfig,
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// `listen({ reusePort: true })`: bind with `SO_REUSEPORT` (Linux), so several processes
+    /// can listen on one port and the kernel spreads connections over them.
+    #[serde(default)]
+    pub reuse_port: bool,
 }
 
 /// Checks one options object of `kind` (`server`, `streaming`, `files`, `uploads`, `sse`,
@@ -608,6 +612,9 @@ pub fn normalize_prefix(name: &str, prefix: &str) -> Result<String, String> {
 impl ServerSpec {
     pub fn validate(&mut self) -> Result<(), String> {
         self.options.validate()?;
+        if self.reuse_port && !cfg!(target_os = "linux") {
+            return Err("listen: reusePort is supported on Linux only".into());
+        }
         for mount in &mut self.mounts {
             mount.prefix = normalize_prefix("mount", &mount.prefix)?;
             mount.app.options.validate()?;

@@ -82,7 +82,7 @@ pub fn listen(
             .map_err(Error::option)?;
         mounts.insert(mount.prefix, Arc::new(app));
     }
-    let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
+    let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
     let metrics = Arc::new(Metrics::default());
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
@@ -133,7 +133,7 @@ pub fn listen(
 /// default of `TcpListener::bind` (128) drops connection bursts, which then retry after 1 s.
 const LISTEN_BACKLOG: u32 = 1024;
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -142,6 +142,14 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // As every server on Unix does: a restart can bind while old connections are in TIME_WAIT.
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;
+    // Several processes on one port (Node's cluster, PM2): the kernel balances new connections
+    // over every socket bound with it. `ServerSpec::validate` refuses it elsewhere.
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
