@@ -101,7 +101,7 @@ export interface ClusterOptions {
   onFailure?: 'local' | 'open' | 'closed'
   /** Instances sharing the limits: the `local` policy gives each 1/instances of a limit (rounded up). Default 1. */
   instances?: number
-  /** Events kept per topic in Redis for `Last-Event-ID` resume on any instance. Default 256. */
+  /** Events kept per topic in Redis for `Last-Event-ID` resume on any instance; 0 keeps none (each instance resumes from its own recent events). Default 256. */
   history?: number
 }
 

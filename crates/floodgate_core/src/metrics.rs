@@ -379,5 +379,23 @@ mod tests {
         assert!(text.contains("# TYPE floodgate_connections gauge\nfloodgate_connections 0\n"));
         assert!(text.contains("floodgate_rejections_total{reason=\"header_timeout\"} 1\n"));
         assert!(text.contains("floodgate_rejections_total{reason=\"not_found\"} 0\n"));
+        assert!(
+            !text.contains("floodgate_cluster"),
+            "no cluster, no cluster lines"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_has_the_cluster_state_when_there_is_one() {
+        let health = crate::cluster::health::Health::default();
+        health.failed();
+        health.fell_back(crate::cluster::health::Failure::Timeout);
+        let mut snapshot = Metrics::default().snapshot();
+        snapshot.cluster = Some(health.snapshot(7));
+        let text = snapshot.prometheus();
+        assert!(text.contains("floodgate_cluster_degraded 1\n"), "{text}");
+        assert!(text.contains("floodgate_cluster_leases 7\n"), "{text}");
+        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"timeout\"} 1\n"));
+        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"degraded\"} 0\n"));
     }
 }

@@ -193,9 +193,9 @@ impl StreamingApp {
                 Err(response) => return response,
             }
         }
-        let client = ClientKey::new(context.user.as_deref(), context.client);
+        let client = || ClientKey::new(context.user.as_deref(), context.client);
         let decision = match (&self.cluster_requests, &self.requests) {
-            (Some(cluster), _) => match cluster.check(&client).await {
+            (Some(cluster), _) => match cluster.check(&client()).await {
                 RateOutcome::Decided(decision) => Some(decision),
                 RateOutcome::Unavailable => {
                     context.metrics.reject(Rejection::RateLimited);
@@ -207,7 +207,7 @@ impl StreamingApp {
                     );
                 }
             },
-            (None, Some(limiter)) => Some(limiter.check(&client)),
+            (None, Some(limiter)) => Some(limiter.check(&client())),
             (None, None) => None,
         };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {

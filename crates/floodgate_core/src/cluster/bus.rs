@@ -98,16 +98,18 @@ async fn relay_out(cluster: Arc<Cluster>, mut queued: mpsc::Receiver<(String, by
                 .arg(cluster.key(&format!("bus:{topic}")))
                 .arg(&message[..])
                 .ignore();
-            pipe.cmd("XADD")
-                .arg(cluster.key(&format!("hist:{topic}")))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(history)
-                .arg("*")
-                .arg("p")
-                .arg(&message[..])
-                .ignore();
-            pipe.cmd("SADD").arg(&topics_key).arg(&topic).ignore();
+            if history > 0 {
+                pipe.cmd("XADD")
+                    .arg(cluster.key(&format!("hist:{topic}")))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(history)
+                    .arg("*")
+                    .arg("p")
+                    .arg(&message[..])
+                    .ignore();
+                pipe.cmd("SADD").arg(&topics_key).arg(&topic).ignore();
+            }
         }
         let sent = cluster
             .call(|mut redis| async move { pipe.query_async::<()>(&mut redis).await })

@@ -172,14 +172,11 @@ pub(crate) enum Refusal {
 }
 
 /// The cluster's answer for a connection under `caps` ((key, cap) pairs; a cap of 0 is no
-/// cap and costs Redis nothing); `Ok(None)` without a cluster, where local caps apply alone.
+/// cap and costs Redis nothing); `Ok(None)` when no cap applies, local caps then alone.
 pub(crate) async fn admit(
-    cluster: Option<&Arc<Cluster>>,
+    cluster: &Arc<Cluster>,
     caps: &[(String, u32)],
 ) -> Result<Option<Admission>, Refusal> {
-    let Some(cluster) = cluster else {
-        return Ok(None);
-    };
     let asked: Vec<usize> = (0..caps.len()).filter(|i| caps[*i].1 > 0).collect();
     if asked.is_empty() {
         return Ok(None);
@@ -188,24 +185,24 @@ pub(crate) async fn admit(
     let id = cluster.leases.next.fetch_add(1, Ordering::Relaxed);
     let member = member(&cluster.instance, id);
     let ttl = cluster.config.lease_ttl.as_millis() as u64;
-    let outcome = cluster
-        .call(|mut redis| {
-            let mut invocation = ACQUIRE.prepare_invoke();
-            for key in keys.iter() {
-                invocation.key(key);
-            }
-            invocation.arg(ttl).arg(&member);
-            for i in &asked {
-                invocation.arg(caps[*i].1);
-            }
-            async move { invocation.invoke_async::<usize>(&mut redis).await }
-        })
-        .await;
+    let mut invocation = ACQUIRE.prepare_invoke();
+    for key in keys.iter() {
+        invocation.key(key);
+    }
+    invocation.arg(ttl).arg(&member);
+    for i in &asked {
+        invocation.arg(caps[*i].1);
+    }
+    // Made before the call: if this future is dropped while Redis decides (the client left),
+    // the member is removed in case it was added.
     let mut pending = Pending {
         cluster: Arc::clone(cluster),
         id,
         keys: Some(keys),
     };
+    let outcome = cluster
+        .call(|mut redis| async move { invocation.invoke_async::<usize>(&mut redis).await })
+        .await;
     let failure = match outcome {
         Ok(0) => {
             return Ok(Some(Admission {

@@ -94,7 +94,8 @@ pub struct ClusterConfig {
     /// Instances sharing the limits; under the `local` policy each applies 1/`instances` of
     /// every cluster-wide limit (rounded up).
     pub instances: u32,
-    /// Events kept per topic in Redis for `Last-Event-ID` resume on any instance.
+    /// Events kept per topic in Redis for `Last-Event-ID` resume on any instance; 0 keeps
+    /// none (each instance resumes from its own recent events).
     pub history: u32,
 }
 
@@ -130,9 +131,6 @@ impl ClusterConfig {
         }
         if self.instances == 0 {
             return Err("cluster.instances: must be at least 1".into());
-        }
-        if self.history == 0 {
-            return Err("cluster.history: must be at least 1".into());
         }
         Ok(())
     }

@@ -141,16 +141,21 @@ impl SseRoute {
                 "Too many event streams for this user\n",
             )
         };
-        let caps = [(format!("sse:{}:{key}", self.path), self.per_user_cap)];
-        let admission = match lease::admit(self.cluster.as_ref(), &caps).await {
-            Ok(admission) => admission,
-            Err(Refusal::AtCap(_)) => return per_user(),
-            Err(Refusal::Unavailable) => {
-                context.metrics.reject(Rejection::SseLimit);
-                return too_many(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Connection limits are unavailable, try again shortly\n",
-                );
+        let admission = match &self.cluster {
+            None => None,
+            Some(cluster) => {
+                let caps = [(format!("sse:{}:{key}", self.path), self.per_user_cap)];
+                match lease::admit(cluster, &caps).await {
+                    Ok(admission) => admission,
+                    Err(Refusal::AtCap(_)) => return per_user(),
+                    Err(Refusal::Unavailable) => {
+                        context.metrics.reject(Rejection::SseLimit);
+                        return too_many(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Connection limits are unavailable, try again shortly\n",
+                        );
+                    }
+                }
             }
         };
         let capped = admission
@@ -254,7 +259,7 @@ impl SseRoute {
         last: &str,
         queue: &EventQueue,
     ) -> Option<Vec<Bytes>> {
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.config().history > 0) {
             match crate::cluster::bus::since(cluster, topics, last).await {
                 Ok(Some(missed)) => {
                     queue.skip_ids(missed.iter().map(|event| event.id.clone()).collect());
