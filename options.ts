@@ -75,6 +75,12 @@ export interface ServerOptions {
   /** Concurrent streams per HTTP/2 connection. Default 100. */
   http2MaxConcurrentStreams?: number
   /**
+   * Send file bodies with `sendfile(2)` on HTTP/1.1 (Linux): the kernel copies from the page
+   * cache to the socket, as nginx's `sendfile on`. Off, or over HTTP/2 and on other systems,
+   * files are read and written in `chunkSize` pieces. Default true.
+   */
+  sendfile?: boolean
+  /**
    * Share limits and the topic bus with other instances through Redis: per-user and
    * per-address WebSocket and event-stream caps, `rateLimitRequests` and `publish` become
    * cluster-wide. Without it everything is per process and no Redis is needed.
@@ -294,6 +300,8 @@ export interface Stats {
   connectionsTotal: number
   requestsTotal: number
   bytesSent: number
+  /** The part of `bytesSent` the kernel sent from files itself (`sendfile`, HTTP/1.1 on Linux). */
+  bytesSentZeroCopy: number
   bytesReceived: number
   /** Temporary files of uploads cut by a crash, removed by uploads mounts when the server started listening (counted shortly after `listen`, once each folder was scanned). */
   staleUploadsRemoved: number

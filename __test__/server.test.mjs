@@ -133,7 +133,8 @@ function runNode(args, { timeout = 20_000, cwd = packageRoot, onStdout } = {}) {
       onStdout?.(stdout, child)
     })
     child.stderr.on('data', (chunk) => (stderr += chunk))
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': 'exit' can come before the last of stderr has been read.
+    child.on('close', (code, signal) => {
       clearTimeout(timer)
       resolve({ code, signal, stdout, stderr })
     })

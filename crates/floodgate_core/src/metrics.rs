@@ -125,6 +125,7 @@ pub struct Metrics {
     connections_total: AtomicU64,
     requests_total: AtomicU64,
     bytes_sent: AtomicU64,
+    bytes_sent_zero_copy: AtomicU64,
     bytes_received: AtomicU64,
     ws_live: AtomicI64,
     ws_messages_in: AtomicU64,
@@ -141,6 +142,8 @@ pub struct Snapshot {
     pub connections_total: u64,
     pub requests_total: u64,
     pub bytes_sent: u64,
+    /// The part of `bytes_sent` the kernel sent from files itself (`sendfile`).
+    pub bytes_sent_zero_copy: u64,
     pub bytes_received: u64,
     /// Open WebSocket sessions.
     pub ws_connections: i64,
@@ -170,6 +173,11 @@ impl Metrics {
 
     pub fn sent(&self, bytes: usize) {
         self.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// File bytes sent with `sendfile` (counted in `sent` too).
+    pub fn sent_zero_copy(&self, bytes: usize) {
+        self.bytes_sent_zero_copy.fetch_add(bytes as u64, Relaxed);
     }
 
     pub fn received(&self, bytes: usize) {
@@ -214,6 +222,7 @@ impl Metrics {
             connections_total: self.connections_total.load(Relaxed),
             requests_total: self.requests_total.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_sent_zero_copy: self.bytes_sent_zero_copy.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
             ws_connections: self.ws_live.load(Relaxed),
             ws_messages_in: self.ws_messages_in.load(Relaxed),
@@ -262,6 +271,12 @@ impl Snapshot {
             "counter",
             "Bytes written to clients.",
             self.bytes_sent as f64,
+        );
+        metric(
+            "sent_zero_copy_bytes_total",
+            "counter",
+            "File bytes the kernel sent itself (sendfile), also in sent_bytes_total.",
+            self.bytes_sent_zero_copy as f64,
         );
         metric(
             "received_bytes_total",

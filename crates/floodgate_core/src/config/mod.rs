@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub http2: bool,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// Send file bodies with `sendfile(2)` on HTTP/1.1 connections where the system has it
+    /// (Linux); off, they are read and written as over HTTP/2.
+    pub sendfile: bool,
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             trust_proxy: Vec::new(),
             http2: false,
             http2_max_concurrent_streams: 100,
+            sendfile: true,
             cluster: None,
         }
     }

@@ -10,9 +10,15 @@
 //! - a head line ended by a bare LF → `400`, then close (counted `bad_request`);
 //! - a write that makes no progress for `sendTimeout`, or passes the response deadline, ends
 //!   the connection.
+//!
+//! It is also where zero-copy file bodies are sent: a stand-in chunk hyper writes is fulfilled
+//! with `sendfile` from the file piece queued for it (`delivery::zero_copy`), under the same
+//! send deadlines and byte counts as any write.
 
 use crate::conn::linger::Lingering;
+use crate::conn::send_file::SendFile;
 use crate::conn::state::ConnState;
+use crate::delivery::zero_copy::stand_in_position;
 use crate::limit::conn::Slot;
 use crate::metrics::{LiveConnection, Metrics, Rejection};
 use std::future::Future;
@@ -339,7 +345,7 @@ impl<S> GuardedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> GuardedIo<S> {
+impl<S: AsyncWrite + SendFile + Unpin> GuardedIo<S> {
     /// Best-effort write of a short error response: one attempt, never waits.
     fn write_final_response(&mut self, cx: &mut Context<'_>, response: &[u8]) {
         if self.speaks_http1() {
@@ -387,9 +393,67 @@ impl<S: AsyncWrite + Unpin> GuardedIo<S> {
             self.write_timer_at = None;
         }
     }
+
+    /// Writes `bufs` as hyper queued them: ordinary chunks with `writev`, file stand-ins with
+    /// `sendfile`. A write stops before a stand-in, and a run of stand-ins ends the write at
+    /// the first one not sent whole: hyper comes back with the rest.
+    fn poll_write_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first_stand_in = bufs.iter().position(|buf| stand_in_position(buf).is_some());
+        match first_stand_in {
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            Some(0) => self.poll_send_stand_ins(cx, bufs),
+            Some(ordinary) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..ordinary]),
+        }
+    }
+
+    /// Sends the stand-ins `bufs` starts with from their file pieces.
+    fn poll_send_stand_ins(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut total = 0;
+        for buf in bufs {
+            let Some(position) = stand_in_position(buf) else {
+                break;
+            };
+            let (inner, state) = (&self.inner, &self.state);
+            let mut pending = false;
+            let sent = state
+                .file_pieces()
+                .send_next(position, buf.len(), |file, offset, count| {
+                    match inner.poll_send_file(cx, file, offset, count) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            pending = true;
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                    }
+                });
+            match sent {
+                Ok(sent) => {
+                    self.metrics.sent_zero_copy(sent);
+                    total += sent;
+                    if sent < buf.len() {
+                        break;
+                    }
+                }
+                // What was sent is reported now; the wait (or the error) comes back on the
+                // next write, which starts at this stand-in again.
+                Err(_) if total > 0 => break,
+                Err(_) if pending => return Poll::Pending,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+        Poll::Ready(Ok(total))
+    }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
+impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncRead for GuardedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -447,14 +511,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
+impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+        let written = if stand_in_position(buf).is_some() {
+            this.poll_send_stand_ins(cx, &[io::IoSlice::new(buf)])
+        } else {
+            Pin::new(&mut this.inner).poll_write(cx, buf)
+        };
+        match written {
             Poll::Ready(Ok(written)) => {
                 this.wrote(written);
                 Poll::Ready(Ok(written))
@@ -470,7 +539,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+        match this.poll_write_chunks(cx, bufs) {
             Poll::Ready(Ok(written)) => {
                 this.wrote(written);
                 Poll::Ready(Ok(written))

@@ -8,6 +8,7 @@ pub(crate) mod guarded_io;
 pub(crate) mod h2_stream;
 pub(crate) mod linger;
 pub(crate) mod proxy;
+pub(crate) mod send_file;
 pub(crate) mod server;
 pub(crate) mod state;
 

@@ -10,6 +10,7 @@ use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::h2_stream::StreamExecutor;
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
+use crate::conn::send_file::SendFile;
 use crate::conn::state::ConnState;
 use crate::context::RequestContext;
 use crate::delivery::body::{self, Body, Tracked};
@@ -170,6 +171,10 @@ fn hyper_builder(config: &ServerConfig, metrics: &Arc<Metrics>) -> auto::Builder
         .timer(TokioTimer::new())
         // Head deadlines live in `GuardedIo`, which answers 408 where hyper would only close.
         .header_read_timeout(None)
+        // Vectored writes, whatever the socket says: zero-copy file bodies rely on hyper
+        // passing each body chunk's memory through as it is (`delivery::zero_copy`), which
+        // its flattening strategy would copy instead.
+        .writev(true)
         .keep_alive(true);
     builder
         .http2()
@@ -316,7 +321,10 @@ async fn serve_connection(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
-    let conn = Arc::new(ConnState::new(accepted_at, shared.default_send_timeout));
+    let conn = Arc::new(
+        ConnState::new(accepted_at, shared.default_send_timeout)
+            .with_sendfile(shared.config.sendfile && <TcpStream as SendFile>::SUPPORTED),
+    );
     let limits = HeadLimits {
         header_timeout: shared.config.header_timeout,
         keep_alive_timeout: shared.config.keep_alive_timeout,

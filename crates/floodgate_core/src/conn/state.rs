@@ -3,6 +3,7 @@
 //! The wrapper only sees bytes; these counters tell it whether a request is in flight (no
 //! head deadline then) and which send deadlines the current response has.
 
+use crate::delivery::zero_copy::FilePieces;
 use crate::limit::bucket::{ConnectionBucket, DirectLimiter};
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -39,6 +40,11 @@ pub struct ConnState {
     /// The head the wrapper last read had both `Content-Length` and `Transfer-Encoding` lines
     /// (hyper drops the first from the head it hands over); taken by the request it belongs to.
     length_and_chunks: std::sync::atomic::AtomicBool,
+    /// File bodies may go out with `sendfile` (`delivery::zero_copy`): the socket can, and
+    /// the server's `sendfile` option allows it. HTTP/2 turns it off (`zero_copy`).
+    sendfile: bool,
+    /// The file pieces whose stand-ins hyper is writing.
+    file_pieces: FilePieces,
 }
 
 impl ConnState {
@@ -58,7 +64,26 @@ impl ConnState {
             download_bucket: Mutex::new(None),
             upload_bucket: Mutex::new(None),
             length_and_chunks: std::sync::atomic::AtomicBool::new(false),
+            sendfile: false,
+            file_pieces: FilePieces::default(),
         }
+    }
+
+    /// Lets file bodies of this connection go out with `sendfile` while it speaks HTTP/1.1.
+    pub fn with_sendfile(mut self, sendfile: bool) -> Self {
+        self.sendfile = sendfile;
+        self
+    }
+
+    /// Where a file body queues its pieces for `sendfile`, when it may: only on HTTP/1.1,
+    /// whose frames hyper writes with the stand-ins' memory as it is.
+    pub fn zero_copy(&self) -> Option<&FilePieces> {
+        (self.sendfile && !self.is_http2() && !self.is_upgraded()).then_some(&self.file_pieces)
+    }
+
+    /// The queue the socket wrapper fulfils stand-ins from.
+    pub fn file_pieces(&self) -> &FilePieces {
+        &self.file_pieces
     }
 
     pub fn request_started(&self) {

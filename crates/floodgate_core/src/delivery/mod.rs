@@ -9,6 +9,7 @@
 
 pub(crate) mod body;
 pub(crate) mod file_body;
+pub(crate) mod zero_copy;
 
 use crate::conn::h2_stream;
 use crate::conn::state::ConnState;
@@ -44,12 +45,23 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// Streams `segments` of `file`; the whole-response deadline starts now.
+    /// Streams `segments` of `file`, with `sendfile` when the connection can and the body is
+    /// not small; the whole-response deadline starts now.
     pub(crate) fn stream_file(self, file: File, segments: VecDeque<Segment>) -> Body {
+        let file_bytes: u64 = segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::File { start, end } => end + 1 - start,
+                Segment::Bytes(_) => 0,
+            })
+            .sum();
+        let zero_copy = (file_bytes >= zero_copy::MIN_BODY && self.conn.zero_copy().is_some())
+            .then(|| Arc::clone(&self.conn));
         FileStream {
-            file,
+            file: Arc::new(file),
             segments,
             pacing: self.pacing(),
+            zero_copy,
         }
         .into_body()
     }
@@ -114,6 +126,11 @@ impl Pacing {
     /// The largest piece to read or send at once.
     pub(crate) fn piece(&self) -> u64 {
         self.piece
+    }
+
+    /// Whether a shaper paces this body (else `admit` only checks the deadline).
+    pub(crate) fn is_shaped(&self) -> bool {
+        self.shaper.is_active()
     }
 
     /// Waits until `bytes` may be sent, then checks the response deadline: past it, the
