@@ -143,6 +143,18 @@ redisTest('a killed instance loses its leases within leaseTtl; its users connect
   t.true(waited <= 2_000 + 1_500, `${waited} ms after the kill`)
 })
 
+redisTest('an instance that closes gives its leases back at once, not at their TTL', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis, { leaseTtl: '60s' }), streaming: { wsMaxConnectionsPerUser: 3 } }
+  const [a, b] = await Promise.all([instance(t, config), instance(t, config)])
+  for (let i = 0; i < 3; i++) t.truthy((await attempt(t, a.ws('user=nia'))).socket)
+  t.is((await attempt(t, b.ws('user=nia'))).status, 429)
+  a.kill('SIGTERM') // server.close(), then exit
+  await a.exited()
+  t.is(await redis.command('ZCARD', `${config.cluster.prefix}:ws:/s/ws:u:nia`), 0)
+  t.truthy((await attempt(t, b.ws('user=nia'))).socket)
+})
+
 redisTest('rateLimitRequests is one budget across instances, with Retry-After and RateLimit headers', async (t) => {
   const redis = await startRedis(t)
   const config = { cluster: cluster(redis), rate: { rateLimitRequests: 6, rateLimitWindow: '1m' } }

@@ -71,7 +71,7 @@ pub(crate) fn attach(cluster: &Arc<Cluster>, bus: &Arc<Bus>) {
         changes,
     };
     bus.set_relay(Arc::new(relay), &cluster.instance);
-    tokio::spawn(relay_out(Arc::clone(cluster), queued));
+    cluster.finish_with(tokio::spawn(relay_out(Arc::clone(cluster), queued)));
     tokio::spawn(subscribe(
         Arc::downgrade(cluster),
         Arc::downgrade(bus),
@@ -84,9 +84,19 @@ pub(crate) fn attach(cluster: &Arc<Cluster>, bus: &Arc<Bus>) {
 /// set of topics with history.
 async fn relay_out(cluster: Arc<Cluster>, mut queued: mpsc::Receiver<(String, bytes::Bytes)>) {
     let mut batch = Vec::with_capacity(BATCH);
-    loop {
+    let mut last = false;
+    while !last {
         tokio::select! {
-            _ = cluster.stopped.cancelled() => return,
+            _ = cluster.stopped.cancelled() => {
+                // The server closed: what was published before goes out with this batch.
+                last = true;
+                while let Ok(event) = queued.try_recv() {
+                    batch.push(event);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+            }
             count = queued.recv_many(&mut batch, BATCH) => if count == 0 { return },
         }
         let count = batch.len() as u64;

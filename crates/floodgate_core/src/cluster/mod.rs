@@ -35,6 +35,9 @@ pub(crate) struct Cluster {
     leases: lease::Registry,
     /// Ends the upkeep task once the server has closed (after its connections released).
     stopped: CancellationToken,
+    /// The tasks `stop` waits for: the upkeep task (queued releases) and the bus's relay
+    /// (queued events).
+    finishing: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -55,14 +58,16 @@ impl Cluster {
             leases: lease::Registry::new(ops),
             health: Health::default(),
             stopped: CancellationToken::new(),
+            finishing: std::sync::Mutex::new(Vec::new()),
             redis,
             config,
         });
-        tokio::spawn(upkeep::run(
+        let upkeep = tokio::spawn(upkeep::run(
             Arc::downgrade(&cluster),
             receiver,
             cluster.stopped.clone(),
         ));
+        cluster.finish_with(upkeep);
         Ok(cluster)
     }
 
@@ -123,9 +128,25 @@ impl Cluster {
         self.health.snapshot(self.leases.live() as u64)
     }
 
-    /// The server has closed: the upkeep task sends the releases still queued, then ends.
-    pub(crate) fn stop(&self) {
+    /// A task `stop` lets finish.
+    fn finish_with(&self, task: tokio::task::JoinHandle<()>) {
+        self.finishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// The server has closed: the releases and events still queued are sent (for at most a few
+    /// timeouts), then every task of the cluster ends.
+    pub(crate) async fn stop(&self) {
         self.stopped.cancel();
+        let tasks = std::mem::take(&mut *self.finishing.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = tokio::time::timeout(self.config.timeout * 4, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
     }
 }
 

@@ -236,7 +236,7 @@ impl RunningServer {
         }
         if let Some(cluster) = &self.shared.cluster {
             // Every connection has ended: its lease release is queued; send them, then stop.
-            cluster.stop();
+            cluster.stop().await;
         }
     }
 }
