@@ -2,52 +2,59 @@
 // subscribers spread over them (quick: 1,000), a publisher on the first instance at 100 events/s
 // (quick: 1,000/s) for 5 s (quick: 2 s), so two thirds of every event crosses Redis. Delivered
 // share, p50/p99 publish-to-receive latency (the worst instance's), and the CPU of the three
-// servers and Redis; delivered messages per CPU-second is the primary figure.
-// Peers named by the issue (Socket.IO 4 + @socket.io/redis-adapter, Centrifugo with its Redis
-// engine) are not part of this run yet: the load client speaks plain WebSocket only.
+// servers and Redis; delivered messages per CPU-second is the primary figure. Peer: Socket.IO 4
+// with @socket.io/redis-adapter (servers/socketio-cluster.mjs), the same load client speaking
+// Engine.IO (`--socketio 1`). Centrifugo with its Redis engine is not part of the run.
 import { fileURLToPath } from 'node:url'
 import { wsLoad, SOURCES } from '../lib/ws-load.mjs'
 import { startServer, stopServer, cpuSeconds } from '../lib/proc.mjs'
 import { startRedis, redisAvailable } from '../lib/redis.mjs'
 
-const SERVER = fileURLToPath(new URL('../servers/floodgate-cluster.mjs', import.meta.url))
+const SERVERS = {
+  floodgate: { script: '../servers/floodgate-cluster.mjs', path: '/ws/bench', socketio: 0 },
+  'socket.io': { script: '../servers/socketio-cluster.mjs', path: '/socket.io/?EIO=4&transport=websocket', socketio: 1 },
+}
 const INSTANCES = 3
 
 export default {
   name: 'cluster-fanout',
   fixtures: {},
-  peers: ['floodgate'],
-  async run({ quick, warmup }) {
+  peers: ['floodgate', 'socket.io'],
+  async run({ quick, warmup, peer }) {
     if (warmup) return {}
     const available = redisAvailable()
     if (available !== true) throw new Error(available)
     const sockets = quick ? 1000 : 10_000
     const rate = quick ? 1000 : 100
     const seconds = quick ? 2 : 5
+    const { script, path, socketio } = SERVERS[peer]
     const redis = await startRedis()
     const servers = []
     try {
-      for (let i = 0; i < INSTANCES; i++) servers.push(await startServer(process.execPath, [SERVER], { env: { REDIS: redis.url } }))
+      for (let i = 0; i < INSTANCES; i++) {
+        servers.push(await startServer(process.execPath, [fileURLToPath(new URL(script, import.meta.url))], { env: { REDIS: redis.url } }))
+      }
       const each = Math.floor(sockets / INSTANCES)
       const expect = each * rate * seconds
       const loads = await Promise.all(
         servers.map(({ port }) =>
           wsLoad(
             'fanout',
-            { url: `ws://127.0.0.1:${port}/ws/bench`, connections: each, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000 },
+            { url: `ws://127.0.0.1:${port}${path}`, connections: each, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000, socketio },
             { timeout: (seconds + 120) * 1000 },
           ),
         ),
       )
       const connected = await Promise.all(loads.map((load) => load.connected))
       if (connected.some((n) => n < each)) throw new Error(`subscribed: ${connected.join(', ')} of ${each} each`)
-      // Every instance subscribed to `bench` in Redis before the first event.
+      // Every instance ready before the first event: floodgate subscribed to `bench` in Redis,
+      // Socket.IO with every socket joined to its namespace.
+      const ready = async (port) =>
+        peer === 'floodgate'
+          ? (await (await fetch(`http://127.0.0.1:${port}/api/stats`)).json()).cluster.patterns === 1
+          : (await (await fetch(`http://127.0.0.1:${port}/api/count`)).json()).sockets === each
       for (const { port } of servers) {
-        for (let i = 0; i < 100; i++) {
-          const stats = await (await fetch(`http://127.0.0.1:${port}/api/stats`)).json()
-          if (stats.cluster.patterns === 1) break
-          await new Promise((resolve) => setTimeout(resolve, 20))
-        }
+        for (let i = 0; i < 250 && !(await ready(port)); i++) await new Promise((resolve) => setTimeout(resolve, 20))
       }
       const pids = () => [...servers.map(({ child }) => child.pid), redis.pid]
       const before = cpuSeconds(pids())
