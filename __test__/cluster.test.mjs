@@ -246,6 +246,51 @@ redisTest('Redis stopped (SIGSTOP): each failure policy answers within the timeo
   t.is((await get(`${closed.url}/r/hit?user=ivan`)).status, 200)
 })
 
+redisTest('while Redis is stopped: local rate limits apply the share (429 past it), event streams follow the policy (503 when closed)', async (t) => {
+  const redis = await startRedis(t)
+  const base = { ...cluster(redis, { timeout: '200ms', leaseTtl: '3s' }), instances: 2 }
+  const limits = { rate: { rateLimitRequests: 4, rateLimitWindow: '1m' }, streaming: { sseMaxConnectionsPerUser: 4 } }
+  const [local, closed] = await Promise.all(['local', 'closed'].map((onFailure) => instance(t, { cluster: { ...base, onFailure }, ...limits })))
+  const stream = (server, user) =>
+    new Promise((resolve, reject) => {
+      const req = http.get(`${server.url}/s/events?user=${user}&topic=x`, { agent: false }, (res) => {
+        resolve({ status: res.statusCode, headers: res.headers })
+        req.destroy()
+      })
+      req.on('error', () => {})
+      req.setTimeout(5_000, () => reject(new Error('no answer')))
+    })
+  t.is((await stream(closed, 'oli')).status, 200, 'healthy: the stream opens')
+  redis.pause()
+  // local: 4 per minute across 2 instances → 2 here, then 429 with the usual headers.
+  const hits = []
+  for (let i = 0; i < 3; i++) hits.push(await get(`${local.url}/r/hit?user=pat`))
+  t.deepEqual(hits.map((h) => h.status), [200, 200, 429])
+  t.truthy(hits[2].headers['retry-after'])
+  t.is(hits[2].headers['ratelimit-policy'], '"default";q=4;w=60')
+  t.true(hits.every((h) => h.ms < 1_700), hits.map((h) => h.ms).join(', '))
+  t.is((await stream(local, 'quinn')).status, 200, 'local: a stream under the share opens')
+  const refused = await stream(closed, 'oli')
+  t.is(refused.status, 503, 'closed: no stream while the caps cannot be checked')
+  t.truthy(refused.headers['retry-after'])
+  redis.resume()
+  t.truthy(await eventually(async () => !(await closed.stats()).cluster.degraded, { timeout: 5_000, interval: 100 }))
+  t.is((await stream(closed, 'oli')).status, 200, 'recovered: streams open again')
+})
+
+redisTest('the per-address WebSocket cap holds across instances, whatever the users', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis), streaming: { wsMaxConnectionsPerUser: 10, wsMaxConnectionsPerIp: 3 } }
+  const [a, b] = await Promise.all([instance(t, config), instance(t, config)])
+  const attempts = await Promise.all(['u1', 'u2', 'u3', 'u4', 'u5'].map((user, i) => attempt(t, [a, b][i % 2].ws(`user=${user}`))))
+  t.is(attempts.filter((x) => x.socket).length, 3)
+  t.deepEqual(attempts.filter((x) => x.status).map((x) => x.status), [429, 429])
+  t.is(await redis.command('ZCARD', `${config.cluster.prefix}:ws-ip:/s/ws:a:127.0.0.1`), 3)
+  // From another address the same users connect.
+  const other = await wsOpen(t, a.ws('user=u4'), { localAddress: '127.0.0.2' })
+  t.truthy(other)
+})
+
 redisTest('redis-server restarted empty: the live leases are registered again', async (t) => {
   const redis = await startRedis(t)
   const config = { cluster: cluster(redis, { leaseTtl: '3s', timeout: '200ms' }), streaming: { wsMaxConnectionsPerUser: 3 } }
