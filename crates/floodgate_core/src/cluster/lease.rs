@@ -253,19 +253,18 @@ impl Cluster {
         Ok(())
     }
 
-    /// Carries out one queued [`Op`]; not while degraded. A failed one is handed back, to be
-    /// sent once Redis answers again.
-    pub(crate) async fn apply(&self, op: Op) -> Result<(), Op> {
-        let Op::Release { member, keys } = &op;
+    /// Carries out queued [`Op`]s in one pipeline; not while degraded. Failed ones are handed
+    /// back, to be sent once Redis answers again.
+    pub(crate) async fn apply(&self, ops: Vec<Op>) -> Result<(), Vec<Op>> {
+        let mut pipe = redis::pipe();
+        for Op::Release { member, keys } in &ops {
+            for key in keys.iter() {
+                pipe.zrem(key, member).ignore();
+            }
+        }
         let done = self
-            .call(|mut redis| async move {
-                let mut pipe = redis::pipe();
-                for key in keys.iter() {
-                    pipe.zrem(key, member).ignore();
-                }
-                pipe.query_async::<()>(&mut redis).await
-            })
+            .call(|mut redis| async move { pipe.query_async::<()>(&mut redis).await })
             .await;
-        done.map_err(|_| op)
+        done.map_err(|_| ops)
     }
 }

@@ -6,9 +6,10 @@
 //! then on limits skip Redis and follow the failure policy (`local`, `open`, `closed`) until the
 //! upkeep task's probe gets an answer, re-registers the live leases and clears the flag.
 //!
-//! `lease`: connection caps as leases in sorted sets; `rate`: GCRA request rates; `health`:
-//! the degraded flag and the counters `stats().cluster` reports; `upkeep`: the one task that
-//! renews and releases leases and probes Redis while degraded.
+//! `lease`: connection caps as leases in sorted sets; `rate`: GCRA request rates; `bus`: the
+//! topic bus across instances and its history, `wire` the form of an event between them;
+//! `health`: the degraded flag and the counters `stats().cluster` reports; `upkeep`: the one
+//! task that renews and releases leases and probes Redis while degraded.
 
 pub(crate) mod bus;
 pub(crate) mod health;

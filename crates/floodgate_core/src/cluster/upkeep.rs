@@ -9,6 +9,7 @@
 
 use crate::cluster::lease::Op;
 use crate::cluster::Cluster;
+use futures_util::FutureExt;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Releases kept while Redis fails; past it they are left to expire with their TTL.
 const DEFERRED: usize = 100_000;
+/// Releases sent in one pipeline: whatever queued while the last one was sent, up to this.
+const RELEASE_BATCH: usize = 512;
 
 pub(super) async fn run(
     cluster: Weak<Cluster>,
@@ -32,21 +35,21 @@ pub(super) async fn run(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_renewal = Instant::now() + renew_every;
     let mut deferred: Vec<Op> = Vec::new();
+    let mut batch: Vec<Op> = Vec::with_capacity(RELEASE_BATCH);
     loop {
         tokio::select! {
             _ = stopped.cancelled() => {
                 let Some(cluster) = cluster.upgrade() else { return };
-                while let Ok(op) = ops.try_recv() {
-                    let _ = cluster.apply(op).await;
+                while ops.recv_many(&mut batch, RELEASE_BATCH).now_or_never().is_some_and(|n| n > 0) {
+                    let _ = cluster.apply(std::mem::take(&mut batch)).await;
                 }
                 return;
             }
-            op = ops.recv() => {
-                let (Some(op), Some(cluster)) = (op, cluster.upgrade()) else { return };
-                if let Err(op) = cluster.apply(op).await {
-                    if deferred.len() < DEFERRED {
-                        deferred.push(op);
-                    }
+            count = ops.recv_many(&mut batch, RELEASE_BATCH) => {
+                let (true, Some(cluster)) = (count > 0, cluster.upgrade()) else { return };
+                if let Err(failed) = cluster.apply(std::mem::take(&mut batch)).await {
+                    let room = DEFERRED.saturating_sub(deferred.len());
+                    deferred.extend(failed.into_iter().take(room));
                 }
             }
             _ = tick.tick() => {
@@ -55,8 +58,11 @@ pub(super) async fn run(
                 if cluster.health().is_degraded() {
                     if cluster.probe().await {
                         next_renewal = now + renew_every;
-                        for op in std::mem::take(&mut deferred) {
-                            let _ = cluster.apply(op).await;
+                        let mut waiting = std::mem::take(&mut deferred);
+                        while !waiting.is_empty() {
+                            let rest = waiting.split_off(waiting.len().min(RELEASE_BATCH));
+                            let _ = cluster.apply(waiting).await;
+                            waiting = rest;
                         }
                     }
                 } else if now >= next_renewal {
