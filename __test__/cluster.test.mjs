@@ -380,6 +380,23 @@ redisTest('publish on one instance reaches every matching WebSocket and event st
   t.is(new Set(all.events.filter((e) => e.type === 'message').map((e) => e.id)).size, 3)
 })
 
+redisTest('an event stream hears what another instance publishes from the moment it is open', async (t) => {
+  const redis = await startRedis(t)
+  const config = { cluster: cluster(redis) }
+  const [a, b] = await Promise.all([instance(t, config), instance(t, config)])
+  // Each stream on B takes a pattern nobody had: its 200 comes once B is subscribed in Redis.
+  for (let i = 0; i < 5; i++) {
+    const stream = eventStream(t, b, [`flash${i}.>`])
+    await stream.opened
+    await publish(a, `flash${i}.now`, `f${i}`)
+    t.truthy(
+      await eventually(() => stream.events.some((e) => e.data === `f${i}`), { timeout: 3_000 }),
+      `stream ${i} got the event published right after it opened`,
+    )
+    stream.source.close()
+  }
+})
+
 redisTest('an event stream moved from instance A to B resumes from Last-Event-ID without a gap', async (t) => {
   const redis = await startRedis(t)
   const config = { cluster: cluster(redis), sse: { retry: 100 } }

@@ -11,6 +11,7 @@
 //! counted as lost for the other instances; a new pub/sub connection subscribes every current
 //! pattern again.
 
+use crate::cluster::health::Health;
 use crate::cluster::wire::{self, Relayed};
 use crate::cluster::Cluster;
 use crate::events::bus::{Bus, Relay, SharedEvent};
@@ -27,6 +28,73 @@ const OUTGOING: usize = 65_536;
 const BATCH: usize = 256;
 /// Pause before a broken pub/sub connection is made again.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// Patterns per `PSUBSCRIBE` when a new pub/sub connection subscribes them all.
+const PSUBSCRIBE_BATCH: usize = 1000;
+
+/// The patterns Redis confirmed on this instance's pub/sub connection: an event stream waits
+/// for its own before it takes its snapshot, so an event published on another instance after
+/// that reaches it (as a local one does from its subscription on).
+#[derive(Default)]
+pub(crate) struct Confirmed {
+    patterns: std::sync::Mutex<HashSet<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Confirmed {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.patterns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reset(&self, patterns: impl Iterator<Item = String>, health: &Health) {
+        let mut table = self.table();
+        table.clear();
+        table.extend(patterns);
+        health.set_patterns(table.len());
+        drop(table);
+        self.changed.notify_waiters();
+    }
+
+    fn add(&self, pattern: String, health: &Health) {
+        let mut table = self.table();
+        table.insert(pattern);
+        health.set_patterns(table.len());
+        drop(table);
+        self.changed.notify_waiters();
+    }
+
+    fn remove(&self, pattern: &str, health: &Health) {
+        let mut table = self.table();
+        table.remove(pattern);
+        health.set_patterns(table.len());
+    }
+
+    fn has_all(&self, patterns: &[String]) -> bool {
+        let table = self.table();
+        patterns.iter().all(|pattern| table.contains(pattern))
+    }
+}
+
+impl Cluster {
+    /// Waits until Redis confirmed every one of `patterns` for this instance, for at most
+    /// `cluster.timeout` (not at all while degraded: the stream then hears this instance only).
+    pub(crate) async fn until_subscribed(&self, patterns: &[String]) {
+        if self.health().is_degraded() {
+            return;
+        }
+        let _ = tokio::time::timeout(self.config().timeout, async {
+            loop {
+                let notified = self.confirmed.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.confirmed.has_all(patterns) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+}
 
 enum Change {
     Add(String),
@@ -147,7 +215,9 @@ async fn subscribe(
             _ = stopped.cancelled() => return,
             _ = session(&cluster, &bus, &mut changes, &mut last_seen) => {}
         }
-        cluster.health().set_patterns(0);
+        cluster
+            .confirmed
+            .reset(std::iter::empty(), cluster.health());
         drop((cluster, bus));
         tokio::select! {
             _ = stopped.cancelled() => return,
@@ -176,34 +246,40 @@ async fn session(
     // Changes queued before now are covered by subscribing to the bus's current patterns.
     while changes.try_recv().is_ok() {}
     let channel_prefix = cluster.key("bus:");
-    let mut subscribed: HashSet<String> = HashSet::new();
-    for pattern in bus.patterns() {
-        let glob = glob(&channel_prefix, &pattern);
-        match tokio::time::timeout(timeout, sink.psubscribe(&glob)).await {
-            Ok(Ok(())) => {
-                subscribed.insert(pattern);
-            }
-            _ => return,
+    let patterns = bus.patterns();
+    for chunk in patterns.chunks(PSUBSCRIBE_BATCH) {
+        let globs: Vec<String> = chunk.iter().map(|p| glob(&channel_prefix, p)).collect();
+        if !matches!(
+            tokio::time::timeout(timeout, sink.psubscribe(globs)).await,
+            Ok(Ok(()))
+        ) {
+            return;
         }
     }
-    cluster.health().set_patterns(subscribed.len());
+    let mut subscribed: HashSet<String> = patterns.into_iter().collect();
+    cluster
+        .confirmed
+        .reset(subscribed.iter().cloned(), cluster.health());
     loop {
         tokio::select! {
             change = changes.recv() => {
                 let Some(change) = change else { return };
-                let done = match change {
+                let done = match &change {
                     Change::Add(pattern) if subscribed.insert(pattern.clone()) => {
-                        tokio::time::timeout(timeout, sink.psubscribe(glob(&channel_prefix, &pattern))).await
+                        tokio::time::timeout(timeout, sink.psubscribe(glob(&channel_prefix, pattern))).await
                     }
-                    Change::Remove(pattern) if subscribed.remove(&pattern) => {
-                        tokio::time::timeout(timeout, sink.punsubscribe(glob(&channel_prefix, &pattern))).await
+                    Change::Remove(pattern) if subscribed.remove(pattern) => {
+                        tokio::time::timeout(timeout, sink.punsubscribe(glob(&channel_prefix, pattern))).await
                     }
                     _ => Ok(Ok(())),
                 };
                 if !matches!(done, Ok(Ok(()))) {
                     return;
                 }
-                cluster.health().set_patterns(subscribed.len());
+                match change {
+                    Change::Add(pattern) => cluster.confirmed.add(pattern, cluster.health()),
+                    Change::Remove(pattern) => cluster.confirmed.remove(&pattern, cluster.health()),
+                }
             }
             message = stream.next() => {
                 let Some(message) = message else { return };

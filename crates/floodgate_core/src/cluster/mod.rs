@@ -34,6 +34,8 @@ pub(crate) struct Cluster {
     instance: String,
     health: Health,
     leases: lease::Registry,
+    /// The bus's patterns Redis confirmed (`bus::Confirmed`).
+    confirmed: bus::Confirmed,
     /// Ends the upkeep task once the server has closed (after its connections released).
     stopped: CancellationToken,
     /// The tasks `stop` waits for: the upkeep task (queued releases) and the bus's relay
@@ -58,6 +60,7 @@ impl Cluster {
             instance: instance_id(),
             leases: lease::Registry::new(ops),
             health: Health::default(),
+            confirmed: bus::Confirmed::default(),
             stopped: CancellationToken::new(),
             finishing: std::sync::Mutex::new(Vec::new()),
             redis,

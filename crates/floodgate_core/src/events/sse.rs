@@ -176,6 +176,10 @@ impl SseRoute {
         let subscription = context
             .bus
             .subscribe(setup.topics.clone(), queue.clone() as Arc<dyn Sink>);
+        if let Some(cluster) = &self.cluster {
+            // Subscribed on every instance too before the snapshot (or the replay) is taken.
+            cluster.until_subscribed(&setup.topics).await;
+        }
 
         let mut opening = Vec::new();
         if let Some(retry) = self.config.retry {
