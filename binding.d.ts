@@ -26,6 +26,8 @@ export declare class NativeServer {
   listen(spec: any, host: string, port: number): BoundAddress
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
   stats(): any
+  /** New certificates for new TLS handshakes (`tls` options); open connections keep theirs. */
+  setTls(options: any): void
   /** The same counters in the Prometheus text exposition format. */
   prometheus(): string
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */

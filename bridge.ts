@@ -26,6 +26,8 @@ export class HandlerBridge {
   readonly handlers: Handler[] = []
   readonly #inflight = new Map<number, LazyRequest>()
   native!: NativeServer
+  /** `https:` when the server speaks TLS: the scheme of every request URL. */
+  scheme = 'http:'
   // Complete responses of this turn, handed to Rust in one `respondBatch` call
   // (`batchResponse` in wire.ts writes them).
   readonly #batch = new NativeBatch(
@@ -62,7 +64,7 @@ export class HandlerBridge {
    * Either way no failure escapes: it becomes a 500 and an `error` report.
    */
   #handle(native: NativeRequest): void {
-    const request = new LazyRequest(native, this.native)
+    const request = new LazyRequest(native, this.native, this.scheme)
     let result: HandlerResult | PromiseLike<HandlerResult>
     try {
       const context: HandlerContext = { params: {}, client: native.client }

@@ -9,6 +9,8 @@ export type {
   Size,
   Duration,
   ServerOptions,
+  TlsOptions,
+  TlsCertificate,
   ClusterOptions,
   ClusterStats,
   StreamingOptions,

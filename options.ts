@@ -74,12 +74,27 @@ export interface ServerOptions {
   http2?: boolean
   /** Concurrent streams per HTTP/2 connection. Default 100. */
   http2MaxConcurrentStreams?: number
+  /** SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second; past it, GOAWAY and close (`h2_control_flood`). 0 disables. Default 100. */
+  http2MaxControlFramesPerSecond?: number
   /**
    * Send file bodies with `sendfile(2)` on HTTP/1.1 (Linux): the kernel copies from the page
    * cache to the socket, as nginx's `sendfile on`. Off, or over HTTP/2 and on other systems,
    * files are read and written in `chunkSize` pieces. Default true.
    */
   sendfile?: boolean
+  /**
+   * Serve TLS on every connection (rustls; TLS 1.2 and 1.3). `cert` and `key` are PEM text or
+   * paths of PEM files. HTTP/2 is offered by ALPN unless `tls.http2` is false. The handshake
+   * shares `headerTimeout` with the first request head. `server.setTls()` replaces them live.
+   */
+  tls?: TlsOptions
+  /**
+   * Behind an L4 load balancer (HAProxy, AWS NLB): every connection must come from one of
+   * `trusted` (CIDRs or addresses) and start with a PROXY protocol header (v1 or v2), whose
+   * address is then the client's for every per-address limit and for handlers. Others are
+   * closed and counted (`proxy_protocol_untrusted`, `proxy_protocol_invalid`). Default off.
+   */
+  proxyProtocol?: { trusted: string[] }
   /**
    * Share limits and the topic bus with other instances through Redis: per-user and
    * per-address WebSocket and event-stream caps, `rateLimitRequests` and `publish` become
@@ -124,6 +139,20 @@ export interface ClusterStats {
   eventsLost: number
   /** Topic patterns this instance is subscribed to in Redis (one per distinct pattern of its subscribers); 0 while its pub/sub connection is down. */
   patterns: number
+}
+
+export interface TlsCertificate {
+  /** The certificate chain: PEM text, or the path of a PEM file. */
+  cert: string
+  /** Its private key (PKCS#8, PKCS#1 or SEC1): PEM text, or the path of a PEM file. */
+  key: string
+}
+
+export interface TlsOptions extends TlsCertificate {
+  /** More certificates by the host name the client asks for (SNI); `*.example.com` matches one label. The top-level one is the default. */
+  sni?: Record<string, TlsCertificate>
+  /** Offer HTTP/2 by ALPN (`h2`), as browsers expect. Default true. */
+  http2?: boolean
 }
 
 export interface StreamingOptions {

@@ -88,10 +88,12 @@ export class LazyRequest {
   [kController]: AbortController | undefined
   [kAborted] = false
   #url: string | undefined
+  readonly #scheme: string
 
-  constructor(native: NativeRequest, server: NativeServer) {
+  constructor(native: NativeRequest, server: NativeServer, scheme = 'http:') {
     this[kNative] = native
     this[kServer] = server
+    this.#scheme = scheme
   }
 
   get method(): string {
@@ -101,7 +103,7 @@ export class LazyRequest {
   get url(): string {
     if (this.#url === undefined) {
       const native = this[kNative]
-      this.#url = `http://${findHeader(native.headers, 'host') ?? 'localhost'}${native.url}`
+      this.#url = `${this.#scheme}//${findHeader(native.headers, 'host') ?? 'localhost'}${native.url}`
     }
     return this.#url
   }

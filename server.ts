@@ -15,11 +15,13 @@ import {
   fromNative,
   optionError,
   serverOptions,
+  validated,
   type AddressInfo,
   type HandlerMountOptions,
   type ListenOptions,
   type ServerOptions,
   type Stats,
+  type TlsOptions,
 } from './options'
 import { installLightResponse } from './response'
 import type { Handler } from './results'
@@ -104,12 +106,14 @@ export class Server extends EventEmitter {
     }
     const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts, this.#ws.onWsEvents)
     this.#bridge.native = server
+    if (this.#nativeOptions.tls) this.#bridge.scheme = 'https:'
     this.#ws.native = server
     try {
       const { port: bound, address } = await server.listen(spec, host, port)
       this.#native = server
       const hostForUrl = address.includes(':') ? `[${address}]` : address
-      this.#address = { port: bound, address, url: `http://${hostForUrl}:${bound}` }
+      const scheme = this.#nativeOptions.tls ? 'https' : 'http'
+      this.#address = { port: bound, address, url: `${scheme}://${hostForUrl}:${bound}` }
     } catch (error) {
       this.#listening = false
       throw fromNative(error)
@@ -136,6 +140,22 @@ export class Server extends EventEmitter {
       return this.#native.publish(topic, text, event, id)
     } catch (error) {
       throw optionError((error as Error).message)
+    }
+  }
+
+  /**
+   * Replaces the certificates (the whole `tls` option) for new handshakes, without dropping
+   * open connections: they keep the certificate they started with. Throws a `TypeError` for a
+   * bad certificate or key (the old ones stay), and before `listen` or on a server started
+   * without `tls`.
+   */
+  setTls(tls: TlsOptions): void {
+    if (!this.#native) throw notListening('setTls')
+    if (!this.#nativeOptions.tls) throw coded(new Error('setTls: the server was started without tls'), ERR_STATE)
+    try {
+      this.#native.setTls(validated('server', { tls }, 'Server.setTls').tls)
+    } catch (error) {
+      throw fromNative(error)
     }
   }
 

@@ -83,6 +83,30 @@ export const curlTool = findTool({
   install: 'apt-get install curl, or set FLOODGATE_CURL to a curl binary',
 })
 
+/** openssl, to make the self-signed certificates of the TLS tests. */
+export const opensslTool = findTool({
+  name: 'openssl',
+  env: ['FLOODGATE_OPENSSL'],
+  names: ['openssl'],
+  install: 'apt-get install openssl, or set FLOODGATE_OPENSSL to an openssl binary',
+})
+
+/** A self-signed P-256 certificate for `names` (DNS names; 127.0.0.1 too): { cert, key } as PEM text. */
+export function selfSignedCertificate(names = ['localhost']) {
+  const dir = mkdtempSync(join(tmpdir(), 'floodgate-cert-'))
+  try {
+    const san = [...names.map((name) => `DNS:${name}`), 'IP:127.0.0.1'].join(',')
+    execFileSync(opensslTool.path, [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
+      '-subj', `/CN=${names[0]}`, '-addext', `subjectAltName=${san}`,
+      '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+    ], { stdio: 'ignore' })
+    return { cert: readFileSync(join(dir, 'cert.pem'), 'utf8'), key: readFileSync(join(dir, 'key.pem'), 'utf8') }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 /** h2load (nghttp2's load client), a real HTTP/2 client that opens many streams at once. */
 export const h2loadTool = findTool({
   name: 'h2load',
@@ -106,10 +130,10 @@ export function pythonWith(module, debianPackage) {
 }
 
 /** Runs a script of `__test__/tools` with `python`; resolves its last stdout line as JSON. */
-export function runPythonTool(python, script, args, { timeout = 60_000 } = {}) {
+export function runPythonTool(python, script, args, { timeout = 60_000, env = {} } = {}) {
   const path = fileURLToPath(new URL(`./tools/${script}`, import.meta.url))
   return new Promise((resolve, reject) => {
-    execFile(python.path, [path, ...args.map(String)], { timeout }, (error, stdout, stderr) => {
+    execFile(python.path, [path, ...args.map(String)], { timeout, env: { ...process.env, ...env } }, (error, stdout, stderr) => {
       if (error) return reject(new Error(`${script} ${args.join(' ')}: ${error.message}\n${stderr}`))
       resolve(JSON.parse(stdout.trim().split('\n').pop()))
     })
@@ -434,18 +458,18 @@ export function rawWebSocket(port, path, { localAddress, headers = '' } = {}) {
  * report once it came; both throw once the browser failed (could not start, exited early, or ran
  * past `timeout`), so a wait on them ends with the reason instead of running out.
  */
-export async function openInChromium(t, app, script, { timeout = 60_000 } = {}) {
+export async function openInChromium(t, app, script, { timeout = 60_000, server: serverOptions = {}, flags = [] } = {}) {
   let report
   app.get('/', () => new Response(`<!doctype html><script>${script}</script>`, { headers: { 'content-type': 'text/html' } }))
   app.post('/report', async (req) => {
     report = await req.json()
     return new Response(null, { status: 204 })
   })
-  const server = new Server()
+  const server = new Server(serverOptions)
   server.mount('/', app)
   const { url } = await server.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(() => server.close({ drain: 0 }))
-  const browser = chromium(t, `${url}/`, { timeout, done: () => report !== undefined })
+  const browser = chromium(t, `${url}/`, { timeout, flags, done: () => report !== undefined })
   const running = () => {
     if (report === undefined && browser.problem) throw new Error(browser.problem)
     return true
@@ -457,13 +481,13 @@ export async function openInChromium(t, app, script, { timeout = 60_000 } = {}) 
  * Opens `url` in headless Chromium until the test ends or `timeout` passes, whichever is first;
  * then the whole process group is killed. Returns { problem }: why the browser failed, if it did.
  */
-function chromium(t, url, { timeout, done }) {
+function chromium(t, url, { timeout, flags = [], done }) {
   if (chromiumTool.missing) throw new Error(chromiumTool.missing)
   const state = { problem: undefined }
   const profile = mkdtempSync(join(tmpdir(), 'floodgate-chromium-'))
   const browser = spawn(
     chromiumTool.path,
-    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', `--user-data-dir=${profile}`, url],
+    ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', `--user-data-dir=${profile}`, ...flags, url],
     { stdio: ['ignore', 'ignore', 'pipe'], detached: process.platform !== 'win32' },
   )
   let stderr = ''

@@ -10,7 +10,11 @@ import { PEERS } from './lib/peers.mjs'
 import { makeFixtures } from './lib/fixtures.mjs'
 import { chart } from './lib/chart.mjs'
 import files from './workloads/files.mjs'
-import download from './workloads/download.mjs'
+import filesTls from './workloads/files-tls.mjs'
+import { tlsEnv } from './lib/tls-cert.mjs'
+import download, { downloadWorkload } from './workloads/download.mjs'
+import tlsHandshakes from './workloads/tls-handshakes.mjs'
+import h2SmallTls from './workloads/h2-small-tls.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
 import json from './workloads/json.mjs'
 import generator from './workloads/generator.mjs'
@@ -21,7 +25,7 @@ import wsIdle from './workloads/ws-idle.mjs'
 import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
 
-const WORKLOADS = [files, download, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout]
+const WORKLOADS = [files, filesTls, download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
@@ -49,7 +53,7 @@ for (const workload of WORKLOADS.filter((w) => !only || only.includes(w.name))) 
     }
     let server
     try {
-      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir })
+      server = await peer.start({ ROOT: fixture.root, UPLOAD_DIR: uploads.dir, ...(workload.tls && tlsEnv()), ...(workload.http2 && { TLS_H2: '1' }) })
       // One short warm-up so page cache and JIT are hot for everyone alike.
       await workload.run({ port: server.port, pids: server.pids, root: fixture.root, uploads: uploads.dir, peer: peer.name, quick: true, warmup: true }).catch(() => {})
       spawnSync('sync') // start every measured run with no dirty pages pending writeback

@@ -11,11 +11,18 @@ usage: h2_client.py MODE PORT [PATH] [STREAMS] [SECONDS] [BATCH]
   continuation        one HEADERS frame without END_HEADERS, then CONTINUATION frames full of
                       header fields, never ending the block (CVE-2024-27316 and kin)
   continuation-empty  the same with empty CONTINUATION frames
+  ping-flood | settings-flood | priority-flood
+                      PING / SETTINGS / PRIORITY frames in writes of BATCH, until the server
+                      ends the connection or SECONDS pass (at most STREAMS frames; 0: no bound)
+  empty-data-flood    one POST of PATH, then empty DATA frames (no END_STREAM) in writes of BATCH
+With H2_TLS=1 in the environment the connection is TLS (ALPN h2, certificate not checked).
 Prints one JSON line: per-stream outcome counts, GOAWAY and close times (seconds).
 Bounded: gives up after SECONDS (default 20).
 """
 import json
+import os
 import socket
+import ssl
 import sys
 import time
 
@@ -39,8 +46,10 @@ def main():
         return rapid_reset(port, path, streams, limit, batch)
     if mode.startswith("continuation"):
         return continuation(port, path, mode == "continuation-empty", limit)
+    if mode.endswith("-flood"):
+        return flood(port, path, mode, limit, batch, streams)
 
-    sock = socket.create_connection(("127.0.0.1", port))
+    sock = connect(port)
     sock.settimeout(0.1)
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
@@ -179,9 +188,21 @@ class Frames:
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+def connect(port):
+    """A TCP connection, or with H2_TLS=1 a TLS one that negotiated h2."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    if os.environ.get("H2_TLS") != "1":
+        return sock
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    return context.wrap_socket(sock, server_hostname="localhost")
+
+
 def opened(port):
     """A connection past the preface: our SETTINGS sent, the server's acknowledged."""
-    sock = socket.create_connection(("127.0.0.1", port))
+    sock = connect(port)
     sock.settimeout(0.1)
     sock.sendall(PREFACE + frame(0x4, 0, 0) + frame(0x4, 0x1, 0))
     return sock
@@ -229,7 +250,7 @@ def rapid_reset(port, path, streams, limit, batch_size):
             else:
                 frames.closed = round(time.monotonic() - started, 3)
                 break
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass
         except (ConnectionError, OSError):
             frames.closed = round(time.monotonic() - started, 3)
@@ -270,7 +291,7 @@ def continuation(port, path, empty, limit):
                 frames.feed(data, round(time.monotonic() - started, 3))
             else:
                 ok = False
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass
         except (ConnectionError, OSError):
             ok = False
@@ -282,6 +303,51 @@ def continuation(port, path, empty, limit):
         if not frames.read(sock, started):
             break
     print(json.dumps(frames.result(started, sent_frames=sent_frames, sent_bytes=sent_bytes)))
+
+
+def flood(port, path, mode, limit, batch_size, total):
+    """Control frames (or empty DATA frames on one open stream) as fast as the server takes
+    them, until it sends GOAWAY or closes, or `limit` seconds pass; with `total` (> 0), only
+    that many, and then the server's answer is read until `limit`."""
+    sock = opened(port)
+    started = time.monotonic()
+    frames = Frames()
+    if mode == "empty-data-flood":
+        block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", path)])
+        send(sock, frame(0x1, 0x4, 1, block), started + limit)  # END_HEADERS, the body to come
+        one = frame(0x0, 0, 1)
+    else:
+        one = {
+            "ping-flood": frame(0x6, 0, 0, b"12345678"),
+            "settings-flood": frame(0x4, 0, 0),
+            "priority-flood": frame(0x2, 0, 3, struct.pack(">IB", 0, 15)),
+        }[mode]
+    sent = 0
+    while time.monotonic() - started < limit and frames.goaway is None and (total == 0 or sent < total):
+        if not send(sock, one * batch_size, started + limit):
+            if time.monotonic() < started + limit:
+                frames.closed = round(time.monotonic() - started, 3)
+            break
+        sent += batch_size
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1 << 20)
+            if data:
+                frames.feed(data, round(time.monotonic() - started, 3))
+            else:
+                frames.closed = round(time.monotonic() - started, 3)
+                break
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except (ConnectionError, OSError):
+            frames.closed = round(time.monotonic() - started, 3)
+            break
+        finally:
+            sock.settimeout(0.1)
+    while frames.closed is None and time.monotonic() - started < limit:
+        if not frames.read(sock, started):
+            break
+    print(json.dumps(frames.result(started, sent=sent)))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ function waitForPort(port, timeout = 10_000) {
   })
 }
 
-/** Starts nginx serving `root` at /stream/files/ (and /api/json); resolves { port, pids, stop }. */
-export async function startNginx(root) {
+/**
+ * Starts nginx serving `root` at /stream/files/ (and /api/json); resolves { port, pids, stop }.
+ * With `tls` ({ cert, key, http2 }): HTTPS with TLS 1.3 only, as the TLS workloads compare,
+ * and HTTP/2 by ALPN when `http2`.
+ */
+export async function startNginx(root, tls) {
   const dir = mkdtempSync(join(tmpdir(), 'floodgate-nginx-'))
   const port = await freePort()
   writeFileSync(
@@ -45,6 +49,9 @@ error_log ${dir}/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  # Connections are not recycled every 1,000 requests (the default, for HTTP/2 too): the load
+  # clients keep theirs, as they do with the other peers.
+  keepalive_requests 1000000;
   sendfile on;
   tcp_nopush on;
   client_body_temp_path ${dir}/body;
@@ -53,8 +60,8 @@ http {
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
   server {
-    listen 127.0.0.1:${port};
-    location /stream/files/ { alias ${root}/; }
+    listen 127.0.0.1:${port}${tls ? ' ssl' : ''}${tls?.http2 ? ' http2' : ''};
+${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};\n    ssl_protocols TLSv1.3;\n` : ''}    location /stream/files/ { alias ${root}/; }
     # The JSON workload's answer from the config itself, no application code: what this
     # machine allows a server to reach under the same wrk.
     location = /api/json { default_type application/json; return 200 '{"hello":"world"}'; }

@@ -36,7 +36,7 @@ export const PEERS = [
   {
     name: 'nginx',
     available: () => nginxAvailable() || 'nginx is not installed',
-    start: (env) => startNginx(env.ROOT),
+    start: (env) => startNginx(env.ROOT, env.TLS_CERT && { cert: env.TLS_CERT, key: env.TLS_KEY, http2: env.TLS_H2 === '1' }),
   },
   nodeServer('ws', '../servers/ws.mjs', wsInstalled),
   {

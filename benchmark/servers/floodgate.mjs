@@ -5,7 +5,9 @@ const require = createRequire(import.meta.url)
 const { Server, StreamingApp, StreamingResponse } = require('../../index.js')
 const { publishFor } = require('./publish.cjs')
 
-const server = new Server({ maxConnectionsPerIp: 0 })
+// TLS workloads: the same certificate as the other peers.
+const tls = process.env.TLS_CERT && { cert: process.env.TLS_CERT, key: process.env.TLS_KEY }
+const server = new Server({ maxConnectionsPerIp: 0, ...(tls && { tls }) })
 const app = new StreamingApp({
   rateLimitBandwidth: 0,
   rateLimitRequests: 0,

@@ -1,6 +1,8 @@
 // Node `http` + fs.createReadStream: the obvious way to serve a file from Node.
 import http from 'node:http'
-import { createReadStream, createWriteStream, statSync } from 'node:fs'
+import https from 'node:https'
+import http2 from 'node:http2'
+import { createReadStream, createWriteStream, statSync, readFileSync } from 'node:fs'
 import { pipeline } from 'node:stream/promises'
 import { createRequire } from 'node:module'
 import { join, basename } from 'node:path'
@@ -10,7 +12,11 @@ const require = createRequire(import.meta.url)
 const { publishFor } = require('./publish.cjs')
 // SSE fan-out written the obvious way: every subscriber's response, one write each per event.
 const subscribers = new Set()
-const server = http.createServer(async (req, res) => {
+// TLS workloads: Node `https` with the same certificate as the other peers.
+const tls = process.env.TLS_CERT && { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) }
+// With TLS_H2, Node's http2 (HTTP/1.1 too, by ALPN) through its compatibility API.
+const createServer = tls ? (process.env.TLS_H2 === '1' ? (handler) => http2.createSecureServer({ ...tls, allowHTTP1: true }, handler) : https.createServer.bind(null, tls)) : http.createServer
+const server = createServer(async (req, res) => {
   if (req.url === '/api/json') {
     const body = JSON.stringify({ hello: 'world' })
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })

@@ -24,6 +24,7 @@ mod limit;
 mod metrics;
 #[cfg(test)]
 mod test_support;
+mod tls;
 mod upload;
 mod ws;
 

@@ -49,10 +49,33 @@ pub enum Rejection {
     /// Transfer-Encoding, Content-Length with Transfer-Encoding; `400`, or `501` for a transfer
     /// coding other than `chunked`), or a request body whose framing is broken (`400`).
     BadRequest,
+    /// A TLS handshake not finished within `headerTimeout` of accept.
+    TlsHandshakeTimeout,
+    /// A TLS client offering only versions older than TLS 1.2.
+    TlsBadVersion,
+    /// A TLS client with no cipher suite, key exchange group or signature scheme in common.
+    TlsNoSharedCipher,
+    /// Bytes that are not a TLS handshake (plain HTTP to a TLS port, garbage).
+    TlsBadMessage,
+    /// Any other failed handshake: the client's alert (it does not trust the certificate),
+    /// or the connection closed during the handshake.
+    TlsHandshakeFailed,
+    /// `proxyProtocol` is on and the connection came from a source it does not trust.
+    ProxyProtocolUntrusted,
+    /// `proxyProtocol` is on and the connection did not start with a valid header.
+    ProxyProtocolInvalid,
+    /// An HTTP/2 client over `http2MaxControlFramesPerSecond` (SETTINGS, PING, PRIORITY).
+    H2ControlFlood,
+    /// h2 ended an HTTP/2 connection with GOAWAY `ENHANCE_YOUR_CALM`: rapid resets, a
+    /// CONTINUATION flood, a header list over its limit, a flood of empty DATA frames.
+    H2Flood,
+    /// h2 ended an HTTP/2 connection with GOAWAY for a protocol violation (malformed frames,
+    /// flow-control or compression errors).
+    H2ProtocolError,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 29] = [
+    pub const ALL: [Rejection; 39] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -82,6 +105,16 @@ impl Rejection {
         Rejection::WsBadHandshake,
         Rejection::OutOfFiles,
         Rejection::BadRequest,
+        Rejection::TlsHandshakeTimeout,
+        Rejection::TlsBadVersion,
+        Rejection::TlsNoSharedCipher,
+        Rejection::TlsBadMessage,
+        Rejection::TlsHandshakeFailed,
+        Rejection::ProxyProtocolUntrusted,
+        Rejection::ProxyProtocolInvalid,
+        Rejection::H2ControlFlood,
+        Rejection::H2Flood,
+        Rejection::H2ProtocolError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +148,16 @@ impl Rejection {
             Rejection::WsBadHandshake => "ws_bad_handshake",
             Rejection::OutOfFiles => "out_of_files",
             Rejection::BadRequest => "bad_request",
+            Rejection::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Rejection::TlsBadVersion => "tls_bad_version",
+            Rejection::TlsNoSharedCipher => "tls_no_shared_cipher",
+            Rejection::TlsBadMessage => "tls_bad_message",
+            Rejection::TlsHandshakeFailed => "tls_handshake_failed",
+            Rejection::ProxyProtocolUntrusted => "proxy_protocol_untrusted",
+            Rejection::ProxyProtocolInvalid => "proxy_protocol_invalid",
+            Rejection::H2ControlFlood => "h2_control_flood",
+            Rejection::H2Flood => "h2_flood",
+            Rejection::H2ProtocolError => "h2_protocol_error",
         }
     }
 }
@@ -131,7 +174,16 @@ pub struct Metrics {
     ws_messages_in: AtomicU64,
     ws_messages_out: AtomicU64,
     stale_uploads_removed: AtomicU64,
-    rejections: [AtomicU64; Rejection::ALL.len()],
+    rejections: RejectionCounts,
+}
+
+/// One counter per [`Rejection`] (an array this long has no derived `Default`).
+struct RejectionCounts([AtomicU64; Rejection::ALL.len()]);
+
+impl Default for RejectionCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 /// A point-in-time copy of the metrics, serialized for JS as camelCase.
@@ -209,11 +261,11 @@ impl Metrics {
     }
 
     pub fn reject_many(&self, reason: Rejection, count: usize) {
-        self.rejections[reason as usize].fetch_add(count as u64, Relaxed);
+        self.rejections.0[reason as usize].fetch_add(count as u64, Relaxed);
     }
 
     pub fn rejections(&self, reason: Rejection) -> u64 {
-        self.rejections[reason as usize].load(Relaxed)
+        self.rejections.0[reason as usize].load(Relaxed)
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -147,6 +147,13 @@ impl NativeServer {
         Ok(stats)
     }
 
+    /// New certificates for new TLS handshakes (`tls` options); open connections keep theirs.
+    #[napi]
+    pub fn set_tls(&self, options: serde_json::Value) -> Result<(), String> {
+        let server = self.running().ok_or_else(|| not_listening("setTls"))?;
+        server.set_tls(options).map_err(coded)
+    }
+
     /// The same counters in the Prometheus text exposition format.
     #[napi]
     pub fn prometheus(&self) -> Result<String, String> {

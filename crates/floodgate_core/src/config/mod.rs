@@ -42,12 +42,56 @@ pub struct ServerConfig {
     pub http2: bool,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second; past it the
+    /// connection gets GOAWAY. 0 disables.
+    pub http2_max_control_frames_per_second: u32,
     /// Send file bodies with `sendfile(2)` on HTTP/1.1 connections where the system has it
     /// (Linux); off, they are read and written as over HTTP/2.
     pub sendfile: bool,
+    /// Serve TLS (every connection) with these certificates.
+    pub tls: Option<TlsOptions>,
+    /// Every connection starts with a PROXY protocol header from one of these sources.
+    pub proxy_protocol: Option<ProxyProtocolOptions>,
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyProtocolOptions {
+    /// Load balancers (CIDRs or addresses); a connection from anywhere else is closed.
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted: Vec<IpNet>,
+}
+
+/// `tls`: the default certificate chain and key, and more chosen by SNI name. Each is PEM
+/// text, or the path of a PEM file (read when the options are checked, and again by
+/// `setTls`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsOptions {
+    pub cert: String,
+    pub key: String,
+    /// Certificates by the host name a client asks for (`*.example.com` matches one label).
+    #[serde(default)]
+    pub sni: std::collections::BTreeMap<String, TlsPair>,
+    /// Offer HTTP/2 by ALPN (`h2`), as browsers expect over TLS. Cleartext HTTP/2 is the
+    /// separate `http2` option.
+    #[serde(default = "offer_http2")]
+    pub http2: bool,
+}
+
+fn offer_http2() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsPair {
+    pub cert: String,
+    pub key: String,
 }
 
 impl Default for ServerConfig {
@@ -60,7 +104,10 @@ impl Default for ServerConfig {
             trust_proxy: Vec::new(),
             http2: false,
             http2_max_concurrent_streams: 100,
+            http2_max_control_frames_per_second: 100,
             sendfile: true,
+            tls: None,
+            proxy_protocol: None,
             cluster: None,
         }
     }
@@ -532,6 +579,16 @@ impl ServerConfig {
         }
         if self.http2_max_concurrent_streams == 0 {
             return Err("http2MaxConcurrentStreams: must be at least 1".into());
+        }
+        if let Some(tls) = &self.tls {
+            crate::tls::server_config(tls)?;
+        }
+        if self
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|proxy| proxy.trusted.is_empty())
+        {
+            return Err("proxyProtocol.trusted: name at least one address or CIDR".into());
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

@@ -15,6 +15,7 @@
 //! with `sendfile` from the file piece queued for it (`delivery::zero_copy`), under the same
 //! send deadlines and byte counts as any write.
 
+use crate::conn::h2_frames::FrameCounter;
 use crate::conn::linger::Lingering;
 use crate::conn::send_file::SendFile;
 use crate::conn::state::ConnState;
@@ -46,6 +47,8 @@ enum HeadRefusal {
     BareLf,
     /// The HTTP/2 preface while `http2` is off → closed.
     Http2Off,
+    /// An HTTP/2 client over `http2MaxControlFramesPerSecond` → GOAWAY, closed.
+    H2ControlFlood,
 }
 
 /// The request line and hyper's default limit of 100 header fields.
@@ -58,6 +61,8 @@ pub struct HeadLimits {
     pub keep_alive_timeout: Duration,
     pub max_header_size: usize,
     pub http2: bool,
+    /// SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second (0: no limit).
+    pub http2_max_control_frames: u32,
 }
 
 enum Phase {
@@ -65,8 +70,9 @@ enum Phase {
     Head(HeadProgress),
     /// A request is being handled; no head deadline.
     InRequest,
-    /// HTTP/2 after its preface: streams have no head deadline here.
-    Http2,
+    /// HTTP/2 after its preface: streams have no head deadline here; its control frames are
+    /// counted (`h2_frames`).
+    Http2(FrameCounter),
     /// A WebSocket session owns the socket (its own idle and ping timers apply).
     Upgraded,
 }
@@ -171,6 +177,8 @@ pub struct GuardedIo<S> {
     write_timer_at: Option<Instant>,
     /// Set once the write side is shut: draining input until this deadline.
     linger: Option<Lingering>,
+    /// An HTTP/2 client flooded control frames: it was sent GOAWAY and reads see its end.
+    flooded: bool,
     /// The client's connection slot and the live-connection count, held by the socket itself
     /// so they last exactly as long as it does, upgraded sessions included.
     _slot: Slot,
@@ -220,13 +228,14 @@ impl<S> GuardedIo<S> {
             write_timer: None,
             write_timer_at: None,
             linger: None,
+            flooded: false,
         }
     }
 
     /// Follows the request handling: a started request leaves the head phase, a finished
     /// response (with nothing else in flight) starts waiting for the next head.
     fn sync_phase(&mut self) {
-        if matches!(self.phase, Phase::Http2 | Phase::Upgraded) {
+        if matches!(self.phase, Phase::Http2(_) | Phase::Upgraded) {
             return;
         }
         if self.state.is_upgraded() {
@@ -265,9 +274,11 @@ impl<S> GuardedIo<S> {
                         // hyper-util would serve it (see `conn::server`): HTTP/2 is off.
                         return Err(HeadRefusal::Http2Off);
                     }
-                    self.phase = Phase::Http2;
                     self.state.mark_http2();
-                    return Ok(());
+                    let mut frames = FrameCounter::new(self.limits.http2_max_control_frames);
+                    let flood = frames.feed(&bytes[common..], Instant::now());
+                    self.phase = Phase::Http2(frames);
+                    return flood.map_err(|()| HeadRefusal::H2ControlFlood);
                 }
             }
         }
@@ -340,7 +351,7 @@ impl<S> GuardedIo<S> {
                 !(head.first && head.preface_matched > 0 && head.preface_matched == head.head_bytes)
             }
             Phase::InRequest => true,
-            Phase::Http2 | Phase::Upgraded => false,
+            Phase::Http2(_) | Phase::Upgraded => false,
         }
     }
 }
@@ -385,6 +396,19 @@ impl<S: AsyncWrite + SendFile + Unpin> GuardedIo<S> {
         };
         self.metrics.reject(reason);
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, reason.as_str()))
+    }
+
+    /// Counts an HTTP/2 control-frame flood and tells the client with GOAWAY
+    /// (`ENHANCE_YOUR_CALM`), written between hyper's frames at best: the connection ends.
+    fn end_h2_flood(&mut self, cx: &mut Context<'_>) {
+        self.metrics.reject(Rejection::H2ControlFlood);
+        self.flooded = true;
+        if let Phase::Http2(frames) = &self.phase {
+            let goaway = frames.goaway();
+            let _ = Pin::new(&mut self.inner).poll_write(cx, &goaway);
+            // TLS holds it until flushed.
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
     }
 
     fn wrote(&mut self, written: usize) {
@@ -460,26 +484,40 @@ impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncRead for GuardedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.flooded {
+            return Poll::Ready(Ok(()));
+        }
         this.sync_phase();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let bytes = &buf.filled()[before..];
                 this.metrics.received(bytes.len());
-                if !bytes.is_empty() && matches!(this.phase, Phase::Head(_)) {
-                    if let Err(refusal) = this.on_head_bytes(bytes) {
-                        let (response, message) = match refusal {
-                            HeadRefusal::TooLarge => (RESPONSE_431, "request head too large"),
-                            HeadRefusal::BareLf => (RESPONSE_400, "bare LF in the request head"),
-                            // Not an HTTP/1 client: nothing it could read is written.
-                            HeadRefusal::Http2Off => (&b""[..], "HTTP/2 is off"),
-                        };
-                        this.write_final_response(cx, response);
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            message,
-                        )));
-                    }
+                let refused = match &mut this.phase {
+                    Phase::Head(_) if !bytes.is_empty() => this.on_head_bytes(bytes).err(),
+                    Phase::Http2(frames) => frames
+                        .feed(bytes, Instant::now())
+                        .err()
+                        .map(|()| HeadRefusal::H2ControlFlood),
+                    _ => None,
+                };
+                if let Some(refusal) = refused {
+                    let (response, message) = match refusal {
+                        HeadRefusal::TooLarge => (RESPONSE_431, "request head too large"),
+                        HeadRefusal::BareLf => (RESPONSE_400, "bare LF in the request head"),
+                        // Not an HTTP/1 client: nothing it could read is written.
+                        HeadRefusal::Http2Off => (&b""[..], "HTTP/2 is off"),
+                        HeadRefusal::H2ControlFlood => {
+                            this.end_h2_flood(cx);
+                            // The flood is not handed over: to h2 the client has hung up, and
+                            // the connection ends through `poll_shutdown`'s lingering close, so
+                            // the GOAWAY is read before the socket closes on unread input.
+                            buf.set_filled(before);
+                            return Poll::Ready(Ok(()));
+                        }
+                    };
+                    this.write_final_response(cx, response);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, message)));
                 }
                 Poll::Ready(Ok(()))
             }

@@ -5,11 +5,14 @@
 
 pub(crate) mod conformance;
 pub(crate) mod guarded_io;
+pub(crate) mod h2_frames;
 pub(crate) mod h2_stream;
 pub(crate) mod linger;
 pub(crate) mod proxy;
+pub(crate) mod proxy_protocol;
 pub(crate) mod send_file;
 pub(crate) mod server;
+pub(crate) mod socket;
 pub(crate) mod state;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! socket's readiness driven by tokio as for any write.
 //!
 //! Linux, Android, macOS, iOS and FreeBSD have it (through `nix`); elsewhere (Windows, other
-//! BSDs) `SUPPORTED` is false and no body asks for it: files are read and written. A
+//! BSDs) `can_send_file` is false and no body asks for it: files are read and written. A
 //! `sendfile` that must read from disk blocks the worker thread for that read, as nginx's
 //! `sendfile on` without `aio threads` does; served files are expected in the page cache.
 //!
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 /// A socket that can send a file range itself.
 pub trait SendFile {
     /// Whether [`SendFile::poll_send_file`] works here; when false it is never called.
-    const SUPPORTED: bool;
+    fn can_send_file(&self) -> bool;
 
     /// Sends up to `count` (> 0) bytes of `file` from `offset`; `Ok(0)` when the file ends
     /// there.
@@ -33,7 +33,9 @@ pub trait SendFile {
 }
 
 impl SendFile for TcpStream {
-    const SUPPORTED: bool = sys::SUPPORTED;
+    fn can_send_file(&self) -> bool {
+        sys::SUPPORTED
+    }
 
     fn poll_send_file(
         &self,

@@ -4,13 +4,15 @@
 use crate::app::router::MountTable;
 use crate::app::StreamingApp;
 use crate::cluster::Cluster;
-use crate::config::{ServerConfig, ServerSpec, StreamingConfig};
+use crate::config::{ServerConfig, ServerSpec, StreamingConfig, TlsOptions};
 use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::h2_stream::StreamExecutor;
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
+use crate::conn::proxy_protocol;
 use crate::conn::send_file::SendFile;
+use crate::conn::socket::Socket;
 use crate::conn::state::ConnState;
 use crate::context::RequestContext;
 use crate::delivery::body::{self, Body, Tracked};
@@ -19,6 +21,7 @@ use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -48,6 +51,8 @@ struct Shared {
     bus: Arc<Bus>,
     /// Redis behind the caps, rates and bus, with the `cluster` option.
     cluster: Option<Arc<Cluster>>,
+    /// The certificates of new handshakes, when the server speaks TLS.
+    tls: Option<TlsConfig>,
     shutdown: CancellationToken,
     /// Upgraded (WebSocket) sessions outlive their HTTP connection task: they are spawned
     /// here, so `close` drains and then aborts them like any connection.
@@ -83,6 +88,10 @@ pub fn listen(
             .map_err(Error::option)?;
         mounts.insert(mount.prefix, Arc::new(app));
     }
+    let tls = match &spec.options.tls {
+        Some(options) => Some(TlsConfig::new(options).map_err(Error::option)?),
+        None => None,
+    };
     let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
     let metrics = Arc::new(Metrics::default());
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
@@ -103,6 +112,7 @@ pub fn listen(
     let shared = Arc::new(Shared {
         bus,
         cluster,
+        tls,
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
         abort: abort.clone(),
@@ -180,6 +190,8 @@ fn hyper_builder(config: &ServerConfig, metrics: &Arc<Metrics>) -> auto::Builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
+        // `maxHeaderSize` over HTTP/2 too: h2 answers a larger header list with 431.
+        .max_header_list_size(config.max_header_size as u32)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
         .max_send_buf_size(H2_SEND_BUFFER)
@@ -207,6 +219,17 @@ impl RunningServer {
     #[cfg(test)]
     pub(crate) fn limiter(&self) -> &ConnectionLimiter {
         &self.shared.limiter
+    }
+
+    /// Replaces the certificates for new TLS handshakes (`tls` options as JSON); open
+    /// connections keep theirs.
+    pub fn set_tls(&self, options: serde_json::Value) -> Result<(), Error> {
+        let Some(tls) = &self.shared.tls else {
+            return Err(Error::option("tls: the server was started without tls"));
+        };
+        let options: TlsOptions = serde_path_to_error::deserialize(options)
+            .map_err(|err| Error::option(format!("tls.{}: {}", err.path(), err.inner())))?;
+        tls.replace(&options).map_err(Error::option)
     }
 
     /// The topic bus event streams subscribe to.
@@ -264,6 +287,19 @@ async fn accept_loop(
         };
         let accepted_at = Instant::now();
         let _ = stream.set_nodelay(true);
+        if shared.config.proxy_protocol.is_some() {
+            // The per-address slot waits for the address the header carries.
+            let task = serve_proxied(
+                stream,
+                peer,
+                accepted_at,
+                Arc::clone(&shared),
+                stop_accepting.clone(),
+                abort.clone(),
+            );
+            tracker.spawn(task);
+            continue;
+        }
         match shared.limiter.try_acquire(peer.ip()) {
             Some(slot) => {
                 let task = serve_connection(
@@ -304,6 +340,49 @@ fn accept_error_pause(err: &io::Error, metrics: &Metrics) -> Option<Duration> {
     }
 }
 
+/// A connection behind a load balancer: its PROXY protocol header (from a trusted source,
+/// within `headerTimeout` of accept) names the client, whose per-address slot it then takes.
+async fn serve_proxied(
+    mut stream: TcpStream,
+    balancer: SocketAddr,
+    accepted_at: Instant,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let trusted = &shared
+        .config
+        .proxy_protocol
+        .as_ref()
+        .expect("checked by the caller")
+        .trusted;
+    if !proxy_protocol::trusted(balancer.ip(), trusted) {
+        shared.metrics.reject(Rejection::ProxyProtocolUntrusted);
+        return;
+    }
+    let deadline = accepted_at + shared.config.header_timeout;
+    let header = tokio::select! {
+        header = proxy_protocol::read_header(&mut stream, balancer, deadline) => header,
+        _ = abort.cancelled() => return,
+    };
+    let client = match header {
+        Ok(client) => client,
+        Err(reason) => {
+            shared.metrics.reject(reason);
+            return;
+        }
+    };
+    match shared.limiter.try_acquire(client.ip()) {
+        Some(slot) => {
+            serve_connection(stream, client, accepted_at, slot, shared, shutdown, abort).await
+        }
+        None => {
+            shared.metrics.reject(Rejection::ConnectionLimit);
+            refuse_connection(stream, abort).await
+        }
+    }
+}
+
 /// Answers 429 on a connection over the per-IP cap, then lingers briefly and closes.
 async fn refuse_connection(stream: TcpStream, abort: CancellationToken) {
     tokio::select! {
@@ -321,18 +400,39 @@ async fn serve_connection(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
+    let socket = match &shared.tls {
+        None => Socket::Plain(stream),
+        // The handshake is part of the head: it shares its `headerTimeout` from accept.
+        Some(tls) => {
+            let deadline = accepted_at + shared.config.header_timeout;
+            let handshake = handshake::accept(stream, tls.current(), deadline, &shared.metrics);
+            let stream = tokio::select! {
+                stream = handshake => stream,
+                _ = abort.cancelled() => None,
+            };
+            match stream {
+                Some(stream) => Socket::Tls(Box::new(stream)),
+                None => return,
+            }
+        }
+    };
+    let http2 = match &socket {
+        Socket::Plain(_) => shared.config.http2,
+        Socket::Tls(_) => socket.alpn_protocol() == Some(b"h2"),
+    };
     let conn = Arc::new(
         ConnState::new(accepted_at, shared.default_send_timeout)
-            .with_sendfile(shared.config.sendfile && <TcpStream as SendFile>::SUPPORTED),
+            .with_sendfile(shared.config.sendfile && socket.can_send_file()),
     );
     let limits = HeadLimits {
         header_timeout: shared.config.header_timeout,
         keep_alive_timeout: shared.config.keep_alive_timeout,
         max_header_size: shared.config.max_header_size as usize,
-        http2: shared.config.http2,
+        http2,
+        http2_max_control_frames: shared.config.http2_max_control_frames_per_second,
     };
     let io = TokioIo::new(GuardedIo::new(
-        stream,
+        socket,
         Arc::clone(&conn),
         Arc::clone(&shared.metrics),
         limits,
@@ -355,13 +455,36 @@ async fn serve_connection(
     let connection = shared.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
-        _ = connection.as_mut() => return,
+        ended = connection.as_mut() => {
+            if let Err(err) = ended {
+                count_h2_goaway(err.as_ref(), &shared.metrics);
+            }
+            return;
+        }
         _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
         _ = idle => connection.as_mut().graceful_shutdown(),
     }
     tokio::select! {
         _ = connection.as_mut() => {}
         _ = abort.cancelled() => {}
+    }
+}
+
+/// Counts an HTTP/2 connection that h2 ended with a GOAWAY of its own, by its reason: h2
+/// bounds rapid resets, CONTINUATION floods, header lists and empty DATA frames itself.
+fn count_h2_goaway(err: &(dyn std::error::Error + 'static), metrics: &Metrics) {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_go_away() && h2.is_library() {
+                metrics.reject(match h2.reason() {
+                    Some(h2::Reason::ENHANCE_YOUR_CALM) => Rejection::H2Flood,
+                    _ => Rejection::H2ProtocolError,
+                });
+            }
+            return;
+        }
+        source = err.source();
     }
 }
 

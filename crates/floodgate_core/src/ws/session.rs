@@ -13,6 +13,7 @@
 use crate::config::RateAction;
 use crate::conn::guarded_io::{GuardedIo, SocketGuard};
 use crate::conn::linger::linger;
+use crate::conn::socket::Socket;
 use crate::js::bridge::Bridge;
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::limit::queue::QueueLimits;
@@ -35,7 +36,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::Message;
@@ -90,7 +90,7 @@ pub struct SessionStart {
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
-type HttpIo = TokioIo<GuardedIo<TcpStream>>;
+type HttpIo = TokioIo<GuardedIo<Socket>>;
 
 /// Runs a session from the upgrade to its end; JS hears `open` and exactly one `close`.
 ///
@@ -284,7 +284,7 @@ enum Flow {
 }
 
 struct Session {
-    socket: TcpStream,
+    socket: Socket,
     /// The session in the hub: its queue, waker and JS backlog (`handle`).
     registration: Registration,
     guards: Guards,
