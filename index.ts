@@ -11,6 +11,8 @@ export type {
   ServerOptions,
   TlsOptions,
   TlsCertificate,
+  ClusterOptions,
+  ClusterStats,
   StreamingOptions,
   UploadsOptions,
   FilesOptions,

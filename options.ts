@@ -98,11 +98,49 @@ export interface ServerOptions {
    */
   proxyProtocol?: { trusted: string[] }
   /**
+   * Share limits and the topic bus with other instances through Redis: per-user and
+   * per-address WebSocket and event-stream caps, `rateLimitRequests` and `publish` become
+   * cluster-wide. Without it everything is per process and no Redis is needed.
+   */
+  cluster?: ClusterOptions
+  /**
    * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
    * handlers build and floodgate sends without undici's per-response `Headers` and stream.
    * It behaves as the real class (`instanceof` holds both ways). Default true.
    */
   overrideGlobalResponse?: boolean
+}
+
+export interface ClusterOptions {
+  /** `redis://[user:password@]host:port[/db]`. Required. */
+  redis: string
+  /** Prefix of every Redis key and channel. Default 'floodgate'. */
+  prefix?: string
+  /** A connection's lease expires this long after its instance last renewed it (every third of it): a dead instance's connections are given back within it. Default 15s. */
+  leaseTtl?: Duration
+  /** A Redis call slower than this is a failure and the failure policy applies; at most leaseTtl / 3. Default 250ms. */
+  timeout?: Duration
+  /** While Redis fails: `local` (each instance applies its share of every limit), `open` (allow), `closed` (refuse with 503). Default 'local'. */
+  onFailure?: 'local' | 'open' | 'closed'
+  /** Instances sharing the limits: the `local` policy gives each 1/instances of a limit (rounded up). Default 1. */
+  instances?: number
+  /** Events kept per topic in Redis for `Last-Event-ID` resume on any instance; 0 keeps none (each instance resumes from its own recent events). Default 256. */
+  history?: number
+}
+
+export interface ClusterStats {
+  /** Redis failed and has not answered since: limits follow `onFailure`. */
+  degraded: boolean
+  /** Connections of this instance holding a cluster-wide lease. */
+  leases: number
+  /** Limit decisions made without Redis, by reason: `timeout`, `error`, `degraded` (not asked: Redis failed earlier). */
+  fallbacks: Record<'timeout' | 'error' | 'degraded', number>
+  /** Times Redis answered again after failing (leases and subscriptions re-registered). */
+  recoveries: number
+  /** Events published here that other instances may have missed while Redis failed. */
+  eventsLost: number
+  /** Topic patterns this instance is subscribed to in Redis (one per distinct pattern of its subscribers); 0 while its pub/sub connection is down. */
+  patterns: number
 }
 
 export interface TlsCertificate {
@@ -270,6 +308,12 @@ export interface ListenOptions {
   port?: number
   /** Default '127.0.0.1'. */
   host?: string
+  /**
+   * Bind with `SO_REUSEPORT` (Linux only): several processes (Node's `cluster`, PM2) each
+   * listen on the same port and the kernel spreads new connections over them. Every process
+   * must set it. With `cluster`, they share limits and the bus too. Default false.
+   */
+  reusePort?: boolean
 }
 
 export interface AddressInfo {
@@ -294,6 +338,8 @@ export interface Stats {
   staleUploadsRemoved: number
   /** Refusals and cut-offs by reason: `connection_limit`, `header_timeout`, `send_timeout`, `bad_request`, ... */
   rejections: Record<string, number>
+  /** With the `cluster` option: Redis's state and the decisions made without it. */
+  cluster?: ClusterStats
 }
 
 /** The kinds of options the native core checks (`validateOptions` in the binding). */

@@ -83,15 +83,18 @@ export class Server extends EventEmitter {
   /**
    * Starts listening; resolves with the bound address (port 0 picks a free port). A port that
    * cannot be bound rejects with the system's code (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`).
+   * `reusePort` (Linux): several processes may listen on one port, each setting it.
    */
-  async listen({ port = 0, host = '127.0.0.1' }: ListenOptions = {}): Promise<AddressInfo> {
+  async listen({ port = 0, host = '127.0.0.1', reusePort = false }: ListenOptions = {}): Promise<AddressInfo> {
     if (this.#listening) throw alreadyListening('listen')
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw optionError('listen: port must be an integer from 0 to 65535')
     }
+    if (typeof reusePort !== 'boolean') throw optionError('listen: reusePort must be a boolean')
     this.#listening = true
     const spec = {
       options: this.#nativeOptions,
+      reusePort,
       mounts: this.#mounts.map(({ prefix, app }) => ({
         prefix,
         app: app.toSpec({

@@ -539,3 +539,129 @@ export function closedWithin(state, ms = 10_000) {
   })
   return Promise.race([state.closing, timeout]).finally(() => clearTimeout(timer))
 }
+
+// ---- Redis: a redis-server of the test's own on a free loopback port (never a system service) ----
+
+/** redis-server (Debian's redis-server package), for the cluster tests. */
+export const redisTool = findTool({
+  name: 'redis-server',
+  env: ['FLOODGATE_REDIS_SERVER'],
+  names: ['redis-server'],
+  install: 'apt-get install redis-server, or set FLOODGATE_REDIS_SERVER to a redis-server binary',
+})
+
+/** A TCP port nobody listens on at the moment, on 127.0.0.1. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer()
+    probe.on('error', reject)
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address()
+      probe.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * Starts redis-server on a free loopback port, in memory only (no RDB, no AOF), killed at
+ * teardown. Resolves { port, url, pid(), pause(), resume(), kill(), start(), command(...args) }:
+ * `pause`/`resume` send SIGSTOP/SIGCONT, `kill` ends it (SIGKILL), `start` starts a new, empty
+ * one on the same port, `command` runs one command over a short-lived socket (RESP) and resolves
+ * its reply (a number, string, array or null).
+ */
+export async function startRedis(t) {
+  if (redisTool.missing) throw new Error(redisTool.missing)
+  const port = await freePort()
+  let child
+  const start = async () => {
+    child = spawn(
+      redisTool.path,
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--loglevel', 'warning'],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    )
+    let stderr = ''
+    child.stderr.on('data', (d) => (stderr += d))
+    const up = await eventually(async () => (await redisCommand(port, ['PING']).catch(() => undefined)) === 'PONG', { timeout: 10_000, interval: 50 })
+    if (!up) throw new Error(`redis-server did not answer on port ${port}${stderr ? `: ${stderr}` : ''}`)
+  }
+  await start()
+  t.teardown(() => {
+    try {
+      process.kill(child.pid, 'SIGCONT')
+    } catch {}
+    child.kill('SIGKILL')
+  })
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    pid: () => child.pid,
+    pause: () => process.kill(child.pid, 'SIGSTOP'),
+    resume: () => process.kill(child.pid, 'SIGCONT'),
+    kill: () =>
+      new Promise((resolve) => {
+        child.once('exit', resolve)
+        child.kill('SIGKILL')
+      }),
+    start,
+    command: (...args) => redisCommand(port, args),
+  }
+}
+
+/** One Redis command over a fresh socket: the RESP reply, parsed (errors reject). */
+export function redisCommand(port, args, { timeout = 5_000 } = {}) {
+  const payload = `*${args.length}\r\n` + args.map((arg) => `$${Buffer.byteLength(String(arg))}\r\n${arg}\r\n`).join('')
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: '127.0.0.1' })
+    let buffer = Buffer.alloc(0)
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(new Error(`redis ${args[0]}: no reply within ${timeout} ms`))
+    }, timeout)
+    const done = (fn, value) => {
+      clearTimeout(timer)
+      socket.destroy()
+      fn(value)
+    }
+    socket.on('error', (error) => done(reject, error))
+    socket.on('connect', () => socket.write(payload))
+    socket.on('data', (chunk) => {
+      buffer = Buffer.concat([buffer, chunk])
+      const parsed = parseResp(buffer, 0)
+      if (!parsed) return
+      if (parsed.value instanceof Error) done(reject, parsed.value)
+      else done(resolve, parsed.value)
+    })
+  })
+}
+
+/** Parses one RESP2 value at `at`: { value, end }, or undefined when incomplete. */
+function parseResp(buffer, at) {
+  const line = buffer.indexOf('\r\n', at)
+  if (line < 0) return undefined
+  const type = String.fromCharCode(buffer[at])
+  const text = buffer.subarray(at + 1, line).toString()
+  const next = line + 2
+  if (type === '+') return { value: text, end: next }
+  if (type === '-') return { value: new Error(text), end: next }
+  if (type === ':') return { value: Number(text), end: next }
+  if (type === '$') {
+    const length = Number(text)
+    if (length < 0) return { value: null, end: next }
+    if (buffer.length < next + length + 2) return undefined
+    return { value: buffer.subarray(next, next + length).toString(), end: next + length + 2 }
+  }
+  if (type === '*') {
+    const count = Number(text)
+    if (count < 0) return { value: null, end: next }
+    const values = []
+    let end = next
+    for (let i = 0; i < count; i++) {
+      const item = parseResp(buffer, end)
+      if (!item) return undefined
+      values.push(item.value)
+      end = item.end
+    }
+    return { value: values, end }
+  }
+  throw new Error(`unexpected RESP type ${type}`)
+}

@@ -27,6 +27,8 @@ const fastifyInstalled = Object.assign(() => existsSync(here('../node_modules/fa
   what: 'benchmark dependencies (npm install --prefix benchmark)',
 })
 
+const socketioInstalled = () => existsSync(here('../node_modules/socket.io')) && existsSync(here('../node_modules/@socket.io/redis-adapter'))
+
 export const PEERS = [
   nodeServer('floodgate', '../servers/floodgate.mjs', built),
   nodeServer('node-http', '../servers/node-http.mjs', () => true),
@@ -37,4 +39,11 @@ export const PEERS = [
     start: (env) => startNginx(env.ROOT, env.TLS_CERT && { cert: env.TLS_CERT, key: env.TLS_KEY, http2: env.TLS_H2 === '1' }),
   },
   nodeServer('ws', '../servers/ws.mjs', wsInstalled),
+  {
+    // Socket.IO 4 + @socket.io/redis-adapter, for the cluster workloads only: they start their
+    // own instances (and Redis), so nothing is started here.
+    name: 'socket.io',
+    available: () => socketioInstalled() || 'missing benchmark dependencies (npm install --prefix benchmark)',
+    start: async () => ({ port: 0, pids: () => [], stop: async () => {} }),
+  },
 ]

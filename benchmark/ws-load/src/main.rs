@@ -46,6 +46,9 @@ struct Args {
     timeout_ms: u64,
     sources: u8,
     concurrency: usize,
+    /// `fanout` against a Socket.IO server (Engine.IO 4 over WebSocket): join the default
+    /// namespace (`40`), answer pings (`2` → `3`), count only event packets (`42[...]`).
+    socketio: bool,
 }
 
 fn parse_args() -> Args {
@@ -99,6 +102,7 @@ fn parse_args() -> Args {
         timeout_ms: num("timeout-ms", 60_000.0) as u64,
         sources: num("sources", 1.0).clamp(1.0, 250.0) as u8,
         concurrency: num("concurrency", 256.0).max(1.0) as usize,
+        socketio: num("socketio", 0.0) != 0.0,
     }
 }
 
@@ -329,9 +333,13 @@ async fn fanout(args: Rc<Args>) {
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let stats = Deliveries::new(args.expect);
     let shared = stats.clone();
+    let socketio = args.socketio;
     let (opened, failed, error) = open_all(&args, ws_open(config), move |_, mut ws| {
         let stats = shared.clone();
         spawn_local(async move {
+            if socketio && ws.send(Message::text("40")).await.is_err() {
+                return;
+            }
             while let Some(message) = ws.next().await {
                 let text = match message {
                     Ok(Message::Text(text)) => text,
@@ -339,6 +347,12 @@ async fn fanout(args: Rc<Args>) {
                     Ok(Message::Close(_)) | Err(_) => break,
                     Ok(_) => continue,
                 };
+                if socketio && !text.as_str().starts_with("42") {
+                    if text.as_str() == "2" && ws.send(Message::text("3")).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 stats.arrived(1);
                 if let Some(t) = text
                     .as_str()

@@ -7,9 +7,11 @@
 //! One folder per concern: `conn` (accept loop, socket wrapper, connection state), `app`
 //! (a mounted streaming app, its router), `files`, `delivery` (shaping and bounding any
 //! response body), `upload`, `js` (the JS bridge), `ws`, `events` (bus, SSE), `limit`
-//! (connection caps, request rates, bandwidth, bounded queues), `config`, `metrics`.
+//! (connection caps, request rates, bandwidth, bounded queues), `cluster` (the same limits and
+//! the bus shared through Redis), `config`, `metrics`.
 
 mod app;
+mod cluster;
 mod config;
 mod conn;
 mod context;
@@ -26,6 +28,7 @@ mod tls;
 mod upload;
 mod ws;
 
+pub use cluster::health::ClusterSnapshot;
 pub use config::{validate_options, ServerSpec};
 pub use conn::server::{listen, RunningServer};
 pub use error::{Error, ErrorKind};

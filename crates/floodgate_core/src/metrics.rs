@@ -204,6 +204,9 @@ pub struct Snapshot {
     /// Temporary files of uploads cut by a crash, removed by uploads mounts when they started.
     pub stale_uploads_removed: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    /// Present with the `cluster` option: Redis's state and what was decided without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
 }
 
 impl Metrics {
@@ -281,6 +284,7 @@ impl Metrics {
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
                 .collect(),
+            cluster: None,
         }
     }
 }
@@ -356,6 +360,49 @@ impl Snapshot {
             "Temporary files of interrupted uploads removed at start.",
             self.stale_uploads_removed as f64,
         );
+        if let Some(cluster) = &self.cluster {
+            metric(
+                "cluster_degraded",
+                "gauge",
+                "1 while Redis fails and limits follow the failure policy.",
+                u8::from(cluster.degraded) as f64,
+            );
+            metric(
+                "cluster_leases",
+                "gauge",
+                "Connections holding a cluster-wide lease.",
+                cluster.leases as f64,
+            );
+            metric(
+                "cluster_recoveries_total",
+                "counter",
+                "Times Redis answered again after failing.",
+                cluster.recoveries as f64,
+            );
+            metric(
+                "cluster_events_lost_total",
+                "counter",
+                "Events other instances may have missed while Redis failed.",
+                cluster.events_lost as f64,
+            );
+            metric(
+                "cluster_patterns",
+                "gauge",
+                "Topic patterns subscribed in Redis.",
+                cluster.patterns as f64,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP floodgate_cluster_fallbacks_total Limit decisions made without Redis, by reason."
+            );
+            let _ = writeln!(out, "# TYPE floodgate_cluster_fallbacks_total counter");
+            for (reason, count) in &cluster.fallbacks {
+                let _ = writeln!(
+                    out,
+                    "floodgate_cluster_fallbacks_total{{reason=\"{reason}\"}} {count}"
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP floodgate_rejections_total Clients refused or cut off, by reason."
@@ -399,5 +446,23 @@ mod tests {
         assert!(text.contains("# TYPE floodgate_connections gauge\nfloodgate_connections 0\n"));
         assert!(text.contains("floodgate_rejections_total{reason=\"header_timeout\"} 1\n"));
         assert!(text.contains("floodgate_rejections_total{reason=\"not_found\"} 0\n"));
+        assert!(
+            !text.contains("floodgate_cluster"),
+            "no cluster, no cluster lines"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_has_the_cluster_state_when_there_is_one() {
+        let health = crate::cluster::health::Health::default();
+        health.failed();
+        health.fell_back(crate::cluster::health::Failure::Timeout);
+        let mut snapshot = Metrics::default().snapshot();
+        snapshot.cluster = Some(health.snapshot(7));
+        let text = snapshot.prometheus();
+        assert!(text.contains("floodgate_cluster_degraded 1\n"), "{text}");
+        assert!(text.contains("floodgate_cluster_leases 7\n"), "{text}");
+        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"timeout\"} 1\n"));
+        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"degraded\"} 0\n"));
     }
 }

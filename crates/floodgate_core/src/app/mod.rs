@@ -1,13 +1,15 @@
 //! A mounted streaming app: its limits and its routes (JS handlers, files, uploads).
 //!
-//! Every request first passes the app's request-rate limiter (keyed by user, else address);
-//! then the route's own protections apply.
+//! Every request first passes the app's request-rate limiter (keyed by user, else address;
+//! cluster-wide with the `cluster` option); then the route's own protections apply.
 
 pub(crate) mod route_pattern;
 pub(crate) mod router;
 
 use crate::app::route_pattern::RoutePattern;
 use crate::app::router::MountTable;
+use crate::cluster::rate::{ClusterRate, RateOutcome};
+use crate::cluster::Cluster;
 use crate::config::{RouteSpec, StreamingConfig, StreamingSpec};
 use crate::conn::h2_stream;
 use crate::context::RequestContext;
@@ -19,7 +21,7 @@ use crate::js::bridge::Bridge;
 use crate::js::call::{call_js, identify, JsLimits, JsTarget};
 use crate::limit::bucket::{slowest_rate, ClientBuckets, Shaper};
 use crate::limit::key::{address_key, ClientKey};
-use crate::limit::rate::{Decision, RequestLimiter};
+use crate::limit::rate::{policy_header, Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::upload::{UploadLimits, UploadsMount};
 use crate::ws::upgrade::WsRoute;
@@ -48,6 +50,8 @@ pub struct StreamingApp {
     download_buckets: Option<Arc<ClientBuckets>>,
     upload_buckets: Option<Arc<ClientBuckets>>,
     requests: Option<RequestLimiter>,
+    /// `rateLimitRequests` across the cluster, in place of `requests`.
+    cluster_requests: Option<ClusterRate>,
     js_routes: Vec<JsRoute>,
     bridge: Option<Arc<Bridge>>,
     inflight: Arc<Semaphore>,
@@ -56,7 +60,13 @@ pub struct StreamingApp {
 }
 
 impl StreamingApp {
-    pub fn build(spec: StreamingSpec, bridge: Option<Arc<Bridge>>) -> Result<Self, String> {
+    /// The app mounted at `mount`; with a `cluster`, its caps and request rate are shared.
+    pub fn build(
+        spec: StreamingSpec,
+        bridge: Option<Arc<Bridge>>,
+        cluster: Option<&Arc<Cluster>>,
+        mount: &str,
+    ) -> Result<Self, String> {
         let config = spec.options;
         let mut routes = MountTable::default();
         let mut js_routes = Vec::new();
@@ -76,12 +86,12 @@ impl StreamingApp {
                     if bridge.is_none() {
                         return Err("sse: event streams need the JS bridge".into());
                     }
-                    let route = SseRoute::new(
-                        options,
-                        handlers,
+                    let caps = (
                         config.sse_max_connections_per_user,
                         config.sse_max_connections,
                     );
+                    let path = route_path(mount, &prefix);
+                    let route = SseRoute::new(options, handlers, caps, cluster, path);
                     routes.insert(prefix, Route::Sse(route))
                 }
                 RouteSpec::Ws {
@@ -92,7 +102,9 @@ impl StreamingApp {
                     if bridge.is_none() {
                         return Err("ws: WebSockets need the JS bridge".into());
                     }
-                    routes.insert(prefix, Route::Ws(WsRoute::new(options, handlers, &config)))
+                    let path = route_path(mount, &prefix);
+                    let route = WsRoute::new(options, handlers, &config, cluster, path);
+                    routes.insert(prefix, Route::Ws(route))
                 }
                 RouteSpec::Handler {
                     method,
@@ -113,11 +125,23 @@ impl StreamingApp {
         Ok(Self {
             download_buckets: buckets(config.per_client_bandwidth),
             upload_buckets: buckets(config.per_client_upload_bandwidth),
-            requests: RequestLimiter::new(
-                config.rate_limit_requests,
-                config.rate_limit_window,
-                config.rate_limit_burst,
-            ),
+            requests: match cluster {
+                Some(_) => None,
+                None => RequestLimiter::new(
+                    config.rate_limit_requests,
+                    config.rate_limit_window,
+                    config.rate_limit_burst,
+                ),
+            },
+            cluster_requests: cluster.and_then(|cluster| {
+                ClusterRate::new(
+                    cluster,
+                    mount,
+                    config.rate_limit_requests,
+                    config.rate_limit_window,
+                    config.rate_limit_burst,
+                )
+            }),
             inflight: Arc::new(Semaphore::new(config.max_inflight as usize)),
             config,
             routes,
@@ -169,10 +193,23 @@ impl StreamingApp {
                 Err(response) => return response,
             }
         }
-        let decision = self
-            .requests
-            .as_ref()
-            .map(|limiter| limiter.check(&ClientKey::new(context.user.as_deref(), context.client)));
+        let client = || ClientKey::new(context.user.as_deref(), context.client);
+        let decision = match (&self.cluster_requests, &self.requests) {
+            (Some(cluster), _) => match cluster.check(&client()).await {
+                RateOutcome::Decided(decision) => Some(decision),
+                RateOutcome::Unavailable => {
+                    context.metrics.reject(Rejection::RateLimited);
+                    return body::text_with(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Rate limits are unavailable, try again shortly\n",
+                        header::RETRY_AFTER,
+                        HeaderValue::from_static("1"),
+                    );
+                }
+            },
+            (None, Some(limiter)) => Some(limiter.check(&client())),
+            (None, None) => None,
+        };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
             context.metrics.reject(Rejection::RateLimited);
             let mut response = body::text_with(
@@ -272,11 +309,15 @@ impl StreamingApp {
     }
 
     fn add_rate_headers(&self, response: &mut Response<Body>, decision: &Decision) {
-        let Some(limiter) = &self.requests else {
+        if self.requests.is_none() && self.cluster_requests.is_none() {
             return;
-        };
+        }
+        let policy = policy_header(
+            self.config.rate_limit_requests,
+            self.config.rate_limit_window,
+        );
         let headers = response.headers_mut();
-        if let Ok(policy) = HeaderValue::from_str(&limiter.policy_header()) {
+        if let Ok(policy) = HeaderValue::from_str(&policy) {
             headers.insert("ratelimit-policy", policy);
         }
         if let Ok(state) = HeaderValue::from_str(&RequestLimiter::state_header(decision)) {
@@ -329,6 +370,15 @@ impl StreamingApp {
             ),
             metrics: Arc::clone(&context.metrics),
         }
+    }
+}
+
+/// A route's full path (`/stream` + `/events`): what names it in the cluster's keys.
+fn route_path(mount: &str, prefix: &str) -> String {
+    match (mount, prefix) {
+        ("/", prefix) => prefix.to_string(),
+        (mount, "/") => mount.to_string(),
+        (mount, prefix) => format!("{mount}{prefix}"),
     }
 }
 

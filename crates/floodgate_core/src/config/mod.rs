@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsOptions>,
     /// Every connection starts with a PROXY protocol header from one of these sources.
     pub proxy_protocol: Option<ProxyProtocolOptions>,
+    /// Share caps, request rates and the topic bus with other instances through Redis.
+    /// Absent: everything is per process, as without it.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
@@ -109,7 +112,87 @@ impl Default for ServerConfig {
             sendfile: true,
             tls: None,
             proxy_protocol: None,
+            cluster: None,
         }
+    }
+}
+
+/// What a cluster-wide limit does while Redis is down or slower than `cluster.timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailurePolicy {
+    /// Each instance applies its share of every limit (the limit divided by `instances`).
+    #[default]
+    Local,
+    /// Allow: connections and requests pass uncounted.
+    Open,
+    /// Refuse: `503` with `Retry-After` until Redis answers again.
+    Closed,
+}
+
+/// Options of `new Server({ cluster: {...} })`: Redis behind the caps, rates and bus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`. Required.
+    pub redis: String,
+    /// Prefix of every Redis key and channel, so several services can share one Redis.
+    pub prefix: String,
+    /// A connection's lease expires this long after its instance last renewed it (every third
+    /// of it): an instance that dies gives its connections back within this.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// A Redis call slower than this counts as a failure: the failure policy applies.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub on_failure: FailurePolicy,
+    /// Instances sharing the limits; under the `local` policy each applies 1/`instances` of
+    /// every cluster-wide limit (rounded up).
+    pub instances: u32,
+    /// Events kept per topic in Redis for `Last-Event-ID` resume on any instance; 0 keeps
+    /// none (each instance resumes from its own recent events).
+    pub history: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            prefix: "floodgate".into(),
+            lease_ttl: Duration::from_secs(15),
+            timeout: Duration::from_millis(250),
+            on_failure: FailurePolicy::Local,
+            instances: 1,
+            history: 256,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let url = self.redis.as_str();
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            return Err("cluster.redis: must be a redis:// URL".into());
+        }
+        redis::Client::open(url).map_err(|err| format!("cluster.redis: {err}"))?;
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return Err("cluster.prefix: must be non-empty, without spaces".into());
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err("cluster.leaseTtl: must be at least 1s".into());
+        }
+        if self.timeout.is_zero() || self.timeout * 3 > self.lease_ttl {
+            return Err("cluster.timeout: must be greater than 0 and at most leaseTtl / 3".into());
+        }
+        if self.instances == 0 {
+            return Err("cluster.instances: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// This instance's share of a cluster-wide `limit` (0 stays 0: no limit).
+    pub fn share(&self, limit: u32) -> u32 {
+        limit.div_ceil(self.instances.max(1))
     }
 }
 
@@ -434,6 +517,10 @@ pub struct ServerSpec {
     pub options: ServerConfig,
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// `listen({ reusePort: true })`: bind with `SO_REUSEPORT` (Linux), so several processes
+    /// can listen on one port and the kernel spreads connections over them.
+    #[serde(default)]
+    pub reuse_port: bool,
 }
 
 /// Checks one options object of `kind` (`server`, `streaming`, `files`, `uploads`, `sse`,
@@ -509,6 +596,9 @@ impl ServerConfig {
             .is_some_and(|proxy| proxy.trusted.is_empty())
         {
             return Err("proxyProtocol.trusted: name at least one address or CIDR".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         Ok(())
     }
@@ -588,6 +678,9 @@ pub fn normalize_prefix(name: &str, prefix: &str) -> Result<String, String> {
 impl ServerSpec {
     pub fn validate(&mut self) -> Result<(), String> {
         self.options.validate()?;
+        if self.reuse_port && !cfg!(target_os = "linux") {
+            return Err("listen: reusePort is supported on Linux only".into());
+        }
         for mount in &mut self.mounts {
             mount.prefix = normalize_prefix("mount", &mount.prefix)?;
             mount.app.options.validate()?;
@@ -705,6 +798,34 @@ mod tests {
         let config: ServerConfig =
             from_json(json!({ "trustProxy": ["10.0.0.0/8", "::1", "127.0.0.1"] })).unwrap();
         assert_eq!(config.trust_proxy.len(), 3);
+    }
+
+    #[test]
+    fn cluster_options_are_checked() {
+        let check = |cluster: serde_json::Value| {
+            from_json::<ServerConfig>(json!({ "cluster": cluster }))
+                .and_then(|config| config.validate())
+        };
+        assert!(check(json!({ "redis": "redis://127.0.0.1:6379" })).is_ok());
+        let err = check(json!({})).unwrap_err();
+        assert!(err.starts_with("cluster.redis:"), "{err}");
+        let err = check(json!({ "redis": "http://x" })).unwrap_err();
+        assert!(err.starts_with("cluster.redis:"), "{err}");
+        let err = check(json!({ "redis": "redis://h", "onFailure": "maybe" })).unwrap_err();
+        assert!(err.starts_with("cluster.onFailure:"), "{err}");
+        let err = check(json!({ "redis": "redis://h", "leaseTtl": "1s", "timeout": "500ms" }))
+            .unwrap_err();
+        assert!(err.starts_with("cluster.timeout:"), "{err}");
+        let err = check(json!({ "redis": "redis://h", "instances": 0 })).unwrap_err();
+        assert!(err.starts_with("cluster.instances:"), "{err}");
+        let err = check(json!({ "redis": "redis://h", "bogus": 1 })).unwrap_err();
+        assert!(err.starts_with("cluster"), "{err}");
+        let config: ClusterConfig =
+            from_json(json!({ "redis": "redis://h", "instances": 3 })).unwrap();
+        assert_eq!(
+            (config.share(10), config.share(0), config.share(2)),
+            (4, 0, 1)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::app::router::MountTable;
 use crate::app::StreamingApp;
+use crate::cluster::Cluster;
 use crate::config::{ServerConfig, ServerSpec, StreamingConfig, TlsOptions};
 use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
@@ -48,6 +49,8 @@ struct Shared {
     builder: auto::Builder<StreamExecutor>,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
+    /// Redis behind the caps, rates and bus, with the `cluster` option.
+    cluster: Option<Arc<Cluster>>,
     /// The certificates of new handshakes, when the server speaks TLS.
     tls: Option<TlsConfig>,
     shutdown: CancellationToken,
@@ -75,16 +78,21 @@ pub fn listen(
     bridge: Option<Arc<Bridge>>,
 ) -> Result<RunningServer, Error> {
     spec.validate().map_err(Error::option)?;
+    let cluster = match &spec.options.cluster {
+        Some(config) => Some(Cluster::start(config.clone()).map_err(Error::option)?),
+        None => None,
+    };
     let mut mounts = MountTable::default();
     for mount in spec.mounts {
-        let app = StreamingApp::build(mount.app, bridge.clone()).map_err(Error::option)?;
+        let app = StreamingApp::build(mount.app, bridge.clone(), cluster.as_ref(), &mount.prefix)
+            .map_err(Error::option)?;
         mounts.insert(mount.prefix, Arc::new(app));
     }
     let tls = match &spec.options.tls {
         Some(options) => Some(TlsConfig::new(options).map_err(Error::option)?),
         None => None,
     };
-    let listener = bind(addr).map_err(|err| Error::listen(addr, &err))?;
+    let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
     let metrics = Arc::new(Metrics::default());
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
@@ -96,10 +104,14 @@ pub fn listen(
     let stop_accepting = CancellationToken::new();
     let bus = Bus::new();
     bus.start_fanout();
+    if let Some(cluster) = &cluster {
+        crate::cluster::bus::attach(cluster, &bus);
+    }
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         bus,
+        cluster,
         tls,
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
@@ -132,7 +144,7 @@ pub fn listen(
 /// default of `TcpListener::bind` (128) drops connection bursts, which then retry after 1 s.
 const LISTEN_BACKLOG: u32 = 1024;
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -141,6 +153,14 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // As every server on Unix does: a restart can bind while old connections are in TIME_WAIT.
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;
+    // Several processes on one port (Node's cluster, PM2): the kernel balances new connections
+    // over every socket bound with it. `ServerSpec::validate` refuses it elsewhere.
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -186,7 +206,13 @@ impl RunningServer {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.shared.metrics.snapshot()
+        let mut snapshot = self.shared.metrics.snapshot();
+        snapshot.cluster = self
+            .shared
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.snapshot());
+        snapshot
     }
 
     /// The per-address connection slots (tests watch slots come back).
@@ -230,6 +256,10 @@ impl RunningServer {
         {
             self.abort.cancel();
             self.tracker.wait().await;
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            // Every connection has ended: its lease release is queued; send them, then stop.
+            cluster.stop().await;
         }
     }
 }

@@ -403,3 +403,31 @@ async fn a_blocked_write_is_cut_off_at_download_timeout() {
         received.len()
     );
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_lets_two_servers_share_a_port_and_both_accept() {
+    use crate::config::{from_json, ServerSpec};
+    use crate::conn::server::listen;
+    let spec = |reuse: bool| -> ServerSpec { from_json(json!({ "reusePort": reuse })).unwrap() };
+    let first = listen(spec(true), "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let addr = first.local_addr();
+    let refused = listen(spec(false), addr, None)
+        .err()
+        .expect("the port is taken");
+    assert_eq!(refused.code(), "EADDRINUSE");
+    let second = listen(spec(true), addr, None).unwrap();
+    // The kernel spreads connections by their addresses: some reach each server.
+    for _ in 0..64 {
+        exchange(
+            addr,
+            "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    }
+    let (a, b) = (first.stats().requests_total, second.stats().requests_total);
+    assert_eq!(a + b, 64);
+    assert!(a > 0 && b > 0, "{a} and {b}");
+    first.close(Duration::ZERO).await;
+    second.close(Duration::ZERO).await;
+}

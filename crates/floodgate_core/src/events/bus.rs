@@ -5,6 +5,9 @@
 //! each event gets a bus-wide sequence number, and recent events are kept per topic so a
 //! reconnecting client can resume from its `Last-Event-ID`. Subscriptions are indexed by
 //! pattern: a publish matches each distinct pattern once, however many subscribers share it.
+//!
+//! With the `cluster` option a [`Relay`] hears every publish and every pattern gained or lost,
+//! and events other instances published arrive through [`Bus::deliver_remote`].
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +41,15 @@ pub trait Sink: Send + Sync {
     fn deliver(&self, event: &SharedEvent);
     /// The server is shutting down ([`Bus::is_shutting_down`]): look at it now.
     fn wake(&self) {}
+}
+
+/// What carries the bus beyond this process (`cluster::bus`): told of each local publish, and
+/// of each pattern the first subscriber takes or the last one leaves. Called under the bus's
+/// locks: it only queues.
+pub trait Relay: Send + Sync {
+    fn published(&self, topic: &str, event: &SharedEvent);
+    fn pattern_added(&self, pattern: &str);
+    fn pattern_removed(&self, pattern: &str);
 }
 
 /// Does `pattern` (possibly with `*` and a trailing `>`) match `topic`?
@@ -167,6 +179,11 @@ pub struct Bus {
     next_subscription: AtomicU64,
     recent: Mutex<HashMap<String, VecDeque<SharedEvent>>>,
     fanout: OnceLock<mpsc::UnboundedSender<Delivery>>,
+    /// The cluster's side of the bus, with the `cluster` option.
+    relay: OnceLock<Arc<dyn Relay>>,
+    /// Appended to the sequence number in default event ids (`<seq>-<instance>`) with the
+    /// `cluster` option, so ids are unique across instances (`Last-Event-ID` resume anywhere).
+    id_suffix: OnceLock<String>,
 }
 
 /// Unsubscribes when dropped.
@@ -191,6 +208,9 @@ impl Drop for SubscriptionGuard {
                 sinks.remove(&self.id);
                 if sinks.is_empty() {
                     subscriptions.by_pattern.remove(pattern);
+                    if let Some(relay) = self.bus.relay.get() {
+                        relay.pattern_removed(pattern);
+                    }
                 }
             }
         }
@@ -250,11 +270,13 @@ impl Bus {
         {
             let mut subscriptions = self.subscriptions();
             for pattern in &patterns {
-                subscriptions
-                    .by_pattern
-                    .entry(pattern.clone())
-                    .or_default()
-                    .insert(id, Arc::clone(&sink));
+                let sinks = subscriptions.by_pattern.entry(pattern.clone()).or_default();
+                if sinks.is_empty() {
+                    if let Some(relay) = self.relay.get() {
+                        relay.pattern_added(pattern);
+                    }
+                }
+                sinks.insert(id, Arc::clone(&sink));
             }
             if patterns.len() > 1 {
                 subscriptions.multi_pattern += 1;
@@ -273,10 +295,30 @@ impl Bus {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes `data` on `topic`; returns how many subscribers it reached.
+    /// Joins the bus to a cluster: `relay` hears what is published and subscribed here, and
+    /// default event ids end with `-<instance>`. Patterns subscribed before are announced.
+    pub fn set_relay(&self, relay: Arc<dyn Relay>, instance: &str) {
+        let _ = self.id_suffix.set(instance.to_string());
+        if self.relay.set(Arc::clone(&relay)).is_ok() {
+            for pattern in self.subscriptions().by_pattern.keys() {
+                relay.pattern_added(pattern);
+            }
+        }
+    }
+
+    /// The patterns subscribed here (the cluster subscribes to each once).
+    pub fn patterns(&self) -> Vec<String> {
+        self.subscriptions().by_pattern.keys().cloned().collect()
+    }
+
+    /// Publishes `data` on `topic`; returns how many subscribers it reached here.
     pub fn publish(&self, topic: &str, data: &str, event: Option<&str>, id: Option<&str>) -> usize {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let id = id.map(str::to_string).unwrap_or_else(|| seq.to_string());
+        let id = match (id, self.id_suffix.get()) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(instance)) => format!("{seq}-{instance}"),
+            (None, None) => seq.to_string(),
+        };
         let frame = frame(&id, event, data);
         let event = Arc::new(Event {
             seq,
@@ -284,6 +326,29 @@ impl Bus {
             frame,
             id,
         });
+        if let Some(relay) = self.relay.get() {
+            relay.published(topic, &event);
+        }
+        self.dispatch(topic, event)
+    }
+
+    /// Delivers an event another instance published (framed there) to the subscribers here,
+    /// and keeps it for resume like a local one; returns how many it reached.
+    pub fn deliver_remote(&self, topic: &str, id: String, frame: Bytes, data: Utf8Bytes) -> usize {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.dispatch(
+            topic,
+            Arc::new(Event {
+                seq,
+                id,
+                frame,
+                data,
+            }),
+        )
+    }
+
+    /// Keeps `event` for resume and hands it to the subscribers of `topic`.
+    fn dispatch(&self, topic: &str, event: SharedEvent) -> usize {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             let ring = recent.entry(topic.to_string()).or_default();

@@ -6,6 +6,8 @@
 //! now on is lost), then JS builds the snapshot (a second exchange). Events already queued with
 //! a sequence number up to the snapshot's are dropped: the snapshot includes them.
 
+use crate::cluster::lease::{self, Lease, Refusal};
+use crate::cluster::Cluster;
 use crate::config::{SseConfig, SseHandlers};
 use crate::conn::state::ConnState;
 use crate::delivery::body::{self, Body};
@@ -22,7 +24,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -41,6 +43,10 @@ pub struct SseRoute {
     handlers: SseHandlers,
     per_user: Arc<ConnectionLimiter<ClientKey>>,
     total: Arc<Semaphore>,
+    /// The per-user cap, cluster-wide (keys name the route by `path`).
+    cluster: Option<Arc<Cluster>>,
+    path: String,
+    per_user_cap: u32,
 }
 
 /// What the app and the server lend an SSE connection.
@@ -88,12 +94,23 @@ impl CloseReason {
 }
 
 impl SseRoute {
-    pub fn new(config: SseConfig, handlers: SseHandlers, per_user: u32, total: u32) -> Self {
+    /// A route at `path` (mount and route prefix) with `per_user` streams per user and `total`.
+    pub fn new(
+        config: SseConfig,
+        handlers: SseHandlers,
+        (per_user, total): (u32, u32),
+        cluster: Option<&Arc<Cluster>>,
+        path: String,
+    ) -> Self {
+        let local = cluster.map_or(per_user, |cluster| cluster.config().share(per_user));
         Self {
             config,
             handlers,
-            per_user: ConnectionLimiter::new(per_user),
+            per_user: ConnectionLimiter::new(local),
             total: Arc::new(Semaphore::new(total as usize)),
+            cluster: cluster.cloned(),
+            path,
+            per_user_cap: per_user,
         }
     }
 
@@ -117,12 +134,35 @@ impl SseRoute {
             return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
         }
         let key = ClientKey::new(setup.user.as_deref(), context.client);
-        let Some(slot) = self.per_user.try_acquire_key(key) else {
+        let per_user = || {
             context.metrics.reject(Rejection::SseLimit);
-            return too_many(
+            too_many(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many event streams for this user\n",
-            );
+            )
+        };
+        let admission = match &self.cluster {
+            None => None,
+            Some(cluster) => {
+                let caps = [(format!("sse:{}:{key}", self.path), self.per_user_cap)];
+                match lease::admit(cluster, &caps).await {
+                    Ok(admission) => admission,
+                    Err(Refusal::AtCap(_)) => return per_user(),
+                    Err(Refusal::Unavailable) => {
+                        context.metrics.reject(Rejection::SseLimit);
+                        return too_many(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Connection limits are unavailable, try again shortly\n",
+                        );
+                    }
+                }
+            }
+        };
+        let capped = admission
+            .as_ref()
+            .is_none_or(|admission| admission.local_cap);
+        let Some(slot) = self.per_user.acquire_key(key, capped) else {
+            return per_user();
         };
         let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
             context.metrics.reject(Rejection::SseLimit);
@@ -136,21 +176,25 @@ impl SseRoute {
         let subscription = context
             .bus
             .subscribe(setup.topics.clone(), queue.clone() as Arc<dyn Sink>);
+        if let Some(cluster) = &self.cluster {
+            // Subscribed on every instance too before the snapshot (or the replay) is taken.
+            cluster.until_subscribed(&setup.topics).await;
+        }
 
         let mut opening = Vec::new();
         if let Some(retry) = self.config.retry {
             opening.push(Bytes::from(format!("retry: {retry}\n\n")));
         }
-        let resumed = request
+        let last_id = request
             .headers()
             .get("last-event-id")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|last| context.bus.since(&setup.topics, last));
+            .and_then(|value| value.to_str().ok());
+        let resumed = match last_id {
+            Some(last) => self.resume(context.bus, &setup.topics, last, &queue).await,
+            None => None,
+        };
         match (resumed, self.handlers.snapshot) {
-            (Some(missed), _) => {
-                queue.skip_through(missed.last().map_or(0, |event| event.seq));
-                opening.extend(missed.into_iter().map(|event| event.frame.clone()));
-            }
+            (Some(missed), _) => opening.extend(missed),
             (None, Some(handler)) => {
                 let params = vec!["user".to_string(), setup.user.clone().unwrap_or_default()];
                 let answer = match ask_js(request, &context, handler, params).await {
@@ -179,6 +223,7 @@ impl SseRoute {
             reason: CloseReason::Client,
         });
         let held = Held {
+            _lease: admission.map(|admission| admission.lease),
             _slot: slot,
             _permit: permit,
             _subscription: subscription,
@@ -203,6 +248,34 @@ impl SseRoute {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response
+    }
+}
+
+impl SseRoute {
+    /// The frames a client missed since `last`, on `topics`, with the queue told to skip them;
+    /// `None` when `last` is not held (the snapshot is sent instead). With a cluster, from the
+    /// history every instance appends to (so a client may resume on any instance), else, or
+    /// when Redis fails, from this instance's recent events.
+    async fn resume(
+        &self,
+        bus: &Bus,
+        topics: &[String],
+        last: &str,
+        queue: &EventQueue,
+    ) -> Option<Vec<Bytes>> {
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.config().history > 0) {
+            match crate::cluster::bus::since(cluster, topics, last).await {
+                Ok(Some(missed)) => {
+                    queue.skip_ids(missed.iter().map(|event| event.id.clone()).collect());
+                    return Some(missed.into_iter().map(|event| event.frame).collect());
+                }
+                Ok(None) => return None,
+                Err(failure) => cluster.health().fell_back(failure),
+            }
+        }
+        let missed = bus.since(topics, last)?;
+        queue.skip_through(missed.last().map_or(0, |event| event.seq));
+        Some(missed.iter().map(|event| event.frame.clone()).collect())
     }
 }
 
@@ -247,6 +320,9 @@ struct QueueState {
     events: BoundedQueue<SharedEvent>,
     /// Events up to this sequence number are already covered (snapshot or replay).
     skip_through: u64,
+    /// Ids of events a replay from the cluster's history covered; each is skipped (and
+    /// forgotten) when it arrives live too.
+    skip_ids: HashSet<String>,
     overflowed: bool,
 }
 
@@ -267,6 +343,7 @@ impl EventQueue {
             state: Mutex::new(QueueState {
                 events: BoundedQueue::new(limits),
                 skip_through: 0,
+                skip_ids: HashSet::new(),
                 overflowed: false,
             }),
             conn,
@@ -285,6 +362,21 @@ impl EventQueue {
         while state.events.front().is_some_and(|event| event.seq <= seq) {
             state.events.pop();
         }
+    }
+
+    /// Skips the events with these ids: those queued already, and those still to come.
+    fn skip_ids(&self, ids: HashSet<String>) {
+        let mut state = self.state();
+        let mut kept = Vec::new();
+        while let Some(event) = state.events.pop() {
+            if !ids.contains(&event.id) {
+                kept.push(event);
+            }
+        }
+        for event in kept {
+            state.events.push(event);
+        }
+        state.skip_ids = ids;
     }
 
     /// The next event to write; `Err` once the queue overflowed under the `close` policy.
@@ -329,6 +421,9 @@ impl Sink for EventQueue {
     fn deliver(&self, event: &SharedEvent) {
         let mut state = self.state();
         if state.overflowed || event.seq <= state.skip_through {
+            return;
+        }
+        if !state.skip_ids.is_empty() && state.skip_ids.remove(&event.id) {
             return;
         }
         match state.events.push(event.clone()) {
@@ -384,6 +479,7 @@ impl Drop for OnClose {
 
 /// What an open stream holds: its slots, its subscription, its close notice.
 struct Held {
+    _lease: Option<Lease>,
     _slot: crate::limit::conn::Slot<ClientKey>,
     _permit: OwnedSemaphorePermit,
     _subscription: bus::SubscriptionGuard,

@@ -51,6 +51,25 @@ impl<K: Hash + Eq + Clone> ConnectionLimiter<K> {
         })
     }
 
+    /// Takes a slot for `key` whatever the cap: the connection was admitted elsewhere (a
+    /// cluster-wide lease) and is only counted here.
+    pub fn acquire_key_uncapped(self: &Arc<Self>, key: K) -> Slot<K> {
+        *self.table().entry(key.clone()).or_insert(0) += 1;
+        Slot {
+            limiter: Arc::clone(self),
+            key,
+        }
+    }
+
+    /// A slot for `key`: capped (`try_acquire_key`), or only counted when `capped` is false.
+    pub fn acquire_key(self: &Arc<Self>, key: K, capped: bool) -> Option<Slot<K>> {
+        if capped {
+            self.try_acquire_key(key)
+        } else {
+            Some(self.acquire_key_uncapped(key))
+        }
+    }
+
     #[cfg(test)]
     /// Slots held by `key`.
     pub fn open_for_key(&self, key: &K) -> u32 {

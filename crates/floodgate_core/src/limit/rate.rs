@@ -26,8 +26,6 @@ type Limiter = RateLimiter<
 
 pub struct RequestLimiter {
     limiter: Limiter,
-    limit: u32,
-    window: Duration,
     checks: AtomicU32,
 }
 
@@ -54,8 +52,6 @@ impl RequestLimiter {
                 TokioClock,
             )
             .with_middleware::<StateInformationMiddleware>(),
-            limit,
-            window,
             checks: AtomicU32::new(0),
         })
     }
@@ -85,15 +81,6 @@ impl RequestLimiter {
         }
     }
 
-    /// `RateLimit-Policy` value: `"default";q=100;w=60`.
-    pub fn policy_header(&self) -> String {
-        format!(
-            "\"default\";q={};w={}",
-            self.limit,
-            self.window.as_secs().max(1)
-        )
-    }
-
     /// `RateLimit` value: `"default";r=42;t=3`.
     pub fn state_header(decision: &Decision) -> String {
         format!(
@@ -109,6 +96,11 @@ impl RequestLimiter {
             self.limiter.shrink_to_fit();
         }
     }
+}
+
+/// `RateLimit-Policy` value of `limit` requests per `window`: `"default";q=100;w=60`.
+pub fn policy_header(limit: u32, window: Duration) -> String {
+    format!("\"default\";q={limit};w={}", window.as_secs().max(1))
 }
 
 #[cfg(test)]

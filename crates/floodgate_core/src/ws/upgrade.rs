@@ -1,7 +1,10 @@
 //! `StreamingApp.ws(prefix, {...})`: the WebSocket upgrade, with everything checked before the
 //! `101`: the handshake headers, `authenticate` in JS, and the per-user, per-address and
-//! per-app caps. The session itself runs in `ws_session`.
+//! per-app caps (the per-user and per-address ones cluster-wide with the `cluster` option). The
+//! session itself runs in `ws_session`.
 
+use crate::cluster::lease::{self, Lease, Refusal};
+use crate::cluster::Cluster;
 use crate::config::{StreamingConfig, WsConfig, WsHandlers};
 use crate::context::RequestContext;
 use crate::delivery::body::{self, Body};
@@ -26,6 +29,12 @@ pub struct WsRoute {
     per_user: Arc<ConnectionLimiter<ClientKey>>,
     per_ip: Arc<ConnectionLimiter<IpAddr>>,
     total: Arc<Semaphore>,
+    /// The per-user and per-address caps, cluster-wide: the Redis keys name the route by
+    /// `path` (mount and route prefix), so every instance counts the same.
+    cluster: Option<Arc<Cluster>>,
+    path: String,
+    per_user_cap: u32,
+    per_ip_cap: u32,
 }
 
 /// What an open session holds until it ends: its slots under every cap.
@@ -33,10 +42,18 @@ pub struct Held {
     _user: Slot<ClientKey>,
     _ip: Slot<IpAddr>,
     _permit: OwnedSemaphorePermit,
+    _lease: Option<Lease>,
 }
 
 impl WsRoute {
-    pub fn new(config: WsConfig, handlers: WsHandlers, app: &StreamingConfig) -> Self {
+    /// A route at `path` (mount prefix and route prefix).
+    pub fn new(
+        config: WsConfig,
+        handlers: WsHandlers,
+        app: &StreamingConfig,
+        cluster: Option<&Arc<Cluster>>,
+        path: String,
+    ) -> Self {
         let limits = Arc::new(SessionLimits {
             max_message_size: app.ws_max_message_size as usize,
             idle_timeout: app.ws_idle_timeout,
@@ -55,12 +72,19 @@ impl WsRoute {
             route: handlers.route,
             js_events: handlers.js_events,
         });
+        // With a cluster, local slots are capped only at this instance's share, and only
+        // while Redis fails under the `local` policy.
+        let local = |cap: u32| cluster.map_or(cap, |cluster| cluster.config().share(cap));
         Self {
-            per_user: ConnectionLimiter::new(app.ws_max_connections_per_user),
-            per_ip: ConnectionLimiter::new(app.ws_max_connections_per_ip),
+            per_user: ConnectionLimiter::new(local(app.ws_max_connections_per_user)),
+            per_ip: ConnectionLimiter::new(local(app.ws_max_connections_per_ip)),
             total: Arc::new(Semaphore::new(app.ws_max_connections as usize)),
             limits,
             handlers,
+            cluster: cluster.cloned(),
+            path,
+            per_user_cap: app.ws_max_connections_per_user,
+            per_ip_cap: app.ws_max_connections_per_ip,
         }
     }
 
@@ -95,7 +119,7 @@ impl WsRoute {
                 Err(response) => return response,
             }
         }
-        let held = match self.acquire(user.as_deref(), context.client) {
+        let held = match self.acquire(user.as_deref(), context.client).await {
             Ok(held) => held,
             Err(response) => {
                 context.metrics.reject(Rejection::WsLimit);
@@ -129,20 +153,48 @@ impl WsRoute {
         response
     }
 
-    fn acquire(&self, user: Option<&str>, client: IpAddr) -> Result<Held, Box<Response<Body>>> {
+    async fn acquire(
+        &self,
+        user: Option<&str>,
+        client: IpAddr,
+    ) -> Result<Held, Box<Response<Body>>> {
         let address = address_key(client);
         let user_key = ClientKey::new(user, client);
-        let Some(user_slot) = self.per_user.try_acquire_key(user_key) else {
-            return Err(too_many(
+        let per_user = || {
+            too_many(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many WebSockets for this user\n",
-            ));
+            )
         };
-        let Some(ip_slot) = self.per_ip.try_acquire_key(address) else {
-            return Err(too_many(
+        let per_ip = || {
+            too_many(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many WebSockets from your address\n",
-            ));
+            )
+        };
+        let admission = match &self.cluster {
+            None => None,
+            Some(cluster) => {
+                let caps = [
+                    (format!("ws:{}:{user_key}", self.path), self.per_user_cap),
+                    (format!("ws-ip:{}:a:{address}", self.path), self.per_ip_cap),
+                ];
+                match lease::admit(cluster, &caps).await {
+                    Ok(admission) => admission,
+                    Err(Refusal::AtCap(0)) => return Err(per_user()),
+                    Err(Refusal::AtCap(_)) => return Err(per_ip()),
+                    Err(Refusal::Unavailable) => return Err(unavailable()),
+                }
+            }
+        };
+        let capped = admission
+            .as_ref()
+            .is_none_or(|admission| admission.local_cap);
+        let Some(user_slot) = self.per_user.acquire_key(user_key, capped) else {
+            return Err(per_user());
+        };
+        let Some(ip_slot) = self.per_ip.acquire_key(address, capped) else {
+            return Err(per_ip());
         };
         let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
             return Err(too_many(
@@ -154,8 +206,17 @@ impl WsRoute {
             _user: user_slot,
             _ip: ip_slot,
             _permit: permit,
+            _lease: admission.map(|admission| admission.lease),
         })
     }
+}
+
+/// The cluster's caps cannot be checked (Redis failing under the `closed` policy).
+fn unavailable() -> Box<Response<Body>> {
+    too_many(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Connection limits are unavailable, try again shortly\n",
+    )
 }
 
 fn too_many(status: StatusCode, message: &'static str) -> Box<Response<Body>> {
