@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { startServer, stopServer, childPids } from './proc.mjs'
 import { startNginx, nginxAvailable } from './nginx.mjs'
+import { centrifugoAvailable } from '../workloads/cluster-fanout.mjs'
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url))
 
@@ -44,6 +45,12 @@ export const PEERS = [
     // own instances (and Redis), so nothing is started here.
     name: 'socket.io',
     available: () => socketioInstalled() || 'missing benchmark dependencies (npm install --prefix benchmark)',
+    start: async () => ({ port: 0, pids: () => [], stop: async () => {} }),
+  },
+  {
+    // Centrifugo v6 (Redis engine), for cluster-fanout only, started by the workload likewise.
+    name: 'centrifugo',
+    available: () => centrifugoAvailable(),
     start: async () => ({ port: 0, pids: () => [], stop: async () => {} }),
   },
 ]

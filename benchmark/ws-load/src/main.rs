@@ -49,6 +49,9 @@ struct Args {
     /// `fanout` against a Socket.IO server (Engine.IO 4 over WebSocket): join the default
     /// namespace (`40`), answer pings (`2` → `3`), count only event packets (`42[...]`).
     socketio: bool,
+    /// `fanout` against Centrifugo (its JSON client protocol): connect, subscribe to the
+    /// channel `bench`, answer pings (`{}` → `{}`), count only publications (`"push"`).
+    centrifugo: bool,
 }
 
 fn parse_args() -> Args {
@@ -103,6 +106,7 @@ fn parse_args() -> Args {
         sources: num("sources", 1.0).clamp(1.0, 250.0) as u8,
         concurrency: num("concurrency", 256.0).max(1.0) as usize,
         socketio: num("socketio", 0.0) != 0.0,
+        centrifugo: num("centrifugo", 0.0) != 0.0,
     }
 }
 
@@ -334,11 +338,23 @@ async fn fanout(args: Rc<Args>) {
     let stats = Deliveries::new(args.expect);
     let shared = stats.clone();
     let socketio = args.socketio;
+    let centrifugo = args.centrifugo;
     let (opened, failed, error) = open_all(&args, ws_open(config), move |_, mut ws| {
         let stats = shared.clone();
         spawn_local(async move {
             if socketio && ws.send(Message::text("40")).await.is_err() {
                 return;
+            }
+            if centrifugo {
+                let commands = [
+                    r#"{"id":1,"connect":{"name":"ws-load"}}"#,
+                    r#"{"id":2,"subscribe":{"channel":"bench"}}"#,
+                ];
+                for command in commands {
+                    if ws.send(Message::text(command)).await.is_err() {
+                        return;
+                    }
+                }
             }
             while let Some(message) = ws.next().await {
                 let text = match message {
@@ -353,14 +369,28 @@ async fn fanout(args: Rc<Args>) {
                     }
                     continue;
                 }
-                stats.arrived(1);
-                if let Some(t) = text
+                if centrifugo && !text.as_str().contains("\"push\"") {
+                    if text.as_str().trim() == "{}" && ws.send(Message::text("{}")).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // Centrifugo may put several publications in one frame, one JSON per line;
+                // other servers send one event per message (split at NUL: never in JSON).
+                let events = text
                     .as_str()
-                    .split_once("\"t\":")
-                    .and_then(|(_, rest)| rest.split(['}', ',']).next()?.parse::<f64>().ok())
-                {
-                    let micros = ((now_epoch_ms() - t) * 1000.0).clamp(0.0, u32::MAX as f64) as u32;
-                    stats.latencies.borrow_mut().push(micros);
+                    .split(if centrifugo { '\n' } else { '\0' })
+                    .filter(|line| !centrifugo || line.contains("\"push\""));
+                for event in events {
+                    stats.arrived(1);
+                    if let Some(t) = event
+                        .split_once("\"t\":")
+                        .and_then(|(_, rest)| rest.split(['}', ',']).next()?.parse::<f64>().ok())
+                    {
+                        let micros =
+                            ((now_epoch_ms() - t) * 1000.0).clamp(0.0, u32::MAX as f64) as u32;
+                        stats.latencies.borrow_mut().push(micros);
+                    }
                 }
             }
             stats.closed.set(stats.closed.get() + 1);
