@@ -9,8 +9,7 @@ import { spawnSync } from 'node:child_process'
 import { PEERS } from './lib/peers.mjs'
 import { makeFixtures } from './lib/fixtures.mjs'
 import { chart } from './lib/chart.mjs'
-import files from './workloads/files.mjs'
-import filesTls from './workloads/files-tls.mjs'
+import files, { filesWorkload } from './workloads/files.mjs'
 import { tlsEnv } from './lib/tls-cert.mjs'
 import download, { downloadWorkload } from './workloads/download.mjs'
 import tlsHandshakes from './workloads/tls-handshakes.mjs'
@@ -25,7 +24,7 @@ import wsIdle from './workloads/ws-idle.mjs'
 import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
 
-const WORKLOADS = [files, filesTls, download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout]
+const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

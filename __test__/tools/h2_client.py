@@ -172,6 +172,23 @@ class Frames:
         self.feed(data, elapsed)
         return True
 
+    def read_ready(self, sock, started):
+        """Reads what is there without waiting; False once the server closed."""
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1 << 20)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True
+        except (ConnectionError, OSError):
+            data = b""
+        finally:
+            sock.settimeout(0.1)
+        if not data:
+            self.closed = round(time.monotonic() - started, 3)
+            return False
+        self.feed(data, round(time.monotonic() - started, 3))
+        return True
+
     def result(self, started, **extra):
         return {
             "goaway": self.goaway,
@@ -242,21 +259,8 @@ def rapid_reset(port, path, streams, limit, batch_size):
             if time.monotonic() < started + limit:  # not merely blocked until the end
                 frames.closed = round(time.monotonic() - started, 3)
             break
-        sock.setblocking(False)
-        try:
-            data = sock.recv(1 << 20)
-            if data:
-                frames.feed(data, round(time.monotonic() - started, 3))
-            else:
-                frames.closed = round(time.monotonic() - started, 3)
-                break
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            pass
-        except (ConnectionError, OSError):
-            frames.closed = round(time.monotonic() - started, 3)
+        if not frames.read_ready(sock, started):
             break
-        finally:
-            sock.settimeout(0.1)
         if frames.goaway is not None:
             break
     # Wait (bounded) for the close after a GOAWAY, or for whatever the server still says.
@@ -329,21 +333,8 @@ def flood(port, path, mode, limit, batch_size, total):
                 frames.closed = round(time.monotonic() - started, 3)
             break
         sent += batch_size
-        sock.setblocking(False)
-        try:
-            data = sock.recv(1 << 20)
-            if data:
-                frames.feed(data, round(time.monotonic() - started, 3))
-            else:
-                frames.closed = round(time.monotonic() - started, 3)
-                break
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            pass
-        except (ConnectionError, OSError):
-            frames.closed = round(time.monotonic() - started, 3)
+        if not frames.read_ready(sock, started):
             break
-        finally:
-            sock.settimeout(0.1)
     while frames.closed is None and time.monotonic() - started < limit:
         if not frames.read(sock, started):
             break
