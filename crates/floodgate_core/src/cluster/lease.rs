@@ -2,11 +2,13 @@
 //! user, or a route and an address), one member per connection, scored by its expiry on
 //! Redis's clock (`TIME`, so the instances' clocks never matter).
 //!
-//! Acquiring is one Lua call for every key of a connection: expired members are dropped, and
-//! only when each key is under its cap is the member added to all of them. The upkeep task
+//! Acquiring is one Lua call for every key of a connection (and for every connection whose
+//! acquire queued meanwhile, `acquire`): expired members are dropped, and only when each key is
+//! under its cap is the member added to all of them. The upkeep task
 //! renews the live leases every third of the TTL (re-adding any Redis lost, so a restarted
 //! Redis learns them again) and removes released ones; a dead instance's leases expire.
 
+use crate::cluster::acquire;
 use crate::cluster::health::Failure;
 use crate::cluster::Cluster;
 use crate::config::FailurePolicy;
@@ -14,29 +16,7 @@ use redis::Script;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use tokio::sync::mpsc;
-
-/// KEYS: the capped keys; ARGV: TTL (ms), member, then each key's cap (0: none). Returns 0
-/// when leased, else the (1-based) index of the first key at its cap.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local cap = tonumber(ARGV[2 + i])
-  if cap > 0 and redis.call('ZCARD', key) >= cap then return i end
-end
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[2])
-  redis.call('PEXPIRE', key, ttl)
-end
-return 0
-",
-    )
-});
+use tokio::sync::{mpsc, oneshot};
 
 /// KEYS: keys; ARGV: TTL (ms), then the member of each key. Sets each member's expiry to
 /// now + TTL, adding it if Redis lost it.
@@ -99,7 +79,7 @@ impl Registry {
             .collect()
     }
 
-    fn release(&self, member: String, keys: Box<[String]>) {
+    pub(super) fn release(&self, member: String, keys: Box<[String]>) {
         // The upkeep task is gone only once the server closed; the lease then expires.
         let _ = self.ops.send(Op::Release { member, keys });
     }
@@ -183,26 +163,34 @@ pub(crate) async fn admit(
     }
     let keys: Box<[String]> = asked.iter().map(|i| cluster.key(&caps[*i].0)).collect();
     let id = cluster.leases.next.fetch_add(1, Ordering::Relaxed);
-    let member = member(&cluster.instance, id);
-    let ttl = cluster.config.lease_ttl.as_millis() as u64;
-    let mut invocation = ACQUIRE.prepare_invoke();
-    for key in keys.iter() {
-        invocation.key(key);
-    }
-    invocation.arg(ttl).arg(&member);
-    for i in &asked {
-        invocation.arg(caps[*i].1);
-    }
     // Made before the call: if this future is dropped while Redis decides (the client left),
     // the member is removed in case it was added.
     let mut pending = Pending {
         cluster: Arc::clone(cluster),
         id,
-        keys: Some(keys),
+        keys: Some(keys.clone()),
     };
-    let outcome = cluster
-        .call(|mut redis| async move { invocation.invoke_async::<usize>(&mut redis).await })
-        .await;
+    let outcome = if cluster.health().is_degraded() {
+        Err(Failure::Degraded)
+    } else {
+        let (reply, answer) = oneshot::channel();
+        let request = acquire::Request {
+            keys,
+            member: member(&cluster.instance, id),
+            caps: asked.iter().map(|i| caps[*i].1).collect(),
+            reply,
+        };
+        let _ = cluster.acquires.send(request);
+        // Bounded even behind a slow batch: one timeout, as a call of its own would be.
+        match tokio::time::timeout(cluster.config.timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Failure::Error),
+            Err(_) => {
+                cluster.health().failed();
+                Err(Failure::Timeout)
+            }
+        }
+    };
     let failure = match outcome {
         Ok(0) => {
             return Ok(Some(Admission {

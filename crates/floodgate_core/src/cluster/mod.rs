@@ -11,6 +11,7 @@
 //! `health`: the degraded flag and the counters `stats().cluster` reports; `upkeep`: the one
 //! task that renews and releases leases and probes Redis while degraded.
 
+mod acquire;
 pub(crate) mod bus;
 pub(crate) mod health;
 pub(crate) mod lease;
@@ -34,6 +35,8 @@ pub(crate) struct Cluster {
     instance: String,
     health: Health,
     leases: lease::Registry,
+    /// Lease acquires waiting for the next batched call (`acquire`).
+    acquires: mpsc::UnboundedSender<acquire::Request>,
     /// The bus's patterns Redis confirmed (`bus::Confirmed`).
     confirmed: bus::Confirmed,
     /// Ends the upkeep task once the server has closed (after its connections released).
@@ -56,9 +59,11 @@ impl Cluster {
         let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|err| format!("cluster.redis: {err}"))?;
         let (ops, receiver) = mpsc::unbounded_channel();
+        let (acquires, acquire_requests) = mpsc::unbounded_channel();
         let cluster = Arc::new(Self {
             instance: instance_id(),
             leases: lease::Registry::new(ops),
+            acquires,
             health: Health::default(),
             confirmed: bus::Confirmed::default(),
             stopped: CancellationToken::new(),
@@ -72,6 +77,11 @@ impl Cluster {
             cluster.stopped.clone(),
         ));
         cluster.finish_with(upkeep);
+        tokio::spawn(acquire::run(
+            Arc::downgrade(&cluster),
+            acquire_requests,
+            cluster.stopped.clone(),
+        ));
         Ok(cluster)
     }
 
