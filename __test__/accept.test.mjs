@@ -4,7 +4,7 @@
 import test from 'ava'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { connect, eventually, readyPort, sleep } from './helpers.mjs'
+import { connect, eventually, onPlatforms, readyPort, sleep } from './helpers.mjs'
 
 const script = `
 const { Server, StreamingApp } = require(${JSON.stringify(fileURLToPath(new URL('../index.js', import.meta.url)))})
@@ -22,8 +22,7 @@ async function limitedServer(t, files) {
   return readyPort(child)
 }
 
-// RLIMIT_NOFILE and `ulimit` are POSIX: on Windows the test is skipped, not passed.
-const posixTest = process.platform === 'win32' ? test.skip : test
+const posixTest = onPlatforms(['linux', 'darwin', 'freebsd'], 'RLIMIT_NOFILE and `ulimit` are POSIX', test)
 
 posixTest('EMFILE at accept is counted as out_of_files and backed off; the server recovers', async (t) => {
   const port = await limitedServer(t, 128)

@@ -151,6 +151,16 @@ export function needs(tool, test) {
   return (title, impl) => test.skip(`${title} [skipped: ${tool.missing}]`, impl)
 }
 
+/**
+ * `base` (ava's `test`) on the platforms a test can run on (Node's `process.platform` names); elsewhere it is
+ * skipped, its title saying why. Never quietly passed.
+ */
+export function onPlatforms(platforms, why, base) {
+  if (platforms.includes(process.platform)) return base
+  const skipped = (title, impl) => base.skip(`${title} [skipped on ${process.platform}: ${why}]`, impl)
+  return Object.assign(skipped, { skip: skipped, serial: skipped }) // composes with needs()
+}
+
 /** A temp folder with the given files ({ 'a/b.txt': 'content' | Buffer }). */
 export function fixture(files = {}) {
   const root = mkdtempSync(join(tmpdir(), 'floodgate-test-'))

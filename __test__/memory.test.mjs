@@ -2,11 +2,11 @@
 // With glibc's malloc the tokio workers' arenas kept it (70 → 272 MiB a minute after the attack);
 // the addon's jemalloc with a background purging thread returns it (ARCHITECTURE.md).
 import test from 'ava'
-import { needs, h2loadTool, pythonWith } from './helpers.mjs'
+import { needs, onPlatforms, h2loadTool, pythonWith } from './helpers.mjs'
 import { measureAttack } from '../benchmark/lib/attack.mjs'
 
 const python = pythonWith('h2', 'python3-h2')
-const linux = process.platform === 'linux' ? test : test.skip // /proc, and clients from 127.0.0.2..
+const linux = onPlatforms(['linux'], 'it reads /proc and connects from 127.0.0.2 and up', test)
 
 needs(python, needs(h2loadTool, linux))('RSS is back within 20 % + 8 MiB of the start 30 s after a mixed attack', async (t) => {
   t.timeout(240_000)

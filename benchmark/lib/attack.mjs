@@ -86,6 +86,19 @@ export async function runAttacks({ port, seconds = 40, scale = 1, sources = 39, 
     })
 
   const tasks = []
+  /** `loops` tasks that each open a connection after another until the run ends: `once(socket, i, n)`. */
+  const connectionLoops = (loops, once) => {
+    for (let i = 0; i < loops; i++) {
+      tasks.push(
+        (async () => {
+          for (let n = i; live(); ) {
+            const socket = await open(n++)
+            if (socket) await once(socket, i, n)
+          }
+        })(),
+      )
+    }
+  }
   // Slowloris: heads trickled a byte at a time until the server's headerTimeout cuts them,
   // then again; more sockets per address than maxConnectionsPerIp, so some are refused (429).
   const slow = Math.round(4500 * scale)
@@ -145,43 +158,25 @@ export async function runAttacks({ port, seconds = 40, scale = 1, sources = 39, 
     )
   }
   // Many short requests, a fresh connection each, from every address.
-  for (let i = 0; i < Math.round(32 * scale); i++) {
-    tasks.push(
-      (async () => {
-        let n = i
-        while (live()) {
-          const socket = await open(n++)
-          if (!socket) continue
-          const path = ['/api/json', '/stream/json', '/stream/files/small.txt', '/stream/files/big.bin'][n % 4]
-          const range = path.endsWith('.bin') ? `Range: bytes=${n % 1000}-${(n % 1000) + 100000}\r\n` : ''
-          socket.end(`GET ${path} HTTP/1.1\r\nHost: x\r\n${range}Connection: close\r\n\r\n`)
-          socket.resume()
-          await new Promise((r) => socket.once('close', r))
-          counts.requests++
-        }
-      })(),
-    )
-  }
+  connectionLoops(Math.round(32 * scale), async (socket, i, n) => {
+    const path = ['/api/json', '/stream/json', '/stream/files/small.txt', '/stream/files/big.bin'][n % 4]
+    const range = path.endsWith('.bin') ? `Range: bytes=${n % 1000}-${(n % 1000) + 100000}\r\n` : ''
+    socket.end(`GET ${path} HTTP/1.1\r\nHost: x\r\n${range}Connection: close\r\n\r\n`)
+    socket.resume()
+    await new Promise((r) => socket.once('close', r))
+    counts.requests++
+  })
   // Uploads aborted halfway: 8 MiB announced, 1 MiB sent, then reset.
   const piece = Buffer.alloc(64 * 1024, 5)
-  for (let i = 0; i < Math.round(6 * scale); i++) {
-    tasks.push(
-      (async () => {
-        let n = i
-        while (live()) {
-          const socket = await open(n++)
-          if (!socket) continue
-          socket.write(`PUT /stream/up/u${i}-${n}.bin HTTP/1.1\r\nHost: x\r\nContent-Length: ${8 << 20}\r\n\r\n`)
-          for (let k = 0; k < 16 && !socket.destroyed; k++) {
-            if (!socket.write(piece)) await new Promise((r) => (socket.once('drain', r), socket.once('close', r)))
-          }
-          socket.resetAndDestroy()
-          counts.uploadsAborted++
-          await sleep(20)
-        }
-      })(),
-    )
-  }
+  connectionLoops(Math.round(6 * scale), async (socket, i, n) => {
+    socket.write(`PUT /stream/up/u${i}-${n}.bin HTTP/1.1\r\nHost: x\r\nContent-Length: ${8 << 20}\r\n\r\n`)
+    for (let k = 0; k < 16 && !socket.destroyed; k++) {
+      if (!socket.write(piece)) await new Promise((r) => (socket.once('drain', r), socket.once('close', r)))
+    }
+    socket.resetAndDestroy()
+    counts.uploadsAborted++
+    await sleep(20)
+  })
   // HTTP/2: a stream flood with h2load, and connections whose streams keep a shut window on a big file.
   const h2Seconds = Math.max(5, seconds - 5)
   tasks.push(

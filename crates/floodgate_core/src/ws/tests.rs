@@ -267,25 +267,12 @@ async fn an_idle_session_closes_1000_at_ws_idle_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_never_answers_pings_is_dropped_after_the_pong_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let options = json!({ "wsIdleTimeout": 0, "wsPingInterval": "2s", "wsPongTimeout": "1s" });
     let (server, host) = start(options).await;
     let started = tokio::time::Instant::now();
     // A raw client: it reads what the server sends and never answers.
-    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
-    stream
-        .write_all(
-            b"GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.unwrap());
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut stream = raw_session(&server).await;
     let mut ping = [0u8; 2];
     stream.read_exact(&mut ping).await.unwrap();
     assert_eq!(ping, [0x89, 0x00], "an empty ping");
