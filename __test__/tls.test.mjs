@@ -342,5 +342,6 @@ needs(chromiumTool, opensslTest)('a browser holds 100 event streams to one origi
   t.teardown(() => clearInterval(publishing))
   t.truthy(await eventually(reported, { timeout: 30_000 }), 'the page reported')
   t.deepEqual(reported(), { streams: 100, protocol: 'h2', extra: 429 })
-  t.is(server.stats().rejections.sse_limit, 1)
+  // The extra stream, and any stream the browser reopened while its old slot was still held.
+  t.true(server.stats().rejections.sse_limit >= 1)
 })
