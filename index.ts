@@ -13,6 +13,8 @@ export type {
   TlsCertificate,
   ClusterOptions,
   ClusterStats,
+  BanOptions,
+  BanEntry,
   StreamingOptions,
   UploadsOptions,
   FilesOptions,

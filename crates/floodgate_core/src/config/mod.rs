@@ -58,6 +58,66 @@ pub struct ServerConfig {
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
+    /// New connections per second per client address (IPv6: per /64), checked at accept
+    /// before the per-IP cap: past it the connection is closed before a byte is read. 0
+    /// disables.
+    pub max_connection_rate_per_ip: u32,
+    /// Connections an address may open at once beyond that rate (GCRA burst); 0 means the
+    /// rate itself.
+    pub connection_rate_burst: u32,
+    /// Offender bans: an address (or user) refused `after` times within `within` is refused
+    /// at accept for `for`. Absent: no bans.
+    pub ban: Option<BanConfig>,
+}
+
+/// `ban`: when an offender is banned, for how long, who never is, and how many are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct BanConfig {
+    /// Refusals (of any reason but a ban) that ban their address or user.
+    pub after: u32,
+    /// ... counted within this window from the first of them.
+    #[serde(deserialize_with = "duration")]
+    pub within: Duration,
+    /// How long a ban lasts.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Addresses (CIDRs) never banned; the trusted proxies and load balancers never are either.
+    #[serde(deserialize_with = "cidrs")]
+    pub exempt: Vec<IpNet>,
+    /// Bans (and, apart, offenders being counted) kept at most; past it the least recently
+    /// banned is forgotten first, so a storm of spoofed addresses cannot grow the table.
+    pub max_entries: u32,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        Self {
+            after: 50,
+            within: Duration::from_secs(10),
+            duration: Duration::from_secs(300),
+            exempt: Vec::new(),
+            max_entries: 10_000,
+        }
+    }
+}
+
+impl BanConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.after == 0 {
+            return Err("ban.after: must be at least 1".into());
+        }
+        if self.within.is_zero() {
+            return Err("ban.within: must be greater than 0".into());
+        }
+        if self.duration.is_zero() {
+            return Err("ban.for: must be greater than 0".into());
+        }
+        if self.max_entries == 0 {
+            return Err("ban.maxEntries: must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
@@ -113,6 +173,9 @@ impl Default for ServerConfig {
             tls: None,
             proxy_protocol: None,
             cluster: None,
+            max_connection_rate_per_ip: 0,
+            connection_rate_burst: 0,
+            ban: None,
         }
     }
 }
@@ -599,6 +662,9 @@ impl ServerConfig {
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+        }
+        if let Some(ban) = &self.ban {
+            ban.validate()?;
         }
         Ok(())
     }
