@@ -21,6 +21,7 @@ export type {
   SseUser,
   SseOptions,
   WebSocketRoute,
+  MessageRulesOptions,
   HandlerMountOptions,
   ListenOptions,
   AddressInfo,

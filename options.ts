@@ -311,6 +311,30 @@ export interface WebSocketRoute {
   overflow?: 'dropOldest' | 'dropNewest' | 'close'
   /** Over `wsMaxMessagesPerSecond` / `wsMaxBytesPerSecond`: close with 1008 (default), or pause reading. */
   rateLimitAction?: 'close' | 'pause'
+  /**
+   * Messages checked in Rust before JS hears them: a message that is not one JSON value within
+   * these bounds (and valid under `schema`) never reaches `message` or `batch`; it is dropped
+   * and counted (`ws_invalid_message`), and the socket closed with 1007 at the first
+   * (`onInvalid: 'close'`) or once it sent more than `maxInvalid`.
+   */
+  messages?: MessageRulesOptions
+}
+
+export interface MessageRulesOptions {
+  /** The one format: JSON (text messages, or binary ones holding UTF-8 JSON). */
+  format?: 'json'
+  /** Nesting of arrays and objects, 1–128. Default 32. */
+  maxDepth?: number
+  /** Members of any one object. Default 1000. */
+  maxKeys?: number
+  /** Characters of any one string, keys included. Default 0: no cap beyond `wsMaxMessageSize`. */
+  maxStringLength?: number
+  /** A JSON Schema (draft 2020-12 unless `$schema` names another), compiled once; no remote `$ref`. */
+  schema?: object | boolean
+  /** Drop invalid messages (default) or close the socket at the first. */
+  onInvalid?: 'drop' | 'close'
+  /** Invalid messages a socket may send before it is closed with 1007. Default 10; 0: never. */
+  maxInvalid?: number
 }
 
 /** Options of a JS handler mount (`server.mount('/api', handler, options)`). */

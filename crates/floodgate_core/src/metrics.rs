@@ -77,10 +77,14 @@ pub enum Rejection {
     Banned,
     /// A new connection over `maxConnectionRatePerIp`, closed at accept before a byte is read.
     ConnectionRate,
+    /// A WebSocket message that broke its route's `messages` rules: dropped before JS (one
+    /// count per message; the socket is closed with 1007 under `onInvalid: 'close'` or past
+    /// `maxInvalid`).
+    WsInvalidMessage,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 41] = [
+    pub const ALL: [Rejection; 42] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -122,6 +126,7 @@ impl Rejection {
         Rejection::H2ProtocolError,
         Rejection::Banned,
         Rejection::ConnectionRate,
+        Rejection::WsInvalidMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -167,6 +172,7 @@ impl Rejection {
             Rejection::H2ProtocolError => "h2_protocol_error",
             Rejection::Banned => "banned",
             Rejection::ConnectionRate => "connection_rate",
+            Rejection::WsInvalidMessage => "ws_invalid_message",
         }
     }
 

@@ -103,7 +103,7 @@ impl StreamingApp {
                         return Err("ws: WebSockets need the JS bridge".into());
                     }
                     let path = route_path(mount, &prefix);
-                    let route = WsRoute::new(options, handlers, &config, cluster, path);
+                    let route = WsRoute::new(options, handlers, &config, cluster, path)?;
                     routes.insert(prefix, Route::Ws(route))
                 }
                 RouteSpec::Handler {

@@ -483,6 +483,8 @@ pub struct WsConfig {
     /// On a full queue: drop the oldest or the new message (counted), or close with 1013.
     pub overflow: Overflow,
     pub rate_limit_action: RateAction,
+    /// Messages checked in Rust before JS hears them (`ws::validate`). Absent: any message.
+    pub messages: Option<MessagesConfig>,
 }
 
 impl Default for WsConfig {
@@ -492,6 +494,59 @@ impl Default for WsConfig {
             queue_bytes: MIB,
             overflow: Overflow::DropOldest,
             rate_limit_action: RateAction::Close,
+            messages: None,
+        }
+    }
+}
+
+/// The form a route's messages must have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MessageFormat {
+    /// One JSON value per message (text, or binary holding UTF-8 JSON).
+    #[default]
+    Json,
+}
+
+/// What becomes of a message that breaks the route's `messages` rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InvalidAction {
+    /// Dropped and counted; the socket is closed with 1007 after `maxInvalid` of them.
+    #[default]
+    Drop,
+    /// The socket is closed with 1007 at the first.
+    Close,
+}
+
+/// `messages` on a WebSocket route: JSON, with bounds on its shape, optionally a JSON Schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MessagesConfig {
+    pub format: MessageFormat,
+    /// Nesting of arrays and objects (a scalar is depth 0). At most 128.
+    pub max_depth: u32,
+    /// Members of any one object.
+    pub max_keys: u32,
+    /// Characters of any one string (keys included). 0: no cap beyond the message size.
+    pub max_string_length: u32,
+    /// A JSON Schema (draft 2020-12 unless it names another with `$schema`), compiled once.
+    pub schema: Option<serde_json::Value>,
+    pub on_invalid: InvalidAction,
+    /// Invalid messages a socket may send before it is closed (1007); 0: never closed for it.
+    pub max_invalid: u32,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            format: MessageFormat::Json,
+            max_depth: 32,
+            max_keys: 1000,
+            max_string_length: 0,
+            schema: None,
+            on_invalid: InvalidAction::Drop,
+            max_invalid: 10,
         }
     }
 }
@@ -795,6 +850,9 @@ impl WsConfig {
         }
         if self.queue_bytes < KIB {
             return Err("ws: queueBytes must be at least 1kb".into());
+        }
+        if let Some(messages) = &self.messages {
+            crate::ws::validate::MessageRules::new(messages)?;
         }
         Ok(())
     }
