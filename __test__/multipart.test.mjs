@@ -20,7 +20,6 @@ import {
   chromiumTool,
   needs,
   openInChromium,
-  sleep,
 } from './helpers.mjs'
 
 const MiB = 1024 * 1024
@@ -62,26 +61,6 @@ async function raw(port, body, { contentType = 'multipart/form-data; boundary=Xy
   const head = `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${contentType}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n${extra}\r\n`
   const text = await rawExchange(port, Buffer.concat([Buffer.from(head, 'latin1'), body]))
   return { status: Number(text.split(' ')[1]), text }
-}
-
-/** POSTs `body` with Node's http; resolves { status, json, text }. */
-function post(url, body, headers) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', headers, agent: false }, (res) => {
-      const chunks = []
-      res.on('data', (chunk) => chunks.push(chunk))
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString()
-        let json
-        try {
-          json = JSON.parse(text)
-        } catch {}
-        resolve({ status: res.statusCode, text, json })
-      })
-    })
-    req.on('error', reject)
-    req.end(body)
-  })
 }
 
 test('fetch with FormData: files stored under sanitised names, fields handed back, originals as data only', async (t) => {

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module'
 import { readdirSync, readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import net from 'node:net'
-import { Server, StreamingApp, fixture, connect, eventually, sleep } from './helpers.mjs'
+import { Server, StreamingApp, fixture, connect, eventually, sleep, curl, curlTool, needs } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const tus = require('tus-js-client')
@@ -16,10 +16,10 @@ const MiB = 1024 * 1024
 const sha256 = (buffer) => createHash('sha256').update(buffer).digest('hex')
 const TUS = { 'tus-resumable': '1.0.0' }
 
-async function start(t, { streaming = {}, resumable = {}, dir } = {}) {
+async function start(t, { streaming = {}, resumable = {}, dir, server: serverOptions = {} } = {}) {
   const folder = dir ?? fixture()
   if (!dir) t.teardown(folder.cleanup)
-  const server = new Server({ maxConnectionsPerIp: 0 })
+  const server = new Server({ maxConnectionsPerIp: 0, ...serverOptions })
   const app = new StreamingApp({ rateLimitRequests: 0, maxUploadSize: 64 * MiB, ...streaming })
   app.uploads('/up', { dir: folder.root, resumable })
   server.mount('/stream', app)
@@ -211,6 +211,22 @@ test('unfinished uploads expire: their data is removed and they are gone', async
   t.is(readdirSync(join(root, '.tus')).length, 2)
   t.truthy(await eventually(() => readdirSync(join(root, '.tus')).length === 0, { timeout: 5_000 }))
   t.is((await fetch(location, { method: 'HEAD', headers: TUS })).status, 404)
+})
+
+needs(curlTool, test)('tus over h2c: creation, a PATCH, a wrong offset and completion', async (t) => {
+  const { url, root } = await start(t, { server: { http2: true } })
+  const h2 = ['-s', '--http2-prior-knowledge', '-o', '/dev/null', '-D', '-', '-H', 'Tus-Resumable: 1.0.0']
+  const headers = (text) => Object.fromEntries(text.toString().split('\r\n').filter((line) => line.includes(':')).map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]))
+  const created = await curl([...h2, '-X', 'POST', '-H', 'Upload-Length: 6', '-H', `Upload-Metadata: filename ${Buffer.from('h2.txt').toString('base64')}`, `${url}/stream/up`])
+  t.regex(created.stdout.toString(), /^HTTP\/2 201/)
+  const location = `${url}${headers(created.stdout).location}`
+  const patch = (offset, body) => curl([...h2, '-X', 'PATCH', '-H', 'Content-Type: application/offset+octet-stream', '-H', `Upload-Offset: ${offset}`, '--data-binary', body, location])
+  t.regex((await patch(0, 'abc')).stdout.toString(), /^HTTP\/2 204/)
+  t.regex((await patch(0, 'abc')).stdout.toString(), /^HTTP\/2 409/)
+  const done = await patch(3, 'def')
+  t.regex(done.stdout.toString(), /^HTTP\/2 204/)
+  t.is(headers(done.stdout)['upload-sha256'], sha256(Buffer.from('abcdef')))
+  t.is(readFileSync(join(root, 'h2.txt'), 'utf8'), 'abcdef')
 })
 
 test('bad resumable options throw a TypeError naming the option', (t) => {
