@@ -104,6 +104,14 @@ export interface ServerOptions {
    */
   cluster?: ClusterOptions
   /**
+   * Rejection events (`server.on('reject')`) handed to JS per second at most; past it they are
+   * only counted, and the next event's `dropped` says how many were left out. 0: no events.
+   * Default 100.
+   */
+  rejectEventsPerSecond?: number
+  /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
+  topOffenders?: number
+  /**
    * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
    * handlers build and floodgate sends without undici's per-response `Headers` and stream.
    * It behaves as the real class (`instanceof` holds both ways). Default true.
@@ -340,6 +348,43 @@ export interface Stats {
   rejections: Record<string, number>
   /** With the `cluster` option: Redis's state and the decisions made without it. */
   cluster?: ClusterStats
+  /** The clients refused most often, most refused first (bounded: `topOffenders` entries). */
+  topOffenders: Offender[]
+  /** Rejection events left out by `rejectEventsPerSecond` (counted only). */
+  rejectEventsDropped: number
+}
+
+/** One client of `stats().topOffenders`: a user, else an address. */
+export interface Offender {
+  address?: string
+  user?: string
+  /** Refusals counted (a newcomer replacing the least refused entry inherits its count). */
+  count: number
+  lastReason: string
+  /** ms since the Unix epoch. */
+  lastTime: number
+}
+
+/**
+ * A refusal, as `server.on('reject', (event) => ...)` receives it. `reason` is one of the
+ * reasons `stats().rejections` counts.
+ */
+export interface RejectEvent {
+  reason: string
+  /** The client's address, when the refusal knew it. */
+  address?: string
+  /** The user (`identify`, `authenticate`, an event stream's setup), when known. */
+  user?: string
+  /** The request path, when there was a request (cut at 256 bytes). */
+  route?: string
+  /** The HTTP status the client was answered with. */
+  status?: number
+  /** The WebSocket close code the session was closed with. */
+  closeCode?: number
+  /** ms since the Unix epoch. */
+  time: number
+  /** Events left out by `rejectEventsPerSecond` since the previous one that reached JS. */
+  dropped: number
 }
 
 /** The kinds of options the native core checks (`validateOptions` in the binding). */

@@ -19,6 +19,7 @@ import {
   type AddressInfo,
   type HandlerMountOptions,
   type ListenOptions,
+  type RejectEvent,
   type ServerOptions,
   type Stats,
   type TlsOptions,
@@ -35,7 +36,9 @@ const alreadyListening = (what: string) => coded(new Error(`${what}: the server 
 
 /**
  * Owns the listening socket; apps are mounted under path prefixes, longest prefix wins.
- * Emits `error` with the cause when a JS handler throws (logged when nobody listens).
+ * Emits `error` with the cause when a JS handler throws (logged when nobody listens), and
+ * `reject` with a `RejectEvent` for each refusal the protections make (at most
+ * `rejectEventsPerSecond`).
  */
 export class Server extends EventEmitter {
   readonly options: ServerOptions
@@ -57,6 +60,18 @@ export class Server extends EventEmitter {
     this.options = checked.options
     this.#nativeOptions = checked.native
     if (checked.overrideGlobalResponse) installLightResponse()
+  }
+
+  // One native call per batch of refusals; each reaches `reject` listeners as its own event.
+  #onRejects(events: RejectEvent[]): void {
+    if (this.listenerCount('reject') === 0) return
+    for (const event of events) {
+      try {
+        this.emit('reject', event)
+      } catch (error) {
+        this.#reportError(error)
+      }
+    }
   }
 
   #reportError(error: unknown): void {
@@ -105,6 +120,7 @@ export class Server extends EventEmitter {
       })),
     }
     const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts, this.#ws.onWsEvents)
+    server.onRejects((events) => this.#onRejects(events as RejectEvent[]))
     this.#bridge.native = server
     if (this.#nativeOptions.tls) this.#bridge.scheme = 'https:'
     this.#ws.native = server

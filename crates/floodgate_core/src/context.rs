@@ -3,7 +3,8 @@
 
 use crate::conn::state::ConnState;
 use crate::events::bus::Bus;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::Refusal;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,4 +22,13 @@ pub(crate) struct RequestContext {
     /// Where WebSocket sessions are spawned, and the token that aborts them after the drain.
     pub(crate) tracker: tokio_util::task::TaskTracker,
     pub(crate) abort: CancellationToken,
+}
+
+impl RequestContext {
+    /// A refusal of this request's client (and user, once known), for `Metrics::refuse`.
+    pub(crate) fn refusal(&self, reason: Rejection) -> Refusal<'_> {
+        Refusal::new(reason)
+            .client(self.client)
+            .user(self.user.as_deref())
+    }
 }

@@ -1,10 +1,15 @@
 //! Server-wide counters and gauges: connections, bytes, and rejections by reason.
 //!
 //! Everything is a relaxed atomic: counters are read for `server.stats()` and tests, never used
-//! to make decisions, so no ordering between them is needed.
+//! to make decisions, so no ordering between them is needed. Every refusal goes through
+//! [`Metrics::refuse`], which counts it and hands it to the rejection events
+//! (`observe::reject`).
 
+use crate::observe::offenders::Offender;
+use crate::observe::reject::{Code, Refusal, RejectEvents, RejectSink};
 use serde::Serialize;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Why the server refused or cut off a client. The `as_str` names are the public labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +122,31 @@ impl Rejection {
         Rejection::H2ProtocolError,
     ];
 
+    /// What the client is usually told for this reason; a site that answers otherwise says so
+    /// (`Refusal::status`). `None`: the connection is cut without an answer.
+    pub fn code(self) -> Option<Code> {
+        use Rejection::*;
+        let status = match self {
+            ConnectionLimit | RateLimited | SseLimit | WsLimit => 429,
+            HeaderTimeout | ReadTimeout | UploadTimeout | UploadTooSlow => 408,
+            HeaderTooLarge => 431,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            RangeNotSatisfiable => 416,
+            BodyTooLarge => 413,
+            HandlerTimeout | InflightLimit => 503,
+            BadRequest | WsBadHandshake => 400,
+            WsMessageTooLarge => return Some(Code::Close(1009)),
+            WsRateLimited => return Some(Code::Close(1008)),
+            WsIdleTimeout => return Some(Code::Close(1000)),
+            WsProtocolError => return Some(Code::Close(1002)),
+            WsOverflow => return Some(Code::Close(1013)),
+            WsPongTimeout => return Some(Code::Close(1006)),
+            _ => return None,
+        };
+        Some(Code::Status(status))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::ConnectionLimit => "connection_limit",
@@ -175,6 +205,7 @@ pub struct Metrics {
     ws_messages_out: AtomicU64,
     stale_uploads_removed: AtomicU64,
     rejections: RejectionCounts,
+    events: RejectEvents,
 }
 
 /// One counter per [`Rejection`] (an array this long has no derived `Default`).
@@ -204,12 +235,25 @@ pub struct Snapshot {
     /// Temporary files of uploads cut by a crash, removed by uploads mounts when they started.
     pub stale_uploads_removed: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    /// The clients refused most often (bounded table, `topOffenders`), most refused first.
+    pub top_offenders: Vec<Offender>,
+    /// Rejection events left out by `rejectEventsPerSecond` (counted, not sent to JS).
+    pub reject_events_dropped: u64,
     /// Present with the `cluster` option: Redis's state and what was decided without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
 }
 
 impl Metrics {
+    /// Metrics whose rejection events go to `sink`, at most `per_second` a second, with a top
+    /// offenders table of `top_offenders` entries.
+    pub fn new(per_second: u32, top_offenders: u32, sink: Option<Arc<dyn RejectSink>>) -> Self {
+        Self {
+            events: RejectEvents::new(per_second, top_offenders, sink),
+            ..Self::default()
+        }
+    }
+
     pub fn connection_opened(&self) {
         self.connections_live.fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
@@ -256,12 +300,26 @@ impl Metrics {
         self.stale_uploads_removed.fetch_add(count, Relaxed);
     }
 
+    /// Counts a refusal known only by its reason (no client at hand).
     pub fn reject(&self, reason: Rejection) {
-        self.reject_many(reason, 1);
+        self.refuse(Refusal::new(reason));
     }
 
+    /// The one path of every refusal: counted by reason, the client entered in the top
+    /// offenders, and an event for JS within the per-second bound.
+    pub fn refuse(&self, refusal: Refusal<'_>) {
+        self.rejections.0[refusal.reason as usize].fetch_add(1, Relaxed);
+        self.events.record(&refusal);
+    }
+
+    /// `count` refusals of one kind at once (events dropped from a slow reader's queue): all
+    /// counted, one event.
     pub fn reject_many(&self, reason: Rejection, count: usize) {
-        self.rejections.0[reason as usize].fetch_add(count as u64, Relaxed);
+        if count == 0 {
+            return;
+        }
+        self.rejections.0[reason as usize].fetch_add(count as u64 - 1, Relaxed);
+        self.refuse(Refusal::new(reason));
     }
 
     pub fn rejections(&self, reason: Rejection) -> u64 {
@@ -284,6 +342,8 @@ impl Metrics {
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
                 .collect(),
+            top_offenders: self.events.top_offenders(),
+            reject_events_dropped: self.events.dropped_total(),
             cluster: None,
         }
     }

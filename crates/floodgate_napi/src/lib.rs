@@ -11,7 +11,7 @@ mod wire;
 use floodgate_core::{
     BodyError, Bridge, ErrorKind, HubError, JsBody, JsFile, JsResponse, RunningServer, ServerSpec,
 };
-use host::{NapiHost, OnRequests, OnWsEvents};
+use host::{NapiHost, OnRejects, OnRequests, OnWsEvents};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,7 @@ pub struct BoundAddress {
 #[napi]
 pub struct NativeServer {
     bridge: Arc<Bridge>,
+    host: Arc<NapiHost>,
     running: Mutex<Option<Arc<RunningServer>>>,
 }
 
@@ -86,9 +87,10 @@ impl NativeServer {
         )]
         on_ws_events: OnWsEvents,
     ) -> Result<Self> {
-        let host = NapiHost::new(&on_requests, &on_aborts, &on_ws_events)?;
+        let host = Arc::new(NapiHost::new(&on_requests, &on_aborts, &on_ws_events)?);
         Ok(Self {
-            bridge: Bridge::new(Arc::new(host)),
+            bridge: Bridge::new(Arc::clone(&host) as Arc<dyn floodgate_core::JsHost>),
+            host,
             running: Mutex::new(None),
         })
     }
@@ -135,6 +137,15 @@ impl NativeServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Rejection events (at most `rejectEventsPerSecond`) go to `onRejects`, in batches.
+    #[napi]
+    pub fn on_rejects(
+        &self,
+        #[napi(ts_arg_type = "(events: JsRejectEvent[]) => void")] on_rejects: OnRejects,
+    ) -> Result<()> {
+        self.host.on_rejects(&on_rejects)
     }
 
     /// Counters and gauges, see `floodgate_core::metrics::Snapshot`.

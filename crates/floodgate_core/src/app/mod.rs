@@ -198,7 +198,12 @@ impl StreamingApp {
             (Some(cluster), _) => match cluster.check(&client()).await {
                 RateOutcome::Decided(decision) => Some(decision),
                 RateOutcome::Unavailable => {
-                    context.metrics.reject(Rejection::RateLimited);
+                    context.metrics.refuse(
+                        context
+                            .refusal(Rejection::RateLimited)
+                            .route(request.uri().path())
+                            .status(503),
+                    );
                     return body::text_with(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Rate limits are unavailable, try again shortly\n",
@@ -211,7 +216,11 @@ impl StreamingApp {
             (None, None) => None,
         };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
-            context.metrics.reject(Rejection::RateLimited);
+            context.metrics.refuse(
+                context
+                    .refusal(Rejection::RateLimited)
+                    .route(request.uri().path()),
+            );
             let mut response = body::text_with(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too Many Requests\n",
@@ -265,7 +274,11 @@ impl StreamingApp {
     {
         match self.routes.find(rel) {
             None => {
-                context.metrics.reject(Rejection::NotFound);
+                context.metrics.refuse(
+                    context
+                        .refusal(Rejection::NotFound)
+                        .route(request.uri().path()),
+                );
                 body::text(StatusCode::NOT_FOUND, "Not Found\n")
             }
             Some((Route::Files(files), rest)) => files.serve(

@@ -58,6 +58,11 @@ pub struct ServerConfig {
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
+    /// Rejection events handed to JS (`server.on('reject')`) per second at most; the rest are
+    /// counted and reported as `dropped` by the next one. 0: no events.
+    pub reject_events_per_second: u32,
+    /// Size of the top offenders table in `stats()` (clients refused most often). 0: none.
+    pub top_offenders: u32,
 }
 
 /// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
@@ -113,6 +118,8 @@ impl Default for ServerConfig {
             tls: None,
             proxy_protocol: None,
             cluster: None,
+            reject_events_per_second: 100,
+            top_offenders: 32,
         }
     }
 }
@@ -586,6 +593,10 @@ impl ServerConfig {
         }
         if self.http2_max_pending_resets == 0 {
             return Err("http2MaxPendingResets: must be at least 1".into());
+        }
+        // Each refusal scans the table once: keep it a table, not a database.
+        if self.top_offenders > 1024 {
+            return Err("topOffenders: must be at most 1024".into());
         }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;

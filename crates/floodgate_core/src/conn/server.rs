@@ -21,6 +21,7 @@ use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::reject::Refusal;
 use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -93,7 +94,14 @@ pub fn listen(
         None => None,
     };
     let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
-    let metrics = Arc::new(Metrics::default());
+    let sink = bridge
+        .clone()
+        .map(|bridge| bridge as Arc<dyn crate::observe::reject::RejectSink>);
+    let metrics = Arc::new(Metrics::new(
+        spec.options.reject_events_per_second,
+        spec.options.top_offenders,
+        sink,
+    ));
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
         app.remove_stale_uploads(&metrics);
@@ -314,7 +322,9 @@ async fn accept_loop(
                 tracker.spawn(task);
             }
             None => {
-                shared.metrics.reject(Rejection::ConnectionLimit);
+                shared
+                    .metrics
+                    .refuse(Refusal::new(Rejection::ConnectionLimit).client(peer.ip()));
                 tracker.spawn(refuse_connection(stream, abort.clone()));
             }
         }
@@ -357,7 +367,9 @@ async fn serve_proxied(
         .expect("checked by the caller")
         .trusted;
     if !proxy_protocol::trusted(balancer.ip(), trusted) {
-        shared.metrics.reject(Rejection::ProxyProtocolUntrusted);
+        shared
+            .metrics
+            .refuse(Refusal::new(Rejection::ProxyProtocolUntrusted).client(balancer.ip()));
         return;
     }
     let deadline = accepted_at + shared.config.header_timeout;
@@ -368,7 +380,9 @@ async fn serve_proxied(
     let client = match header {
         Ok(client) => client,
         Err(reason) => {
-            shared.metrics.reject(reason);
+            shared
+                .metrics
+                .refuse(Refusal::new(reason).client(balancer.ip()));
             return;
         }
     };
@@ -377,7 +391,9 @@ async fn serve_proxied(
             serve_connection(stream, client, accepted_at, slot, shared, shutdown, abort).await
         }
         None => {
-            shared.metrics.reject(Rejection::ConnectionLimit);
+            shared
+                .metrics
+                .refuse(Refusal::new(Rejection::ConnectionLimit).client(client.ip()));
             refuse_connection(stream, abort).await
         }
     }
@@ -422,6 +438,7 @@ async fn serve_connection(
     };
     let conn = Arc::new(
         ConnState::new(accepted_at, shared.default_send_timeout)
+            .with_client(peer.ip())
             .with_sendfile(shared.config.sendfile && socket.can_send_file()),
     );
     let limits = HeadLimits {
@@ -457,7 +474,7 @@ async fn serve_connection(
     tokio::select! {
         ended = connection.as_mut() => {
             if let Err(err) = ended {
-                count_h2_goaway(err.as_ref(), &shared.metrics);
+                count_h2_goaway(err.as_ref(), &shared.metrics, Some(peer.ip()));
             }
             return;
         }
@@ -472,15 +489,20 @@ async fn serve_connection(
 
 /// Counts an HTTP/2 connection that h2 ended with a GOAWAY of its own, by its reason: h2
 /// bounds rapid resets, CONTINUATION floods, header lists and empty DATA frames itself.
-fn count_h2_goaway(err: &(dyn std::error::Error + 'static), metrics: &Metrics) {
+fn count_h2_goaway(
+    err: &(dyn std::error::Error + 'static),
+    metrics: &Metrics,
+    client: Option<std::net::IpAddr>,
+) {
     let mut source = Some(err);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             if h2.is_go_away() && h2.is_library() {
-                metrics.reject(match h2.reason() {
+                let reason = match h2.reason() {
                     Some(h2::Reason::ENHANCE_YOUR_CALM) => Rejection::H2Flood,
                     _ => Rejection::H2ProtocolError,
-                });
+                };
+                metrics.refuse(Refusal::new(reason).client(client));
             }
             return;
         }
@@ -516,7 +538,9 @@ async fn h2_idle(conn: Arc<ConnState>, shared: &Shared) {
         let (started, done) = conn.progress();
         if started == 0 {
             if now >= first_request_by {
-                shared.metrics.reject(Rejection::HeaderTimeout);
+                shared
+                    .metrics
+                    .refuse(Refusal::new(Rejection::HeaderTimeout).client(conn.client()));
                 return;
             }
             at = first_request_by;
@@ -548,7 +572,13 @@ async fn handle(
         let refusal = conformance::check(request.version(), request.headers(), length_and_chunks)
             .or_else(|| conformance::check_target(request.uri(), request.headers()));
         if let Some(refusal) = refusal {
-            shared.metrics.reject(Rejection::BadRequest);
+            let status = refusal.status().as_u16();
+            shared.metrics.refuse(
+                Refusal::new(Rejection::BadRequest)
+                    .client(peer.ip())
+                    .route(request.uri().path())
+                    .status(status),
+            );
             return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
         }
     }
@@ -568,7 +598,11 @@ async fn handle(
             app.handle(request, rel, context).await
         }
         None => {
-            shared.metrics.reject(Rejection::NotFound);
+            shared.metrics.refuse(
+                Refusal::new(Rejection::NotFound)
+                    .client(peer.ip())
+                    .route(&path),
+            );
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
         }
     };

@@ -18,6 +18,7 @@ use crate::limit::conn::ConnectionLimiter;
 use crate::limit::key::ClientKey;
 use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject;
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -134,8 +135,17 @@ impl SseRoute {
             return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
         }
         let key = ClientKey::new(setup.user.as_deref(), context.client);
+        let refuse = |status: u16| {
+            context.metrics.refuse(
+                reject::Refusal::new(Rejection::SseLimit)
+                    .client(context.client)
+                    .user(setup.user.as_deref())
+                    .route(request.uri().path())
+                    .status(status),
+            )
+        };
         let per_user = || {
-            context.metrics.reject(Rejection::SseLimit);
+            refuse(429);
             too_many(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many event streams for this user\n",
@@ -149,7 +159,7 @@ impl SseRoute {
                     Ok(admission) => admission,
                     Err(Refusal::AtCap(_)) => return per_user(),
                     Err(Refusal::Unavailable) => {
-                        context.metrics.reject(Rejection::SseLimit);
+                        refuse(503);
                         return too_many(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "Connection limits are unavailable, try again shortly\n",
@@ -165,7 +175,7 @@ impl SseRoute {
             return per_user();
         };
         let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
-            context.metrics.reject(Rejection::SseLimit);
+            refuse(503);
             return too_many(StatusCode::SERVICE_UNAVAILABLE, "Too many event streams\n");
         };
         let queue = Arc::new(EventQueue::new(

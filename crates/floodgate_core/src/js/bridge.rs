@@ -9,6 +9,7 @@
 use crate::conn::conformance::malformed_body;
 use crate::js::stream::{self, StreamReader, StreamWriter};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::{RejectEvent, RejectSink};
 use crate::ws::hub::{WsEvent, WsHub};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
@@ -74,6 +75,8 @@ pub trait JsHost: Send + Sync + 'static {
     /// A WebSocket session opened, received a message, or closed. Must not block; events of
     /// one session must reach JS in the order given.
     fn ws_event(&self, event: WsEvent);
+    /// A refusal, within the per-second bound (`observe::reject`). Must not block.
+    fn reject_event(&self, _event: RejectEvent) {}
 }
 
 /// Why reading a request body for JS failed. `TooLarge`, `Timeout` and `Malformed` are the
@@ -139,6 +142,12 @@ pub struct Bridge {
 /// The exchange is over: the client left, the handler timed out, or it was already answered.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Gone;
+
+impl RejectSink for Bridge {
+    fn reject_event(&self, event: RejectEvent) {
+        self.host.reject_event(event);
+    }
+}
 
 impl Bridge {
     pub fn new(host: Arc<dyn JsHost>) -> Arc<Self> {

@@ -14,6 +14,7 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
+use crate::observe::reject;
 use crate::ws::session::{self, SessionLimits, SessionStart};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::net::IpAddr;
@@ -43,6 +44,15 @@ pub struct Held {
     _ip: Slot<IpAddr>,
     _permit: OwnedSemaphorePermit,
     _lease: Option<Lease>,
+}
+
+impl Held {
+    /// A refusal of the session's client and user (`observe::reject`).
+    pub(crate) fn refusal(&self, reason: Rejection) -> reject::Refusal<'_> {
+        reject::Refusal::new(reason)
+            .client(*self._ip.key())
+            .user(self._user.key().user())
+    }
 }
 
 impl WsRoute {
@@ -101,7 +111,13 @@ impl WsRoute {
             Ok(key) => key,
             Err(response) => {
                 // Refused before the 101: no session, so not a protocol close.
-                context.metrics.reject(Rejection::WsBadHandshake);
+                let status = response.status().as_u16();
+                context.metrics.refuse(
+                    context
+                        .refusal(Rejection::WsBadHandshake)
+                        .route(request.uri().path())
+                        .status(status),
+                );
                 return *response;
             }
         };
@@ -122,7 +138,14 @@ impl WsRoute {
         let held = match self.acquire(user.as_deref(), context.client).await {
             Ok(held) => held,
             Err(response) => {
-                context.metrics.reject(Rejection::WsLimit);
+                let status = response.status().as_u16();
+                context.metrics.refuse(
+                    reject::Refusal::new(Rejection::WsLimit)
+                        .client(context.client)
+                        .user(user.as_deref())
+                        .route(request.uri().path())
+                        .status(status),
+                );
                 return *response;
             }
         };
