@@ -30,8 +30,11 @@ export declare class NativeServer {
   stats(): any
   /** New certificates for new TLS handshakes (`tls` options); open connections keep theirs. */
   setTls(options: any): void
-  /** The same counters in the Prometheus text exposition format. */
-  prometheus(): string
+  /**
+   * The counters, gauges and histograms in the Prometheus text exposition format (0.0.4),
+   * or as OpenMetrics when `openmetrics` is true.
+   */
+  prometheus(openmetrics?: boolean | undefined | null): string
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
   /** Publishes `data` on `topic` to every matching event stream; returns how many it reached. */

@@ -109,6 +109,13 @@ export interface ServerOptions {
    * Default 100.
    */
   rejectEventsPerSecond?: number
+  /**
+   * Load shedding: while the JS thread has left work waiting longer than this (its event loop
+   * is stuck or far behind), new JS-handler requests get `503` + `Retry-After: 1` without
+   * reaching JS (`event_loop_overload`); files, uploads, event streams and WebSockets served in
+   * Rust go on. 0 (default): never.
+   */
+  maxEventLoopDelay?: Duration
   /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
   topOffenders?: number
   /**

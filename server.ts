@@ -182,12 +182,27 @@ export class Server extends EventEmitter {
   }
 
   /**
-   * The same counters in the Prometheus text format, for a metrics endpoint:
-   * `server.mount('/metrics', () => new Response(server.metrics(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }))`.
+   * Counters, gauges and histograms (request duration, time to first byte and response bytes
+   * per app, WebSocket message sizes, event-stream queue depth) in the Prometheus text format
+   * (0.0.4), or OpenMetrics with `{ openmetrics: true }`. `metricsHandler()` serves them.
    */
-  metrics(): string {
+  metrics({ openmetrics = false }: { openmetrics?: boolean } = {}): string {
     if (!this.#native) throw notListening('metrics')
-    return this.#native.prometheus()
+    return this.#native.prometheus(openmetrics === true)
+  }
+
+  /**
+   * A handler for a scrape endpoint: `server.mount('/metrics', server.metricsHandler())`.
+   * Answers OpenMetrics to a scraper that accepts it (Prometheus does), else the Prometheus
+   * text format. The text is built in Rust; its cost is the number of series, not of clients.
+   */
+  metricsHandler(): (req: Request) => Response {
+    return (req) => {
+      const openmetrics = (req.headers.get('accept') ?? '').includes('application/openmetrics-text')
+      const text = this.metrics({ openmetrics })
+      const type = openmetrics ? 'application/openmetrics-text; version=1.0.0; charset=utf-8' : 'text/plain; version=0.0.4; charset=utf-8'
+      return new Response(text, { headers: { 'content-type': type } })
+    }
   }
 
   /**

@@ -4,6 +4,7 @@
 use crate::conn::state::ConnState;
 use crate::events::bus::Bus;
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::AppMetrics;
 use crate::observe::reject::Refusal;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub(crate) struct RequestContext {
     pub(crate) user: Option<String>,
     pub(crate) conn: Arc<ConnState>,
     pub(crate) metrics: Arc<Metrics>,
+    /// What the mounted app counts (its refusals, streams and sockets).
+    pub(crate) app: Arc<AppMetrics>,
     pub(crate) bus: Arc<Bus>,
     /// Cancelled when the server starts closing: endless responses (event streams) end then.
     pub(crate) shutdown: CancellationToken,
@@ -30,5 +33,6 @@ impl RequestContext {
         Refusal::new(reason)
             .client(self.client)
             .user(self.user.as_deref())
+            .app(&self.app)
     }
 }

@@ -5,6 +5,8 @@
 //! [`Metrics::refuse`], which counts it and hands it to the rejection events
 //! (`observe::reject`).
 
+use crate::observe::app::AppMetrics;
+use crate::observe::histogram::{self, Histogram};
 use crate::observe::offenders::Offender;
 use crate::observe::reject::{Code, Refusal, RejectEvents, RejectSink};
 use serde::Serialize;
@@ -77,10 +79,13 @@ pub enum Rejection {
     /// h2 ended an HTTP/2 connection with GOAWAY for a protocol violation (malformed frames,
     /// flow-control or compression errors).
     H2ProtocolError,
+    /// A JS-handler request shed before reaching JS: the JS thread had left a batch waiting
+    /// longer than `maxEventLoopDelay` (`503` + `Retry-After`).
+    EventLoopOverload,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 39] = [
+    pub const ALL: [Rejection; 40] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -120,6 +125,7 @@ impl Rejection {
         Rejection::H2ControlFlood,
         Rejection::H2Flood,
         Rejection::H2ProtocolError,
+        Rejection::EventLoopOverload,
     ];
 
     /// What the client is usually told for this reason; a site that answers otherwise says so
@@ -134,7 +140,7 @@ impl Rejection {
             MethodNotAllowed => 405,
             RangeNotSatisfiable => 416,
             BodyTooLarge => 413,
-            HandlerTimeout | InflightLimit => 503,
+            HandlerTimeout | InflightLimit | EventLoopOverload => 503,
             BadRequest | WsBadHandshake => 400,
             WsMessageTooLarge => return Some(Code::Close(1009)),
             WsRateLimited => return Some(Code::Close(1008)),
@@ -188,11 +194,11 @@ impl Rejection {
             Rejection::H2ControlFlood => "h2_control_flood",
             Rejection::H2Flood => "h2_flood",
             Rejection::H2ProtocolError => "h2_protocol_error",
+            Rejection::EventLoopOverload => "event_loop_overload",
         }
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
     connections_live: AtomicI64,
     connections_total: AtomicU64,
@@ -206,6 +212,34 @@ pub struct Metrics {
     stale_uploads_removed: AtomicU64,
     rejections: RejectionCounts,
     events: RejectEvents,
+    /// Sizes of WebSocket messages received, in bytes.
+    pub ws_message_bytes: Histogram,
+    /// An event stream's queue length as each event is queued.
+    pub sse_queue_depth: Histogram,
+    /// What each mounted app counts (requests, streams, sockets, refusals).
+    pub apps: Vec<Arc<AppMetrics>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_live: AtomicI64::default(),
+            connections_total: AtomicU64::default(),
+            requests_total: AtomicU64::default(),
+            bytes_sent: AtomicU64::default(),
+            bytes_sent_zero_copy: AtomicU64::default(),
+            bytes_received: AtomicU64::default(),
+            ws_live: AtomicI64::default(),
+            ws_messages_in: AtomicU64::default(),
+            ws_messages_out: AtomicU64::default(),
+            stale_uploads_removed: AtomicU64::default(),
+            rejections: RejectionCounts::default(),
+            events: RejectEvents::default(),
+            ws_message_bytes: Histogram::new(&histogram::BYTES),
+            sse_queue_depth: Histogram::new(&histogram::DEPTH),
+            apps: Vec::new(),
+        }
+    }
 }
 
 /// One counter per [`Rejection`] (an array this long has no derived `Default`).
@@ -247,9 +281,15 @@ pub struct Snapshot {
 impl Metrics {
     /// Metrics whose rejection events go to `sink`, at most `per_second` a second, with a top
     /// offenders table of `top_offenders` entries.
-    pub fn new(per_second: u32, top_offenders: u32, sink: Option<Arc<dyn RejectSink>>) -> Self {
+    pub fn new(
+        per_second: u32,
+        top_offenders: u32,
+        sink: Option<Arc<dyn RejectSink>>,
+        apps: Vec<Arc<AppMetrics>>,
+    ) -> Self {
         Self {
             events: RejectEvents::new(per_second, top_offenders, sink),
+            apps,
             ..Self::default()
         }
     }
@@ -288,8 +328,10 @@ impl Metrics {
         self.ws_live.fetch_sub(1, Relaxed);
     }
 
-    pub fn ws_received(&self) {
+    /// A WebSocket message of `bytes` received.
+    pub fn ws_received(&self, bytes: usize) {
         self.ws_messages_in.fetch_add(1, Relaxed);
+        self.ws_message_bytes.observe(bytes as u64);
     }
 
     pub fn ws_sent(&self, messages: u64) {
@@ -309,6 +351,9 @@ impl Metrics {
     /// offenders, and an event for JS within the per-second bound.
     pub fn refuse(&self, refusal: Refusal<'_>) {
         self.rejections.0[refusal.reason as usize].fetch_add(1, Relaxed);
+        if let Some(app) = refusal.app {
+            app.rejected(refusal.reason);
+        }
         self.events.record(&refusal);
     }
 
@@ -349,135 +394,6 @@ impl Metrics {
     }
 }
 
-impl Snapshot {
-    /// The counters in the Prometheus text exposition format (version 0.0.4), for a
-    /// `/metrics` endpoint the application mounts where it sees fit.
-    pub fn prometheus(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP floodgate_{name} {help}");
-            let _ = writeln!(out, "# TYPE floodgate_{name} {kind}");
-            let _ = writeln!(out, "floodgate_{name} {value}");
-        };
-        metric(
-            "connections",
-            "gauge",
-            "Open TCP connections.",
-            self.connections_live as f64,
-        );
-        metric(
-            "connections_total",
-            "counter",
-            "Accepted TCP connections.",
-            self.connections_total as f64,
-        );
-        metric(
-            "requests_total",
-            "counter",
-            "HTTP requests.",
-            self.requests_total as f64,
-        );
-        metric(
-            "sent_bytes_total",
-            "counter",
-            "Bytes written to clients.",
-            self.bytes_sent as f64,
-        );
-        metric(
-            "sent_zero_copy_bytes_total",
-            "counter",
-            "File bytes the kernel sent itself (sendfile), also in sent_bytes_total.",
-            self.bytes_sent_zero_copy as f64,
-        );
-        metric(
-            "received_bytes_total",
-            "counter",
-            "Bytes read from clients.",
-            self.bytes_received as f64,
-        );
-        metric(
-            "websockets",
-            "gauge",
-            "Open WebSocket sessions.",
-            self.ws_connections as f64,
-        );
-        metric(
-            "websocket_messages_received_total",
-            "counter",
-            "WebSocket messages received.",
-            self.ws_messages_in as f64,
-        );
-        metric(
-            "websocket_messages_sent_total",
-            "counter",
-            "WebSocket messages sent.",
-            self.ws_messages_out as f64,
-        );
-        metric(
-            "stale_uploads_removed_total",
-            "counter",
-            "Temporary files of interrupted uploads removed at start.",
-            self.stale_uploads_removed as f64,
-        );
-        if let Some(cluster) = &self.cluster {
-            metric(
-                "cluster_degraded",
-                "gauge",
-                "1 while Redis fails and limits follow the failure policy.",
-                u8::from(cluster.degraded) as f64,
-            );
-            metric(
-                "cluster_leases",
-                "gauge",
-                "Connections holding a cluster-wide lease.",
-                cluster.leases as f64,
-            );
-            metric(
-                "cluster_recoveries_total",
-                "counter",
-                "Times Redis answered again after failing.",
-                cluster.recoveries as f64,
-            );
-            metric(
-                "cluster_events_lost_total",
-                "counter",
-                "Events other instances may have missed while Redis failed.",
-                cluster.events_lost as f64,
-            );
-            metric(
-                "cluster_patterns",
-                "gauge",
-                "Topic patterns subscribed in Redis.",
-                cluster.patterns as f64,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP floodgate_cluster_fallbacks_total Limit decisions made without Redis, by reason."
-            );
-            let _ = writeln!(out, "# TYPE floodgate_cluster_fallbacks_total counter");
-            for (reason, count) in &cluster.fallbacks {
-                let _ = writeln!(
-                    out,
-                    "floodgate_cluster_fallbacks_total{{reason=\"{reason}\"}} {count}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP floodgate_rejections_total Clients refused or cut off, by reason."
-        );
-        let _ = writeln!(out, "# TYPE floodgate_rejections_total counter");
-        for (reason, count) in &self.rejections {
-            let _ = writeln!(
-                out,
-                "floodgate_rejections_total{{reason=\"{reason}\"}} {count}"
-            );
-        }
-        out
-    }
-}
-
 /// Counts one live connection for as long as it is held, so every exit path closes it.
 pub struct LiveConnection(std::sync::Arc<Metrics>);
 
@@ -491,38 +407,5 @@ impl LiveConnection {
 impl Drop for LiveConnection {
     fn drop(&mut self) {
         self.0.connection_closed();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_text_has_counters_and_labelled_rejections() {
-        let metrics = Metrics::default();
-        metrics.reject(Rejection::HeaderTimeout);
-        let text = metrics.snapshot().prometheus();
-        assert!(text.contains("# TYPE floodgate_connections gauge\nfloodgate_connections 0\n"));
-        assert!(text.contains("floodgate_rejections_total{reason=\"header_timeout\"} 1\n"));
-        assert!(text.contains("floodgate_rejections_total{reason=\"not_found\"} 0\n"));
-        assert!(
-            !text.contains("floodgate_cluster"),
-            "no cluster, no cluster lines"
-        );
-    }
-
-    #[test]
-    fn prometheus_text_has_the_cluster_state_when_there_is_one() {
-        let health = crate::cluster::health::Health::default();
-        health.failed();
-        health.fell_back(crate::cluster::health::Failure::Timeout);
-        let mut snapshot = Metrics::default().snapshot();
-        snapshot.cluster = Some(health.snapshot(7));
-        let text = snapshot.prometheus();
-        assert!(text.contains("floodgate_cluster_degraded 1\n"), "{text}");
-        assert!(text.contains("floodgate_cluster_leases 7\n"), "{text}");
-        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"timeout\"} 1\n"));
-        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"degraded\"} 0\n"));
     }
 }

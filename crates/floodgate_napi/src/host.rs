@@ -13,18 +13,26 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A batch filled from any thread and drained on the JS thread, with at most one delivery
 /// call pending.
 struct Batch<B> {
     state: Mutex<(B, bool)>,
+    /// When the pending delivery call was scheduled (µs since `epoch`, 0: none pending): how
+    /// long the JS thread has left it waiting is `NapiHost::js_delay`.
+    scheduled_at: AtomicU64,
+    epoch: Instant,
 }
 
 impl<B: Default> Batch<B> {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((B::default(), false)),
+            scheduled_at: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -32,13 +40,28 @@ impl<B: Default> Batch<B> {
     fn add(&self, add: impl FnOnce(&mut B)) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         add(&mut state.0);
-        !std::mem::replace(&mut state.1, true)
+        let schedule = !std::mem::replace(&mut state.1, true);
+        if schedule {
+            let now = self.epoch.elapsed().as_micros() as u64;
+            self.scheduled_at.store(now.max(1), Relaxed);
+        }
+        schedule
+    }
+
+    /// How long the pending delivery has waited for the JS thread.
+    fn waiting(&self) -> Option<Duration> {
+        let at = self.scheduled_at.load(Relaxed);
+        (at > 0).then(|| {
+            let now = self.epoch.elapsed().as_micros() as u64;
+            Duration::from_micros(now.saturating_sub(at))
+        })
     }
 
     /// Takes the batch (on the JS thread, as the call runs); the next addition schedules anew.
     fn take(&self) -> B {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.1 = false;
+        self.scheduled_at.store(0, Relaxed);
         std::mem::take(&mut state.0)
     }
 }
@@ -204,6 +227,10 @@ impl NapiHost {
 }
 
 impl JsHost for NapiHost {
+    fn js_delay(&self) -> Option<Duration> {
+        self.requests.waiting().max(self.ws_events.waiting())
+    }
+
     fn reject_event(&self, event: RejectEvent) {
         let rejects = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(batch), Some(deliver)) = (&rejects.batch, &rejects.deliver) {

@@ -165,11 +165,12 @@ impl NativeServer {
         server.set_tls(options).map_err(coded)
     }
 
-    /// The same counters in the Prometheus text exposition format.
+    /// The counters, gauges and histograms in the Prometheus text exposition format (0.0.4),
+    /// or as OpenMetrics when `openmetrics` is true.
     #[napi]
-    pub fn prometheus(&self) -> Result<String, String> {
+    pub fn prometheus(&self, openmetrics: Option<bool>) -> Result<String, String> {
         let server = self.running().ok_or_else(|| not_listening("prometheus"))?;
-        Ok(server.stats().prometheus())
+        Ok(server.metrics_text(openmetrics.unwrap_or(false)))
     }
 
     /// Stops accepting and drains for up to `drainMs` before aborting what is left.

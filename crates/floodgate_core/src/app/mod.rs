@@ -23,6 +23,7 @@ use crate::limit::bucket::{slowest_rate, ClientBuckets, Shaper};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{policy_header, Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::AppMetrics;
 use crate::upload::{UploadLimits, UploadsMount};
 use crate::ws::upgrade::WsRoute;
 use bytes::Bytes;
@@ -57,9 +58,15 @@ pub struct StreamingApp {
     inflight: Arc<Semaphore>,
     /// The JS handler that names the user (`identify`), when the app has one.
     identify: Option<u32>,
+    /// What the app counts for the metrics (`app` label: its mount prefix).
+    metrics: Arc<AppMetrics>,
 }
 
 impl StreamingApp {
+    pub fn metrics(&self) -> &Arc<AppMetrics> {
+        &self.metrics
+    }
+
     /// The app mounted at `mount`; with a `cluster`, its caps and request rate are shared.
     pub fn build(
         spec: StreamingSpec,
@@ -123,6 +130,7 @@ impl StreamingApp {
         }
         let buckets = |rate: u64| (rate > 0).then(|| ClientBuckets::new(rate, config.chunk_size));
         Ok(Self {
+            metrics: AppMetrics::new(mount),
             download_buckets: buckets(config.per_client_bandwidth),
             upload_buckets: buckets(config.per_client_upload_bandwidth),
             requests: match cluster {
@@ -251,6 +259,7 @@ impl StreamingApp {
                     handler_timeout: self.config.handler_timeout,
                     inflight: &self.inflight,
                     metrics: &context.metrics,
+                    app: &context.app,
                 };
                 let delivery = self.delivery(&context);
                 call_js(request, target, limits, delivery).await
@@ -310,6 +319,7 @@ impl StreamingApp {
                     bridge,
                     bus: &context.bus,
                     metrics: &context.metrics,
+                    app: &context.app,
                     shutdown: context.shutdown.clone(),
                     keep_alive: self.config.sse_keep_alive,
                     handler_timeout: self.config.handler_timeout,

@@ -63,6 +63,11 @@ pub struct ServerConfig {
     pub reject_events_per_second: u32,
     /// Size of the top offenders table in `stats()` (clients refused most often). 0: none.
     pub top_offenders: u32,
+    /// New JS-handler requests are answered `503` + `Retry-After` without reaching JS while
+    /// the JS thread has left work waiting longer than this (its event loop is stuck or
+    /// behind). 0: never.
+    #[serde(deserialize_with = "duration")]
+    pub max_event_loop_delay: Duration,
 }
 
 /// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
@@ -120,6 +125,7 @@ impl Default for ServerConfig {
             cluster: None,
             reject_events_per_second: 100,
             top_offenders: 32,
+            max_event_loop_delay: Duration::ZERO,
         }
     }
 }

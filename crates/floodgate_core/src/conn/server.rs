@@ -21,6 +21,7 @@ use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::app::Timing;
 use crate::observe::reject::Refusal;
 use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
@@ -94,13 +95,21 @@ pub fn listen(
         None => None,
     };
     let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
+    if let Some(bridge) = &bridge {
+        bridge.set_max_js_delay(spec.options.max_event_loop_delay);
+    }
     let sink = bridge
         .clone()
         .map(|bridge| bridge as Arc<dyn crate::observe::reject::RejectSink>);
+    let apps = mounts
+        .values()
+        .map(|app| Arc::clone(app.metrics()))
+        .collect();
     let metrics = Arc::new(Metrics::new(
         spec.options.reject_events_per_second,
         spec.options.top_offenders,
         sink,
+        apps,
     ));
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
@@ -221,6 +230,16 @@ impl RunningServer {
             .as_ref()
             .map(|cluster| cluster.snapshot());
         snapshot
+    }
+
+    /// The metrics as OpenMetrics text, or as Prometheus text (0.0.4) when `openmetrics` is
+    /// false (`observe::exposition`).
+    pub fn metrics_text(&self, openmetrics: bool) -> String {
+        crate::observe::exposition::encode(
+            Arc::clone(&self.shared.metrics),
+            self.stats(),
+            openmetrics,
+        )
     }
 
     /// The per-address connection slots (tests watch slots come back).
@@ -566,6 +585,7 @@ async fn handle(
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
     shared.metrics.request();
+    let started = std::time::Instant::now();
     // Read for every request, so a note about one head never applies to a later one.
     let length_and_chunks = conn.take_length_and_chunks();
     if matches!(request.version(), Version::HTTP_10 | Version::HTTP_11) {
@@ -583,19 +603,24 @@ async fn handle(
         }
     }
     let path = request.uri().path().to_string();
+    let mut timing = None;
     let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {
+            let app_metrics = Arc::clone(app.metrics());
             let context = RequestContext {
                 client: client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy),
                 user: None,
                 conn: Arc::clone(conn),
                 metrics: Arc::clone(&shared.metrics),
+                app: Arc::clone(app.metrics()),
                 bus: Arc::clone(&shared.bus),
                 shutdown: shared.shutdown.clone(),
                 tracker: shared.tracker.clone(),
                 abort: shared.abort.clone(),
             };
-            app.handle(request, rel, context).await
+            let response = app.handle(request, rel, context).await;
+            timing = Some(Timing::head_ready(app_metrics, started));
+            response
         }
         None => {
             shared.metrics.refuse(
@@ -606,5 +631,5 @@ async fn handle(
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
         }
     };
-    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)))
+    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)).with_timing(timing))
 }

@@ -18,6 +18,7 @@ use crate::limit::conn::ConnectionLimiter;
 use crate::limit::key::ClientKey;
 use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::{AppMetrics, Kind, Live};
 use crate::observe::reject;
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
@@ -53,6 +54,8 @@ pub struct SseRoute {
 /// What the app and the server lend an SSE connection.
 pub struct SseContext<'a> {
     pub conn: &'a Arc<ConnState>,
+    /// The app's counts: the stream is one of its open streams.
+    pub app: &'a Arc<AppMetrics>,
     pub bridge: &'a Arc<Bridge>,
     pub bus: &'a Arc<Bus>,
     pub metrics: &'a Arc<Metrics>,
@@ -138,6 +141,7 @@ impl SseRoute {
         let refuse = |status: u16| {
             context.metrics.refuse(
                 reject::Refusal::new(Rejection::SseLimit)
+                    .app(context.app)
                     .client(context.client)
                     .user(setup.user.as_deref())
                     .route(request.uri().path())
@@ -233,6 +237,7 @@ impl SseRoute {
             reason: CloseReason::Client,
         });
         let held = Held {
+            _live: Live::new(context.app, Kind::SseStream),
             _lease: admission.map(|admission| admission.lease),
             _slot: slot,
             _permit: permit,
@@ -438,7 +443,9 @@ impl Sink for EventQueue {
         }
         match state.events.push(event.clone()) {
             Pushed::Queued { dropped } => {
+                let depth = state.events.len();
                 drop(state);
+                self.metrics.sse_queue_depth.observe(depth as u64);
                 self.metrics
                     .reject_many(Rejection::SseEventDropped, dropped);
                 self.waker.wake();
@@ -489,6 +496,7 @@ impl Drop for OnClose {
 
 /// What an open stream holds: its slots, its subscription, its close notice.
 struct Held {
+    _live: Live,
     _lease: Option<Lease>,
     _slot: crate::limit::conn::Slot<ClientKey>,
     _permit: OwnedSemaphorePermit,

@@ -23,6 +23,8 @@ pub struct JsLimits<'a> {
     pub handler_timeout: Duration,
     pub inflight: &'a Arc<Semaphore>,
     pub metrics: &'a Arc<Metrics>,
+    /// The app's own counts of its refusals.
+    pub app: &'a crate::observe::app::AppMetrics,
 }
 
 pub struct JsTarget<'a> {
@@ -49,12 +51,22 @@ where
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     let refusal = |reason| {
         Refusal::new(reason)
+            .app(limits.app)
             .client(target.client)
             .route(request.uri().path())
     };
     if declared.is_some_and(|length| length > limits.max_body) {
         limits.metrics.refuse(refusal(Rejection::BodyTooLarge));
         return body::closing(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+    }
+    if target.bridge.overloaded() {
+        limits.metrics.refuse(refusal(Rejection::EventLoopOverload));
+        return body::text_with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable\n",
+            header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
     }
     let Ok(permit) = Arc::clone(limits.inflight).try_acquire_owned() else {
         limits.metrics.refuse(refusal(Rejection::InflightLimit));
@@ -94,6 +106,7 @@ where
         Err(_) => {
             limits.metrics.refuse(
                 Refusal::new(Rejection::HandlerTimeout)
+                    .app(limits.app)
                     .client(target_client)
                     .route(&route),
             );

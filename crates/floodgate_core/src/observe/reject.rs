@@ -7,6 +7,7 @@
 //! flood of refusals never becomes a flood of work for the JS thread.
 
 use crate::metrics::Rejection;
+use crate::observe::app::AppMetrics;
 use crate::observe::offenders::{Offender, Offenders};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,8 @@ pub struct Refusal<'a> {
     pub user: Option<&'a str>,
     pub route: Option<&'a str>,
     pub code: Option<Code>,
+    /// The mounted app that refused, for its own counts.
+    pub app: Option<&'a AppMetrics>,
 }
 
 impl<'a> Refusal<'a> {
@@ -41,6 +44,7 @@ impl<'a> Refusal<'a> {
             user: None,
             route: None,
             code: reason.code(),
+            app: None,
         }
     }
 
@@ -56,6 +60,11 @@ impl<'a> Refusal<'a> {
 
     pub fn route(mut self, route: &'a str) -> Self {
         self.route = Some(route);
+        self
+    }
+
+    pub fn app(mut self, app: &'a AppMetrics) -> Self {
+        self.app = Some(app);
         self
     }
 

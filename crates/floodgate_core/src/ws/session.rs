@@ -617,7 +617,7 @@ impl Session {
 
     /// A data message within the rate: count it and hand it to JS.
     fn deliver(&mut self, data: Bytes, binary: bool) {
-        self.metrics.ws_received();
+        self.metrics.ws_received(data.len());
         if !self.limits.js_events {
             return;
         }
