@@ -82,10 +82,19 @@ pub enum Rejection {
     /// A JS-handler request shed before reaching JS: the JS thread had left a batch waiting
     /// longer than `maxEventLoopDelay` (`503` + `Retry-After`).
     EventLoopOverload,
+    /// A connection (or, behind a trusted proxy, a request: `403`) from a banned address or
+    /// user (`ban`), refused at accept before any TLS or HTTP work.
+    Banned,
+    /// A new connection over `maxConnectionRatePerIp`, closed at accept before a byte is read.
+    ConnectionRate,
+    /// A WebSocket message that broke its route's `messages` rules: dropped before JS (one
+    /// count per message; the socket is closed with 1007 under `onInvalid: 'close'` or past
+    /// `maxInvalid`).
+    WsInvalidMessage,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 40] = [
+    pub const ALL: [Rejection; 43] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -126,6 +135,9 @@ impl Rejection {
         Rejection::H2Flood,
         Rejection::H2ProtocolError,
         Rejection::EventLoopOverload,
+        Rejection::Banned,
+        Rejection::ConnectionRate,
+        Rejection::WsInvalidMessage,
     ];
 
     /// What the client is usually told for this reason; a site that answers otherwise says so
@@ -195,7 +207,24 @@ impl Rejection {
             Rejection::H2Flood => "h2_flood",
             Rejection::H2ProtocolError => "h2_protocol_error",
             Rejection::EventLoopOverload => "event_loop_overload",
+            Rejection::Banned => "banned",
+            Rejection::ConnectionRate => "connection_rate",
+            Rejection::WsInvalidMessage => "ws_invalid_message",
         }
+    }
+
+    /// Whether this refusal is a strike toward a ban: the client's doing, not a consequence
+    /// of a ban itself, of a slow consumer's queue (counted per event, not per client act), or
+    /// of the server's own state.
+    pub fn counts_toward_ban(self) -> bool {
+        !matches!(
+            self,
+            Rejection::Banned
+                | Rejection::EventLoopOverload
+                | Rejection::OutOfFiles
+                | Rejection::SseEventDropped
+                | Rejection::WsMessageDropped
+        )
     }
 }
 
@@ -276,6 +305,19 @@ pub struct Snapshot {
     /// Present with the `cluster` option: Redis's state and what was decided without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
+    /// Present with the `ban` option.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bans: Option<BanSnapshot>,
+}
+
+/// The ban tables' sizes (each bounded by `ban.maxEntries`).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BanSnapshot {
+    /// Bans in force.
+    pub in_force: usize,
+    /// Clients with refusals counted toward a ban.
+    pub offenders: usize,
 }
 
 impl Metrics {
@@ -390,6 +432,7 @@ impl Metrics {
             top_offenders: self.events.top_offenders(),
             reject_events_dropped: self.events.dropped_total(),
             cluster: None,
+            bans: None,
         }
     }
 }

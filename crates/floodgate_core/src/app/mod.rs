@@ -110,7 +110,7 @@ impl StreamingApp {
                         return Err("ws: WebSockets need the JS bridge".into());
                     }
                     let path = route_path(mount, &prefix);
-                    let route = WsRoute::new(options, handlers, &config, cluster, path);
+                    let route = WsRoute::new(options, handlers, &config, cluster, path)?;
                     routes.insert(prefix, Route::Ws(route))
                 }
                 RouteSpec::Handler {
@@ -200,6 +200,10 @@ impl StreamingApp {
                 Ok(user) => context.user = user,
                 Err(response) => return response,
             }
+            if context.user_banned() {
+                context.metrics.reject(Rejection::Banned);
+                return body::text(StatusCode::FORBIDDEN, "Forbidden\n");
+            }
         }
         let client = || ClientKey::new(context.user.as_deref(), context.client);
         let decision = match (&self.cluster_requests, &self.requests) {
@@ -224,7 +228,7 @@ impl StreamingApp {
             (None, None) => None,
         };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
-            context.metrics.refuse(
+            context.refuse_with(
                 context
                     .refusal(Rejection::RateLimited)
                     .route(request.uri().path()),
@@ -283,7 +287,7 @@ impl StreamingApp {
     {
         match self.routes.find(rel) {
             None => {
-                context.metrics.refuse(
+                context.refuse_with(
                     context
                         .refusal(Rejection::NotFound)
                         .route(request.uri().path()),

@@ -131,6 +131,14 @@ impl Collector for Scrape {
             &self.metrics.sse_queue_depth,
         )?;
         self.encode_apps(e)?;
+        if let Some(bans) = &s.bans {
+            gauge(
+                e,
+                "bans",
+                "Addresses and users banned now.",
+                bans.in_force as i64,
+            )?;
+        }
         self.encode_cluster(e)?;
         let mut family = e.encode_descriptor(
             "rejections",
