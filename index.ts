@@ -13,6 +13,8 @@ export type {
   TlsCertificate,
   ClusterOptions,
   ClusterStats,
+  Offender,
+  RejectEvent,
   BanOptions,
   BanEntry,
   StreamingOptions,

@@ -104,6 +104,21 @@ export interface ServerOptions {
    */
   cluster?: ClusterOptions
   /**
+   * Rejection events (`server.on('reject')`) handed to JS per second at most; past it they are
+   * only counted, and the next event's `dropped` says how many were left out. 0: no events.
+   * Default 100.
+   */
+  rejectEventsPerSecond?: number
+  /**
+   * Load shedding: while the JS thread has left work waiting longer than this (its event loop
+   * is stuck or far behind), new JS-handler requests get `503` + `Retry-After: 1` without
+   * reaching JS (`event_loop_overload`); files, uploads, event streams and WebSockets served in
+   * Rust go on. 0 (default): never.
+   */
+  maxEventLoopDelay?: Duration
+  /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
+  topOffenders?: number
+  /**
    * New connections per second a client address (IPv6: per /64) may open, checked at accept
    * before `maxConnectionsPerIp`: past it the connection is closed before a byte is read
    * (`connection_rate`). 0 (the default) disables; a reconnect loop is then refused only by
@@ -458,6 +473,43 @@ export interface Stats {
   cluster?: ClusterStats
   /** With the `ban` option: bans in force and offenders being counted. */
   bans?: { inForce: number; offenders: number }
+  /** The clients refused most often, most refused first (bounded: `topOffenders` entries). */
+  topOffenders: Offender[]
+  /** Rejection events left out by `rejectEventsPerSecond` (counted only). */
+  rejectEventsDropped: number
+}
+
+/** One client of `stats().topOffenders`: a user, else an address. */
+export interface Offender {
+  address?: string
+  user?: string
+  /** Refusals counted (a newcomer replacing the least refused entry inherits its count). */
+  count: number
+  lastReason: string
+  /** ms since the Unix epoch. */
+  lastTime: number
+}
+
+/**
+ * A refusal, as `server.on('reject', (event) => ...)` receives it. `reason` is one of the
+ * reasons `stats().rejections` counts.
+ */
+export interface RejectEvent {
+  reason: string
+  /** The client's address, when the refusal knew it. */
+  address?: string
+  /** The user (`identify`, `authenticate`, an event stream's setup), when known. */
+  user?: string
+  /** The request path, when there was a request (cut at 256 bytes). */
+  route?: string
+  /** The HTTP status the client was answered with. */
+  status?: number
+  /** The WebSocket close code the session was closed with. */
+  closeCode?: number
+  /** ms since the Unix epoch. */
+  time: number
+  /** Events left out by `rejectEventsPerSecond` since the previous one that reached JS. */
+  dropped: number
 }
 
 /** The kinds of options the native core checks (`validateOptions` in the binding). */

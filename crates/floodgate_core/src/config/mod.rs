@@ -58,6 +58,16 @@ pub struct ServerConfig {
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
+    /// Rejection events handed to JS (`server.on('reject')`) per second at most; the rest are
+    /// counted and reported as `dropped` by the next one. 0: no events.
+    pub reject_events_per_second: u32,
+    /// Size of the top offenders table in `stats()` (clients refused most often). 0: none.
+    pub top_offenders: u32,
+    /// New JS-handler requests are answered `503` + `Retry-After` without reaching JS while
+    /// the JS thread has left work waiting longer than this (its event loop is stuck or
+    /// behind). 0: never.
+    #[serde(deserialize_with = "duration")]
+    pub max_event_loop_delay: Duration,
     /// New connections per second per client address (IPv6: per /64), checked at accept
     /// before the per-IP cap: past it the connection is closed before a byte is read. 0
     /// disables.
@@ -173,6 +183,9 @@ impl Default for ServerConfig {
             tls: None,
             proxy_protocol: None,
             cluster: None,
+            reject_events_per_second: 100,
+            top_offenders: 32,
+            max_event_loop_delay: Duration::ZERO,
             max_connection_rate_per_ip: 0,
             connection_rate_burst: 0,
             ban: None,
@@ -837,6 +850,10 @@ impl ServerConfig {
         }
         if self.http2_max_pending_resets == 0 {
             return Err("http2MaxPendingResets: must be at least 1".into());
+        }
+        // Each refusal scans the table once: keep it a table, not a database.
+        if self.top_offenders > 1024 {
+            return Err("topOffenders: must be at most 1024".into());
         }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;
