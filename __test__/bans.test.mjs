@@ -156,10 +156,9 @@ test(
     const handshake = (localAddress) =>
       new Promise((resolve) => {
         const socket = tls.connect({ port, host: '127.0.0.1', localAddress, rejectUnauthorized: false, servername: 'localhost' })
-        socket.on('secureConnect', () => {
-          socket.destroy()
-          resolve('secure')
-        })
+        // A whole exchange, so the server's side of the handshake is complete too.
+        socket.on('secureConnect', () => socket.write('GET /api/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'))
+        socket.on('data', () => resolve('secure'))
         socket.on('error', (error) => resolve(error.code ?? error.message))
         socket.on('close', () => resolve('closed'))
       })
@@ -228,3 +227,22 @@ test(
     t.is(await redis.command('EXISTS', 'bans:ban:127.0.0.15'), 0)
   }),
 )
+
+test('refusals of any kind that name their client strike: two slowloris heads from one address ban it', async (t) => {
+  const { server, port } = await start(t, { headerTimeout: 300, ban: { after: 2, for: '1m' } })
+  for (let i = 0; i < 2; i++) {
+    const reply = await new Promise((resolve) => {
+      const socket = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.17' })
+      const chunks = []
+      socket.on('connect', () => socket.write('GET /api/hello HTTP/1.1\r\nHost: x\r\n')) // never finished
+      socket.on('data', (chunk) => chunks.push(chunk))
+      socket.on('error', () => {})
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')))
+    })
+    t.regex(reply, /^HTTP\/1.1 408/)
+  }
+  t.is(server.stats().rejections.header_timeout, 2)
+  t.deepEqual(server.bans().map((ban) => ban.client), ['127.0.0.17'])
+  t.is(await attempt(port, '127.0.0.17'), '')
+  t.true(served(await attempt(port, '127.0.0.18')))
+})

@@ -32,14 +32,10 @@ pub(crate) struct RequestContext {
 }
 
 impl RequestContext {
-    /// Counts a refusal of this request's client: by reason, and as a strike toward banning
-    /// its user, or its address when it has none.
+    /// Counts a refusal of this request's client (by reason, and as a strike toward banning
+    /// its user, or its address when it has none: `Metrics::refuse`).
     pub(crate) fn refuse_with(&self, refusal: Refusal<'_>) {
-        let reason = refusal.reason;
         self.metrics.refuse(refusal);
-        if let Some(bans) = self.bans.as_ref().filter(|_| reason.counts_toward_ban()) {
-            bans.strike(ClientKey::new(self.user.as_deref(), self.client));
-        }
     }
 
     /// Whether this request's user is banned.

@@ -281,12 +281,14 @@ impl Rejection {
     }
 
     /// Whether this refusal is a strike toward a ban: the client's doing, not a consequence
-    /// of a ban itself, of a slow consumer's queue (counted per event, not per client act), or
-    /// of the server's own state.
+    /// of a ban itself, of a slow consumer's queue (counted per event, not per client act), of
+    /// the server's own state, or one invalid WebSocket message (the close they lead to is
+    /// the strike).
     pub fn counts_toward_ban(self) -> bool {
         !matches!(
             self,
             Rejection::Banned
+                | Rejection::WsInvalidMessage
                 | Rejection::EventLoopOverload
                 | Rejection::OutOfFiles
                 | Rejection::SseEventDropped
@@ -314,6 +316,8 @@ pub struct Metrics {
     pub sse_queue_depth: Histogram,
     /// What each mounted app counts (requests, streams, sockets, refusals).
     pub apps: Vec<Arc<AppMetrics>>,
+    /// Offender bans (`ban`): every refusal that names its client is a strike.
+    bans: std::sync::OnceLock<Arc<crate::limit::ban::Bans>>,
 }
 
 impl Default for Metrics {
@@ -334,6 +338,7 @@ impl Default for Metrics {
             ws_message_bytes: Histogram::new(&histogram::BYTES),
             sse_queue_depth: Histogram::new(&histogram::DEPTH),
             apps: Vec::new(),
+            bans: std::sync::OnceLock::new(),
         }
     }
 }
@@ -451,6 +456,11 @@ impl Metrics {
         self.stale_uploads_removed.fetch_add(count, Relaxed);
     }
 
+    /// Refusals that name their client count as strikes toward `bans` from now on.
+    pub(crate) fn strike_into(&self, bans: Arc<crate::limit::ban::Bans>) {
+        let _ = self.bans.set(bans);
+    }
+
     /// Counts a refusal known only by its reason (no client at hand).
     pub fn reject(&self, reason: Rejection) {
         self.refuse(Refusal::new(reason));
@@ -459,6 +469,11 @@ impl Metrics {
     /// The one path of every refusal: counted by reason, the client entered in the top
     /// offenders, and an event for JS within the per-second bound.
     pub fn refuse(&self, refusal: Refusal<'_>) {
+        if let (Some(bans), Some(client)) = (self.bans.get(), refusal.client) {
+            if refusal.reason.counts_toward_ban() {
+                bans.strike(crate::limit::key::ClientKey::new(refusal.user, client));
+            }
+        }
         self.rejections.0[refusal.reason as usize].fetch_add(1, Relaxed);
         if let Some(app) = refusal.app {
             app.rejected(refusal.reason);

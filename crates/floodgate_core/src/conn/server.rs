@@ -137,6 +137,9 @@ pub fn listen(
         }
         Arc::new(Bans::new(ban, &trusted))
     });
+    if let Some(bans) = &bans {
+        metrics.strike_into(Arc::clone(bans));
+    }
     if let (Some(cluster), Some(bans)) = (&cluster, &bans) {
         crate::cluster::bans::attach(cluster, bans);
     }
@@ -399,7 +402,8 @@ async fn accept_loop(
 impl Shared {
     /// The checks of a new connection from `ip`, cheapest first: a ban and the connection
     /// rate close it at once (`Err` with their reason), the per-address cap answers 429
-    /// (`Err(ConnectionLimit)`); each refusal is counted, and the last two as strikes.
+    /// (`Err(ConnectionLimit)`); each refusal is counted (the last two strike, as every
+    /// refusal naming its client does).
     fn admit(&self, ip: IpAddr) -> Result<Slot, Rejection> {
         if self
             .bans
@@ -423,9 +427,6 @@ impl Shared {
             }
         };
         self.metrics.refuse(Refusal::new(refusal).client(ip));
-        if let Some(bans) = &self.bans {
-            bans.strike(ClientKey::Address(address_key(ip)));
-        }
         Err(refusal)
     }
 }
@@ -723,9 +724,6 @@ async fn handle(
                     .client(client)
                     .route(&path),
             );
-            if let Some(bans) = &shared.bans {
-                bans.strike(ClientKey::Address(address_key(client)));
-            }
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
         }
     };
