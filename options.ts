@@ -118,6 +118,7 @@ export interface ServerOptions {
   maxEventLoopDelay?: Duration
   /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
   topOffenders?: number
+  /**
    * New connections per second a client address (IPv6: per /64) may open, checked at accept
    * before `maxConnectionsPerIp`: past it the connection is closed before a byte is read
    * (`connection_rate`). 0 (the default) disables; a reconnect loop is then refused only by

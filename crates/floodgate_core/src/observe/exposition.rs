@@ -6,6 +6,7 @@
 //! rejection counts per app), never the number of connections.
 
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::app::AppMetrics;
 use crate::observe::histogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -43,6 +44,9 @@ impl std::fmt::Debug for Scrape {
 }
 
 type Result = std::result::Result<(), std::fmt::Error>;
+/// One of an app's histograms, or one of its gauges' values.
+type PickHistogram = fn(&AppMetrics) -> &Histogram;
+type PickGauge = fn(&AppMetrics) -> i64;
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result {
     let metric = ConstCounter::new(value);
@@ -156,11 +160,7 @@ impl Collector for Scrape {
 impl Scrape {
     fn encode_apps(&self, e: &mut DescriptorEncoder) -> Result {
         let apps = &self.metrics.apps;
-        let histograms: [(
-            &str,
-            &str,
-            fn(&crate::observe::app::AppMetrics) -> &Histogram,
-        ); 3] = [
+        let histograms: [(&str, &str, PickHistogram); 3] = [
             (
                 "request_duration_seconds",
                 "Requests from arrival to the end of the response body, by app.",
@@ -181,7 +181,7 @@ impl Scrape {
                 pick(app).encode(family.encode_family(&[("app", app.prefix.as_str())])?)?;
             }
         }
-        let gauges: [(&str, &str, fn(&crate::observe::app::AppMetrics) -> i64); 2] = [
+        let gauges: [(&str, &str, PickGauge); 2] = [
             ("app_event_streams", "Open event streams, by app.", |app| {
                 app.sse_streams.load(Relaxed)
             }),
@@ -266,7 +266,6 @@ impl Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::app::AppMetrics;
     use crate::observe::reject::Refusal;
 
     fn metrics() -> Arc<Metrics> {
