@@ -5,7 +5,7 @@
  * `overrideGlobalResponse` — are checked here and never reach it.
  */
 import { loadNative } from './loader'
-import type { Handler } from './results'
+import type { Handler, HandlerResult } from './results'
 import type { ServerWebSocket, WebSocketMessage } from './ws'
 
 const native = loadNative()
@@ -264,6 +264,62 @@ export interface UploadsOptions {
   overwrite?: boolean
   /** Sync each upload to disk before it appears under its name (default true). */
   fsync?: boolean
+  /** Limits and naming of `multipart/form-data` POSTed to the mount itself. */
+  multipart?: MultipartOptions
+  /** Resumable uploads with the tus 1.0 protocol (core, creation, expiration, checksum) at the mount. Default: off. */
+  resumable?: ResumableOptions
+  /**
+   * Decides the response to a multipart upload, once its files are in place (without it: 201
+   * with `{ files, fields }`). `req` has the request's method, URL and headers; its body is the
+   * listing as JSON. Returning `undefined` sends the default 201.
+   */
+  onUpload?: (files: UploadedFile[], fields: Record<string, string | string[]>, req: Request) => HandlerResult | undefined | Promise<HandlerResult | undefined>
+}
+
+/** `uploads(prefix, { multipart })`: each limit has its own status and rejection reason. */
+export interface MultipartOptions {
+  /** File parts per request (413, `multipart_too_many_files`). Default 100. */
+  maxFiles?: number
+  /** Non-file parts per request (413, `multipart_too_many_fields`). Default 100. */
+  maxFields?: number
+  /** Bytes of one field's value (413, `multipart_field_too_large`). Default 64kb. */
+  maxFieldSize?: Size
+  /** Parts of any kind per request (413, `multipart_too_many_parts`). Default 1000. */
+  maxParts?: number
+  /** Bytes of one part's header block (431, `multipart_header_too_large`). Default 8kb. */
+  maxPartHeaderSize?: Size
+  /** Bytes of one file (413 as soon as passed, `file_too_large`). Default 0: only `maxUploadSize` (the whole body) applies. */
+  maxFileSize?: Size
+  /** Media types a file part may declare (`image/png`, `image/*`); others get 415 (`unsupported_media_type`). Default: any. */
+  allowedTypes?: string[]
+  /** `request` (default): the request's files appear together once it completed, or none do. `part`: each once its part ended. */
+  atomic?: 'request' | 'part'
+  /** `sanitized` (default): the client's file name made safe (no path, no leading dot, no control characters, at most 200 bytes). `random`: 32 hex characters and the extension. */
+  naming?: 'sanitized' | 'random'
+}
+
+/** `uploads(prefix, { resumable })`: tus uploads; `Upload-Length` is capped by the app's `maxUploadSize`. */
+export interface ResumableOptions {
+  /** An unfinished upload is removed this long after its creation or last PATCH. Default 24h. */
+  expiration?: Duration
+  /** Unfinished uploads per user (else address): 429, `resumable_uploads_limit`. Default 10; 0: no cap. */
+  maxUploadsPerUser?: number
+  /** Sum of one user's unfinished `Upload-Length`s: 429, `resumable_bytes_limit`. Default 10gb; 0: no cap. */
+  maxBytesPerUser?: Size
+}
+
+/** One stored file of a multipart upload. */
+export interface UploadedFile {
+  /** The form field it came in. */
+  field: string
+  /** Its name under `dir`. */
+  name: string
+  /** The name the client gave: data only, never used as a path. */
+  originalName: string
+  size: number
+  sha256: string
+  /** The media type the client declared (`application/octet-stream` when none). */
+  type: string
 }
 
 export interface FilesOptions {
@@ -511,6 +567,13 @@ export function checkHandler(handler: unknown, what: string): Handler {
     (typeof handler === 'object' && handler !== null && typeof (handler as { fetch?: unknown }).fetch === 'function')
   if (!ok) throw optionError(`${what}: handler must be a function or an object with a fetch method`)
   return handler as Handler
+}
+
+/** `streaming.uploads(prefix, options)`: `onUpload` checked here, the rest by the native core. */
+export function uploadsOptions(options: UploadsOptions): { native: Omit<UploadsOptions, 'onUpload'>; onUpload: UploadsOptions['onUpload'] } {
+  const { onUpload, ...rest } = objectOptions(options, 'uploads')
+  if (onUpload !== undefined && typeof onUpload !== 'function') throw optionError('uploads: onUpload must be a function')
+  return { native: validated('uploads', rest, 'uploads'), onUpload }
 }
 
 /** An SSE route's options without its JS functions: what the native core checks and applies. */

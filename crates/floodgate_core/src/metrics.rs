@@ -91,10 +91,39 @@ pub enum Rejection {
     /// count per message; the socket is closed with 1007 under `onInvalid: 'close'` or past
     /// `maxInvalid`).
     WsInvalidMessage,
+    /// A multipart upload that is not one: no or a bad boundary, a part without
+    /// `Content-Disposition: form-data; name=...`, a body cut short or never reaching a
+    /// boundary (`400`).
+    MultipartMalformed,
+    /// A multipart upload past `multipart.maxParts` (`413`).
+    MultipartTooManyParts,
+    /// Past `multipart.maxFiles` (`413`).
+    MultipartTooManyFiles,
+    /// Past `multipart.maxFields` (`413`).
+    MultipartTooManyFields,
+    /// A form field's value past `multipart.maxFieldSize` (`413`).
+    MultipartFieldTooLarge,
+    /// A part's header block past `multipart.maxPartHeaderSize` (`431`).
+    MultipartHeaderTooLarge,
+    /// One file of a multipart upload past `multipart.maxFileSize` (`413`).
+    FileTooLarge,
+    /// A file part whose media type `multipart.allowedTypes` does not list, or a tus `PATCH`
+    /// that is not `application/offset+octet-stream` (`415`).
+    UnsupportedMediaType,
+    /// A tus creation past `resumable.maxUploadsPerUser` (`429`).
+    ResumableUploadsLimit,
+    /// A tus creation past `resumable.maxBytesPerUser` (`429`).
+    ResumableBytesLimit,
+    /// A tus `PATCH` while another one to the same upload is running (`423`).
+    ResumableLocked,
+    /// A tus `PATCH` at an offset other than the upload's (`409`).
+    ResumableOffsetConflict,
+    /// A tus `PATCH` whose body does not match its `Upload-Checksum` (`460`).
+    ChecksumMismatch,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 43] = [
+    pub const ALL: [Rejection; 56] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -138,6 +167,19 @@ impl Rejection {
         Rejection::Banned,
         Rejection::ConnectionRate,
         Rejection::WsInvalidMessage,
+        Rejection::MultipartMalformed,
+        Rejection::MultipartTooManyParts,
+        Rejection::MultipartTooManyFiles,
+        Rejection::MultipartTooManyFields,
+        Rejection::MultipartFieldTooLarge,
+        Rejection::MultipartHeaderTooLarge,
+        Rejection::FileTooLarge,
+        Rejection::UnsupportedMediaType,
+        Rejection::ResumableUploadsLimit,
+        Rejection::ResumableBytesLimit,
+        Rejection::ResumableLocked,
+        Rejection::ResumableOffsetConflict,
+        Rejection::ChecksumMismatch,
     ];
 
     /// What the client is usually told for this reason; a site that answers otherwise says so
@@ -153,7 +195,19 @@ impl Rejection {
             RangeNotSatisfiable => 416,
             BodyTooLarge => 413,
             HandlerTimeout | InflightLimit | EventLoopOverload => 503,
-            BadRequest | WsBadHandshake => 400,
+            BadRequest | WsBadHandshake | MultipartMalformed => 400,
+            MultipartTooManyParts
+            | MultipartTooManyFiles
+            | MultipartTooManyFields
+            | MultipartFieldTooLarge
+            | FileTooLarge => 413,
+            MultipartHeaderTooLarge => 431,
+            UnsupportedMediaType => 415,
+            ResumableUploadsLimit | ResumableBytesLimit => 429,
+            ResumableLocked => 423,
+            ResumableOffsetConflict => 409,
+            ChecksumMismatch => 460,
+            WsInvalidMessage => return Some(Code::Close(1007)),
             WsMessageTooLarge => return Some(Code::Close(1009)),
             WsRateLimited => return Some(Code::Close(1008)),
             WsIdleTimeout => return Some(Code::Close(1000)),
@@ -210,6 +264,19 @@ impl Rejection {
             Rejection::Banned => "banned",
             Rejection::ConnectionRate => "connection_rate",
             Rejection::WsInvalidMessage => "ws_invalid_message",
+            Rejection::MultipartMalformed => "multipart_malformed",
+            Rejection::MultipartTooManyParts => "multipart_too_many_parts",
+            Rejection::MultipartTooManyFiles => "multipart_too_many_files",
+            Rejection::MultipartTooManyFields => "multipart_too_many_fields",
+            Rejection::MultipartFieldTooLarge => "multipart_field_too_large",
+            Rejection::MultipartHeaderTooLarge => "multipart_header_too_large",
+            Rejection::FileTooLarge => "file_too_large",
+            Rejection::UnsupportedMediaType => "unsupported_media_type",
+            Rejection::ResumableUploadsLimit => "resumable_uploads_limit",
+            Rejection::ResumableBytesLimit => "resumable_bytes_limit",
+            Rejection::ResumableLocked => "resumable_locked",
+            Rejection::ResumableOffsetConflict => "resumable_offset_conflict",
+            Rejection::ChecksumMismatch => "checksum_mismatch",
         }
     }
 

@@ -24,6 +24,7 @@ use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{policy_header, Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::app::AppMetrics;
+use crate::upload::multipart::UploadHook;
 use crate::upload::{UploadLimits, UploadsMount};
 use crate::ws::upgrade::WsRoute;
 use bytes::Bytes;
@@ -82,8 +83,16 @@ impl StreamingApp {
                 RouteSpec::Files { prefix, options } => {
                     routes.insert(prefix, Route::Files(FilesMount::new(options)?))
                 }
-                RouteSpec::Uploads { prefix, options } => {
-                    routes.insert(prefix, Route::Uploads(UploadsMount::new(options)?))
+                RouteSpec::Uploads {
+                    prefix,
+                    options,
+                    on_upload,
+                } => {
+                    if on_upload.is_some() && bridge.is_none() {
+                        return Err("uploads: onUpload needs the JS bridge".into());
+                    }
+                    let mount = UploadsMount::new(options, on_upload)?;
+                    routes.insert(prefix, Route::Uploads(mount))
                 }
                 RouteSpec::Sse {
                     prefix,
@@ -283,7 +292,7 @@ impl StreamingApp {
         context: &RequestContext,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin,
     {
         match self.routes.find(rel) {
             None => {
@@ -302,8 +311,29 @@ impl StreamingApp {
             ),
             Some((Route::Uploads(uploads), rest)) => {
                 let rest = rest.to_string();
+                let hook = match (uploads.on_upload(), &self.bridge) {
+                    (Some(handler), Some(bridge)) => Some(UploadHook {
+                        target: JsTarget {
+                            bridge,
+                            handler,
+                            params: Vec::new(),
+                            url: relative_url(rel, request.uri()),
+                            client: context.client,
+                        },
+                        limits: JsLimits {
+                            max_body: self.config.max_upload_size,
+                            read_timeout: self.config.read_timeout,
+                            handler_timeout: self.config.handler_timeout,
+                            inflight: &self.inflight,
+                            metrics: &context.metrics,
+                            app: &context.app,
+                        },
+                        delivery: self.delivery(context),
+                    }),
+                    _ => None,
+                };
                 uploads
-                    .receive(request, &rest, self.upload_limits(context))
+                    .receive(request, &rest, self.upload_limits(context), hook)
                     .await
             }
             Some((Route::Ws(ws), _)) => {
@@ -396,6 +426,7 @@ impl StreamingApp {
                 Self::client_bucket(&self.upload_buckets, context),
             ),
             metrics: Arc::clone(&context.metrics),
+            owner: ClientKey::new(context.user.as_deref(), context.client).to_string(),
         }
     }
 }
