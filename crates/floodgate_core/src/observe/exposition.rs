@@ -157,10 +157,6 @@ impl Collector for Scrape {
     }
 }
 
-/// How a per-app family reads an app's metrics.
-type PickHistogram = fn(&crate::observe::app::AppMetrics) -> &Histogram;
-type PickGauge = fn(&crate::observe::app::AppMetrics) -> i64;
-
 impl Scrape {
     fn encode_apps(&self, e: &mut DescriptorEncoder) -> Result {
         let apps = &self.metrics.apps;
