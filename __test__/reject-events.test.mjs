@@ -145,3 +145,14 @@ test('an event stream over the per-user cap is an sse_limit event with 429 and t
   await eventually(() => events.length >= 1)
   t.like(events[0], { reason: 'sse_limit', user: 'eve', address: '127.0.0.1', status: 429, route: '/s/events' })
 })
+
+test('a ban and the connection rate are reject events with the address (banned, connection_rate)', async (t) => {
+  const { port, events } = await start(t, { maxConnectionsPerIp: 0, maxConnectionRatePerIp: 1, connectionRateBurst: 1, ban: { after: 2, within: '10s', for: '1m' } }, ok)
+  for (let i = 0; i < 6; i++) await rawExchange(port, 'GET /api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', { localAddress: '127.0.0.7' })
+  await eventually(() => events.some((event) => event.reason === 'banned'))
+  const rate = events.find((event) => event.reason === 'connection_rate')
+  const banned = events.find((event) => event.reason === 'banned')
+  t.like(rate, { address: '127.0.0.7', dropped: 0 })
+  t.like(banned, { address: '127.0.0.7' })
+  t.is(banned.status, undefined, 'closed at accept, unanswered')
+})

@@ -6,6 +6,7 @@
 //! rejection counts per app), never the number of connections.
 
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::app::AppMetrics;
 use crate::observe::histogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -43,6 +44,9 @@ impl std::fmt::Debug for Scrape {
 }
 
 type Result = std::result::Result<(), std::fmt::Error>;
+/// One of an app's histograms, or one of its gauges' values.
+type PickHistogram = fn(&AppMetrics) -> &Histogram;
+type PickGauge = fn(&AppMetrics) -> i64;
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result {
     let metric = ConstCounter::new(value);
@@ -153,10 +157,6 @@ impl Collector for Scrape {
     }
 }
 
-/// How a per-app family reads an app's metrics.
-type PickHistogram = fn(&crate::observe::app::AppMetrics) -> &Histogram;
-type PickGauge = fn(&crate::observe::app::AppMetrics) -> i64;
-
 impl Scrape {
     fn encode_apps(&self, e: &mut DescriptorEncoder) -> Result {
         let apps = &self.metrics.apps;
@@ -266,7 +266,6 @@ impl Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::app::AppMetrics;
     use crate::observe::reject::Refusal;
 
     fn metrics() -> Arc<Metrics> {
