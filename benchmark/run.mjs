@@ -21,10 +21,11 @@ import sse from './workloads/sse.mjs'
 import wsEcho from './workloads/ws-echo.mjs'
 import wsFanout from './workloads/ws-fanout.mjs'
 import wsIdle from './workloads/ws-idle.mjs'
+import sseIdle from './workloads/sse-idle.mjs'
 import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
 
-const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout]
+const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, sseIdle, clusterConnect, clusterFanout]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

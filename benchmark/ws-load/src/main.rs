@@ -6,6 +6,8 @@
 //!   ws-load idle   --url ws://127.0.0.1:PORT/ws/idle  --connections 10000
 //!   ws-load sse    --url http://127.0.0.1:PORT/stream/sse --connections 10000 [--expect 10000000] [--idle-ms 2000] [--timeout-ms 60000]
 //!
+//! `sse` without `--expect` (or with 0) holds its idle streams until a line arrives on stdin.
+//!
 //! `fanout`, `idle` and `sse` print `CONNECTED <n>` once every connection is open (for `sse`: once
 //! every subscriber has its response head), then the JSON line when done: `fanout` and `sse` once
 //! `--expect` messages (events) arrived in all, or none for `--idle-ms`, or `--timeout-ms` passed;
@@ -658,11 +660,20 @@ impl Deliveries {
         let cpu_before = cpu_seconds();
         let connected_at = Instant::now();
         let timeout = Duration::from_millis(args.timeout_ms);
+        if args.expect == 0 {
+            // Nothing to count (idle streams): hold them until stdin says stop, as `idle` does.
+            let mut line = String::new();
+            let _ = tokio::time::timeout(
+                timeout,
+                tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line),
+            )
+            .await;
+        }
         let idle = Duration::from_millis(args.idle_ms);
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let delivered = self.delivered.get();
-            if args.expect > 0 && delivered >= args.expect {
+            if delivered >= args.expect {
                 break;
             }
             let since_last = self
