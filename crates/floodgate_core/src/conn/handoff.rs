@@ -109,7 +109,27 @@ pub fn head(parts: &Parts, request_version: Version) -> (Bytes, bool) {
 #[cfg(test)]
 mod tests {
     use super::head;
+    use crate::conn::state::ConnState;
     use http::{Response, Version};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn only_a_lone_flushed_http1_request_may_take_the_socket() {
+        let conn = ConnState::new(tokio::time::Instant::now(), Duration::from_secs(1));
+        conn.request_started();
+        assert!(conn.may_hand_off());
+        // hyper wrote and has not flushed yet: its buffer may hold an earlier response's end.
+        conn.set_flushed(false);
+        assert!(!conn.may_hand_off());
+        conn.set_flushed(true);
+        // An earlier response still going (pipelined requests).
+        conn.request_started();
+        assert!(!conn.may_hand_off());
+        conn.response_done();
+        assert!(conn.may_hand_off());
+        conn.mark_http2();
+        assert!(!conn.may_hand_off());
+    }
 
     #[test]
     fn the_head_frames_by_version_and_drops_framing_headers() {

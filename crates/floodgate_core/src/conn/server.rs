@@ -479,9 +479,13 @@ async fn serve_connection(
     if handed_off {
         if let Some(pending) = conn.take_handoff() {
             if let Some((socket, guard)) = pending.socket {
-                pending
-                    .handoff
-                    .start(socket, guard, pending.head, pending.chunked, &shared.tracker);
+                pending.handoff.start(
+                    socket,
+                    guard,
+                    pending.head,
+                    pending.chunked,
+                    &shared.tracker,
+                );
             }
         }
     }

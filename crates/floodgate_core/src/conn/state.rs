@@ -7,8 +7,8 @@ use crate::conn::guarded_io::SocketGuard;
 use crate::conn::handoff::{HandOff, Pending};
 use crate::conn::socket::Socket;
 use crate::delivery::zero_copy::FilePieces;
-use bytes::Bytes;
 use crate::limit::bucket::{ConnectionBucket, DirectLimiter};
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -267,6 +267,9 @@ impl ConnState {
 
     /// The handed-over response with its socket, once hyper's connection is gone.
     pub fn take_handoff(&self) -> Option<Pending> {
-        self.handoff.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
