@@ -2,7 +2,7 @@
 // open (response head received) and has settled, as ws-idle-10k measures WebSockets. Held by the
 // Rust load client (`ws-load sse` with nothing to count). KiB per stream is lower-is-better.
 // Centrifugo's streams are its unidirectional SSE transport, subscribed to `bench` at connect.
-import { wsLoad, SOURCES } from '../lib/ws-load.mjs'
+import { wsLoad, buildWsLoad, SOURCES } from '../lib/ws-load.mjs'
 import { rss } from '../lib/proc.mjs'
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -22,6 +22,7 @@ export default {
     if (warmup) return {}
     const streams = quick ? 1000 : 10_000
     await sleep(500) // let the fresh server settle before its baseline
+    await buildWsLoad() // not part of the connect time
     const before = rss(pids())
     const started = Date.now()
     const load = await wsLoad('sse', { url: await streamUrl(peer, port), connections: streams, sources: SOURCES, 'timeout-ms': 120_000 })
