@@ -1,9 +1,11 @@
 // Centrifugo v6, one instance with its memory engine: the peer of the event-stream and fan-out
 // workloads (CENTRIFUGO names the binary, see lib/centrifugo.mjs). Clients connect without tokens
-// on its unidirectional transports, subscribed at connect (`cf_connect={"subs":{"bench":{}}}`):
-// `/connection/uni_sse` (EventSource) and `/connection/uni_websocket`. A small Node front gives
+// and subscribe to `bench`: over its bidirectional WebSocket (`/connection/websocket`, JSON
+// protocol), or on its unidirectional SSE transport, subscribed at connect
+// (`/connection/uni_sse?cf_connect={"subs":{"bench":{}}}`). A small Node front gives
 // the harness what the other peers' servers have:
 //   /api/publish  starts a publishing run (rate, seconds) through Centrifugo's HTTP publish API
+//   /api/count    subscribers of `bench` (Centrifugo's channels API)
 //   /api/ws-port  where clients connect
 import http from 'node:http'
 import net from 'node:net'
@@ -37,7 +39,6 @@ writeFileSync(
     http_api: { key: KEY },
     channel: { without_namespace: { allow_subscribe_for_client: true } },
     uni_sse: { enabled: true },
-    uni_websocket: { enabled: true },
   }),
 )
 const child = spawn(binary, ['--config', join(dir, 'config.json')], { stdio: ['ignore', 'inherit', 'inherit'] })
@@ -74,6 +75,9 @@ const server = http.createServer(async (req, res) => {
       api('publish', { channel: 'bench', data: JSON.parse(data) }).catch(() => {}),
     )
     res.writeHead(204).end()
+  } else if (url.pathname === '/api/count') {
+    const { result } = await api('channels', { pattern: 'bench' })
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ subscribers: result?.channels?.bench?.num_clients ?? 0 }))
   } else if (url.pathname === '/api/ws-port') {
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ port }))
   } else res.writeHead(404).end()

@@ -693,11 +693,12 @@ impl Deliveries {
         let mut latencies = self.latencies.take();
         latencies.sort_unstable();
         emit(format!(
-            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"maxMs\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
             self.closed.get(),
             if span > 0.0 { delivered as f64 / span } else { 0.0 },
             quantile_ms(&latencies, 0.5),
             quantile_ms(&latencies, 0.99),
+            quantile_ms(&latencies, 1.0),
             json_error(error),
         ));
     }
