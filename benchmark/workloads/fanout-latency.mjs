@@ -52,6 +52,9 @@ async function point({ peer, port, pids, transport, subscribers, offered, second
     cpuUs: (cpu / delivered) * 1e6,
     rssMiB: rss(pids()) / 2 ** 20,
     clientUs: (result.clientCpuS / delivered) * 1e6,
+    // A server whose publisher falls behind (`ws` and Node send from the JS thread, whose timer
+    // then fires late) delivers everything over a longer span: the rate it actually sustained.
+    achieved: result.msgPerSec,
     closed: result.closed,
   }
 }
@@ -74,9 +77,13 @@ export default {
         out[`${at} p99 ms`] = r.p99
         out[`${at} max ms`] = r.max
         out[`${at} delivered %`] = r.delivered
+        out[`${at} achieved/s`] = r.achieved
         out[`${at} server CPU µs/delivery`] = r.cpuUs
         out[`${at} server RSS MiB`] = r.rssMiB
         out[`${at} client CPU µs/delivery`] = r.clientUs
+        // What one burst (an event to every subscriber) costs the client on its core: the
+        // client's own share of the latency, at most, for the last subscriber it reads.
+        out[`${at} client ms/burst`] = (r.clientUs * subscribers) / 1000
         if (r.closed) out[`${at} errors`] = `${r.closed} subscribers closed by the server`
         console.error(`fanout-latency: ${peer} ${at} ${JSON.stringify(r)}`)
       }
