@@ -28,6 +28,10 @@ export declare class NativeServer {
   stats(): any
   /** New certificates for new TLS handshakes (`tls` options); open connections keep theirs. */
   setTls(options: any): void
+  /** The bans in force (`ban`), most recently banned first. */
+  bans(): any
+  /** Lifts a ban; `true` if one was in force. */
+  unban(client: string): boolean
   /** The same counters in the Prometheus text exposition format. */
   prometheus(): string
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */

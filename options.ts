@@ -104,6 +104,22 @@ export interface ServerOptions {
    */
   cluster?: ClusterOptions
   /**
+   * New connections per second a client address (IPv6: per /64) may open, checked at accept
+   * before `maxConnectionsPerIp`: past it the connection is closed before a byte is read
+   * (`connection_rate`). 0 (the default) disables; a reconnect loop is then refused only by
+   * the per-IP cap.
+   */
+  maxConnectionRatePerIp?: number
+  /** Connections an address may open at once beyond that rate. Default: the rate itself. */
+  connectionRateBurst?: number
+  /**
+   * Offender bans: an address (IPv6: per /64), or the user `identify` named, refused `after`
+   * times (any reason but a ban) within `within` is refused for `for` — at accept, the
+   * connection closed before any TLS or HTTP work (`banned`), or with `403` where the address
+   * comes from a trusted proxy's headers or the user from `identify`. Default off.
+   */
+  ban?: BanOptions
+  /**
    * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
    * handlers build and floodgate sends without undici's per-response `Headers` and stream.
    * It behaves as the real class (`instanceof` holds both ways). Default true.
@@ -295,6 +311,30 @@ export interface WebSocketRoute {
   overflow?: 'dropOldest' | 'dropNewest' | 'close'
   /** Over `wsMaxMessagesPerSecond` / `wsMaxBytesPerSecond`: close with 1008 (default), or pause reading. */
   rateLimitAction?: 'close' | 'pause'
+  /**
+   * Messages checked in Rust before JS hears them: a message that is not one JSON value within
+   * these bounds (and valid under `schema`) never reaches `message` or `batch`; it is dropped
+   * and counted (`ws_invalid_message`), and the socket closed with 1007 at the first
+   * (`onInvalid: 'close'`) or once it sent more than `maxInvalid`.
+   */
+  messages?: MessageRulesOptions
+}
+
+export interface MessageRulesOptions {
+  /** The one format: JSON (text messages, or binary ones holding UTF-8 JSON). */
+  format?: 'json'
+  /** Nesting of arrays and objects, 1–128. Default 32. */
+  maxDepth?: number
+  /** Members of any one object. Default 1000. */
+  maxKeys?: number
+  /** Characters of any one string, keys included. Default 0: no cap beyond `wsMaxMessageSize`. */
+  maxStringLength?: number
+  /** A JSON Schema (draft 2020-12 unless `$schema` names another), compiled once; no remote `$ref`. */
+  schema?: object | boolean
+  /** Drop invalid messages (default) or close the socket at the first. */
+  onInvalid?: 'drop' | 'close'
+  /** Invalid messages a socket may send before it is closed with 1007. Default 10; 0: never. */
+  maxInvalid?: number
 }
 
 /** Options of a JS handler mount (`server.mount('/api', handler, options)`). */
@@ -322,6 +362,26 @@ export interface AddressInfo {
   url: string
 }
 
+export interface BanOptions {
+  /** Refusals that ban. Default 50. */
+  after?: number
+  /** ...counted within this window from the first. Default `'10s'`. */
+  within?: Duration
+  /** How long a ban lasts. Default `'5m'`. */
+  for?: Duration
+  /** Addresses or CIDRs never banned (the trusted proxies and load balancers never are). */
+  exempt?: string[]
+  /** Bans, and offenders being counted, kept at most (least recently banned forgotten first). Default 10,000. */
+  maxEntries?: number
+}
+
+/** One ban in force, from `server.bans()`. */
+export interface BanEntry {
+  /** The address (`203.0.113.7`), IPv6 `/64` or `user:<id>`. */
+  client: string
+  remainingMs: number
+}
+
 export interface Stats {
   /** Open WebSocket sessions, and messages received from and sent to them. */
   wsConnections: number
@@ -340,6 +400,8 @@ export interface Stats {
   rejections: Record<string, number>
   /** With the `cluster` option: Redis's state and the decisions made without it. */
   cluster?: ClusterStats
+  /** With the `ban` option: bans in force and offenders being counted. */
+  bans?: { inForce: number; offenders: number }
 }
 
 /** The kinds of options the native core checks (`validateOptions` in the binding). */

@@ -17,6 +17,7 @@ import {
   serverOptions,
   validated,
   type AddressInfo,
+  type BanEntry,
   type HandlerMountOptions,
   type ListenOptions,
   type ServerOptions,
@@ -163,6 +164,27 @@ export class Server extends EventEmitter {
   stats(): Stats {
     if (!this.#native) throw notListening('stats')
     return this.#native.stats() as Stats
+  }
+
+  /** The bans in force (the `ban` option), most recently banned first. */
+  bans(): BanEntry[] {
+    if (!this.#native) throw notListening('bans')
+    return this.#native.bans() as BanEntry[]
+  }
+
+  /**
+   * Lifts the ban of `client` — an address (an IPv6 address lifts its /64), an IPv6 `/64`, or
+   * `user:<id>` — and forgets its counted refusals. Returns whether a ban was in force; a
+   * `TypeError` for text that names none of these.
+   */
+  unban(client: string): boolean {
+    if (!this.#native) throw notListening('unban')
+    if (typeof client !== 'string') throw optionError('unban: client must be a string')
+    try {
+      return this.#native.unban(client)
+    } catch (error) {
+      throw fromNative(error)
+    }
   }
 
   /**

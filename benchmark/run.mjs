@@ -25,8 +25,9 @@ import sseIdle from './workloads/sse-idle.mjs'
 import fanoutLatency from './workloads/fanout-latency.mjs'
 import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
+import defences from './workloads/defences.mjs'
 
-const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, sseIdle, fanoutLatency, clusterConnect, clusterFanout]
+const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, sseIdle, fanoutLatency, clusterConnect, clusterFanout, defences]
 const args = process.argv.slice(2) // --full: fanout-latency's whole sweep of rates
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

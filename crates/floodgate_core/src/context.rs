@@ -3,7 +3,9 @@
 
 use crate::conn::state::ConnState;
 use crate::events::bus::Bus;
-use crate::metrics::Metrics;
+use crate::limit::ban::Bans;
+use crate::limit::key::ClientKey;
+use crate::metrics::{Metrics, Rejection};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,4 +23,25 @@ pub(crate) struct RequestContext {
     /// Where WebSocket sessions are spawned, and the token that aborts them after the drain.
     pub(crate) tracker: tokio_util::task::TaskTracker,
     pub(crate) abort: CancellationToken,
+    /// Offender bans, with the `ban` option.
+    pub(crate) bans: Option<Arc<Bans>>,
+}
+
+impl RequestContext {
+    /// Counts a refusal of this request's client: by reason, and as a strike toward banning
+    /// its user, or its address when it has none.
+    pub(crate) fn refuse(&self, reason: Rejection) {
+        self.metrics.reject(reason);
+        if let Some(bans) = self.bans.as_ref().filter(|_| reason.counts_toward_ban()) {
+            bans.strike(ClientKey::new(self.user.as_deref(), self.client));
+        }
+    }
+
+    /// Whether this request's user is banned.
+    pub(crate) fn user_banned(&self) -> bool {
+        match (&self.bans, &self.user) {
+            (Some(bans), Some(user)) => bans.is_banned(&ClientKey::User(user.as_str().into())),
+            _ => false,
+        }
+    }
 }

@@ -72,10 +72,19 @@ pub enum Rejection {
     /// h2 ended an HTTP/2 connection with GOAWAY for a protocol violation (malformed frames,
     /// flow-control or compression errors).
     H2ProtocolError,
+    /// A connection (or, behind a trusted proxy, a request: `403`) from a banned address or
+    /// user (`ban`), refused at accept before any TLS or HTTP work.
+    Banned,
+    /// A new connection over `maxConnectionRatePerIp`, closed at accept before a byte is read.
+    ConnectionRate,
+    /// A WebSocket message that broke its route's `messages` rules: dropped before JS (one
+    /// count per message; the socket is closed with 1007 under `onInvalid: 'close'` or past
+    /// `maxInvalid`).
+    WsInvalidMessage,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 39] = [
+    pub const ALL: [Rejection; 42] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -115,6 +124,9 @@ impl Rejection {
         Rejection::H2ControlFlood,
         Rejection::H2Flood,
         Rejection::H2ProtocolError,
+        Rejection::Banned,
+        Rejection::ConnectionRate,
+        Rejection::WsInvalidMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -158,7 +170,23 @@ impl Rejection {
             Rejection::H2ControlFlood => "h2_control_flood",
             Rejection::H2Flood => "h2_flood",
             Rejection::H2ProtocolError => "h2_protocol_error",
+            Rejection::Banned => "banned",
+            Rejection::ConnectionRate => "connection_rate",
+            Rejection::WsInvalidMessage => "ws_invalid_message",
         }
+    }
+
+    /// Whether this refusal is a strike toward a ban: the client's doing, not a consequence
+    /// of a ban itself, of a slow consumer's queue (counted per event, not per client act), or
+    /// of the server's own state.
+    pub fn counts_toward_ban(self) -> bool {
+        !matches!(
+            self,
+            Rejection::Banned
+                | Rejection::OutOfFiles
+                | Rejection::SseEventDropped
+                | Rejection::WsMessageDropped
+        )
     }
 }
 
@@ -207,6 +235,19 @@ pub struct Snapshot {
     /// Present with the `cluster` option: Redis's state and what was decided without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
+    /// Present with the `ban` option.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bans: Option<BanSnapshot>,
+}
+
+/// The ban tables' sizes (each bounded by `ban.maxEntries`).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BanSnapshot {
+    /// Bans in force.
+    pub in_force: usize,
+    /// Clients with refusals counted toward a ban.
+    pub offenders: usize,
 }
 
 impl Metrics {
@@ -285,6 +326,7 @@ impl Metrics {
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
                 .collect(),
             cluster: None,
+            bans: None,
         }
     }
 }
@@ -360,6 +402,14 @@ impl Snapshot {
             "Temporary files of interrupted uploads removed at start.",
             self.stale_uploads_removed as f64,
         );
+        if let Some(bans) = &self.bans {
+            metric(
+                "bans",
+                "gauge",
+                "Addresses and users banned now.",
+                bans.in_force as f64,
+            );
+        }
         if let Some(cluster) = &self.cluster {
             metric(
                 "cluster_degraded",

@@ -154,6 +154,21 @@ impl NativeServer {
         server.set_tls(options).map_err(coded)
     }
 
+    /// The bans in force (`ban`), most recently banned first.
+    #[napi]
+    pub fn bans(&self) -> Result<serde_json::Value, String> {
+        let server = self.running().ok_or_else(|| not_listening("bans"))?;
+        serde_json::to_value(server.bans())
+            .map_err(|err| Error::new("ERR_FLOODGATE_STATS".to_string(), err.to_string()))
+    }
+
+    /// Lifts a ban; `true` if one was in force.
+    #[napi]
+    pub fn unban(&self, client: String) -> Result<bool, String> {
+        let server = self.running().ok_or_else(|| not_listening("unban"))?;
+        server.unban(&client).map_err(coded)
+    }
+
     /// The same counters in the Prometheus text exposition format.
     #[napi]
     pub fn prometheus(&self) -> Result<String, String> {

@@ -103,7 +103,7 @@ impl StreamingApp {
                         return Err("ws: WebSockets need the JS bridge".into());
                     }
                     let path = route_path(mount, &prefix);
-                    let route = WsRoute::new(options, handlers, &config, cluster, path);
+                    let route = WsRoute::new(options, handlers, &config, cluster, path)?;
                     routes.insert(prefix, Route::Ws(route))
                 }
                 RouteSpec::Handler {
@@ -192,6 +192,10 @@ impl StreamingApp {
                 Ok(user) => context.user = user,
                 Err(response) => return response,
             }
+            if context.user_banned() {
+                context.metrics.reject(Rejection::Banned);
+                return body::text(StatusCode::FORBIDDEN, "Forbidden\n");
+            }
         }
         let client = || ClientKey::new(context.user.as_deref(), context.client);
         let decision = match (&self.cluster_requests, &self.requests) {
@@ -211,7 +215,7 @@ impl StreamingApp {
             (None, None) => None,
         };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
-            context.metrics.reject(Rejection::RateLimited);
+            context.refuse(Rejection::RateLimited);
             let mut response = body::text_with(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too Many Requests\n",
@@ -265,7 +269,7 @@ impl StreamingApp {
     {
         match self.routes.find(rel) {
             None => {
-                context.metrics.reject(Rejection::NotFound);
+                context.refuse(Rejection::NotFound);
                 body::text(StatusCode::NOT_FOUND, "Not Found\n")
             }
             Some((Route::Files(files), rest)) => files.serve(

@@ -180,6 +180,8 @@ pub struct GuardedIo {
     linger: Option<Lingering>,
     /// An HTTP/2 client flooded control frames: it was sent GOAWAY and reads see its end.
     flooded: bool,
+    /// The last byte read was CR (a head that starts in the next read continues its line).
+    last_read_was_cr: bool,
     /// The client's connection slot and the live-connection count, held by the socket itself
     /// so they last exactly as long as it does, upgraded sessions and event streams included;
     /// `None` only once the socket was taken out.
@@ -242,6 +244,7 @@ impl GuardedIo {
             write_timer_at: None,
             linger: None,
             flooded: false,
+            last_read_was_cr: false,
         }
     }
 
@@ -264,7 +267,11 @@ impl GuardedIo {
         self.phase = if started > done {
             Phase::InRequest
         } else {
-            Phase::Head(HeadProgress::new(false, Instant::now()))
+            let mut head = HeadProgress::new(false, Instant::now());
+            // Pipelined requests: hyper may already hold the start of this head, read with
+            // the previous request, so this read can begin between a CR and its LF.
+            head.previous_was_cr = self.last_read_was_cr;
+            Phase::Head(head)
         };
     }
 
@@ -507,6 +514,9 @@ impl AsyncRead for GuardedIo {
             Poll::Ready(Ok(())) => {
                 let bytes = &buf.filled()[before..];
                 this.metrics.received(bytes.len());
+                if let Some(last) = bytes.last() {
+                    this.last_read_was_cr = *last == b'\r';
+                }
                 let refused = match &mut this.phase {
                     Phase::Head(_) if !bytes.is_empty() => this.on_head_bytes(bytes).err(),
                     Phase::Http2(frames) => frames

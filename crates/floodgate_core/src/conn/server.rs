@@ -20,7 +20,10 @@ use crate::delivery::body::{self, Body, Tracked};
 use crate::error::Error;
 use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
+use crate::limit::ban::{self, BanEntry, Bans};
 use crate::limit::conn::{ConnectionLimiter, Slot};
+use crate::limit::key::{address_key, ClientKey};
+use crate::limit::rate::RequestLimiter;
 use crate::metrics::{Metrics, Rejection, Snapshot};
 use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
@@ -30,7 +33,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -47,6 +50,9 @@ struct Shared {
     mounts: MountTable<Arc<StreamingApp>>,
     metrics: Arc<Metrics>,
     limiter: Arc<ConnectionLimiter>,
+    /// New connections per address per second (`maxConnectionRatePerIp`).
+    connection_rate: Option<RequestLimiter>,
+    bans: Option<Arc<Bans>>,
     builder: auto::Builder<StreamExecutor>,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
@@ -108,6 +114,16 @@ pub fn listen(
     if let Some(cluster) = &cluster {
         crate::cluster::bus::attach(cluster, &bus);
     }
+    let bans = spec.options.ban.clone().map(|ban| {
+        let mut trusted = spec.options.trust_proxy.clone();
+        if let Some(proxy) = &spec.options.proxy_protocol {
+            trusted.extend_from_slice(&proxy.trusted);
+        }
+        Arc::new(Bans::new(ban, &trusted))
+    });
+    if let (Some(cluster), Some(bans)) = (&cluster, &bans) {
+        crate::cluster::bans::attach(cluster, bans);
+    }
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -119,6 +135,12 @@ pub fn listen(
         abort: abort.clone(),
         builder: hyper_builder(&spec.options, &metrics),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
+        connection_rate: RequestLimiter::new(
+            spec.options.max_connection_rate_per_ip,
+            Duration::from_secs(1),
+            spec.options.connection_rate_burst,
+        ),
+        bans,
         metrics,
         mounts,
         config: spec.options,
@@ -213,6 +235,7 @@ impl RunningServer {
             .cluster
             .as_ref()
             .map(|cluster| cluster.snapshot());
+        snapshot.bans = self.shared.bans.as_ref().map(|bans| bans.snapshot());
         snapshot
     }
 
@@ -231,6 +254,30 @@ impl RunningServer {
         let options: TlsOptions = serde_path_to_error::deserialize(options)
             .map_err(|err| Error::option(format!("tls.{}: {}", err.path(), err.inner())))?;
         tls.replace(&options).map_err(Error::option)
+    }
+
+    /// The bans in force (`ban`), most recently banned first; empty without the option.
+    pub fn bans(&self) -> Vec<BanEntry> {
+        self.shared
+            .bans
+            .as_ref()
+            .map(|bans| bans.list())
+            .unwrap_or_default()
+    }
+
+    /// Lifts the ban of `client` (an address, an IPv6 `/64`, or `user:<id>`); `Ok(true)` if
+    /// one was in force.
+    pub fn unban(&self, client: &str) -> Result<bool, Error> {
+        let key = ban::parse_client(client).ok_or_else(|| {
+            Error::option(format!(
+                "unban: {client:?} is not an address, an IPv6 /64 or user:<id>"
+            ))
+        })?;
+        Ok(self
+            .shared
+            .bans
+            .as_ref()
+            .is_some_and(|bans| bans.unban(&key)))
     }
 
     /// The topic bus event streams subscribe to.
@@ -301,8 +348,8 @@ async fn accept_loop(
             tracker.spawn(task);
             continue;
         }
-        match shared.limiter.try_acquire(peer.ip()) {
-            Some(slot) => {
+        match shared.admit(peer.ip()) {
+            Ok(slot) => {
                 let task = serve_connection(
                     stream,
                     peer,
@@ -314,11 +361,45 @@ async fn accept_loop(
                 );
                 tracker.spawn(task);
             }
-            None => {
-                shared.metrics.reject(Rejection::ConnectionLimit);
+            Err(Rejection::ConnectionLimit) => {
                 tracker.spawn(refuse_connection(stream, abort.clone()));
             }
+            // Closed at once, before a byte is read.
+            Err(_) => drop(stream),
         }
+    }
+}
+
+impl Shared {
+    /// The checks of a new connection from `ip`, cheapest first: a ban and the connection
+    /// rate close it at once (`Err` with their reason), the per-address cap answers 429
+    /// (`Err(ConnectionLimit)`); each refusal is counted, and the last two as strikes.
+    fn admit(&self, ip: IpAddr) -> Result<Slot, Rejection> {
+        if self
+            .bans
+            .as_ref()
+            .is_some_and(|bans| bans.is_banned_address(ip))
+        {
+            self.metrics.reject(Rejection::Banned);
+            return Err(Rejection::Banned);
+        }
+        let rate_exceeded = self
+            .connection_rate
+            .as_ref()
+            .is_some_and(|rate| !rate.check(&ClientKey::Address(address_key(ip))).allowed);
+        let refusal = if rate_exceeded {
+            Rejection::ConnectionRate
+        } else {
+            match self.limiter.try_acquire(ip) {
+                Some(slot) => return Ok(slot),
+                None => Rejection::ConnectionLimit,
+            }
+        };
+        self.metrics.reject(refusal);
+        if let Some(bans) = &self.bans {
+            bans.strike(ClientKey::Address(address_key(ip)));
+        }
+        Err(refusal)
     }
 }
 
@@ -373,14 +454,12 @@ async fn serve_proxied(
             return;
         }
     };
-    match shared.limiter.try_acquire(client.ip()) {
-        Some(slot) => {
+    match shared.admit(client.ip()) {
+        Ok(slot) => {
             serve_connection(stream, client, accepted_at, slot, shared, shutdown, abort).await
         }
-        None => {
-            shared.metrics.reject(Rejection::ConnectionLimit);
-            refuse_connection(stream, abort).await
-        }
+        Err(Rejection::ConnectionLimit) => refuse_connection(stream, abort).await,
+        Err(_) => {}
     }
 }
 
@@ -577,8 +656,20 @@ async fn handle(
     let path = request.uri().path().to_string();
     let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {
+            let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
+            // An address banned while its connection was open, or one known only from a
+            // trusted proxy's headers (that connection carries other clients too).
+            if shared
+                .bans
+                .as_ref()
+                .is_some_and(|bans| bans.is_banned_address(client))
+            {
+                shared.metrics.reject(Rejection::Banned);
+                return body::text(StatusCode::FORBIDDEN, "Forbidden\n")
+                    .map(|body: Body| Tracked::new(body, Arc::clone(conn)));
+            }
             let context = RequestContext {
-                client: client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy),
+                client,
                 user: None,
                 conn: Arc::clone(conn),
                 metrics: Arc::clone(&shared.metrics),
@@ -586,11 +677,16 @@ async fn handle(
                 shutdown: shared.shutdown.clone(),
                 tracker: shared.tracker.clone(),
                 abort: shared.abort.clone(),
+                bans: shared.bans.clone(),
             };
             app.handle(request, rel, context).await
         }
         None => {
             shared.metrics.reject(Rejection::NotFound);
+            if let Some(bans) = &shared.bans {
+                let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
+                bans.strike(ClientKey::Address(address_key(client)));
+            }
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
         }
     };

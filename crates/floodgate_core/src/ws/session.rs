@@ -10,17 +10,20 @@
 //! with `1009`; permessage-deflate is never negotiated, so no inflated size can exceed what
 //! was read.
 
-use crate::config::RateAction;
+use crate::config::{InvalidAction, RateAction};
 use crate::conn::guarded_io::{GuardedIo, SocketGuard};
 use crate::conn::linger::linger;
 use crate::conn::socket::Socket;
 use crate::js::bridge::Bridge;
+use crate::limit::ban::Bans;
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
+use crate::limit::key::ClientKey;
 use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
 use crate::ws::frame::{self, Assembler, Incoming, ReadError};
 use crate::ws::hub::{Registration, WsEvent};
 use crate::ws::upgrade::Held;
+use crate::ws::validate::MessageRules;
 use bytes::{Buf, Bytes, BytesMut};
 use governor::clock::Clock;
 use governor::Quota;
@@ -71,6 +74,30 @@ pub struct SessionLimits {
     pub route: u32,
     /// JS hears this route's sockets (see `WsConfig::js_events`).
     pub js_events: bool,
+    /// The route's `messages` rules, checked before JS hears a message.
+    pub messages: Option<Arc<MessagePolicy>>,
+}
+
+/// A route's `messages` rules and what an invalid message costs the socket.
+pub struct MessagePolicy {
+    pub rules: MessageRules,
+    pub on_invalid: InvalidAction,
+    pub max_invalid: u32,
+}
+
+/// A session's invalid messages so far, and whom closing it for them strikes toward a ban.
+pub struct Validation {
+    invalid: u32,
+    offender: Option<(Arc<Bans>, ClientKey)>,
+}
+
+impl Validation {
+    pub fn new(offender: Option<(Arc<Bans>, ClientKey)>) -> Self {
+        Self {
+            invalid: 0,
+            offender,
+        }
+    }
 }
 
 /// Everything a session needs, handed over by the upgrade.
@@ -87,6 +114,8 @@ pub struct SessionStart {
     /// the token itself bounds the wait for the upgrade and the lingering close.
     pub abort: CancellationToken,
     pub held: Held,
+    /// Present on routes with `messages` rules.
+    pub validation: Option<Box<Validation>>,
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
@@ -123,6 +152,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         metrics,
         held,
         abort,
+        validation,
     } = *start;
     drop(on_upgrade);
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
@@ -164,6 +194,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         paused_until: None,
         timer: None,
         timer_at: None,
+        validation,
     }))
 }
 
@@ -319,6 +350,8 @@ struct Session {
     /// Armed for the nearest deadline; created with the first one.
     timer: Option<Pin<Box<Sleep>>>,
     timer_at: Option<Instant>,
+    /// Only on routes with `messages` rules.
+    validation: Option<Box<Validation>>,
 }
 
 impl Session {
@@ -613,9 +646,13 @@ impl Session {
         };
     }
 
-    /// A data message within the rate: count it and hand it to JS.
+    /// A data message within the rate: count it and, valid under the route's `messages`
+    /// rules, hand it to JS.
     fn deliver(&mut self, data: Bytes, binary: bool) {
         self.metrics.ws_received();
+        if !self.valid(&data) {
+            return;
+        }
         if !self.limits.js_events {
             return;
         }
@@ -626,6 +663,29 @@ impl Session {
             binary,
             backlog,
         });
+    }
+
+    /// Whether `data` passes the route's `messages` rules; an invalid message is counted, and
+    /// closes the session (1007, a strike toward a ban) when the policy says so.
+    fn valid(&mut self, data: &[u8]) -> bool {
+        let (Some(policy), Some(validation)) = (&self.limits.messages, &mut self.validation) else {
+            return true;
+        };
+        if policy.rules.check(data).is_ok() {
+            return true;
+        }
+        self.metrics.reject(Rejection::WsInvalidMessage);
+        validation.invalid = validation.invalid.saturating_add(1);
+        let close = policy.on_invalid == InvalidAction::Close
+            || (policy.max_invalid > 0 && validation.invalid > policy.max_invalid);
+        if close && matches!(self.state, State::Open) {
+            if let Some((bans, client)) = validation.offender.take() {
+                bans.strike(client);
+            }
+            self.reading_done = true;
+            self.begin_close(1007, "Invalid message");
+        }
+        false
     }
 
     /// The client's input broke a rule: close with its code and read no more.

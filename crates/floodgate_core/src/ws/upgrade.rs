@@ -14,7 +14,8 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
-use crate::ws::session::{self, SessionLimits, SessionStart};
+use crate::ws::session::{self, MessagePolicy, SessionLimits, SessionStart, Validation};
+use crate::ws::validate::MessageRules;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,7 +54,15 @@ impl WsRoute {
         app: &StreamingConfig,
         cluster: Option<&Arc<Cluster>>,
         path: String,
-    ) -> Self {
+    ) -> Result<Self, String> {
+        let messages = match &config.messages {
+            Some(messages) => Some(Arc::new(MessagePolicy {
+                rules: MessageRules::new(messages)?,
+                on_invalid: messages.on_invalid,
+                max_invalid: messages.max_invalid,
+            })),
+            None => None,
+        };
         let limits = Arc::new(SessionLimits {
             max_message_size: app.ws_max_message_size as usize,
             idle_timeout: app.ws_idle_timeout,
@@ -71,11 +80,12 @@ impl WsRoute {
             },
             route: handlers.route,
             js_events: handlers.js_events,
+            messages,
         });
         // With a cluster, local slots are capped only at this instance's share, and only
         // while Redis fails under the `local` policy.
         let local = |cap: u32| cluster.map_or(cap, |cluster| cluster.config().share(cap));
-        Self {
+        Ok(Self {
             per_user: ConnectionLimiter::new(local(app.ws_max_connections_per_user)),
             per_ip: ConnectionLimiter::new(local(app.ws_max_connections_per_ip)),
             total: Arc::new(Semaphore::new(app.ws_max_connections as usize)),
@@ -85,7 +95,7 @@ impl WsRoute {
             path,
             per_user_cap: app.ws_max_connections_per_user,
             per_ip_cap: app.ws_max_connections_per_ip,
-        }
+        })
     }
 
     /// Checks and answers an upgrade request; `url` is what `authenticate` sees.
@@ -129,9 +139,19 @@ impl WsRoute {
         let on_upgrade = hyper::upgrade::on(&mut request);
         context.conn.mark_upgraded();
         bridge.ws_hub().watch(&context.shutdown, &context.abort);
+        let validation = self.limits.messages.as_ref().map(|_| {
+            let offender = context.bans.as_ref().map(|bans| {
+                (
+                    Arc::clone(bans),
+                    ClientKey::new(user.as_deref(), context.client),
+                )
+            });
+            Box::new(Validation::new(offender))
+        });
         let start = Box::new(SessionStart {
             on_upgrade,
             limits: Arc::clone(&self.limits),
+            validation,
             user,
             client: context.client,
             url,
