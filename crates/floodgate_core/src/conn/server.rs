@@ -537,35 +537,38 @@ async fn serve_connection(
     let handed_off = {
         let connection = shared.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
-        let asked = tokio::select! {
+        let first = tokio::select! {
             ended = connection.as_mut() => {
                 if let Err(err) = ended {
                     count_h2_goaway(err.as_ref(), &shared.metrics);
                 }
-                return;
+                Some(false)
             }
-            _ = conn.handoff_asked() => true,
-            _ = shutdown.cancelled() => { connection.as_mut().graceful_shutdown(); false }
-            _ = idle => { connection.as_mut().graceful_shutdown(); false }
+            _ = conn.handoff_asked() => Some(true),
+            _ = shutdown.cancelled() => { connection.as_mut().graceful_shutdown(); None }
+            _ = idle => { connection.as_mut().graceful_shutdown(); None }
         };
-        asked
-            || tokio::select! {
+        match first {
+            Some(asked) => asked,
+            None => tokio::select! {
                 _ = connection.as_mut() => false,
                 _ = conn.handoff_asked() => true,
                 _ = abort.cancelled() => false,
-            }
+            },
+        }
     };
-    if handed_off {
-        if let Some(pending) = conn.take_handoff() {
-            if let Some((socket, guard)) = pending.socket {
-                pending.handoff.start(
-                    socket,
-                    guard,
-                    pending.head,
-                    pending.chunked,
-                    &shared.tracker,
-                );
-            }
+    // Taken whatever happened: a response parked just as the client left would otherwise keep
+    // its stream (caps, subscription) alive in `ConnState`, which the stream's queue points to.
+    let pending = conn.take_handoff();
+    if let (true, Some(pending)) = (handed_off, pending) {
+        if let Some((socket, guard)) = pending.socket {
+            pending.handoff.start(
+                socket,
+                guard,
+                pending.head,
+                pending.chunked,
+                &shared.tracker,
+            );
         }
     }
 }
