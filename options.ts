@@ -5,7 +5,7 @@
  * `overrideGlobalResponse` — are checked here and never reach it.
  */
 import { loadNative } from './loader'
-import type { Handler } from './results'
+import type { Handler, HandlerResult } from './results'
 import type { ServerWebSocket, WebSocketMessage } from './ws'
 
 const native = loadNative()
@@ -103,6 +103,21 @@ export interface ServerOptions {
    * cluster-wide. Without it everything is per process and no Redis is needed.
    */
   cluster?: ClusterOptions
+  /**
+   * Rejection events (`server.on('reject')`) handed to JS per second at most; past it they are
+   * only counted, and the next event's `dropped` says how many were left out. 0: no events.
+   * Default 100.
+   */
+  rejectEventsPerSecond?: number
+  /**
+   * Load shedding: while the JS thread has left work waiting longer than this (its event loop
+   * is stuck or far behind), new JS-handler requests get `503` + `Retry-After: 1` without
+   * reaching JS (`event_loop_overload`); files, uploads, event streams and WebSockets served in
+   * Rust go on. 0 (default): never.
+   */
+  maxEventLoopDelay?: Duration
+  /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
+  topOffenders?: number
   /**
    * New connections per second a client address (IPv6: per /64) may open, checked at accept
    * before `maxConnectionsPerIp`: past it the connection is closed before a byte is read
@@ -249,6 +264,62 @@ export interface UploadsOptions {
   overwrite?: boolean
   /** Sync each upload to disk before it appears under its name (default true). */
   fsync?: boolean
+  /** Limits and naming of `multipart/form-data` POSTed to the mount itself. */
+  multipart?: MultipartOptions
+  /** Resumable uploads with the tus 1.0 protocol (core, creation, expiration, checksum) at the mount. Default: off. */
+  resumable?: ResumableOptions
+  /**
+   * Decides the response to a multipart upload, once its files are in place (without it: 201
+   * with `{ files, fields }`). `req` has the request's method, URL and headers; its body is the
+   * listing as JSON. Returning `undefined` sends the default 201.
+   */
+  onUpload?: (files: UploadedFile[], fields: Record<string, string | string[]>, req: Request) => HandlerResult | undefined | Promise<HandlerResult | undefined>
+}
+
+/** `uploads(prefix, { multipart })`: each limit has its own status and rejection reason. */
+export interface MultipartOptions {
+  /** File parts per request (413, `multipart_too_many_files`). Default 100. */
+  maxFiles?: number
+  /** Non-file parts per request (413, `multipart_too_many_fields`). Default 100. */
+  maxFields?: number
+  /** Bytes of one field's value (413, `multipart_field_too_large`). Default 64kb. */
+  maxFieldSize?: Size
+  /** Parts of any kind per request (413, `multipart_too_many_parts`). Default 1000. */
+  maxParts?: number
+  /** Bytes of one part's header block (431, `multipart_header_too_large`). Default 8kb. */
+  maxPartHeaderSize?: Size
+  /** Bytes of one file (413 as soon as passed, `file_too_large`). Default 0: only `maxUploadSize` (the whole body) applies. */
+  maxFileSize?: Size
+  /** Media types a file part may declare (`image/png`, `image/*`); others get 415 (`unsupported_media_type`). Default: any. */
+  allowedTypes?: string[]
+  /** `request` (default): the request's files appear together once it completed, or none do. `part`: each once its part ended. */
+  atomic?: 'request' | 'part'
+  /** `sanitized` (default): the client's file name made safe (no path, no leading dot, no control characters, at most 200 bytes). `random`: 32 hex characters and the extension. */
+  naming?: 'sanitized' | 'random'
+}
+
+/** `uploads(prefix, { resumable })`: tus uploads; `Upload-Length` is capped by the app's `maxUploadSize`. */
+export interface ResumableOptions {
+  /** An unfinished upload is removed this long after its creation or last PATCH. Default 24h. */
+  expiration?: Duration
+  /** Unfinished uploads per user (else address): 429, `resumable_uploads_limit`. Default 10; 0: no cap. */
+  maxUploadsPerUser?: number
+  /** Sum of one user's unfinished `Upload-Length`s: 429, `resumable_bytes_limit`. Default 10gb; 0: no cap. */
+  maxBytesPerUser?: Size
+}
+
+/** One stored file of a multipart upload. */
+export interface UploadedFile {
+  /** The form field it came in. */
+  field: string
+  /** Its name under `dir`. */
+  name: string
+  /** The name the client gave: data only, never used as a path. */
+  originalName: string
+  size: number
+  sha256: string
+  /** The media type the client declared (`application/octet-stream` when none). */
+  type: string
 }
 
 export interface FilesOptions {
@@ -402,6 +473,43 @@ export interface Stats {
   cluster?: ClusterStats
   /** With the `ban` option: bans in force and offenders being counted. */
   bans?: { inForce: number; offenders: number }
+  /** The clients refused most often, most refused first (bounded: `topOffenders` entries). */
+  topOffenders: Offender[]
+  /** Rejection events left out by `rejectEventsPerSecond` (counted only). */
+  rejectEventsDropped: number
+}
+
+/** One client of `stats().topOffenders`: a user, else an address. */
+export interface Offender {
+  address?: string
+  user?: string
+  /** Refusals counted (a newcomer replacing the least refused entry inherits its count). */
+  count: number
+  lastReason: string
+  /** ms since the Unix epoch. */
+  lastTime: number
+}
+
+/**
+ * A refusal, as `server.on('reject', (event) => ...)` receives it. `reason` is one of the
+ * reasons `stats().rejections` counts.
+ */
+export interface RejectEvent {
+  reason: string
+  /** The client's address, when the refusal knew it. */
+  address?: string
+  /** The user (`identify`, `authenticate`, an event stream's setup), when known. */
+  user?: string
+  /** The request path, when there was a request (cut at 256 bytes). */
+  route?: string
+  /** The HTTP status the client was answered with. */
+  status?: number
+  /** The WebSocket close code the session was closed with. */
+  closeCode?: number
+  /** ms since the Unix epoch. */
+  time: number
+  /** Events left out by `rejectEventsPerSecond` since the previous one that reached JS. */
+  dropped: number
 }
 
 /** The kinds of options the native core checks (`validateOptions` in the binding). */
@@ -459,6 +567,13 @@ export function checkHandler(handler: unknown, what: string): Handler {
     (typeof handler === 'object' && handler !== null && typeof (handler as { fetch?: unknown }).fetch === 'function')
   if (!ok) throw optionError(`${what}: handler must be a function or an object with a fetch method`)
   return handler as Handler
+}
+
+/** `streaming.uploads(prefix, options)`: `onUpload` checked here, the rest by the native core. */
+export function uploadsOptions(options: UploadsOptions): { native: Omit<UploadsOptions, 'onUpload'>; onUpload: UploadsOptions['onUpload'] } {
+  const { onUpload, ...rest } = objectOptions(options, 'uploads')
+  if (onUpload !== undefined && typeof onUpload !== 'function') throw optionError('uploads: onUpload must be a function')
+  return { native: validated('uploads', rest, 'uploads'), onUpload }
 }
 
 /** An SSE route's options without its JS functions: what the native core checks and applies. */

@@ -17,7 +17,9 @@ import {
   type SseOptions,
   type SseUser,
   type StreamingOptions,
+  type UploadedFile,
   type UploadsOptions,
+  uploadsOptions,
   type WebSocketRoute,
 } from './options'
 import type { Handler } from './results'
@@ -31,7 +33,7 @@ export interface SpecContext {
 
 type RouteSpec =
   | { kind: 'files'; prefix: string; options: FilesOptions }
-  | { kind: 'uploads'; prefix: string; options: UploadsOptions }
+  | { kind: 'uploads'; prefix: string; options: Omit<UploadsOptions, 'onUpload'>; onUpload: UploadsOptions['onUpload'] }
   | { kind: 'handler'; method: string | null; path: string; handler: Handler }
   | { kind: 'sse'; prefix: string; options: SseOptions }
   | { kind: 'ws'; prefix: string; options: WebSocketRoute }
@@ -58,10 +60,13 @@ export class StreamingApp {
   /**
    * Receives raw `PUT`/`POST` bodies at `prefix/<name>` into `options.dir/<name>`: streamed to a
    * temporary file, renamed into place only when complete; answers 201 `{ name, size, sha256 }`.
+   * A `multipart/form-data` POST to `prefix` itself stores each file part the same way (all of
+   * the request's files or none) and answers 201 `{ files, fields }`, or what `onUpload` returns.
    */
   uploads(prefix: string, options: UploadsOptions): this {
     checkPrefix(prefix, 'uploads')
-    this.#routes.push({ kind: 'uploads', prefix, options: validated('uploads', options, 'uploads') })
+    const { native, onUpload } = uploadsOptions(options)
+    this.#routes.push({ kind: 'uploads', prefix, options: native, onUpload })
     return this
   }
 
@@ -120,6 +125,10 @@ export class StreamingApp {
   toSpec({ register, registerWs, busSeq }: SpecContext) {
     const routes = this.#routes.map((route) => {
       if (route.kind === 'handler') return { ...route, handler: register(route.handler) }
+      if (route.kind === 'uploads') {
+        const { onUpload, ...spec } = route
+        return onUpload ? { ...spec, onUpload: register(uploadHandler(onUpload)) } : spec
+      }
       if (route.kind === 'ws') {
         return { kind: 'ws', prefix: route.prefix, options: wsNativeOptions(route.options), handlers: wsHandlers(route.options, register, registerWs) }
       }
@@ -136,6 +145,15 @@ export class StreamingApp {
       return user === undefined || user === null ? '' : String(user)
     }
     return { options: this.options, routes, identify: register(asHandler) }
+  }
+}
+
+/** `onUpload` as a handler: the listing arrives as the request's JSON body. */
+function uploadHandler(onUpload: NonNullable<UploadsOptions['onUpload']>): Handler {
+  return async (req) => {
+    const listing = (await req.json()) as { files: UploadedFile[]; fields: Record<string, string | string[]> }
+    const answer = await onUpload(listing.files, listing.fields, req)
+    return answer === undefined ? Response.json(listing, { status: 201 }) : answer
   }
 }
 

@@ -15,6 +15,7 @@ import download, { downloadWorkload } from './workloads/download.mjs'
 import tlsHandshakes from './workloads/tls-handshakes.mjs'
 import h2SmallTls from './workloads/h2-small-tls.mjs'
 import upload, { uploadDir } from './workloads/upload.mjs'
+import multipartUpload from './workloads/multipart.mjs'
 import json from './workloads/json.mjs'
 import generator from './workloads/generator.mjs'
 import sse from './workloads/sse.mjs'
@@ -27,7 +28,7 @@ import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
 import defences from './workloads/defences.mjs'
 
-const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, json, generator, sse, wsEcho, wsFanout, wsIdle, sseIdle, fanoutLatency, clusterConnect, clusterFanout, defences]
+const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, multipartUpload, json, generator, sse, wsEcho, wsFanout, wsIdle, sseIdle, fanoutLatency, clusterConnect, clusterFanout, defences]
 const args = process.argv.slice(2) // --full: fanout-latency's whole sweep of rates
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

@@ -21,6 +21,10 @@ app.files('/files', { root: process.env.ROOT })
 // /up-sync is floodgate's default, which syncs every upload to disk before renaming it.
 app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: false })
 app.uploads('/up-sync', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
+// /form: multipart forms, without fsync like the Fastify peer.
+app.uploads('/form', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: false, multipart: { maxFiles: 2000, maxParts: 4000 } })
+// /tus: resumable uploads (tus 1.0), without fsync, beside the raw /up.
+app.uploads('/tus', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: false, resumable: {} })
 app.get('/generate', () => new StreamingResponse(chunks(), { mediaType: 'application/octet-stream' }))
 app.sse('/sse', { topics: ['bench'] })
 server.mount('/stream', app)

@@ -6,6 +6,8 @@ use crate::events::bus::Bus;
 use crate::limit::ban::Bans;
 use crate::limit::key::ClientKey;
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::AppMetrics;
+use crate::observe::reject::Refusal;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,8 @@ pub(crate) struct RequestContext {
     pub(crate) user: Option<String>,
     pub(crate) conn: Arc<ConnState>,
     pub(crate) metrics: Arc<Metrics>,
+    /// What the mounted app counts (its refusals, streams and sockets).
+    pub(crate) app: Arc<AppMetrics>,
     pub(crate) bus: Arc<Bus>,
     /// Cancelled when the server starts closing: endless responses (event streams) end then.
     pub(crate) shutdown: CancellationToken,
@@ -30,8 +34,9 @@ pub(crate) struct RequestContext {
 impl RequestContext {
     /// Counts a refusal of this request's client: by reason, and as a strike toward banning
     /// its user, or its address when it has none.
-    pub(crate) fn refuse(&self, reason: Rejection) {
-        self.metrics.reject(reason);
+    pub(crate) fn refuse_with(&self, refusal: Refusal<'_>) {
+        let reason = refusal.reason;
+        self.metrics.refuse(refusal);
         if let Some(bans) = self.bans.as_ref().filter(|_| reason.counts_toward_ban()) {
             bans.strike(ClientKey::new(self.user.as_deref(), self.client));
         }
@@ -43,5 +48,15 @@ impl RequestContext {
             (Some(bans), Some(user)) => bans.is_banned(&ClientKey::User(user.as_str().into())),
             _ => false,
         }
+    }
+}
+
+impl RequestContext {
+    /// A refusal of this request's client (and user, once known), for `Metrics::refuse`.
+    pub(crate) fn refusal(&self, reason: Rejection) -> Refusal<'_> {
+        Refusal::new(reason)
+            .client(self.client)
+            .user(self.user.as_deref())
+            .app(&self.app)
     }
 }

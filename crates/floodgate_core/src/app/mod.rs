@@ -23,6 +23,8 @@ use crate::limit::bucket::{slowest_rate, ClientBuckets, Shaper};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{policy_header, Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::AppMetrics;
+use crate::upload::multipart::UploadHook;
 use crate::upload::{UploadLimits, UploadsMount};
 use crate::ws::upgrade::WsRoute;
 use bytes::Bytes;
@@ -57,9 +59,15 @@ pub struct StreamingApp {
     inflight: Arc<Semaphore>,
     /// The JS handler that names the user (`identify`), when the app has one.
     identify: Option<u32>,
+    /// What the app counts for the metrics (`app` label: its mount prefix).
+    metrics: Arc<AppMetrics>,
 }
 
 impl StreamingApp {
+    pub fn metrics(&self) -> &Arc<AppMetrics> {
+        &self.metrics
+    }
+
     /// The app mounted at `mount`; with a `cluster`, its caps and request rate are shared.
     pub fn build(
         spec: StreamingSpec,
@@ -75,8 +83,16 @@ impl StreamingApp {
                 RouteSpec::Files { prefix, options } => {
                     routes.insert(prefix, Route::Files(FilesMount::new(options)?))
                 }
-                RouteSpec::Uploads { prefix, options } => {
-                    routes.insert(prefix, Route::Uploads(UploadsMount::new(options)?))
+                RouteSpec::Uploads {
+                    prefix,
+                    options,
+                    on_upload,
+                } => {
+                    if on_upload.is_some() && bridge.is_none() {
+                        return Err("uploads: onUpload needs the JS bridge".into());
+                    }
+                    let mount = UploadsMount::new(options, on_upload)?;
+                    routes.insert(prefix, Route::Uploads(mount))
                 }
                 RouteSpec::Sse {
                     prefix,
@@ -123,6 +139,7 @@ impl StreamingApp {
         }
         let buckets = |rate: u64| (rate > 0).then(|| ClientBuckets::new(rate, config.chunk_size));
         Ok(Self {
+            metrics: AppMetrics::new(mount),
             download_buckets: buckets(config.per_client_bandwidth),
             upload_buckets: buckets(config.per_client_upload_bandwidth),
             requests: match cluster {
@@ -202,7 +219,12 @@ impl StreamingApp {
             (Some(cluster), _) => match cluster.check(&client()).await {
                 RateOutcome::Decided(decision) => Some(decision),
                 RateOutcome::Unavailable => {
-                    context.metrics.reject(Rejection::RateLimited);
+                    context.metrics.refuse(
+                        context
+                            .refusal(Rejection::RateLimited)
+                            .route(request.uri().path())
+                            .status(503),
+                    );
                     return body::text_with(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Rate limits are unavailable, try again shortly\n",
@@ -215,7 +237,11 @@ impl StreamingApp {
             (None, None) => None,
         };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
-            context.refuse(Rejection::RateLimited);
+            context.refuse_with(
+                context
+                    .refusal(Rejection::RateLimited)
+                    .route(request.uri().path()),
+            );
             let mut response = body::text_with(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too Many Requests\n",
@@ -246,6 +272,7 @@ impl StreamingApp {
                     handler_timeout: self.config.handler_timeout,
                     inflight: &self.inflight,
                     metrics: &context.metrics,
+                    app: &context.app,
                 };
                 let delivery = self.delivery(&context);
                 call_js(request, target, limits, delivery).await
@@ -265,11 +292,15 @@ impl StreamingApp {
         context: &RequestContext,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin,
     {
         match self.routes.find(rel) {
             None => {
-                context.refuse(Rejection::NotFound);
+                context.refuse_with(
+                    context
+                        .refusal(Rejection::NotFound)
+                        .route(request.uri().path()),
+                );
                 body::text(StatusCode::NOT_FOUND, "Not Found\n")
             }
             Some((Route::Files(files), rest)) => files.serve(
@@ -280,8 +311,29 @@ impl StreamingApp {
             ),
             Some((Route::Uploads(uploads), rest)) => {
                 let rest = rest.to_string();
+                let hook = match (uploads.on_upload(), &self.bridge) {
+                    (Some(handler), Some(bridge)) => Some(UploadHook {
+                        target: JsTarget {
+                            bridge,
+                            handler,
+                            params: Vec::new(),
+                            url: relative_url(rel, request.uri()),
+                            client: context.client,
+                        },
+                        limits: JsLimits {
+                            max_body: self.config.max_upload_size,
+                            read_timeout: self.config.read_timeout,
+                            handler_timeout: self.config.handler_timeout,
+                            inflight: &self.inflight,
+                            metrics: &context.metrics,
+                            app: &context.app,
+                        },
+                        delivery: self.delivery(context),
+                    }),
+                    _ => None,
+                };
                 uploads
-                    .receive(request, &rest, self.upload_limits(context))
+                    .receive(request, &rest, self.upload_limits(context), hook)
                     .await
             }
             Some((Route::Ws(ws), _)) => {
@@ -301,6 +353,7 @@ impl StreamingApp {
                     bridge,
                     bus: &context.bus,
                     metrics: &context.metrics,
+                    app: &context.app,
                     shutdown: context.shutdown.clone(),
                     keep_alive: self.config.sse_keep_alive,
                     handler_timeout: self.config.handler_timeout,
@@ -373,6 +426,7 @@ impl StreamingApp {
                 Self::client_bucket(&self.upload_buckets, context),
             ),
             metrics: Arc::clone(&context.metrics),
+            owner: ClientKey::new(context.user.as_deref(), context.client).to_string(),
         }
     }
 }

@@ -58,6 +58,16 @@ pub struct ServerConfig {
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
+    /// Rejection events handed to JS (`server.on('reject')`) per second at most; the rest are
+    /// counted and reported as `dropped` by the next one. 0: no events.
+    pub reject_events_per_second: u32,
+    /// Size of the top offenders table in `stats()` (clients refused most often). 0: none.
+    pub top_offenders: u32,
+    /// New JS-handler requests are answered `503` + `Retry-After` without reaching JS while
+    /// the JS thread has left work waiting longer than this (its event loop is stuck or
+    /// behind). 0: never.
+    #[serde(deserialize_with = "duration")]
+    pub max_event_loop_delay: Duration,
     /// New connections per second per client address (IPv6: per /64), checked at accept
     /// before the per-IP cap: past it the connection is closed before a byte is read. 0
     /// disables.
@@ -173,6 +183,9 @@ impl Default for ServerConfig {
             tls: None,
             proxy_protocol: None,
             cluster: None,
+            reject_events_per_second: 100,
+            top_offenders: 32,
+            max_event_loop_delay: Duration::ZERO,
             max_connection_rate_per_ip: 0,
             connection_rate_burst: 0,
             ban: None,
@@ -418,6 +431,136 @@ pub struct UploadsConfig {
     /// complete-looking name with incomplete content. Off trades that for throughput.
     #[serde(default = "yes")]
     pub fsync: bool,
+    /// `multipart/form-data` POSTed to the mount itself: its limits and how files are named.
+    #[serde(default)]
+    pub multipart: MultipartConfig,
+    /// Resumable uploads with the tus 1.0 protocol at the mount. Absent: off.
+    #[serde(default)]
+    pub resumable: Option<ResumableConfig>,
+}
+
+/// `uploads(prefix, { resumable: {...} })`: tus uploads (`Upload-Length` is capped by the
+/// app's `maxUploadSize`; each `PATCH` body reads under its `readTimeout`, `uploadTimeout` and
+/// `minUploadRate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResumableConfig {
+    /// An unfinished upload is removed this long after its creation or last `PATCH`.
+    #[serde(deserialize_with = "duration")]
+    pub expiration: Duration,
+    /// Unfinished uploads one user (else address) may have (429 past it). 0: no cap.
+    pub max_uploads_per_user: u32,
+    /// Sum of the `Upload-Length`s of one user's unfinished uploads (429 past it). 0: no cap.
+    #[serde(deserialize_with = "size")]
+    pub max_bytes_per_user: u64,
+}
+
+impl Default for ResumableConfig {
+    fn default() -> Self {
+        Self {
+            expiration: Duration::from_secs(24 * 3600),
+            max_uploads_per_user: 10,
+            max_bytes_per_user: 10 * 1024 * MIB,
+        }
+    }
+}
+
+impl ResumableConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.expiration < Duration::from_secs(1) {
+            return Err("resumable.expiration: must be at least 1s".into());
+        }
+        Ok(())
+    }
+}
+
+/// When the files of one multipart request appear under their names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Atomicity {
+    /// Only once the whole request arrived: all its files, or none.
+    #[default]
+    Request,
+    /// Each file as soon as its own part ended; a later failure keeps the earlier files.
+    Part,
+}
+
+/// How a multipart file part's stored name is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Naming {
+    /// The client's file name, sanitised (no path, no leading dot, no control characters,
+    /// at most 200 bytes).
+    #[default]
+    Sanitized,
+    /// 32 random hexadecimal characters plus the sanitised extension.
+    Random,
+}
+
+/// `uploads(prefix, { multipart: {...} })`: every limit of one multipart request (the whole
+/// body stays under the app's `maxUploadSize`, `readTimeout`, `uploadTimeout` and
+/// `minUploadRate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MultipartConfig {
+    /// File parts per request (413 past it).
+    pub max_files: u32,
+    /// Non-file parts per request (413).
+    pub max_fields: u32,
+    /// Bytes of one field's value (413).
+    #[serde(deserialize_with = "size")]
+    pub max_field_size: u64,
+    /// Parts of any kind per request (413).
+    pub max_parts: u32,
+    /// Bytes of one part's header block (431).
+    #[serde(deserialize_with = "size")]
+    pub max_part_header_size: u64,
+    /// Bytes of one file (413 as soon as passed). 0: only `maxUploadSize` applies.
+    #[serde(deserialize_with = "size")]
+    pub max_file_size: u64,
+    /// Media types a file part may declare (`image/png`, `image/*`); others get 415. Empty:
+    /// any.
+    pub allowed_types: Vec<String>,
+    pub atomic: Atomicity,
+    pub naming: Naming,
+}
+
+impl Default for MultipartConfig {
+    fn default() -> Self {
+        Self {
+            max_files: 100,
+            max_fields: 100,
+            max_field_size: 64 * KIB,
+            max_parts: 1000,
+            max_part_header_size: 8 * KIB,
+            max_file_size: 0,
+            allowed_types: Vec::new(),
+            atomic: Atomicity::Request,
+            naming: Naming::Sanitized,
+        }
+    }
+}
+
+impl MultipartConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_part_header_size < 256 {
+            return Err("multipart.maxPartHeaderSize: must be at least 256 bytes".into());
+        }
+        if self.max_parts == 0 {
+            return Err("multipart.maxParts: must be at least 1".into());
+        }
+        for media in &self.allowed_types {
+            let valid = media
+                .split_once('/')
+                .is_some_and(|(kind, sub)| !kind.is_empty() && !sub.is_empty() && kind != "*");
+            if !valid {
+                return Err(format!(
+                    "multipart.allowedTypes: {media:?} is not a media type (type/subtype or type/*)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -562,6 +705,9 @@ pub enum RouteSpec {
     Uploads {
         prefix: String,
         options: UploadsConfig,
+        /// The JS `onUpload(files, fields, req)` hook of multipart requests, as a handler.
+        #[serde(default, rename = "onUpload")]
+        on_upload: Option<u32>,
     },
     /// A JS handler: `method` (any when absent) and a path pattern with `:param` segments and
     /// an optional trailing `*`.
@@ -658,7 +804,7 @@ pub fn validate_options(kind: &str, options: serde_json::Value) -> Result<(), Er
         "sse" => check::<SseConfig>(options, SseConfig::validate),
         "ws" => check::<WsConfig>(options, WsConfig::validate),
         "uploads" => check::<UploadsConfig>(options, |uploads| {
-            UploadsMount::new(uploads.clone()).map(drop)
+            UploadsMount::new(uploads.clone(), None).map(drop)
         }),
         other => Err(format!("unknown options kind {other:?}")),
     }
@@ -704,6 +850,10 @@ impl ServerConfig {
         }
         if self.http2_max_pending_resets == 0 {
             return Err("http2MaxPendingResets: must be at least 1".into());
+        }
+        // Each refusal scans the table once: keep it a table, not a database.
+        if self.top_offenders > 1024 {
+            return Err("topOffenders: must be at most 1024".into());
         }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;

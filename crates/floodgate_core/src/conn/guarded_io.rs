@@ -23,6 +23,7 @@ use crate::conn::state::ConnState;
 use crate::delivery::zero_copy::stand_in_position;
 use crate::limit::conn::Slot;
 use crate::metrics::{LiveConnection, Metrics, Rejection};
+use crate::observe::reject::Refusal;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -312,7 +313,8 @@ impl GuardedIo {
         for (index, byte) in bytes.iter().enumerate() {
             head.framing.byte(*byte);
             if *byte == b'\n' && !head.previous_was_cr {
-                self.metrics.reject(Rejection::BadRequest);
+                self.metrics
+                    .refuse(Refusal::new(Rejection::BadRequest).client(self.state.client()));
                 return Err(HeadRefusal::BareLf);
             }
             head.previous_was_cr = *byte == b'\r';
@@ -340,7 +342,8 @@ impl GuardedIo {
         if (head.head_bytes > self.limits.max_header_size || too_many_lines)
             && head.preface_matched < head.head_bytes
         {
-            self.metrics.reject(Rejection::HeaderTooLarge);
+            self.metrics
+                .refuse(Refusal::new(Rejection::HeaderTooLarge).client(self.state.client()));
             return Err(HeadRefusal::TooLarge);
         }
         Ok(())
@@ -414,14 +417,16 @@ impl GuardedIo {
             Some(response) if Instant::now() >= response => Rejection::DownloadTimeout,
             _ => Rejection::SendTimeout,
         };
-        self.metrics.reject(reason);
+        self.metrics
+            .refuse(Refusal::new(reason).client(self.state.client()));
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, reason.as_str()))
     }
 
     /// Counts an HTTP/2 control-frame flood and tells the client with GOAWAY
     /// (`ENHANCE_YOUR_CALM`), written between hyper's frames at best: the connection ends.
     fn end_h2_flood(&mut self, cx: &mut Context<'_>) {
-        self.metrics.reject(Rejection::H2ControlFlood);
+        self.metrics
+            .refuse(Refusal::new(Rejection::H2ControlFlood).client(self.state.client()));
         self.flooded = true;
         if let Phase::Http2(frames) = &self.phase {
             let goaway = frames.goaway();
@@ -559,7 +564,9 @@ impl AsyncRead for GuardedIo {
                 match expiry {
                     Expiry::Idle => Poll::Ready(Ok(())),
                     Expiry::HeaderTimeout => {
-                        this.metrics.reject(Rejection::HeaderTimeout);
+                        this.metrics.refuse(
+                            Refusal::new(Rejection::HeaderTimeout).client(this.state.client()),
+                        );
                         this.write_final_response(cx, RESPONSE_408);
                         Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,

@@ -25,6 +25,8 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::RequestLimiter;
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::app::Timing;
+use crate::observe::reject::Refusal;
 use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -100,7 +102,22 @@ pub fn listen(
         None => None,
     };
     let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
-    let metrics = Arc::new(Metrics::default());
+    if let Some(bridge) = &bridge {
+        bridge.set_max_js_delay(spec.options.max_event_loop_delay);
+    }
+    let sink = bridge
+        .clone()
+        .map(|bridge| bridge as Arc<dyn crate::observe::reject::RejectSink>);
+    let apps = mounts
+        .values()
+        .map(|app| Arc::clone(app.metrics()))
+        .collect();
+    let metrics = Arc::new(Metrics::new(
+        spec.options.reject_events_per_second,
+        spec.options.top_offenders,
+        sink,
+        apps,
+    ));
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
         app.remove_stale_uploads(&metrics);
@@ -237,6 +254,16 @@ impl RunningServer {
             .map(|cluster| cluster.snapshot());
         snapshot.bans = self.shared.bans.as_ref().map(|bans| bans.snapshot());
         snapshot
+    }
+
+    /// The metrics as OpenMetrics text, or as Prometheus text (0.0.4) when `openmetrics` is
+    /// false (`observe::exposition`).
+    pub fn metrics_text(&self, openmetrics: bool) -> String {
+        crate::observe::exposition::encode(
+            Arc::clone(&self.shared.metrics),
+            self.stats(),
+            openmetrics,
+        )
     }
 
     /// The per-address connection slots (tests watch slots come back).
@@ -380,7 +407,8 @@ impl Shared {
             .as_ref()
             .is_some_and(|bans| bans.is_banned_address(ip))
         {
-            self.metrics.reject(Rejection::Banned);
+            self.metrics
+                .refuse(Refusal::new(Rejection::Banned).client(ip));
             return Err(Rejection::Banned);
         }
         let rate_exceeded = self
@@ -395,7 +423,7 @@ impl Shared {
                 None => Rejection::ConnectionLimit,
             }
         };
-        self.metrics.reject(refusal);
+        self.metrics.refuse(Refusal::new(refusal).client(ip));
         if let Some(bans) = &self.bans {
             bans.strike(ClientKey::Address(address_key(ip)));
         }
@@ -439,7 +467,9 @@ async fn serve_proxied(
         .expect("checked by the caller")
         .trusted;
     if !proxy_protocol::trusted(balancer.ip(), trusted) {
-        shared.metrics.reject(Rejection::ProxyProtocolUntrusted);
+        shared
+            .metrics
+            .refuse(Refusal::new(Rejection::ProxyProtocolUntrusted).client(balancer.ip()));
         return;
     }
     let deadline = accepted_at + shared.config.header_timeout;
@@ -450,7 +480,9 @@ async fn serve_proxied(
     let client = match header {
         Ok(client) => client,
         Err(reason) => {
-            shared.metrics.reject(reason);
+            shared
+                .metrics
+                .refuse(Refusal::new(reason).client(balancer.ip()));
             return;
         }
     };
@@ -502,6 +534,7 @@ async fn serve_connection(
     };
     let conn = Arc::new(
         ConnState::new(accepted_at, shared.default_send_timeout)
+            .with_client(peer.ip())
             .with_sendfile(shared.config.sendfile && socket.can_send_file()),
     );
     let limits = HeadLimits {
@@ -540,7 +573,7 @@ async fn serve_connection(
         let first = tokio::select! {
             ended = connection.as_mut() => {
                 if let Err(err) = ended {
-                    count_h2_goaway(err.as_ref(), &shared.metrics);
+                    count_h2_goaway(err.as_ref(), &shared.metrics, Some(peer.ip()));
                 }
                 Some(false)
             }
@@ -575,15 +608,20 @@ async fn serve_connection(
 
 /// Counts an HTTP/2 connection that h2 ended with a GOAWAY of its own, by its reason: h2
 /// bounds rapid resets, CONTINUATION floods, header lists and empty DATA frames itself.
-fn count_h2_goaway(err: &(dyn std::error::Error + 'static), metrics: &Metrics) {
+fn count_h2_goaway(
+    err: &(dyn std::error::Error + 'static),
+    metrics: &Metrics,
+    client: Option<std::net::IpAddr>,
+) {
     let mut source = Some(err);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             if h2.is_go_away() && h2.is_library() {
-                metrics.reject(match h2.reason() {
+                let reason = match h2.reason() {
                     Some(h2::Reason::ENHANCE_YOUR_CALM) => Rejection::H2Flood,
                     _ => Rejection::H2ProtocolError,
-                });
+                };
+                metrics.refuse(Refusal::new(reason).client(client));
             }
             return;
         }
@@ -619,7 +657,9 @@ async fn h2_idle(conn: Arc<ConnState>, shared: &Shared) {
         let (started, done) = conn.progress();
         if started == 0 {
             if now >= first_request_by {
-                shared.metrics.reject(Rejection::HeaderTimeout);
+                shared
+                    .metrics
+                    .refuse(Refusal::new(Rejection::HeaderTimeout).client(conn.client()));
                 return;
             }
             at = first_request_by;
@@ -646,19 +686,28 @@ async fn handle(
 ) -> Response<Tracked> {
     shared.metrics.request();
     let version = request.version();
+    let started = std::time::Instant::now();
     // Read for every request, so a note about one head never applies to a later one.
     let length_and_chunks = conn.take_length_and_chunks();
     if matches!(request.version(), Version::HTTP_10 | Version::HTTP_11) {
         let refusal = conformance::check(request.version(), request.headers(), length_and_chunks)
             .or_else(|| conformance::check_target(request.uri(), request.headers()));
         if let Some(refusal) = refusal {
-            shared.metrics.reject(Rejection::BadRequest);
+            let status = refusal.status().as_u16();
+            shared.metrics.refuse(
+                Refusal::new(Rejection::BadRequest)
+                    .client(peer.ip())
+                    .route(request.uri().path())
+                    .status(status),
+            );
             return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
         }
     }
     let path = request.uri().path().to_string();
+    let mut timing = None;
     let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {
+            let app_metrics = Arc::clone(app.metrics());
             let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
             // An address banned while its connection was open, or one known only from a
             // trusted proxy's headers (that connection carries other clients too).
@@ -667,7 +716,12 @@ async fn handle(
                 .as_ref()
                 .is_some_and(|bans| bans.is_banned_address(client))
             {
-                shared.metrics.reject(Rejection::Banned);
+                shared.metrics.refuse(
+                    Refusal::new(Rejection::Banned)
+                        .client(client)
+                        .route(&path)
+                        .status(403),
+                );
                 return body::text(StatusCode::FORBIDDEN, "Forbidden\n")
                     .map(|body: Body| Tracked::new(body, Arc::clone(conn)));
             }
@@ -676,18 +730,25 @@ async fn handle(
                 user: None,
                 conn: Arc::clone(conn),
                 metrics: Arc::clone(&shared.metrics),
+                app: Arc::clone(app.metrics()),
                 bus: Arc::clone(&shared.bus),
                 shutdown: shared.shutdown.clone(),
                 tracker: shared.tracker.clone(),
                 abort: shared.abort.clone(),
                 bans: shared.bans.clone(),
             };
-            app.handle(request, rel, context).await
+            let response = app.handle(request, rel, context).await;
+            timing = Some(Timing::head_ready(app_metrics, started));
+            response
         }
         None => {
-            shared.metrics.reject(Rejection::NotFound);
+            let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
+            shared.metrics.refuse(
+                Refusal::new(Rejection::NotFound)
+                    .client(client)
+                    .route(&path),
+            );
             if let Some(bans) = &shared.bans {
-                let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
                 bans.strike(ClientKey::Address(address_key(client)));
             }
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
@@ -697,7 +758,7 @@ async fn handle(
         Some(slot) => hand_off(response, slot, version, conn).await,
         None => response,
     };
-    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)))
+    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)).with_timing(timing))
 }
 
 /// A response that asked to leave hyper (`conn::handoff`): parked for the connection task,

@@ -55,6 +55,9 @@ pub struct ConnState {
     /// connection task's wake-up for it.
     handoff: Mutex<Option<Pending>>,
     handoff_asked: tokio::sync::Notify,
+    /// The peer (or the address a PROXY protocol header named): who refusals of this
+    /// connection are reported against.
+    client: Option<std::net::IpAddr>,
 }
 
 impl ConnState {
@@ -79,7 +82,18 @@ impl ConnState {
             flushed: std::sync::atomic::AtomicBool::new(true),
             handoff: Mutex::new(None),
             handoff_asked: tokio::sync::Notify::new(),
+            client: None,
         }
+    }
+
+    /// The client refusals of this connection name (`observe::reject`).
+    pub fn with_client(mut self, client: std::net::IpAddr) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    pub fn client(&self) -> Option<std::net::IpAddr> {
+        self.client
     }
 
     /// Lets file bodies of this connection go out with `sendfile` while it speaks HTTP/1.1.

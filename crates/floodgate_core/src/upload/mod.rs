@@ -1,4 +1,6 @@
-//! `StreamingApp.uploads(prefix, { dir })`: a raw PUT/POST body streamed to a file, atomically.
+//! `StreamingApp.uploads(prefix, { dir })`: a raw PUT/POST body streamed to a file, atomically;
+//! a `multipart/form-data` POST to the mount itself is a form whose files are stored the same
+//! way (`multipart.rs`).
 //!
 //! The body goes to a temporary dotfile beside the target (never served: dotfiles are refused)
 //! and is renamed into place only after the last byte arrived and was flushed to disk
@@ -9,28 +11,33 @@
 //! uploads mount removes the temporaries in its folder that match its own name pattern exactly
 //! and are older than `uploadTimeout` (`remove_stale`), counted in `staleUploadsRemoved`.
 
+pub(crate) mod multipart;
+pub(crate) mod reader;
 pub(crate) mod sink;
+pub(crate) mod tus;
 
-use crate::config::UploadsConfig;
-use crate::conn::conformance::malformed_body;
+use crate::config::{MultipartConfig, UploadsConfig};
 use crate::delivery::body::{self, Body};
 use crate::files::safe_path;
-use crate::limit::bucket::{piece_size, Shaper};
+use crate::limit::bucket::Shaper;
 use crate::metrics::{Metrics, Rejection};
+use crate::upload::multipart::UploadHook;
+use crate::upload::reader::{BodyReader, Stop};
 use crate::upload::sink::{SinkError, Stored, UploadSink};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
-use http_body_util::BodyExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::time::Instant;
 
 pub struct UploadsMount {
     dir: PathBuf,
     overwrite: bool,
     fsync: bool,
+    multipart: MultipartConfig,
+    on_upload: Option<u32>,
+    resumable: Option<Arc<tus::Resumable>>,
 }
 
 /// The app's limits for one upload.
@@ -44,38 +51,63 @@ pub struct UploadLimits {
     pub bandwidth: u64,
     pub shaper: Shaper,
     pub metrics: Arc<Metrics>,
-}
-
-/// Why an upload stopped early.
-enum Stop {
-    Rejected(Rejection),
-    ClientGone,
-    Disk,
+    /// `ClientKey` text of who is uploading: what per-user caps count.
+    pub owner: String,
 }
 
 impl UploadsMount {
-    pub fn new(config: UploadsConfig) -> Result<Self, String> {
+    pub fn new(config: UploadsConfig, on_upload: Option<u32>) -> Result<Self, String> {
+        config.multipart.validate()?;
+        if let Some(resumable) = &config.resumable {
+            resumable.validate()?;
+        }
         let dir = std::fs::canonicalize(&config.dir)
             .map_err(|err| format!("uploads: dir {:?} cannot be used: {err}", config.dir))?;
         if !dir.is_dir() {
             return Err(format!("uploads: dir {:?} is not a folder", config.dir));
         }
         Ok(Self {
-            dir,
             overwrite: config.overwrite,
             fsync: config.fsync,
+            multipart: config.multipart,
+            on_upload,
+            resumable: config.resumable.map(|resumable| {
+                Arc::new(tus::Resumable::new(
+                    dir.clone(),
+                    resumable,
+                    config.overwrite,
+                    config.fsync,
+                ))
+            }),
+            dir,
         })
     }
 
+    /// The JS `onUpload` hook of multipart requests, as a handler id.
+    pub fn on_upload(&self) -> Option<u32> {
+        self.on_upload
+    }
+
+    /// A raw body to `rel`, or a `multipart/form-data` POST to the mount itself.
     pub async fn receive<B>(
         &self,
         request: Request<B>,
         rel: &str,
         limits: UploadLimits,
+        hook: Option<UploadHook<'_>>,
     ) -> Response<Body>
     where
-        B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin,
     {
+        if let Some(resumable) = self.resumable.as_ref().filter(|_| tus::is_tus(&request)) {
+            return resumable.handle(request, rel, limits).await;
+        }
+        if request.method() == Method::POST
+            && rel.trim_matches('/').is_empty()
+            && multipart::is_form_data(request.headers().get(header::CONTENT_TYPE))
+        {
+            return multipart::receive(self, request, limits, hook).await;
+        }
         if request.method() != Method::PUT && request.method() != Method::POST {
             limits.metrics.reject(Rejection::MethodNotAllowed);
             return body::method_not_allowed("PUT, POST");
@@ -106,7 +138,7 @@ impl UploadsMount {
         }) else {
             return server_error();
         };
-        let sink = UploadSink::start(temp, target.clone(), self.overwrite, self.fsync);
+        let sink = UploadSink::start(temp, self.fsync);
         if let Err(stop) = receive_body(request.into_body(), &sink, &limits).await {
             sink.abandon().await;
             return match stop {
@@ -115,7 +147,7 @@ impl UploadsMount {
                 Stop::Disk => server_error(),
             };
         }
-        match sink.commit().await {
+        match sink.commit(target.clone(), self.overwrite).await {
             Ok(stored) => self.created(&target, stored),
             Err(SinkError::Exists) => conflict(),
             Err(SinkError::Io | SinkError::Abandoned) => server_error(),
@@ -130,6 +162,9 @@ impl UploadsMount {
     /// `metrics` when the scan is done, shortly after `listen`: a large folder never holds up
     /// listening (the binding's `listen` is synchronous on the JS thread).
     pub fn remove_stale(&self, upload_timeout: Duration, metrics: Arc<Metrics>) {
+        if let Some(resumable) = &self.resumable {
+            resumable.start();
+        }
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
             metrics.stale_uploads_removed(remove_stale_temps(&dir, upload_timeout));
@@ -158,8 +193,8 @@ impl UploadsMount {
 /// A temporary file is `.NAME.` + this many of tempfile's random characters (ASCII letters and
 /// digits) + `.upload`; set here rather than left to tempfile's default, since
 /// `is_own_temp` must recognize exactly these names.
-const TEMP_RANDOM_LEN: usize = 6;
-const TEMP_SUFFIX: &str = ".upload";
+pub(crate) const TEMP_RANDOM_LEN: usize = 6;
+pub(crate) const TEMP_SUFFIX: &str = ".upload";
 
 /// Whether `name` is one of the temporaries `receive` makes: `.NAME.XXXXXX.upload`, NAME a
 /// name an upload can have (`safe_path::is_plain_segment`: no leading dot, no separators).
@@ -215,7 +250,7 @@ fn remove_stale_temps(dir: &Path, older_than: Duration) -> u64 {
     removed
 }
 
-fn temp_prefix(target: &Path) -> String {
+pub(crate) fn temp_prefix(target: &Path) -> String {
     let name = target
         .file_name()
         .map(|name| name.to_string_lossy())
@@ -223,49 +258,16 @@ fn temp_prefix(target: &Path) -> String {
     format!(".{name}.")
 }
 
-/// Reads the body frame by frame into the sink, enforcing size, time, minimum rate and
-/// shaping. Small frames are gathered into batches of a few chunks to spare write calls.
-async fn receive_body<B>(mut body: B, sink: &UploadSink, limits: &UploadLimits) -> Result<(), Stop>
+/// Reads the body into the sink; small frames are gathered into batches of a few chunks to
+/// spare write calls.
+async fn receive_body<B>(body: B, sink: &UploadSink, limits: &UploadLimits) -> Result<(), Stop>
 where
     B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
 {
-    let started = Instant::now();
-    let whole_deadline = started + limits.upload_timeout;
     let batch_size = (limits.chunk_size * 4) as usize;
     let mut batch = BytesMut::new();
-    let mut size: u64 = 0;
-    loop {
-        let read_deadline = Instant::now() + limits.read_timeout;
-        // With no more bytes, the average rate falls under the minimum at this instant.
-        let rate_deadline = (limits.min_rate > 0).then(|| {
-            let allowed = Duration::from_secs_f64(size as f64 / limits.min_rate as f64);
-            started + allowed.max(limits.min_rate_grace)
-        });
-        let (deadline, reason) = [
-            (read_deadline, Rejection::ReadTimeout),
-            (whole_deadline, Rejection::UploadTimeout),
-        ]
-        .into_iter()
-        .chain(rate_deadline.map(|at| (at, Rejection::UploadTooSlow)))
-        .min_by_key(|(at, _)| *at)
-        .expect("at least one deadline");
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(Stop::Rejected(reason)),
-            Ok(None) => break,
-            Ok(Some(Err(err))) if malformed_body(&err) => {
-                return Err(Stop::Rejected(Rejection::BadRequest))
-            }
-            Ok(Some(Err(_))) => return Err(Stop::ClientGone),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let received = data.len() as u64;
-        size += received;
-        if size > limits.max_size {
-            return Err(Stop::Rejected(Rejection::BodyTooLarge));
-        }
+    let mut reader = BodyReader::new(body, limits);
+    while let Some(data) = reader.next().await? {
         if batch.is_empty() && data.len() >= batch_size {
             sink.write(data).await.map_err(|_| Stop::Disk)?;
         } else {
@@ -274,15 +276,6 @@ where
                 sink.write(batch.split().freeze())
                     .await
                     .map_err(|_| Stop::Disk)?;
-            }
-        }
-        if limits.shaper.is_active() {
-            let piece = piece_size(limits.chunk_size, limits.bandwidth);
-            let mut owed = received;
-            while owed > 0 {
-                let take = owed.min(piece);
-                limits.shaper.take(take).await;
-                owed -= take;
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The disk side of an upload: a blocking worker that hashes and writes the body to its
-//! temporary file, then flushes (and by default syncs) it and renames it into place — pipelined with reading the socket.
+//! temporary file, then flushes (and by default syncs) it — pipelined with reading the socket —
+//! and renames it into place (at once, or later for a multipart request's files together).
 //!
 //! Reading, hashing and writing on one task would leave the network idle during every disk
 //! write; a bounded channel lets the next frames arrive meanwhile while memory stays a few
@@ -9,7 +10,7 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -37,19 +38,20 @@ pub enum SinkError {
 
 pub struct UploadSink {
     sender: mpsc::Sender<Message>,
-    worker: JoinHandle<Result<Stored, SinkError>>,
+    worker: JoinHandle<Result<Written, SinkError>>,
+}
+
+/// A body written and flushed (and synced) to its temporary file, not yet under its name.
+pub struct Written {
+    temp: tempfile::NamedTempFile,
+    pub size: u64,
+    pub sha256: String,
 }
 
 impl UploadSink {
-    pub fn start(
-        temp: tempfile::NamedTempFile,
-        target: PathBuf,
-        overwrite: bool,
-        fsync: bool,
-    ) -> Self {
+    pub fn start(temp: tempfile::NamedTempFile, fsync: bool) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let worker =
-            tokio::task::spawn_blocking(move || store(temp, receiver, target, overwrite, fsync));
+        let worker = tokio::task::spawn_blocking(move || store(temp, receiver, fsync));
         Self { sender, worker }
     }
 
@@ -68,23 +70,50 @@ impl UploadSink {
         let _ = self.worker.await;
     }
 
-    /// Everything arrived: flush, sync and rename into place.
-    pub async fn commit(self) -> Result<Stored, SinkError> {
+    /// Everything arrived: flush and sync the temporary file; it is not renamed yet.
+    pub async fn finish(self) -> Result<Written, SinkError> {
         if self.sender.send(Message::Commit).await.is_err() {
             return self.worker.await.unwrap_or(Err(SinkError::Abandoned));
         }
         drop(self.sender);
         self.worker.await.unwrap_or(Err(SinkError::Abandoned))
     }
+
+    /// Everything arrived: flush, sync and rename into place.
+    pub async fn commit(self, target: PathBuf, overwrite: bool) -> Result<Stored, SinkError> {
+        let written = self.finish().await?;
+        tokio::task::spawn_blocking(move || written.persist(&target, overwrite))
+            .await
+            .unwrap_or(Err(SinkError::Io))
+    }
+}
+
+impl Written {
+    /// Renames the temporary file to `target` (blocking): over an existing file with
+    /// `overwrite`, else only if the name is free.
+    pub fn persist(self, target: &Path, overwrite: bool) -> Result<Stored, SinkError> {
+        let persisted = if overwrite {
+            self.temp.persist(target).map(drop)
+        } else {
+            // Link-then-unlink: fails atomically if the name appeared meanwhile.
+            self.temp.persist_noclobber(target).map(drop)
+        };
+        match persisted {
+            Ok(()) => Ok(Stored {
+                size: self.size,
+                sha256: self.sha256,
+            }),
+            Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Err(SinkError::Exists),
+            Err(_) => Err(SinkError::Io),
+        }
+    }
 }
 
 fn store(
     mut temp: tempfile::NamedTempFile,
     mut receiver: mpsc::Receiver<Message>,
-    target: PathBuf,
-    overwrite: bool,
     fsync: bool,
-) -> Result<Stored, SinkError> {
+) -> Result<Written, SinkError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -102,18 +131,9 @@ fn store(
     if fsync {
         temp.as_file().sync_data().map_err(|_| SinkError::Io)?;
     }
-    let persisted = if overwrite {
-        temp.persist(&target).map(drop)
-    } else {
-        // Link-then-unlink: fails atomically if the name appeared meanwhile.
-        temp.persist_noclobber(&target).map(drop)
-    };
-    match persisted {
-        Ok(()) => Ok(Stored {
-            size,
-            sha256: format!("{:x}", hasher.finalize()),
-        }),
-        Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Err(SinkError::Exists),
-        Err(_) => Err(SinkError::Io),
-    }
+    Ok(Written {
+        temp,
+        size,
+        sha256: format!("{:x}", hasher.finalize()),
+    })
 }

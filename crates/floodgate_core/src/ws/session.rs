@@ -20,6 +20,7 @@ use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::limit::key::ClientKey;
 use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::{Code, Refusal as RejectRefusal};
 use crate::ws::frame::{self, Assembler, Incoming, ReadError};
 use crate::ws::hub::{Registration, WsEvent};
 use crate::ws::upgrade::Held;
@@ -594,7 +595,8 @@ impl Session {
         if let Some(wait) = self.over_rate(&incoming) {
             match self.limits.rate_action {
                 RateAction::Close => {
-                    self.metrics.reject(Rejection::WsRateLimited);
+                    self.metrics
+                        .refuse(self.guards.held.refusal(Rejection::WsRateLimited));
                     self.begin_close(1008, "Rate limit exceeded");
                     return Flow::Continue;
                 }
@@ -649,7 +651,7 @@ impl Session {
     /// A data message within the rate: count it and, valid under the route's `messages`
     /// rules, hand it to JS.
     fn deliver(&mut self, data: Bytes, binary: bool) {
-        self.metrics.ws_received();
+        self.metrics.ws_received(data.len());
         if !self.valid(&data) {
             return;
         }
@@ -699,15 +701,21 @@ impl Session {
         }
         match err {
             ReadError::TooBig => {
-                self.metrics.reject(Rejection::WsMessageTooLarge);
+                self.metrics
+                    .refuse(self.guards.held.refusal(Rejection::WsMessageTooLarge));
                 self.begin_close(1009, "Message too big");
             }
             ReadError::BadUtf8 => {
-                self.metrics.reject(Rejection::WsProtocolError);
+                let refusal = self.guards.held.refusal(Rejection::WsProtocolError);
+                self.metrics.refuse(RejectRefusal {
+                    code: Some(Code::Close(1007)),
+                    ..refusal
+                });
                 self.begin_close(1007, "Invalid UTF-8");
             }
             ReadError::Protocol => {
-                self.metrics.reject(Rejection::WsProtocolError);
+                self.metrics
+                    .refuse(self.guards.held.refusal(Rejection::WsProtocolError));
                 self.begin_close(1002, "Protocol error");
             }
         }
@@ -762,7 +770,8 @@ impl Session {
             self.registration.handle.waker.wake();
         }
         if self.stall_deadline().is_some_and(|at| now >= at) {
-            self.metrics.reject(Rejection::SendTimeout);
+            self.metrics
+                .refuse(self.guards.held.refusal(Rejection::SendTimeout));
             return Some(self.end_abnormally());
         }
         match &self.state {
@@ -774,11 +783,13 @@ impl Session {
                 let limits = &self.limits;
                 if !limits.idle_timeout.is_zero() && now >= self.last_activity + limits.idle_timeout
                 {
-                    self.metrics.reject(Rejection::WsIdleTimeout);
+                    self.metrics
+                        .refuse(self.guards.held.refusal(Rejection::WsIdleTimeout));
                     self.begin_close(1000, "Idle timeout");
                 } else if let Some(sent) = self.ping_sent {
                     if now >= sent + limits.pong_timeout {
-                        self.metrics.reject(Rejection::WsPongTimeout);
+                        self.metrics
+                            .refuse(self.guards.held.refusal(Rejection::WsPongTimeout));
                         return Some(End::dropped());
                     }
                 } else if !limits.ping_interval.is_zero()

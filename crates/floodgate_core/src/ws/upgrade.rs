@@ -14,6 +14,8 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
+use crate::observe::app::{Kind, Live};
+use crate::observe::reject;
 use crate::ws::session::{self, MessagePolicy, SessionLimits, SessionStart, Validation};
 use crate::ws::validate::MessageRules;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -44,6 +46,21 @@ pub struct Held {
     _ip: Slot<IpAddr>,
     _permit: OwnedSemaphorePermit,
     _lease: Option<Lease>,
+    /// The app's open-socket gauge, held up while the session lives.
+    live: Option<Live>,
+}
+
+impl Held {
+    /// A refusal of the session's client and user (`observe::reject`).
+    pub(crate) fn refusal(&self, reason: Rejection) -> reject::Refusal<'_> {
+        let refusal = reject::Refusal::new(reason)
+            .client(*self._ip.key())
+            .user(self._user.key().user());
+        match &self.live {
+            Some(live) => refusal.app(live.app()),
+            None => refusal,
+        }
+    }
 }
 
 impl WsRoute {
@@ -111,7 +128,13 @@ impl WsRoute {
             Ok(key) => key,
             Err(response) => {
                 // Refused before the 101: no session, so not a protocol close.
-                context.metrics.reject(Rejection::WsBadHandshake);
+                let status = response.status().as_u16();
+                context.metrics.refuse(
+                    context
+                        .refusal(Rejection::WsBadHandshake)
+                        .route(request.uri().path())
+                        .status(status),
+                );
                 return *response;
             }
         };
@@ -129,13 +152,22 @@ impl WsRoute {
                 Err(response) => return response,
             }
         }
-        let held = match self.acquire(user.as_deref(), context.client).await {
+        let mut held = match self.acquire(user.as_deref(), context.client).await {
             Ok(held) => held,
             Err(response) => {
-                context.metrics.reject(Rejection::WsLimit);
+                let status = response.status().as_u16();
+                context.metrics.refuse(
+                    reject::Refusal::new(Rejection::WsLimit)
+                        .app(&context.app)
+                        .client(context.client)
+                        .user(user.as_deref())
+                        .route(request.uri().path())
+                        .status(status),
+                );
                 return *response;
             }
         };
+        held.live = Some(Live::new(&context.app, Kind::WebSocket));
         let on_upgrade = hyper::upgrade::on(&mut request);
         context.conn.mark_upgraded();
         bridge.ws_hub().watch(&context.shutdown, &context.abort);
@@ -227,6 +259,7 @@ impl WsRoute {
             _ip: ip_slot,
             _permit: permit,
             _lease: admission.map(|admission| admission.lease),
+            live: None,
         })
     }
 }

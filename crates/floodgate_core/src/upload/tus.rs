@@ -1,0 +1,892 @@
+//! Resumable uploads with the tus 1.0 protocol (core, creation, expiration and checksum
+//! extensions) at an uploads mount with `resumable` set: `POST` creates an upload, `HEAD` says
+//! how much arrived, `PATCH` appends at that offset, `OPTIONS` lists what the server does.
+//!
+//! Each upload is two files in the mount's `.tus` folder (a dotfolder, never served): its data
+//! (`<id>.bin`) and its state (`<id>.json`: length, offset, metadata, owner, expiry), the state
+//! rewritten atomically (temporary + rename) after the data it counts was flushed (and synced),
+//! so a crash or restart never counts bytes that are not on disk; the data is cut back to the
+//! recorded offset before the next `PATCH` appends. Bytes of an interrupted `PATCH` that reached
+//! the disk are kept (the point of resuming), unless the `PATCH` carried `Upload-Checksum`:
+//! then only a whole, matching body counts (`460` otherwise). The complete file is renamed from
+//! the `.tus` folder to its name under the mount (same file system, so atomic). One `PATCH` at
+//! a time per upload: another one meanwhile gets `423 Locked`. The servers's state is read back
+//! from the `.tus` folder at `listen`; a sweeper removes uploads past their expiry.
+
+use crate::config::ResumableConfig;
+use crate::delivery::body::{self, Body};
+use crate::metrics::{Metrics, Rejection};
+use crate::upload::multipart::sanitize;
+use crate::upload::reader::{BodyReader, Stop};
+use crate::upload::UploadLimits;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use serde::{Deserialize, Serialize};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+const VERSION: &str = "1.0.0";
+const STATE_DIR: &str = ".tus";
+/// Longest `Upload-Metadata` accepted.
+const MAX_METADATA: usize = 4096;
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// Batches in flight between the socket and the disk.
+const QUEUE_DEPTH: usize = 4;
+
+/// An upload's state as kept on disk beside its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Info {
+    length: u64,
+    offset: u64,
+    metadata: Option<String>,
+    /// The name the complete file gets under the mount.
+    name: String,
+    /// `ClientKey` text of the creator: what the per-user caps count.
+    owner: String,
+    /// Milliseconds since the epoch after which the upload is removed.
+    expires: u64,
+    /// Set once the file is in place.
+    sha256: Option<String>,
+}
+
+struct Upload {
+    info: Mutex<Info>,
+    /// A `PATCH` is being received.
+    busy: AtomicBool,
+    /// SHA-256 of the data so far, while it covers exactly `offset` bytes (not after a
+    /// restart: the file is then read again when it completes).
+    hash: Mutex<Option<(u64, Sha256)>>,
+}
+
+/// Resets `busy` when the `PATCH` ends, however it ends.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+pub struct Resumable {
+    dir: PathBuf,
+    state: PathBuf,
+    config: ResumableConfig,
+    overwrite: bool,
+    fsync: bool,
+    uploads: Mutex<HashMap<String, Arc<Upload>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// A tus response: `Tus-Resumable` on every one.
+fn reply(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("tus-resumable", HeaderValue::from_static(VERSION));
+    response
+}
+
+fn refuse(metrics: &Metrics, status: StatusCode, reason: Option<Rejection>) -> Response<Body> {
+    if let Some(reason) = reason {
+        metrics.reject(reason);
+    }
+    reply(status)
+}
+
+fn expires_header(ms: u64) -> HeaderValue {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    HeaderValue::from_str(&httpdate::fmt_http_date(at)).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Whether `request` is for the tus side of the mount.
+pub fn is_tus(request: &Request<impl Sized>) -> bool {
+    request.method() == Method::OPTIONS
+        || request.method() == Method::PATCH
+        || request.headers().contains_key("tus-resumable")
+}
+
+/// The `filename` (or `name`) of `Upload-Metadata` (`key base64,key base64`), decoded.
+fn metadata_filename(metadata: &str) -> Option<Result<String, ()>> {
+    metadata.split(',').find_map(|pair| {
+        let mut parts = pair.trim().splitn(2, ' ');
+        let key = parts.next()?;
+        if key != "filename" && key != "name" {
+            return None;
+        }
+        let value = parts.next().unwrap_or_default();
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or(()),
+        )
+    })
+}
+
+/// `Upload-Checksum: <algorithm> <base64 digest>`.
+#[derive(Clone)]
+enum Checksum {
+    Sha1(Vec<u8>),
+    Sha256(Vec<u8>),
+}
+
+fn parse_checksum(value: &HeaderValue) -> Option<Checksum> {
+    let (algorithm, digest) = value.to_str().ok()?.trim().split_once(' ')?;
+    let digest = base64::engine::general_purpose::STANDARD
+        .decode(digest.trim())
+        .ok()?;
+    match algorithm {
+        "sha1" => Some(Checksum::Sha1(digest)),
+        "sha256" => Some(Checksum::Sha256(digest)),
+        _ => None,
+    }
+}
+
+impl Resumable {
+    pub fn new(dir: PathBuf, config: ResumableConfig, overwrite: bool, fsync: bool) -> Self {
+        Self {
+            state: dir.join(STATE_DIR),
+            dir,
+            config,
+            overwrite,
+            fsync,
+            uploads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn data_path(&self, id: &str) -> PathBuf {
+        self.state.join(format!("{id}.bin"))
+    }
+
+    fn info_path(&self, id: &str) -> PathBuf {
+        self.state.join(format!("{id}.json"))
+    }
+
+    /// At `listen`: reads back the uploads a previous run left (removing expired ones and
+    /// data without state), then sweeps expired uploads every quarter of `expiration` (at
+    /// most every minute) for as long as the mount lives.
+    pub fn start(self: &Arc<Self>) {
+        let store = Arc::clone(self);
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval =
+            (self.config.expiration / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || store.load()).await;
+            drop(loaded);
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(store) = weak.upgrade() else { break };
+                let _ = tokio::task::spawn_blocking(move || store.sweep()).await;
+            }
+        });
+    }
+
+    fn load(&self) {
+        if std::fs::create_dir_all(&self.state).is_err() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.state) else {
+            return;
+        };
+        let now = now_ms();
+        let mut uploads = HashMap::new();
+        let mut data = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            if let Some(id) = name.strip_suffix(".json").filter(|id| is_id(id)) {
+                let info = std::fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Info>(&bytes).ok());
+                match info {
+                    Some(info) if info.expires > now => {
+                        uploads.insert(id.to_string(), Arc::new(Upload::new(info, None)));
+                    }
+                    _ => self.remove_files(id),
+                }
+            } else if let Some(id) = name.strip_suffix(".bin").filter(|id| is_id(id)) {
+                data.push(id.to_string());
+            } else if name.ends_with(".json.tmp") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        for id in data {
+            if !uploads.contains_key(&id) {
+                let _ = std::fs::remove_file(self.data_path(&id));
+            }
+        }
+        let mut live = lock(&self.uploads);
+        for (id, upload) in uploads {
+            live.entry(id).or_insert(upload);
+        }
+    }
+
+    fn sweep(&self) {
+        let now = now_ms();
+        let expired: Vec<String> = lock(&self.uploads)
+            .iter()
+            .filter(|(_, upload)| {
+                !upload.busy.load(Ordering::Acquire) && lock(&upload.info).expires <= now
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.forget(&id);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        lock(&self.uploads).remove(id);
+        self.remove_files(id);
+    }
+
+    fn remove_files(&self, id: &str) {
+        let _ = std::fs::remove_file(self.data_path(id));
+        let _ = std::fs::remove_file(self.info_path(id));
+    }
+
+    /// Writes `info` beside the data: a temporary, synced, renamed over the old state.
+    fn save(&self, id: &str, info: &Info) -> std::io::Result<()> {
+        let path = self.info_path(id);
+        let temp = self.state.join(format!("{id}.json.tmp"));
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&serde_json::to_vec(info).map_err(std::io::Error::other)?)?;
+        if self.fsync {
+            file.sync_data()?;
+        }
+        std::fs::rename(&temp, &path)
+    }
+
+    /// The upload `id`, unless unknown or expired (an expired one is removed).
+    fn find(&self, id: &str) -> Option<Arc<Upload>> {
+        let upload = lock(&self.uploads).get(id).cloned()?;
+        if lock(&upload.info).expires <= now_ms() && !upload.busy.load(Ordering::Acquire) {
+            self.forget(id);
+            return None;
+        }
+        Some(upload)
+    }
+
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        rel: &str,
+        limits: UploadLimits,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin,
+    {
+        let metrics = Arc::clone(&limits.metrics);
+        if request.method() == Method::OPTIONS {
+            let mut response = reply(StatusCode::NO_CONTENT);
+            let headers = response.headers_mut();
+            headers.insert("tus-version", HeaderValue::from_static(VERSION));
+            headers.insert(
+                "tus-extension",
+                HeaderValue::from_static("creation,expiration,checksum"),
+            );
+            headers.insert("tus-max-size", HeaderValue::from(limits.max_size));
+            headers.insert(
+                "tus-checksum-algorithm",
+                HeaderValue::from_static("sha1,sha256"),
+            );
+            return response;
+        }
+        if request
+            .headers()
+            .get("tus-resumable")
+            .is_none_or(|version| version.as_bytes() != VERSION.as_bytes())
+        {
+            let mut response = refuse(&metrics, StatusCode::PRECONDITION_FAILED, None);
+            response
+                .headers_mut()
+                .insert("tus-version", HeaderValue::from_static(VERSION));
+            return response;
+        }
+        let id = rel.trim_matches('/');
+        match (request.method().clone(), id.is_empty()) {
+            (Method::POST, true) => self.create(&request, &limits).await,
+            (Method::HEAD, false) => match self.find(id) {
+                None => refuse(&metrics, StatusCode::NOT_FOUND, Some(Rejection::NotFound)),
+                Some(upload) => {
+                    let info = lock(&upload.info).clone();
+                    let mut response = reply(StatusCode::OK);
+                    let headers = response.headers_mut();
+                    headers.insert("upload-offset", HeaderValue::from(info.offset));
+                    headers.insert("upload-length", HeaderValue::from(info.length));
+                    if let Some(metadata) = info
+                        .metadata
+                        .as_deref()
+                        .and_then(|value| HeaderValue::from_str(value).ok())
+                    {
+                        headers.insert("upload-metadata", metadata);
+                    }
+                    if info.sha256.is_none() {
+                        headers.insert("upload-expires", expires_header(info.expires));
+                    }
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    response
+                }
+            },
+            (Method::PATCH, false) => match self.find(id) {
+                None => refuse(&metrics, StatusCode::NOT_FOUND, Some(Rejection::NotFound)),
+                Some(upload) => self.patch(id, &upload, request, limits).await,
+            },
+            _ => {
+                metrics.reject(Rejection::MethodNotAllowed);
+                let mut response = reply(StatusCode::METHOD_NOT_ALLOWED);
+                let allow = if id.is_empty() {
+                    "OPTIONS, POST"
+                } else {
+                    "HEAD, PATCH"
+                };
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                response
+            }
+        }
+    }
+
+    async fn create<B>(
+        self: &Arc<Self>,
+        request: &Request<B>,
+        limits: &UploadLimits,
+    ) -> Response<Body> {
+        let metrics = &limits.metrics;
+        let headers = request.headers();
+        let Some(length) = number(headers, "upload-length") else {
+            // No `creation-defer-length`: the length is required.
+            return refuse(
+                metrics,
+                StatusCode::BAD_REQUEST,
+                Some(Rejection::BadRequest),
+            );
+        };
+        if length > limits.max_size {
+            return refuse(
+                metrics,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(Rejection::BodyTooLarge),
+            );
+        }
+        let metadata = match headers.get("upload-metadata").map(|value| value.to_str()) {
+            None => None,
+            Some(Ok(value)) if value.len() <= MAX_METADATA => Some(value.to_string()),
+            Some(_) => {
+                return refuse(
+                    metrics,
+                    StatusCode::BAD_REQUEST,
+                    Some(Rejection::BadRequest),
+                )
+            }
+        };
+        let id = new_id();
+        let name = match metadata.as_deref().and_then(metadata_filename) {
+            None => id.clone(),
+            Some(Ok(filename)) => sanitize(&filename),
+            Some(Err(())) => {
+                return refuse(
+                    metrics,
+                    StatusCode::BAD_REQUEST,
+                    Some(Rejection::BadRequest),
+                )
+            }
+        };
+        if !self.overwrite && self.dir.join(&name).exists() {
+            return reply(StatusCode::CONFLICT);
+        }
+        let info = Info {
+            length,
+            offset: 0,
+            metadata,
+            name,
+            owner: limits.owner.clone(),
+            expires: now_ms() + self.config.expiration.as_millis() as u64,
+            sha256: None,
+        };
+        // Counted and reserved under one lock, so simultaneous creations cannot pass a cap.
+        {
+            let mut uploads = lock(&self.uploads);
+            let (mut open, mut bytes) = (0u32, 0u64);
+            for upload in uploads.values() {
+                let other = lock(&upload.info);
+                if other.owner == info.owner && other.sha256.is_none() {
+                    open += 1;
+                    bytes += other.length;
+                }
+            }
+            if self.config.max_uploads_per_user > 0 && open >= self.config.max_uploads_per_user {
+                drop(uploads);
+                return refuse(
+                    metrics,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(Rejection::ResumableUploadsLimit),
+                );
+            }
+            if self.config.max_bytes_per_user > 0 && bytes + length > self.config.max_bytes_per_user
+            {
+                drop(uploads);
+                return refuse(
+                    metrics,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(Rejection::ResumableBytesLimit),
+                );
+            }
+            uploads.insert(
+                id.clone(),
+                Arc::new(Upload::new(info.clone(), Some((0, Sha256::new())))),
+            );
+        }
+        let store = Arc::clone(self);
+        let (created_id, created_info) = (id.clone(), info.clone());
+        let created = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&store.state)?;
+            std::fs::File::create_new(store.data_path(&created_id))?;
+            store.save(&created_id, &created_info)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|result| result);
+        if created.is_err() {
+            self.forget(&id);
+            return reply(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let location = format!("{}/{id}", request.uri().path().trim_end_matches('/'));
+        let mut response = reply(StatusCode::CREATED);
+        let headers = response.headers_mut();
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            headers.insert(header::LOCATION, location);
+        }
+        headers.insert("upload-expires", expires_header(info.expires));
+        response
+    }
+
+    async fn patch<B>(
+        self: &Arc<Self>,
+        id: &str,
+        upload: &Arc<Upload>,
+        request: Request<B>,
+        mut limits: UploadLimits,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Unpin,
+    {
+        let metrics = Arc::clone(&limits.metrics);
+        if upload.busy.swap(true, Ordering::AcqRel) {
+            return refuse(
+                &metrics,
+                StatusCode::LOCKED,
+                Some(Rejection::ResumableLocked),
+            );
+        }
+        let _busy = Busy(&upload.busy);
+        let headers = request.headers();
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(str::trim);
+        if content_type != Some(OFFSET_OCTET_STREAM) {
+            return refuse(
+                &metrics,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some(Rejection::UnsupportedMediaType),
+            );
+        }
+        let Some(offset) = number(headers, "upload-offset") else {
+            return refuse(
+                &metrics,
+                StatusCode::BAD_REQUEST,
+                Some(Rejection::BadRequest),
+            );
+        };
+        let checksum = match headers.get("upload-checksum") {
+            None => None,
+            Some(value) => match parse_checksum(value) {
+                Some(checksum) => Some(checksum),
+                None => {
+                    return refuse(
+                        &metrics,
+                        StatusCode::BAD_REQUEST,
+                        Some(Rejection::BadRequest),
+                    )
+                }
+            },
+        };
+        let info = lock(&upload.info).clone();
+        if offset != info.offset {
+            return refuse(
+                &metrics,
+                StatusCode::CONFLICT,
+                Some(Rejection::ResumableOffsetConflict),
+            );
+        }
+        let remaining = info.length - info.offset;
+        if number(headers, header::CONTENT_LENGTH.as_str()).is_some_and(|length| length > remaining)
+        {
+            return refuse(
+                &metrics,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(Rejection::BodyTooLarge),
+            );
+        }
+        let mut received = 0;
+        let mut stop = None;
+        if remaining > 0 {
+            limits.max_size = remaining;
+            let hash = lock(&upload.hash)
+                .take()
+                .filter(|(covered, _)| *covered == offset);
+            let appender = match Appender::open(
+                self.data_path(id),
+                offset,
+                hash.map(|(_, hash)| hash),
+                checksum.clone(),
+                self.fsync,
+            )
+            .await
+            {
+                Ok(appender) => appender,
+                Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR),
+            };
+            let read = read_into(request.into_body(), &appender, &limits).await;
+            let appended = appender.finish().await;
+            let Ok(appended) = appended else {
+                return reply(StatusCode::INTERNAL_SERVER_ERROR);
+            };
+            stop = read.err();
+            let whole = stop.is_none();
+            let keep = match &checksum {
+                None => true,
+                Some(expected) => whole && appended.matches(expected),
+            };
+            if keep {
+                received = appended.written;
+                *lock(&upload.hash) = appended.hash.map(|hash| (offset + received, hash));
+            }
+            if !keep && whole {
+                metrics.reject(Rejection::ChecksumMismatch);
+                return reply(StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST));
+            }
+        }
+        let mut info = info;
+        info.offset += received;
+        info.expires = now_ms() + self.config.expiration.as_millis() as u64;
+        let complete = info.offset == info.length && info.sha256.is_none();
+        let store = Arc::clone(self);
+        let (saved_id, mut saved) = (id.to_string(), info.clone());
+        let hash = if complete {
+            lock(&upload.hash).take()
+        } else {
+            None
+        };
+        let outcome = tokio::task::spawn_blocking(move || -> Result<Info, Finish> {
+            if complete {
+                let sha256 = match hash {
+                    Some((covered, hash)) if covered == saved.length => {
+                        format!("{:x}", hash.finalize())
+                    }
+                    _ => hash_file(&store.data_path(&saved_id)).map_err(|_| Finish::Io)?,
+                };
+                store.place(&saved_id, &saved.name)?;
+                saved.sha256 = Some(sha256);
+            }
+            store.save(&saved_id, &saved).map_err(|_| Finish::Io)?;
+            Ok(saved)
+        })
+        .await
+        .unwrap_or(Err(Finish::Io));
+        let info = match outcome {
+            Ok(info) => info,
+            Err(Finish::Exists) => return reply(StatusCode::CONFLICT),
+            Err(Finish::Io) => return reply(StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        *lock(&upload.info) = info.clone();
+        if let Some(stop) = stop {
+            return match stop {
+                Stop::Rejected(reason) => {
+                    metrics.reject(reason);
+                    let status = match reason {
+                        Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                        Rejection::BadRequest => StatusCode::BAD_REQUEST,
+                        _ => StatusCode::REQUEST_TIMEOUT,
+                    };
+                    let mut response = reply(status);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response
+                }
+                Stop::ClientGone => reply(StatusCode::BAD_REQUEST),
+                Stop::Disk => reply(StatusCode::INTERNAL_SERVER_ERROR),
+            };
+        }
+        let mut response = reply(StatusCode::NO_CONTENT);
+        let headers = response.headers_mut();
+        headers.insert("upload-offset", HeaderValue::from(info.offset));
+        match &info.sha256 {
+            None => {
+                headers.insert("upload-expires", expires_header(info.expires));
+            }
+            Some(sha256) => {
+                // Not tus headers: what the complete file became, as a raw upload reports it.
+                if let Ok(name) = HeaderValue::from_str(&info.name) {
+                    headers.insert("upload-name", name);
+                }
+                if let Ok(sha256) = HeaderValue::from_str(sha256) {
+                    headers.insert("upload-sha256", sha256);
+                }
+            }
+        }
+        response
+    }
+
+    /// Renames the complete data to its name under the mount (blocking).
+    fn place(&self, id: &str, name: &str) -> Result<(), Finish> {
+        let target = self.dir.join(name);
+        let data = self.data_path(id);
+        if self.overwrite {
+            std::fs::rename(&data, &target).map_err(|_| Finish::Io)
+        } else {
+            // Link-then-unlink: fails if the name appeared meanwhile.
+            match std::fs::hard_link(&data, &target) {
+                Ok(()) => std::fs::remove_file(&data).map_err(|_| Finish::Io),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(Finish::Exists),
+                Err(_) => Err(Finish::Io),
+            }
+        }
+    }
+}
+
+enum Finish {
+    Exists,
+    Io,
+}
+
+impl Upload {
+    fn new(info: Info, hash: Option<(u64, Sha256)>) -> Self {
+        Self {
+            info: Mutex::new(info),
+            busy: AtomicBool::new(false),
+            hash: Mutex::new(hash),
+        }
+    }
+}
+
+/// 32 random hexadecimal characters.
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default()
+            .to_le_bytes();
+    }
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn is_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Reads a `PATCH` body into the appender under the upload limits, in batches of a few chunks.
+async fn read_into<B>(body: B, appender: &Appender, limits: &UploadLimits) -> Result<(), Stop>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    let batch_size = (limits.chunk_size * 4) as usize;
+    let mut batch = BytesMut::new();
+    let mut reader = BodyReader::new(body, limits);
+    let result = async {
+        while let Some(data) = reader.next().await? {
+            batch.extend_from_slice(&data);
+            if batch.len() >= batch_size {
+                appender.write(batch.split().freeze()).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // What arrived before a stop is written too: without a checksum it counts.
+    if !batch.is_empty() {
+        appender.write(batch.freeze()).await?;
+    }
+    result
+}
+
+/// What one `PATCH` appended.
+struct Appended {
+    written: u64,
+    hash: Option<Sha256>,
+    checksum: Option<Vec<u8>>,
+}
+
+impl Appended {
+    fn matches(&self, expected: &Checksum) -> bool {
+        match expected {
+            Checksum::Sha1(digest) | Checksum::Sha256(digest) => {
+                self.checksum.as_deref() == Some(digest.as_slice())
+            }
+        }
+    }
+}
+
+/// The disk side of a `PATCH`: a blocking worker appending at the offset, hashing as it goes,
+/// flushing (and syncing) at the end whether the body completed or not.
+struct Appender {
+    sender: mpsc::Sender<Bytes>,
+    worker: tokio::task::JoinHandle<std::io::Result<Appended>>,
+}
+
+enum PatchHash {
+    Sha1(Sha1),
+    Sha256(Sha256),
+}
+
+impl Appender {
+    async fn open(
+        path: PathBuf,
+        offset: u64,
+        hash: Option<Sha256>,
+        checksum: Option<Checksum>,
+        fsync: bool,
+    ) -> std::io::Result<Self> {
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            // Bytes past the recorded offset were never counted: drop them.
+            file.set_len(offset)?;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let (sender, mut receiver) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut hash = hash;
+            let mut patch = checksum.map(|checksum| match checksum {
+                Checksum::Sha1(_) => PatchHash::Sha1(Sha1::new()),
+                Checksum::Sha256(_) => PatchHash::Sha256(Sha256::new()),
+            });
+            let mut written = 0u64;
+            while let Some(bytes) = receiver.blocking_recv() {
+                file.write_all(&bytes)?;
+                written += bytes.len() as u64;
+                if let Some(hash) = &mut hash {
+                    hash.update(&bytes);
+                }
+                match &mut patch {
+                    Some(PatchHash::Sha1(hasher)) => hasher.update(&bytes),
+                    Some(PatchHash::Sha256(hasher)) => hasher.update(&bytes),
+                    None => {}
+                }
+            }
+            file.flush()?;
+            if fsync {
+                file.sync_data()?;
+            }
+            Ok(Appended {
+                written,
+                hash,
+                checksum: patch.map(|patch| match patch {
+                    PatchHash::Sha1(hasher) => hasher.finalize().to_vec(),
+                    PatchHash::Sha256(hasher) => hasher.finalize().to_vec(),
+                }),
+            })
+        });
+        Ok(Self { sender, worker })
+    }
+
+    async fn write(&self, bytes: Bytes) -> Result<(), Stop> {
+        self.sender.send(bytes).await.map_err(|_| Stop::Disk)
+    }
+
+    async fn finish(self) -> std::io::Result<Appended> {
+        drop(self.sender);
+        self.worker.await.map_err(std::io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_filename_is_decoded() {
+        assert_eq!(
+            metadata_filename("filename cmVwb3J0LnBkZg==,type dGV4dA=="),
+            Some(Ok("report.pdf".into()))
+        );
+        assert_eq!(
+            metadata_filename("type dGV4dA==, name YS50eHQ="),
+            Some(Ok("a.txt".into()))
+        );
+        assert_eq!(metadata_filename("type dGV4dA=="), None);
+        assert_eq!(metadata_filename("filename !!!"), Some(Err(())));
+    }
+
+    #[test]
+    fn checksums_name_their_algorithm() {
+        let value = |text: &'static str| HeaderValue::from_static(text);
+        assert!(
+            matches!(parse_checksum(&value("sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0=")), Some(Checksum::Sha1(digest)) if digest.len() == 20)
+        );
+        assert!(
+            matches!(parse_checksum(&value("sha256 LCa0a2j/xo/5m0U8HTBBNBNCLXBkg7+g+YpeiGJm564=")), Some(Checksum::Sha256(digest)) if digest.len() == 32)
+        );
+        assert!(parse_checksum(&value("md5 abc=")).is_none());
+        assert!(parse_checksum(&value("sha1")).is_none());
+    }
+
+    #[test]
+    fn ids_are_32_hex_characters() {
+        let id = new_id();
+        assert!(is_id(&id), "{id}");
+        assert_ne!(id, new_id());
+        assert!(!is_id("../../etc/passwd"));
+    }
+}
