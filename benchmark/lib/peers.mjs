@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { startServer, stopServer, childPids } from './proc.mjs'
 import { startNginx, nginxAvailable } from './nginx.mjs'
 import { centrifugoAvailable } from '../workloads/cluster-fanout.mjs'
+import { centrifugoBinary, centrifugoReady } from './centrifugo.mjs'
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url))
 
@@ -46,6 +47,16 @@ export const PEERS = [
     name: 'socket.io',
     available: () => socketioInstalled() || 'missing benchmark dependencies (npm install --prefix benchmark)',
     start: async () => ({ port: 0, pids: () => [], stop: async () => {} }),
+  },
+  {
+    // Centrifugo v6, one instance (memory engine): the event-stream and fan-out peer. Its pids are
+    // Centrifugo's own, not its Node front's.
+    name: 'centrifugo-1',
+    available: centrifugoReady,
+    async start(env) {
+      const { child, port } = await startServer(process.execPath, [here('../servers/centrifugo.mjs')], { env: { ...env, CENTRIFUGO: centrifugoBinary() } })
+      return { port, pids: () => childPids(child.pid), stop: () => stopServer(child) }
+    },
   },
   {
     // Centrifugo v6 (Redis engine), for cluster-fanout only, started by the workload likewise.

@@ -6,6 +6,8 @@
 //!   ws-load idle   --url ws://127.0.0.1:PORT/ws/idle  --connections 10000
 //!   ws-load sse    --url http://127.0.0.1:PORT/stream/sse --connections 10000 [--expect 10000000] [--idle-ms 2000] [--timeout-ms 60000]
 //!
+//! `sse` without `--expect` (or with 0) holds its idle streams until a line arrives on stdin.
+//!
 //! `fanout`, `idle` and `sse` print `CONNECTED <n>` once every connection is open (for `sse`: once
 //! every subscriber has its response head), then the JSON line when done: `fanout` and `sse` once
 //! `--expect` messages (events) arrived in all, or none for `--idle-ms`, or `--timeout-ms` passed;
@@ -335,8 +337,245 @@ async fn echo(args: Rc<Args>) {
     ));
 }
 
-/// Counts every message the subscribed sockets receive; a `"t":<epoch ms>` in it gives a latency.
+/// Counts the events the subscribed sockets receive (one `"t":<epoch ms>` stamp each, which gives
+/// its latency). Read raw after a hand-made handshake (`raw_ws_connect`): frames are parsed in
+/// place from one buffer per thread, and each socket is read once per readiness (see
+/// `read_each`), which costs a fraction of tungstenite's stream per message. Socket.IO keeps the
+/// tungstenite path (`fanout_tungstenite`).
 async fn fanout(args: Rc<Args>) {
+    if args.socketio {
+        return fanout_tungstenite(args).await;
+    }
+    let stats = Deliveries::new(args.expect);
+    let shared = stats.clone();
+    let (opened, failed, error) = open_all(&args, raw_ws_connect, move |_, (stream, early)| {
+        let stats = shared.clone();
+        spawn_local(async move {
+            let mut frames = WsFrames::default();
+            let mut pong = false;
+            let mut take = |bytes: &[u8], socket: &mut &std::net::TcpStream| -> bool {
+                let now_ms = now_epoch_ms();
+                let mut count = 0u64;
+                let mut latencies = stats.latencies.borrow_mut();
+                let open = frames.feed(bytes, &mut pong, &mut |t: f64| {
+                    count += 1;
+                    if t.is_finite() {
+                        latencies.push(((now_ms - t) * 1000.0).clamp(0.0, u32::MAX as f64) as u32);
+                    }
+                });
+                drop(latencies);
+                if count > 0 {
+                    stats.arrived(count);
+                }
+                // Centrifugo's ping is `{}`; its pong is `{}` too (masked, as a client's frame must be).
+                if std::mem::take(&mut pong) {
+                    let _ = std::io::Write::write_all(socket, &masked_text(b"{}"));
+                }
+                open
+            };
+            let Ok(stream) = stream.into_std() else {
+                stats.closed.set(stats.closed.get() + 1);
+                return;
+            };
+            if take(&early, &mut &stream) {
+                read_each(stream, take).await;
+            }
+            stats.closed.set(stats.closed.get() + 1);
+        });
+    })
+    .await;
+    emit(format!("CONNECTED {opened}"));
+    if failed > 0 {
+        emit(format!(
+            "{{\"mode\":\"fanout\",\"connected\":{opened},\"failed\":{failed},\"error\":{}}}",
+            json_error(&error)
+        ));
+        return;
+    }
+    stats.report("fanout", &args, opened, failed, &error).await;
+}
+
+thread_local! {
+    /// The one read buffer of every socket of this thread: reads never wait holding it.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+}
+
+/// Reads `stream` whenever it is readable, handing each read's bytes and the socket (for a
+/// reply) to `take` (false: stop). A read shorter than the buffer drained the
+/// socket, so readiness is cleared without the extra read that would only say "would block"
+/// (tokio's own `read` makes that second call): one `recv` per wake-up, not two.
+async fn read_each(
+    stream: std::net::TcpStream,
+    mut take: impl FnMut(&[u8], &mut &std::net::TcpStream) -> bool,
+) {
+    // `new` is deprecated for any `AsRawFd`; a `TcpStream` owns its descriptor, so it is sound.
+    #[allow(deprecated)]
+    let Ok(fd) = tokio::io::unix::AsyncFd::new(stream) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        let open = READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match std::io::Read::read(&mut guard.get_inner(), &mut buf) {
+                Ok(0) => false,
+                Ok(n) => {
+                    if n < buf.len() {
+                        guard.clear_ready();
+                    }
+                    take(&buf[..n], &mut guard.get_inner())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        if !open {
+            return;
+        }
+    }
+}
+
+/// A client's text frame (masked, as RFC 6455 requires of clients), for short payloads.
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+/// The WebSocket handshake by hand (the path of `--url`), and for Centrifugo its connect and
+/// subscribe commands; resolves the socket and any frame bytes that came with the `101`.
+async fn raw_ws_connect(args: Rc<Args>, index: usize) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut stream = tcp_connect(&args, index).await?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        args.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the 101".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > 16 * 1024 {
+            return Err("response head over 16 KiB".into());
+        }
+    };
+    let status =
+        String::from_utf8_lossy(&head[..head.iter().position(|&b| b == b'\r').unwrap_or(0)])
+            .into_owned();
+    if status.split(' ').nth(1) != Some("101") {
+        return Err(format!("answered {status:?}"));
+    }
+    if args.centrifugo {
+        for command in [
+            &br#"{"id":1,"connect":{"name":"ws-load"}}"#[..],
+            &br#"{"id":2,"subscribe":{"channel":"bench"}}"#[..],
+        ] {
+            stream
+                .write_all(&masked_text(command))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((stream, head[end..].to_vec()))
+}
+
+/// Server frames parsed as they arrive, however reads split them: each data frame's payload is
+/// scanned for stamps; a close frame ends the stream.
+#[derive(Default)]
+struct WsFrames {
+    header: [u8; 10],
+    have: usize,
+    /// Payload bytes of the current frame still to come (None: reading a header).
+    left: Option<u64>,
+    opcode: u8,
+    /// The current frame's payload is exactly `{}` so far (Centrifugo's ping).
+    ping: Vec<u8>,
+    stamps: Stamps,
+}
+
+impl WsFrames {
+    /// False once the server closed; sets `pong` when a `{}` message arrived.
+    fn feed(&mut self, mut input: &[u8], pong: &mut bool, found: &mut impl FnMut(f64)) -> bool {
+        while !input.is_empty() {
+            match self.left {
+                None => {
+                    self.header[self.have] = input[0];
+                    self.have += 1;
+                    input = &input[1..];
+                    if self.have < 2 {
+                        continue;
+                    }
+                    let need = match self.header[1] & 0x7f {
+                        126 => 4,
+                        127 => 10,
+                        _ => 2,
+                    };
+                    if self.have < need {
+                        continue;
+                    }
+                    let len = match need {
+                        4 => u16::from_be_bytes([self.header[2], self.header[3]]) as u64,
+                        10 => u64::from_be_bytes(self.header[2..10].try_into().unwrap()),
+                        _ => (self.header[1] & 0x7f) as u64,
+                    };
+                    self.opcode = self.header[0] & 0x0f;
+                    if self.opcode == 8 {
+                        return false;
+                    }
+                    self.have = 0;
+                    self.ping.clear();
+                    self.left = Some(len);
+                    if len == 0 {
+                        self.left = None;
+                    }
+                }
+                Some(left) => {
+                    let n = left.min(input.len() as u64) as usize;
+                    let (payload, rest) = input.split_at(n);
+                    input = rest;
+                    if matches!(self.opcode, 0 | 1 | 2) {
+                        self.stamps.feed(payload, found);
+                        if self.ping.len() + n <= 2 {
+                            self.ping.extend_from_slice(payload);
+                        }
+                    }
+                    let left = left - n as u64;
+                    self.left = (left > 0).then_some(left);
+                    if left == 0 && self.ping == b"{}" {
+                        *pong = true;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// `fanout --socketio 1`: counts every message the subscribed sockets receive; a `"t":<epoch ms>` in it gives a latency.
+async fn fanout_tungstenite(args: Rc<Args>) {
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let stats = Deliveries::new(args.expect);
     let shared = stats.clone();
@@ -661,11 +900,20 @@ impl Deliveries {
         let cpu_before = cpu_seconds();
         let connected_at = Instant::now();
         let timeout = Duration::from_millis(args.timeout_ms);
+        if args.expect == 0 {
+            // Nothing to count (idle streams): hold them until stdin says stop, as `idle` does.
+            let mut line = String::new();
+            let _ = tokio::time::timeout(
+                timeout,
+                tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line),
+            )
+            .await;
+        }
         let idle = Duration::from_millis(args.idle_ms);
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let delivered = self.delivered.get();
-            if args.expect > 0 && delivered >= args.expect {
+            if delivered >= args.expect {
                 break;
             }
             let since_last = self
@@ -685,11 +933,12 @@ impl Deliveries {
         let mut latencies = self.latencies.take();
         latencies.sort_unstable();
         emit(format!(
-            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"maxMs\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
             self.closed.get(),
             if span > 0.0 { delivered as f64 / span } else { 0.0 },
             quantile_ms(&latencies, 0.5),
             quantile_ms(&latencies, 0.99),
+            quantile_ms(&latencies, 1.0),
             json_error(error),
         ));
     }
@@ -740,7 +989,7 @@ async fn sse(args: Rc<Args>) {
         let stats = shared.clone();
         spawn_local(async move {
             let Subscriber {
-                mut stream,
+                stream,
                 early,
                 chunked,
             } = subscriber;
@@ -751,12 +1000,9 @@ async fn sse(args: Rc<Args>) {
                 }),
                 stamps: Stamps::default(),
             };
-            let mut buf = vec![0u8; 4096];
-            let mut open = body.take(&early, &stats);
-            while open {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => open = body.take(&buf[..n], &stats),
+            if body.take(&early, &stats) {
+                if let Ok(stream) = stream.into_std() {
+                    read_each(stream, |bytes, _| body.take(bytes, &stats)).await;
                 }
             }
             stats.closed.set(stats.closed.get() + 1);

@@ -18,6 +18,7 @@
 use crate::conn::h2_frames::FrameCounter;
 use crate::conn::linger::Lingering;
 use crate::conn::send_file::SendFile;
+use crate::conn::socket::Socket;
 use crate::conn::state::ConnState;
 use crate::delivery::zero_copy::stand_in_position;
 use crate::limit::conn::Slot;
@@ -164,8 +165,8 @@ enum Expiry {
     Idle,
 }
 
-pub struct GuardedIo<S> {
-    inner: S,
+pub struct GuardedIo {
+    inner: Socket,
     state: Arc<ConnState>,
     metrics: Arc<Metrics>,
     limits: HeadLimits,
@@ -183,9 +184,9 @@ pub struct GuardedIo<S> {
     /// The last byte read was CR (a head that starts in the next read continues its line).
     last_read_was_cr: bool,
     /// The client's connection slot and the live-connection count, held by the socket itself
-    /// so they last exactly as long as it does, upgraded sessions included.
-    _slot: Slot,
-    _live: LiveConnection,
+    /// so they last exactly as long as it does, upgraded sessions and event streams included;
+    /// `None` only once the socket was taken out.
+    guard: Option<SocketGuard>,
 }
 
 /// What an upgraded socket keeps of its wrapper: the client's slot and the live count.
@@ -194,23 +195,33 @@ pub struct SocketGuard {
     _live: LiveConnection,
 }
 
-impl<S> GuardedIo<S> {
+impl GuardedIo {
     /// Unwraps the socket for a WebSocket session, which keeps its own deadlines: the head
     /// deadlines, timers and connection state go, the slot stays with the socket.
-    pub fn into_upgraded(self) -> (S, SocketGuard) {
-        let Self {
-            inner,
-            _slot,
-            _live,
-            ..
-        } = self;
-        (inner, SocketGuard { _slot, _live })
+    pub fn into_upgraded(mut self) -> (Socket, SocketGuard) {
+        let inner = std::mem::replace(&mut self.inner, Socket::Gone);
+        let guard = self.guard.take().expect("held until the socket is taken");
+        (inner, guard)
     }
 }
 
-impl<S> GuardedIo<S> {
+/// hyper's connection is dropped once an event stream asked for the socket
+/// (`conn::handoff`): the wrapper, dropped with it, hands the socket and its slot over.
+impl Drop for GuardedIo {
+    fn drop(&mut self) {
+        if !self.state.wants_socket() {
+            return;
+        }
+        if let Some(guard) = self.guard.take() {
+            let socket = std::mem::replace(&mut self.inner, Socket::Gone);
+            self.state.release_socket(socket, guard);
+        }
+    }
+}
+
+impl GuardedIo {
     pub fn new(
-        inner: S,
+        inner: Socket,
         state: Arc<ConnState>,
         metrics: Arc<Metrics>,
         limits: HeadLimits,
@@ -218,8 +229,10 @@ impl<S> GuardedIo<S> {
     ) -> Self {
         let accepted_at = state.accepted_at;
         Self {
-            _slot: slot,
-            _live: LiveConnection::new(&metrics),
+            guard: Some(SocketGuard {
+                _slot: slot,
+                _live: LiveConnection::new(&metrics),
+            }),
             inner,
             state,
             metrics,
@@ -366,7 +379,7 @@ impl<S> GuardedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + SendFile + Unpin> GuardedIo<S> {
+impl GuardedIo {
     /// Best-effort write of a short error response: one attempt, never waits.
     fn write_final_response(&mut self, cx: &mut Context<'_>, response: &[u8]) {
         if self.speaks_http1() {
@@ -427,6 +440,7 @@ impl<S: AsyncWrite + SendFile + Unpin> GuardedIo<S> {
         self.metrics.sent(written);
         if written > 0 {
             self.write_timer_at = None;
+            self.state.set_flushed(false);
         }
     }
 
@@ -489,7 +503,7 @@ impl<S: AsyncWrite + SendFile + Unpin> GuardedIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncRead for GuardedIo<S> {
+impl AsyncRead for GuardedIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -566,7 +580,7 @@ impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncRead for GuardedIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<S> {
+impl AsyncWrite for GuardedIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -608,8 +622,12 @@ impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<S> {
         self.inner.is_write_vectored()
     }
 
+    /// hyper flushes only once its own write buffer is empty: from here until its next write,
+    /// everything it wrote is in the socket (what `conn::handoff` waits for).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        this.state.set_flushed(true);
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     /// Closes like nginx's lingering close: send FIN, then read and discard what the client is

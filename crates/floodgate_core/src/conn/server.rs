@@ -8,6 +8,7 @@ use crate::config::{ServerConfig, ServerSpec, StreamingConfig, TlsOptions};
 use crate::conn::conformance;
 use crate::conn::guarded_io::{GuardedIo, HeadLimits};
 use crate::conn::h2_stream::StreamExecutor;
+use crate::conn::handoff::{self, HandOffSlot};
 use crate::conn::linger::linger;
 use crate::conn::proxy::client_ip;
 use crate::conn::proxy_protocol;
@@ -530,7 +531,7 @@ async fn serve_connection(
     };
     let http2 = match &socket {
         Socket::Plain(_) => shared.config.http2,
-        Socket::Tls(_) => socket.alpn_protocol() == Some(b"h2"),
+        Socket::Tls(_) | Socket::Gone => socket.alpn_protocol() == Some(b"h2"),
     };
     let conn = Arc::new(
         ConnState::new(accepted_at, shared.default_send_timeout)
@@ -554,6 +555,7 @@ async fn serve_connection(
     let idle = h2_idle(Arc::clone(&conn), &shared);
     let service = {
         let shared = Arc::clone(&shared);
+        let conn = Arc::clone(&conn);
         service_fn(move |request: Request<Incoming>| {
             // Counted before the handler's future first runs: the socket wrapper must leave its
             // head deadline as soon as hyper has the head.
@@ -564,22 +566,44 @@ async fn serve_connection(
         })
     };
     // Finished gracefully when the server closes or an HTTP/2 connection idles out (GOAWAY),
-    // dropped at the server's abort.
-    let connection = shared.builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    tokio::select! {
-        ended = connection.as_mut() => {
-            if let Err(err) = ended {
-                count_h2_goaway(err.as_ref(), &shared.metrics, Some(peer.ip()));
+    // dropped at the server's abort, or dropped when a response takes the socket out of
+    // hyper (`conn::handoff`): the socket wrapper, dropped with it, gives the socket back.
+    let handed_off = {
+        let connection = shared.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+        let first = tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(err) = ended {
+                    count_h2_goaway(err.as_ref(), &shared.metrics, Some(peer.ip()));
+                }
+                Some(false)
             }
-            return;
+            _ = conn.handoff_asked() => Some(true),
+            _ = shutdown.cancelled() => { connection.as_mut().graceful_shutdown(); None }
+            _ = idle => { connection.as_mut().graceful_shutdown(); None }
+        };
+        match first {
+            Some(asked) => asked,
+            None => tokio::select! {
+                _ = connection.as_mut() => false,
+                _ = conn.handoff_asked() => true,
+                _ = abort.cancelled() => false,
+            },
         }
-        _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
-        _ = idle => connection.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = abort.cancelled() => {}
+    };
+    // Taken whatever happened: a response parked just as the client left would otherwise keep
+    // its stream (caps, subscription) alive in `ConnState`, which the stream's queue points to.
+    let pending = conn.take_handoff();
+    if let (true, Some(pending)) = (handed_off, pending) {
+        if let Some((socket, guard)) = pending.socket {
+            pending.handoff.start(
+                socket,
+                guard,
+                pending.head,
+                pending.chunked,
+                &shared.tracker,
+            );
+        }
     }
 }
 
@@ -662,6 +686,7 @@ async fn handle(
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
     shared.metrics.request();
+    let version = request.version();
     let started = std::time::Instant::now();
     // Read for every request, so a note about one head never applies to a later one.
     let length_and_chunks = conn.take_length_and_chunks();
@@ -727,5 +752,31 @@ async fn handle(
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
         }
     };
+    let response = match response.extensions().get::<HandOffSlot>().cloned() {
+        Some(slot) => hand_off(response, slot, version, conn).await,
+        None => response,
+    };
     response.map(|body: Body| Tracked::new(body, Arc::clone(conn)).with_timing(timing))
+}
+
+/// A response that asked to leave hyper (`conn::handoff`): parked for the connection task,
+/// which drops hyper's connection (and this future with it) and starts it on the bare
+/// socket; or, when the connection cannot be handed over, the same response through hyper.
+async fn hand_off(
+    response: Response<Body>,
+    slot: HandOffSlot,
+    version: Version,
+    conn: &ConnState,
+) -> Response<Body> {
+    let Some(handoff) = slot.take() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.extensions.remove::<HandOffSlot>();
+    if matches!(version, Version::HTTP_10 | Version::HTTP_11) && conn.may_hand_off() {
+        let (head, chunked) = handoff::head(&parts, version);
+        conn.hand_off(handoff, head, chunked);
+        return std::future::pending().await;
+    }
+    Response::from_parts(parts, handoff.into_body())
 }

@@ -3,8 +3,12 @@
 //! The wrapper only sees bytes; these counters tell it whether a request is in flight (no
 //! head deadline then) and which send deadlines the current response has.
 
+use crate::conn::guarded_io::SocketGuard;
+use crate::conn::handoff::{HandOff, Pending};
+use crate::conn::socket::Socket;
 use crate::delivery::zero_copy::FilePieces;
 use crate::limit::bucket::{ConnectionBucket, DirectLimiter};
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -45,6 +49,12 @@ pub struct ConnState {
     sendfile: bool,
     /// The file pieces whose stand-ins hyper is writing.
     file_pieces: FilePieces,
+    /// hyper flushed after its last write: nothing of it waits in hyper's buffer.
+    flushed: std::sync::atomic::AtomicBool,
+    /// A response waiting to take the socket out of hyper (`conn::handoff`), and the
+    /// connection task's wake-up for it.
+    handoff: Mutex<Option<Pending>>,
+    handoff_asked: tokio::sync::Notify,
     /// The peer (or the address a PROXY protocol header named): who refusals of this
     /// connection are reported against.
     client: Option<std::net::IpAddr>,
@@ -69,6 +79,9 @@ impl ConnState {
             length_and_chunks: std::sync::atomic::AtomicBool::new(false),
             sendfile: false,
             file_pieces: FilePieces::default(),
+            flushed: std::sync::atomic::AtomicBool::new(true),
+            handoff: Mutex::new(None),
+            handoff_asked: tokio::sync::Notify::new(),
             client: None,
         }
     }
@@ -211,5 +224,66 @@ impl ConnState {
             0 => None,
             ms => Some(self.accepted_at + Duration::from_millis(ms)),
         }
+    }
+
+    /// Called by the socket wrapper: hyper wrote (`false`) or flushed (`true`).
+    pub fn set_flushed(&self, flushed: bool) {
+        self.flushed.store(flushed, Relaxed);
+    }
+
+    /// Whether the request being handled may take the socket out of hyper: HTTP/1.x, the
+    /// only request in flight, every earlier response written out of hyper's buffer.
+    pub fn may_hand_off(&self) -> bool {
+        let (started, done) = self.progress();
+        !self.is_http2()
+            && !self.is_upgraded()
+            && !self.is_aborted()
+            && started == done + 1
+            && self.flushed.load(Relaxed)
+    }
+
+    /// Parks `handoff` until the connection task has dropped hyper's connection.
+    pub fn hand_off(&self, handoff: Box<dyn HandOff>, head: Bytes, chunked: bool) {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
+            handoff,
+            head,
+            chunked,
+            socket: None,
+        });
+        self.handoff_asked.notify_one();
+    }
+
+    /// Resolves once a response asked for the socket (`hand_off`).
+    pub async fn handoff_asked(&self) {
+        self.handoff_asked.notified().await;
+    }
+
+    /// Whether the socket wrapper, dropped, should give its socket back.
+    pub fn wants_socket(&self) -> bool {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|pending| pending.socket.is_none())
+    }
+
+    /// Called by the socket wrapper as it is dropped with hyper's connection.
+    pub fn release_socket(&self, socket: Socket, guard: SocketGuard) {
+        if let Some(pending) = self
+            .handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            pending.socket = Some((socket, guard));
+        }
+    }
+
+    /// The handed-over response with its socket, once hyper's connection is gone.
+    pub fn take_handoff(&self) -> Option<Pending> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }

@@ -9,9 +9,13 @@
 use crate::cluster::lease::{self, Lease, Refusal};
 use crate::cluster::Cluster;
 use crate::config::{SseConfig, SseHandlers};
+use crate::conn::guarded_io::SocketGuard;
+use crate::conn::handoff::{HandOff, HandOffSlot};
+use crate::conn::socket::Socket;
 use crate::conn::state::ConnState;
 use crate::delivery::body::{self, Body};
 use crate::events::bus::{self, Bus, SharedEvent, Sink};
+use crate::events::sse_socket::SocketStream;
 use crate::js::bridge::Bridge;
 use crate::js::call::{ask, JsTarget};
 use crate::limit::conn::ConnectionLimiter;
@@ -35,6 +39,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Queued events written together as one body chunk, at most.
 const COALESCE: usize = 16 * 1024;
@@ -245,7 +250,7 @@ impl SseRoute {
             on_close,
         };
         context.bus.watch(&context.shutdown);
-        let stream = EventBody {
+        let stream = EventSource {
             opening: opening.into(),
             queue,
             bus: Arc::clone(context.bus),
@@ -253,8 +258,15 @@ impl SseRoute {
             held,
             quiet: Box::pin(tokio::time::sleep(context.keep_alive)),
             last_write: tokio::time::Instant::now(),
+            send_timeout: context.conn.send_timeout(),
+            metrics: Arc::clone(context.metrics),
         };
-        let mut response = Response::new(stream.boxed_unsync());
+        // The body is the stream, written by hyper or (the connection handed over, see
+        // `conn::handoff`) by its own task on the bare socket.
+        let mut response = Response::new(body::empty());
+        response
+            .extensions_mut()
+            .insert(HandOffSlot::new(Box::new(stream)));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -323,9 +335,6 @@ async fn ask_js<B>(
 /// A connection's bounded queue of events not yet written.
 struct EventQueue {
     state: Mutex<QueueState>,
-    /// The stream's connection: ended at once on overflow under the `close` policy, since a
-    /// reader that stopped reading would otherwise keep its blocked write open.
-    conn: Arc<ConnState>,
     /// The stream's body, parked while the queue is empty.
     waker: AtomicWaker,
     metrics: Arc<Metrics>,
@@ -339,6 +348,10 @@ struct QueueState {
     /// forgotten) when it arrives live too.
     skip_ids: HashSet<String>,
     overflowed: bool,
+    /// The stream's connection while hyper writes it: ended at once on overflow under the
+    /// `close` policy, since a reader that stopped reading would otherwise keep hyper's
+    /// blocked write open. A stream on the bare socket (`sse_socket`) ends itself.
+    conn: Option<Arc<ConnState>>,
 }
 
 impl Weighed for SharedEvent {
@@ -360,8 +373,8 @@ impl EventQueue {
                 skip_through: 0,
                 skip_ids: HashSet::new(),
                 overflowed: false,
+                conn: Some(conn),
             }),
-            conn,
             waker: AtomicWaker::new(),
             metrics,
         }
@@ -394,7 +407,12 @@ impl EventQueue {
         state.skip_ids = ids;
     }
 
-    /// The next event to write; `Err` once the queue overflowed under the `close` policy.
+    /// The stream left hyper: its connection's state is not needed any more.
+    fn detach_conn(&self) {
+        self.state().conn = None;
+    }
+
+    /// Whether the queue overflowed under the `close` policy.
     fn overflowed(&self) -> bool {
         self.state().overflowed
     }
@@ -453,9 +471,12 @@ impl Sink for EventQueue {
             Pushed::Refused => self.metrics.reject(Rejection::SseEventDropped),
             Pushed::Overflow => {
                 state.overflowed = true;
+                let conn = state.conn.clone();
                 drop(state);
                 self.metrics.reject(Rejection::SseOverflow);
-                self.conn.abort();
+                if let Some(conn) = conn {
+                    conn.abort();
+                }
                 self.waker.wake();
             }
         }
@@ -512,11 +533,12 @@ impl Held {
     }
 }
 
-/// An event stream's body: the opening (retry, replay or snapshot), then queued events, with a
-/// keepalive comment after `keep_alive` without a write. Polled by hand: an idle stream waits
-/// on its queue's waker and one timer, and a delivery costs one wake, not a new registration
-/// per event with the queue and the shutdown token.
-struct EventBody {
+/// An event stream's source of chunks: the opening (retry, replay or snapshot), then queued
+/// events, with a keepalive comment after `keep_alive` without a write. Polled by hand: an
+/// idle stream waits on its queue's waker and one timer, and a delivery costs one wake, not a
+/// new registration per event with the queue and the shutdown token. Written by hyper as a
+/// body (`EventBody`) or by its own task on the bare socket (`sse_socket`).
+pub(crate) struct EventSource {
     opening: VecDeque<Bytes>,
     queue: Arc<EventQueue>,
     bus: Arc<Bus>,
@@ -526,7 +548,77 @@ struct EventBody {
     /// itself to a keepalive after the last write (no timer update per event).
     quiet: Pin<Box<tokio::time::Sleep>>,
     last_write: tokio::time::Instant,
+    /// The app's `sendTimeout`, for the bare socket's writes.
+    send_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
+
+impl EventSource {
+    /// The next chunk to write; `None` once the stream ends (shutdown, overflow).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(bytes) = self.opening.pop_front() {
+            if self.opening.is_empty() {
+                // Its buffer is not kept for the stream's life.
+                self.opening = VecDeque::new();
+            }
+            return Poll::Ready(Some(bytes));
+        }
+        loop {
+            // Registered before looking, so a delivery in between is not missed.
+            self.queue.waker.register(cx.waker());
+            if self.bus.is_shutting_down() {
+                self.held.closing(CloseReason::Shutdown);
+                return Poll::Ready(None);
+            }
+            match self.queue.pop() {
+                Err(()) => return Poll::Ready(None),
+                Ok(Some(chunk)) => {
+                    self.last_write = tokio::time::Instant::now();
+                    return Poll::Ready(Some(chunk));
+                }
+                Ok(None) => {}
+            }
+            std::task::ready!(self.quiet.as_mut().poll(cx));
+            let now = tokio::time::Instant::now();
+            let due = self.last_write + self.keep_alive;
+            if now < due {
+                self.quiet.as_mut().reset(due);
+                continue;
+            }
+            self.last_write = now;
+            self.quiet.as_mut().reset(now + self.keep_alive);
+            return Poll::Ready(Some(Bytes::from_static(b":\n\n")));
+        }
+    }
+
+    /// Whether the stream must end now, without writing what is left: its queue overflowed
+    /// under the `close` policy, or the server is shutting down.
+    pub(crate) fn must_end(&mut self, cx: &mut Context<'_>) -> bool {
+        self.queue.waker.register(cx.waker());
+        if self.bus.is_shutting_down() {
+            self.held.closing(CloseReason::Shutdown);
+            return true;
+        }
+        self.queue.overflowed()
+    }
+
+    /// The queue overflowed under the `close` policy.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.queue.overflowed()
+    }
+
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.send_timeout
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// The stream as a body hyper writes (HTTP/2, or an HTTP/1.1 connection that could not be
+/// handed over).
+struct EventBody(EventSource);
 
 impl http_body::Body for EventBody {
     type Data = Bytes;
@@ -536,35 +628,27 @@ impl http_body::Body for EventBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(bytes) = this.opening.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-        }
-        loop {
-            // Registered before looking, so a delivery in between is not missed.
-            this.queue.waker.register(cx.waker());
-            if this.bus.is_shutting_down() {
-                this.held.closing(CloseReason::Shutdown);
-                return Poll::Ready(None);
-            }
-            match this.queue.pop() {
-                Err(()) => return Poll::Ready(None),
-                Ok(Some(chunk)) => {
-                    this.last_write = tokio::time::Instant::now();
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                Ok(None) => {}
-            }
-            std::task::ready!(this.quiet.as_mut().poll(cx));
-            let now = tokio::time::Instant::now();
-            let due = this.last_write + this.keep_alive;
-            if now < due {
-                this.quiet.as_mut().reset(due);
-                continue;
-            }
-            this.last_write = now;
-            this.quiet.as_mut().reset(now + this.keep_alive);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
-        }
+        self.get_mut()
+            .0
+            .poll_next(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+impl HandOff for EventSource {
+    fn into_body(self: Box<Self>) -> Body {
+        EventBody(*self).boxed_unsync()
+    }
+
+    fn start(
+        self: Box<Self>,
+        socket: Socket,
+        guard: SocketGuard,
+        head: Bytes,
+        chunked: bool,
+        tracker: &TaskTracker,
+    ) {
+        self.queue.detach_conn();
+        tracker.spawn(SocketStream::new(*self, socket, guard, head, chunked));
     }
 }

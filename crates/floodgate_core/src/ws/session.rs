@@ -120,7 +120,7 @@ pub struct SessionStart {
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
-type HttpIo = TokioIo<GuardedIo<Socket>>;
+type HttpIo = TokioIo<GuardedIo>;
 
 /// Runs a session from the upgrade to its end; JS hears `open` and exactly one `close`.
 ///
