@@ -143,6 +143,14 @@ export class WebSocketBridge {
         s += WsOpenStrings.Count
         this.#sockets.set(id, ws)
         if (route.open) this.#call(() => route.open!(ws))
+      } else if (kind === WsEventKind.Refused) {
+        // The client's input was refused: the close goes out behind what the handlers have
+        // sent so far (this batch's replies included), and nothing is sent after it.
+        const reason = strings[s++]
+        const ws = this.#sockets.get(id)
+        if (!ws) continue
+        ws.markClosed()
+        this.close(id, numbers[n + WsCloseRecord.Code], reason)
       } else {
         // A close: its one string is the reason.
         const reason = strings[s++]

@@ -13,6 +13,8 @@ use std::ops::Range;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use crate::ws::utf8::Utf8Check;
+
 /// Control frames carry at most this much (RFC 6455 section 5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -127,10 +129,30 @@ pub enum Incoming {
 /// Joins fragmented messages and checks each frame against the protocol.
 #[derive(Default)]
 pub struct Assembler {
-    /// The message being received in fragments: whether binary, and its bytes so far.
-    /// Boxed: almost every socket has none, almost all the time.
-    partial: Option<Box<(bool, BytesMut)>>,
+    /// The message being received in fragments. Boxed: almost every socket has none, almost
+    /// all the time.
+    partial: Option<Box<Partial>>,
 }
+
+/// A fragmented message so far.
+struct Partial {
+    binary: bool,
+    data: BytesMut,
+    /// Text is checked fragment by fragment: a bad sequence fails the message at the fragment
+    /// where it appears, not when the message completes.
+    utf8: Utf8Check,
+}
+
+/// How far the text of a frame that has not fully arrived has been checked (see
+/// [`Assembler::check_incomplete`]); dropped once the frame completes.
+#[derive(Debug, Default)]
+pub struct IncompleteCheck {
+    checked: usize,
+    utf8: Utf8Check,
+}
+
+/// Unmasked bytes checked in one go on the stack.
+const CHECK_CHUNK: usize = 512;
 
 impl Assembler {
     /// Takes one client frame (`payload` still masked; unmasked here, in place).
@@ -156,7 +178,15 @@ impl Assembler {
                 }
                 let binary = header.opcode == OpCode::Data(Data::Binary);
                 if !header.is_final {
-                    self.partial = Some(Box::new((binary, BytesMut::from(&payload[..]))));
+                    let mut utf8 = Utf8Check::default();
+                    if !binary {
+                        utf8.feed(payload).map_err(|_| ReadError::BadUtf8)?;
+                    }
+                    self.partial = Some(Box::new(Partial {
+                        binary,
+                        data: BytesMut::from(&payload[..]),
+                        utf8,
+                    }));
                     return Ok(Incoming::Fragment);
                 }
                 message(Bytes::copy_from_slice(payload), binary)
@@ -165,16 +195,30 @@ impl Assembler {
                 let Some(partial) = self.partial.as_mut() else {
                     return Err(ReadError::Protocol);
                 };
-                if partial.1.len() + payload.len() > max_message {
+                if partial.data.len() + payload.len() > max_message {
                     self.partial = None;
                     return Err(ReadError::TooBig);
                 }
-                partial.1.extend_from_slice(payload);
+                if !partial.binary {
+                    if partial.utf8.feed(payload).is_err() {
+                        self.partial = None;
+                        return Err(ReadError::BadUtf8);
+                    }
+                    if header.is_final && !partial.utf8.is_complete() {
+                        self.partial = None;
+                        return Err(ReadError::BadUtf8);
+                    }
+                }
+                partial.data.extend_from_slice(payload);
                 if !header.is_final {
                     return Ok(Incoming::Fragment);
                 }
-                let (binary, data) = *self.partial.take().expect("checked above");
-                message(data.freeze(), binary)
+                let partial = *self.partial.take().expect("checked above");
+                // Text was checked as it came.
+                Ok(Incoming::Message {
+                    data: partial.data.freeze(),
+                    binary: partial.binary,
+                })
             }
             OpCode::Control(_) if !header.is_final => Err(ReadError::Protocol),
             OpCode::Control(Control::Ping) => Ok(Incoming::Ping(Bytes::copy_from_slice(payload))),
@@ -185,6 +229,64 @@ impl Assembler {
             }
         }
     }
+}
+
+impl Assembler {
+    /// Checks the part that has arrived of an incomplete frame at the start of `data`, from
+    /// where the last call for this frame stopped (`state`, `None` for a frame not seen yet):
+    /// a text message fails with [`ReadError::BadUtf8`] as soon as its bytes cannot be UTF-8,
+    /// even inside a frame that is still arriving. Other frames are left to [`Self::frame`].
+    pub fn check_incomplete(
+        &self,
+        data: &[u8],
+        state: &mut Option<Box<IncompleteCheck>>,
+    ) -> Result<(), ReadError> {
+        let mut cursor = Cursor::new(data);
+        let Ok(Some((header, length))) = FrameHeader::parse(&mut cursor) else {
+            return Ok(());
+        };
+        let message_utf8 = match (header.opcode, &self.partial) {
+            (OpCode::Data(Data::Text), None) => Utf8Check::default(),
+            (OpCode::Data(Data::Continue), Some(partial)) if !partial.binary => partial.utf8,
+            _ => return Ok(()),
+        };
+        let (Some(mask), false) = (header.mask, header.rsv1 || header.rsv2 || header.rsv3) else {
+            return Ok(());
+        };
+        let start = cursor.position() as usize;
+        let arrived = (data.len() - start).min(length.min(usize::MAX as u64) as usize);
+        let state = state.get_or_insert_with(|| {
+            Box::new(IncompleteCheck {
+                checked: 0,
+                utf8: message_utf8,
+            })
+        });
+        let mut chunk = [0u8; CHECK_CHUNK];
+        while state.checked < arrived {
+            let len = (arrived - state.checked).min(CHECK_CHUNK);
+            let from = start + state.checked;
+            chunk[..len].copy_from_slice(&data[from..from + len]);
+            unmask_at(&mut chunk[..len], mask, state.checked);
+            state.checked += len;
+            state
+                .utf8
+                .feed(&chunk[..len])
+                .map_err(|_| ReadError::BadUtf8)?;
+        }
+        Ok(())
+    }
+}
+
+/// Unmasks a piece of a payload that starts `offset` bytes into it.
+fn unmask_at(piece: &mut [u8], mask: [u8; 4], offset: usize) {
+    let turn = offset % 4;
+    let rotated = [
+        mask[turn],
+        mask[(turn + 1) % 4],
+        mask[(turn + 2) % 4],
+        mask[(turn + 3) % 4],
+    ];
+    unmask(piece, rotated);
 }
 
 fn message(data: Bytes, binary: bool) -> Result<Incoming, ReadError> {
@@ -611,9 +713,9 @@ mod tests {
                     let incoming = assembler.frame(&at.header, &mut rest[at.payload], max);
                     if let Some(partial) = &assembler.partial {
                         prop_assert!(
-                            partial.1.len() <= max,
+                            partial.data.len() <= max,
                             "{} held, cap {}",
-                            partial.1.len(),
+                            partial.data.len(),
                             max
                         );
                     }

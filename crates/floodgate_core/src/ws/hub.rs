@@ -37,6 +37,13 @@ pub enum WsEvent {
         /// Counts the message against the session's backlog until the host hands it to JS.
         backlog: JsBacklog,
     },
+    /// The client's input was refused with `code`: JS closes the socket with it once it has
+    /// sent its replies to the messages before (see `session::State::Failing`).
+    Refused {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
     Close {
         id: u64,
         code: u16,
