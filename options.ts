@@ -284,6 +284,21 @@ export interface WebSocketRoute {
   message?: (ws: ServerWebSocket, data: string | Buffer, isBinary: boolean) => unknown
   /** Called exactly once per socket: the close code (1005: none given, 1006: connection lost). */
   close?: (ws: ServerWebSocket, code: number, reason: string) => unknown
+  /**
+   * Subprotocols the route speaks, in its order of preference: the first of them the client
+   * offers is answered in `Sec-WebSocket-Protocol` and is `ws.protocol`.
+   */
+  protocols?: string[]
+  /**
+   * Chooses the subprotocol instead of `protocols`: gets those the client offers (in its order)
+   * and the upgrade request; returns one of them, or nothing for none.
+   */
+  selectProtocol?: (offered: string[], req: Request) => string | undefined | null | Promise<string | undefined | null>
+  /**
+   * A client left without a subprotocol gets 400 before the upgrade; `false` lets it in with
+   * `ws.protocol` ''. Default: true when `protocols` or `selectProtocol` is given.
+   */
+  requireProtocol?: boolean
   /** Fire-and-forget input: `message` is not called; `batch` gets every delivery's messages at once. */
   telemetry?: boolean
   batch?: (messages: WebSocketMessage[]) => unknown
@@ -418,18 +433,24 @@ export function sseOptions(options: SseOptions): SseOptions {
 }
 
 /** A WebSocket route's options without its JS functions: what the native core checks and applies. */
-export function wsNativeOptions(route: WebSocketRoute): Omit<WebSocketRoute, 'authenticate' | 'open' | 'message' | 'close' | 'telemetry' | 'batch'> {
-  const { authenticate: _a, open: _o, message: _m, close: _c, telemetry: _t, batch: _b, ...rest } = route
+export function wsNativeOptions(
+  route: WebSocketRoute,
+): Omit<WebSocketRoute, 'authenticate' | 'open' | 'message' | 'close' | 'telemetry' | 'batch' | 'selectProtocol'> {
+  const { authenticate: _a, open: _o, message: _m, close: _c, telemetry: _t, batch: _b, selectProtocol: _s, ...rest } = route
   return rest
 }
 
 /** `streaming.ws(prefix, route)`: the functions checked here, the rest by the native core. */
 export function wsRoute(route: WebSocketRoute): WebSocketRoute {
   if (typeof route !== 'object' || route === null) throw optionError('ws: options must be an object')
-  for (const name of ['authenticate', 'open', 'message', 'close', 'batch'] as const) {
+  for (const name of ['authenticate', 'open', 'message', 'close', 'batch', 'selectProtocol'] as const) {
     if (route[name] !== undefined && typeof route[name] !== 'function') throw optionError(`ws: ${name} must be a function`)
   }
   if (route.telemetry && typeof route.batch !== 'function') throw optionError('ws: telemetry needs a batch function')
+  if (route.protocols !== undefined && (!Array.isArray(route.protocols) || route.protocols.some((p) => typeof p !== 'string'))) {
+    throw optionError('ws: protocols must be an array of strings')
+  }
+  if (route.protocols !== undefined && route.selectProtocol) throw optionError('ws: give protocols or selectProtocol, not both')
   validated('ws', wsNativeOptions(route), 'ws')
   return { ...route }
 }

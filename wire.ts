@@ -146,7 +146,9 @@ export const enum WsOpenStrings {
   User = 0,
   Client = 1,
   Url = 2,
-  Count = 3,
+  /** The subprotocol answered in the 101 (empty: none). */
+  Protocol = 3,
+  Count = 4,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ pub fn encode_request(request: &JsRequest, numbers: &mut Vec<f64>, bytes: &mut V
 }
 
 /// Rust → JS: WebSocket events, [`WS_EVENT_FIELDS`] numbers each, `kind, id, a, b`:
-/// open `WS_OPEN, id, route, hasUser` (strings: user, client, url); message
+/// open `WS_OPEN, id, route, hasUser` (strings: user, client, url, subprotocol); message
 /// `WS_MESSAGE, id, binary, length` (its bytes appended to the payload); close
 /// `WS_CLOSE, id, code, 0` (strings: reason); refused input `WS_REFUSED, id, code, 0`
 /// (strings: reason), which JS answers with a close after its replies.
@@ -68,9 +68,15 @@ pub fn encode_ws_event(
             user,
             client,
             url,
+            protocol,
         } => {
             numbers.extend([WS_OPEN, id as f64, route as f64, flag(user.is_some())]);
-            strings.extend([user.unwrap_or_default(), client, url]);
+            strings.extend([
+                user.unwrap_or_default(),
+                client,
+                url,
+                protocol.unwrap_or_default(),
+            ]);
             None
         }
         WsEvent::Message {

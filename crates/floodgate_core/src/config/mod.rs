@@ -420,6 +420,13 @@ pub struct WsConfig {
     /// On a full queue: drop the oldest or the new message (counted), or close with 1013.
     pub overflow: Overflow,
     pub rate_limit_action: RateAction,
+    /// Subprotocols the route speaks, in the server's order of preference: the first the client
+    /// offers is answered in `Sec-WebSocket-Protocol`.
+    pub protocols: Vec<String>,
+    /// A client that offers none of them (or none `selectProtocol` takes) gets 400 before the
+    /// upgrade; `false` lets it in without a subprotocol. Unset: required when the route names
+    /// subprotocols (`protocols` or `selectProtocol`).
+    pub require_protocol: Option<bool>,
 }
 
 impl Default for WsConfig {
@@ -429,6 +436,8 @@ impl Default for WsConfig {
             queue_bytes: MIB,
             overflow: Overflow::DropOldest,
             rate_limit_action: RateAction::Close,
+            protocols: Vec::new(),
+            require_protocol: None,
         }
     }
 }
@@ -483,6 +492,9 @@ pub struct SseHandlers {
 pub struct WsHandlers {
     pub route: u32,
     pub authenticate: Option<u32>,
+    /// `selectProtocol(offered, req)`: answers the chosen subprotocol (empty: none).
+    #[serde(default)]
+    pub select_protocol: Option<u32>,
     #[serde(default = "yes")]
     pub js_events: bool,
 }
@@ -729,6 +741,18 @@ impl WsConfig {
         }
         if self.queue_bytes < KIB {
             return Err("ws: queueBytes must be at least 1kb".into());
+        }
+        for (index, protocol) in self.protocols.iter().enumerate() {
+            // RFC 6455 section 4.1: each subprotocol is an RFC 7230 token.
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if protocol.is_empty() || !protocol.chars().all(token) {
+                return Err(format!(
+                    "ws: protocols[{index}] must be a token (letters, digits, !#$%&'*+-.^_`|~), got {protocol:?}"
+                ));
+            }
+            if self.protocols[..index].contains(protocol) {
+                return Err(format!("ws: protocols lists {protocol:?} twice"));
+            }
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub enum WsEvent {
         user: Option<String>,
         client: String,
         url: String,
+        /// The subprotocol answered in the `101`, if any.
+        protocol: Option<String>,
     },
     Message {
         id: u64,

@@ -90,6 +90,8 @@ pub struct SessionStart {
     /// the token itself bounds the wait for the upgrade and the lingering close.
     pub abort: CancellationToken,
     pub held: Held,
+    /// The subprotocol answered in the `101`, if any.
+    pub protocol: Option<String>,
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
@@ -126,6 +128,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         metrics,
         held,
         abort,
+        protocol,
     } = *start;
     drop(on_upgrade);
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
@@ -136,6 +139,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             user,
             client: client.to_string(),
             url,
+            protocol,
         });
     }
     let now = Instant::now();
