@@ -19,6 +19,7 @@ export type {
   SseUser,
   SseOptions,
   WebSocketRoute,
+  WebSocketCompression,
   HandlerMountOptions,
   ListenOptions,
   AddressInfo,

@@ -272,6 +272,24 @@ export interface SseOptions {
   retry?: number
 }
 
+/** permessage-deflate settings of a WebSocket route. */
+export interface WebSocketCompression {
+  /**
+   * Compress each message on its own with the worker's shared compressor (no memory per
+   * socket; a published event is compressed once per window size), or keep a compressor per
+   * socket (`false`: better ratio on similar messages, ~256 KiB per socket). Default true.
+   */
+  serverNoContextTakeover?: boolean
+  /** Ask the client to compress each message on its own (shared inflater), or keep an inflater per socket (~40 KiB). Default true. */
+  clientNoContextTakeover?: boolean
+  /** The server's deflate window, 9 to 15 bits (smaller: less memory, worse ratio). Default 15. */
+  serverMaxWindowBits?: number
+  /** The window asked of clients that offer to limit theirs, 9 to 15 bits. Default 15. */
+  clientMaxWindowBits?: number
+  /** Messages shorter than this (bytes) are sent uncompressed. Default 128. */
+  threshold?: number | string
+}
+
 export interface WebSocketRoute {
   /**
    * Who opens the socket (from `?token=`, a cookie, ...). Return the user id; return nothing,
@@ -299,6 +317,11 @@ export interface WebSocketRoute {
    * `ws.protocol` ''. Default: true when `protocols` or `selectProtocol` is given.
    */
   requireProtocol?: boolean
+  /**
+   * permessage-deflate (RFC 7692) with clients that offer it (every browser does). Off by
+   * default. `true` takes the defaults below.
+   */
+  compression?: boolean | WebSocketCompression
   /** Fire-and-forget input: `message` is not called; `batch` gets every delivery's messages at once. */
   telemetry?: boolean
   batch?: (messages: WebSocketMessage[]) => unknown
@@ -451,6 +474,20 @@ export function wsRoute(route: WebSocketRoute): WebSocketRoute {
     throw optionError('ws: protocols must be an array of strings')
   }
   if (route.protocols !== undefined && route.selectProtocol) throw optionError('ws: give protocols or selectProtocol, not both')
+  const { compression } = route
+  if (compression !== undefined && typeof compression !== 'boolean') {
+    if (typeof compression !== 'object' || compression === null || Array.isArray(compression)) {
+      throw optionError('ws: compression must be true, false or an object')
+    }
+    const known = ['serverNoContextTakeover', 'clientNoContextTakeover', 'serverMaxWindowBits', 'clientMaxWindowBits', 'threshold']
+    for (const [name, value] of Object.entries(compression)) {
+      if (!known.includes(name)) throw optionError(`ws: compression.${name} is not an option (${known.join(', ')})`)
+      if (name.endsWith('ContextTakeover') && typeof value !== 'boolean') throw optionError(`ws: compression.${name} must be a boolean`)
+      if (name.endsWith('WindowBits') && (!Number.isInteger(value) || value < 9 || value > 15)) {
+        throw optionError(`ws: compression.${name} must be an integer from 9 to 15`)
+      }
+    }
+  }
   validated('ws', wsNativeOptions(route), 'ws')
   return { ...route }
 }

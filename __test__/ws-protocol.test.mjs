@@ -212,3 +212,116 @@ async function fetchUpgrade(base, path, offered) {
   raw.socket.destroy()
   return raw
 }
+
+// permessage-deflate (RFC 7692): `compression` on the route, off by default.
+
+const jsonLike = (i) => JSON.stringify({ id: i, type: 'update', user: `user-${i % 17}`, items: Array.from({ length: 12 }, (_, k) => ({ k, price: 100 + k, name: `item ${k}` })) })
+
+test('compression: the ws client with perMessageDeflate round-trips text and binary, both ways compressed', async (t) => {
+  const { base, server } = await startWs(t, { '/z': { compression: true, message: (ws, data) => ws.send(data) } }, { wsMaxMessagesPerSecond: 0 })
+  const client = new WebSocketClient(`${base}/z`, { perMessageDeflate: { threshold: 0 } })
+  t.teardown(() => client.terminate())
+  const received = []
+  client.on('message', (data, isBinary) => received.push(isBinary ? Buffer.from(data) : data.toString()))
+  await new Promise((resolve, reject) => client.once('open', resolve).once('error', reject))
+  t.regex(client.extensions, /permessage-deflate/)
+  const messages = [jsonLike(1), 'short', '', Buffer.alloc(50_000, 3), jsonLike(2), 'ünïcödé ✓ '.repeat(100)]
+  for (const message of messages) client.send(message)
+  t.true(await eventually(() => received.length === messages.length))
+  t.deepEqual(received, messages)
+  // 1 KiB JSON-like messages shrink on the wire (both directions counted by the server).
+  const stats = server.stats()
+  const payload = messages.reduce((sum, m) => sum + Buffer.byteLength(m), 0)
+  t.true(stats.bytesSent < payload / 2, `${stats.bytesSent} bytes out for ${payload} bytes of messages`)
+})
+
+test('compression off (the default), or a client that offers none: no extension, plain frames', async (t) => {
+  const { base } = await startWs(t, { '/plain': { message: (ws, data) => ws.send(data) }, '/z': { compression: true, message: (ws, data) => ws.send(data) } })
+  for (const [path, offer] of [
+    ['/plain', true],
+    ['/z', false],
+  ]) {
+    const client = new WebSocketClient(`${base}${path}`, { perMessageDeflate: offer })
+    t.teardown(() => client.terminate())
+    await new Promise((resolve, reject) => client.once('open', resolve).once('error', reject))
+    t.is(client.extensions, '', `${path}, offered: ${offer}`)
+    const echoed = new Promise((resolve) => client.once('message', (data) => resolve(data.toString())))
+    client.send(jsonLike(3))
+    t.is(await echoed, jsonLike(3))
+  }
+})
+
+test('compression: the negotiated settings are answered, and the frame on the wire inflates to the message', async (t) => {
+  const { port } = await startWs(t, { '/z': { compression: { serverMaxWindowBits: 10, threshold: 16 }, message: (ws, data) => ws.send(data) } })
+  const raw = await rawWebSocket(port, '/ws/z', { headers: 'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n' })
+  t.regex(raw.head, /sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10/i)
+  const text = jsonLike(4)
+  raw.socket.write(wsFrame(0x1, text))
+  raw.socket.write(wsFrame(0x1, 'tiny'))
+  t.true(await eventually(() => raw.frames.length === 2))
+  const { inflateRawSync, constants } = await import('node:zlib')
+  const [big, tiny] = raw.frames
+  t.true(big.payload.length < text.length / 2)
+  t.is(inflateRawSync(Buffer.concat([big.payload, Buffer.from([0, 0, 0xff, 0xff])]), { finishFlush: constants.Z_SYNC_FLUSH }).toString(), text)
+  t.is(tiny.payload.toString(), 'tiny', 'under the threshold: sent as is')
+  raw.socket.destroy()
+})
+
+test('compression: a small frame that inflates past wsMaxMessageSize is closed 1009 while inflating', async (t) => {
+  const { deflateRawSync, constants } = await import('node:zlib')
+  const got = []
+  const { port, server } = await startWs(t, { '/z': { compression: true, message: (ws, data) => got.push(data.length) } }, { wsMaxMessageSize: '1mb' })
+  // 64 MiB of zeros deflate to ~64 KiB: one frame, well under the limit on the wire.
+  const bomb = deflateRawSync(Buffer.alloc(64 << 20), { finishFlush: constants.Z_SYNC_FLUSH }).subarray(0, -4)
+  t.true(bomb.length < 100 * 1024)
+  const compressed = (payload) => {
+    const frame = wsFrame(0x2, payload)
+    frame[0] |= 0x40 // RSV1: compressed
+    return frame
+  }
+  const raw = await rawWebSocket(port, '/ws/z', { headers: 'Sec-WebSocket-Extensions: permessage-deflate\r\n' })
+  const ok = deflateRawSync(Buffer.alloc(1000, 7), { finishFlush: constants.Z_SYNC_FLUSH }).subarray(0, -4)
+  const sent = Date.now()
+  raw.socket.write(Buffer.concat([compressed(ok), compressed(bomb)]))
+  await closedWithin(raw)
+  const close = raw.frames.find((frame) => frame.opcode === 8)
+  t.is(close.payload.readUInt16BE(0), 1009)
+  t.true(close.at - sent < 3000, `closed ${close.at - sent} ms after the frame`)
+  t.true(await eventually(() => got.length === 1))
+  t.deepEqual(got, [1000], 'the message before it arrived whole; the bomb never reached JS')
+  t.is(server.stats().rejections.ws_message_too_large, 1)
+  // RSV1 on a route without compression is a protocol error.
+  const { port: plainPort } = await startWs(t, { '/p': {} })
+  const plain = await rawWebSocket(plainPort, '/ws/p', { headers: 'Sec-WebSocket-Extensions: permessage-deflate\r\n' })
+  t.false(/sec-websocket-extensions/i.test(plain.head))
+  plain.socket.write(compressed(ok))
+  await closedWithin(plain)
+  t.is(plain.frames.find((frame) => frame.opcode === 8).payload.readUInt16BE(0), 1002)
+})
+
+test('compression options are checked: TypeErrors name the option', (t) => {
+  const app = new StreamingApp()
+  t.throws(() => app.ws('/a', { compression: 'yes' }), { instanceOf: TypeError, message: /compression must be true, false or an object/ })
+  t.throws(() => app.ws('/b', { compression: { level: 9 } }), { instanceOf: TypeError, message: /compression\.level is not an option/ })
+  t.throws(() => app.ws('/c', { compression: { serverMaxWindowBits: 8 } }), { instanceOf: TypeError, message: /compression\.serverMaxWindowBits must be an integer from 9 to 15/ })
+  t.throws(() => app.ws('/d', { compression: { clientNoContextTakeover: 1 } }), { instanceOf: TypeError, message: /compression\.clientNoContextTakeover must be a boolean/ })
+  t.notThrows(() => app.ws('/e', { compression: { serverNoContextTakeover: false, threshold: '1kb' } }))
+})
+
+needs(chromiumTool, test)('Chromium negotiates permessage-deflate and round-trips compressed messages', async (t) => {
+  const app = new StreamingApp({ rateLimitRequests: 0 })
+  app.ws('/z', { compression: true, message: (ws, data) => ws.send(data) })
+  const text = jsonLike(5)
+  const { reported } = await openInChromium(
+    t,
+    app,
+    `const ws = new WebSocket('ws://' + location.host + '/z')
+    const text = ${JSON.stringify(text)}
+    ws.onopen = () => ws.send(text)
+    ws.onmessage = (e) => fetch('/report', { method: 'POST', body: JSON.stringify({ extensions: ws.extensions, same: e.data === text }) }).then(() => ws.close())
+    ws.onerror = () => fetch('/report', { method: 'POST', body: JSON.stringify({ error: true }) })`,
+  )
+  const report = await eventually(reported, { timeout: 30_000 })
+  t.true(report.same, 'the echo came back intact')
+  t.regex(report.extensions, /permessage-deflate/)
+})

@@ -427,6 +427,66 @@ pub struct WsConfig {
     /// upgrade; `false` lets it in without a subprotocol. Unset: required when the route names
     /// subprotocols (`protocols` or `selectProtocol`).
     pub require_protocol: Option<bool>,
+    /// permessage-deflate (RFC 7692): `true` for the defaults, or the settings. Off by default.
+    pub compression: CompressionOption,
+}
+
+/// `compression: true | false | { ... }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum CompressionOption {
+    Enabled(bool),
+    Settings(CompressionSettings),
+}
+
+impl Default for CompressionOption {
+    fn default() -> Self {
+        Self::Enabled(false)
+    }
+}
+
+/// permessage-deflate settings. The defaults keep no deflate context per socket: the server
+/// compresses each message on its own with its worker's shared compressor, and asks the
+/// client to do the same, so the worker's shared inflater reads it (see `ws::deflate`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CompressionSettings {
+    /// Each message compressed on its own (`true`, shared compressor), or with the socket's
+    /// own compressor keeping its context (better ratio, ~256 KiB per socket at 15 bits).
+    pub server_no_context_takeover: bool,
+    /// Ask the client to compress each message on its own (`true`, shared inflater), or keep
+    /// an inflater per socket (~40 KiB).
+    pub client_no_context_takeover: bool,
+    /// The server's largest deflate window, 9 to 15 bits.
+    pub server_max_window_bits: u8,
+    /// The window asked of clients that offer to limit theirs, 9 to 15 bits.
+    pub client_max_window_bits: u8,
+    /// Messages shorter than this are sent uncompressed.
+    #[serde(deserialize_with = "size")]
+    pub threshold: u64,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        Self {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            threshold: 128,
+        }
+    }
+}
+
+impl CompressionOption {
+    /// The settings when compression is on.
+    pub fn settings(&self) -> Option<CompressionSettings> {
+        match self {
+            Self::Enabled(false) => None,
+            Self::Enabled(true) => Some(CompressionSettings::default()),
+            Self::Settings(settings) => Some(*settings),
+        }
+    }
 }
 
 impl Default for WsConfig {
@@ -438,6 +498,7 @@ impl Default for WsConfig {
             rate_limit_action: RateAction::Close,
             protocols: Vec::new(),
             require_protocol: None,
+            compression: CompressionOption::default(),
         }
     }
 }
@@ -752,6 +813,18 @@ impl WsConfig {
             }
             if self.protocols[..index].contains(protocol) {
                 return Err(format!("ws: protocols lists {protocol:?} twice"));
+            }
+        }
+        if let Some(settings) = self.compression.settings() {
+            for (name, bits) in [
+                ("serverMaxWindowBits", settings.server_max_window_bits),
+                ("clientMaxWindowBits", settings.client_max_window_bits),
+            ] {
+                if !(9..=15).contains(&bits) {
+                    return Err(format!(
+                        "ws: compression.{name} must be 9 to 15 (bits), got {bits}"
+                    ));
+                }
             }
         }
         Ok(())

@@ -99,6 +99,26 @@ pub fn write_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends one final frame carrying `payload` compressed (permessage-deflate, RSV1 set).
+pub fn write_compressed(
+    out: &mut BytesMut,
+    opcode: OpCode,
+    payload: &[u8],
+    deflate: &mut crate::ws::deflate::SessionDeflate,
+) {
+    let mut compressed = BytesMut::new();
+    deflate.compress(payload, &mut compressed);
+    let header = FrameHeader {
+        opcode,
+        rsv1: true,
+        ..FrameHeader::default()
+    };
+    out.reserve(header.len(compressed.len() as u64) + compressed.len());
+    // Writing into a BytesMut cannot fail.
+    let _ = header.format(compressed.len() as u64, &mut out.writer());
+    out.extend_from_slice(&compressed);
+}
+
 /// Appends a close frame with `code` and `reason` (cut to fit a control frame).
 pub fn write_close(out: &mut BytesMut, code: u16, reason: &str) {
     let mut payload = [0u8; MAX_CONTROL_PAYLOAD as usize];
@@ -115,6 +135,11 @@ pub fn write_close(out: &mut BytesMut, code: u16, reason: &str) {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Message {
+        data: Bytes,
+        binary: bool,
+    },
+    /// A whole message sent compressed (permessage-deflate), not inflated yet.
+    Compressed {
         data: Bytes,
         binary: bool,
     },
@@ -137,6 +162,8 @@ pub struct Assembler {
 /// A fragmented message so far.
 struct Partial {
     binary: bool,
+    /// Sent compressed: its bytes are inflated (and then checked) once it completes.
+    compressed: bool,
     data: BytesMut,
     /// Text is checked fragment by fragment: a bad sequence fails the message at the fragment
     /// where it appears, not when the message completes.
@@ -161,11 +188,18 @@ impl Assembler {
         header: &FrameHeader,
         payload: &mut [u8],
         max_message: usize,
+        deflate: bool,
     ) -> Result<Incoming, ReadError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
-            // No extension is ever negotiated.
+        // RSV1 marks a compressed message, on its first frame only, when permessage-deflate
+        // was negotiated; no extension uses the other two.
+        let starts_message = matches!(
+            header.opcode,
+            OpCode::Data(Data::Text) | OpCode::Data(Data::Binary)
+        );
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !(deflate && starts_message)) {
             return Err(ReadError::Protocol);
         }
+        let compressed = header.rsv1;
         // Clients must mask every frame (RFC 6455 section 5.1).
         let Some(mask) = header.mask else {
             return Err(ReadError::Protocol);
@@ -179,15 +213,22 @@ impl Assembler {
                 let binary = header.opcode == OpCode::Data(Data::Binary);
                 if !header.is_final {
                     let mut utf8 = Utf8Check::default();
-                    if !binary {
+                    if !binary && !compressed {
                         utf8.feed(payload).map_err(|_| ReadError::BadUtf8)?;
                     }
                     self.partial = Some(Box::new(Partial {
                         binary,
+                        compressed,
                         data: BytesMut::from(&payload[..]),
                         utf8,
                     }));
                     return Ok(Incoming::Fragment);
+                }
+                if compressed {
+                    return Ok(Incoming::Compressed {
+                        data: Bytes::copy_from_slice(payload),
+                        binary,
+                    });
                 }
                 message(Bytes::copy_from_slice(payload), binary)
             }
@@ -199,7 +240,7 @@ impl Assembler {
                     self.partial = None;
                     return Err(ReadError::TooBig);
                 }
-                if !partial.binary {
+                if !partial.binary && !partial.compressed {
                     if partial.utf8.feed(payload).is_err() {
                         self.partial = None;
                         return Err(ReadError::BadUtf8);
@@ -214,6 +255,12 @@ impl Assembler {
                     return Ok(Incoming::Fragment);
                 }
                 let partial = *self.partial.take().expect("checked above");
+                if partial.compressed {
+                    return Ok(Incoming::Compressed {
+                        data: partial.data.freeze(),
+                        binary: partial.binary,
+                    });
+                }
                 // Text was checked as it came.
                 Ok(Incoming::Message {
                     data: partial.data.freeze(),
@@ -247,7 +294,11 @@ impl Assembler {
         };
         let message_utf8 = match (header.opcode, &self.partial) {
             (OpCode::Data(Data::Text), None) => Utf8Check::default(),
-            (OpCode::Data(Data::Continue), Some(partial)) if !partial.binary => partial.utf8,
+            (OpCode::Data(Data::Continue), Some(partial))
+                if !partial.binary && !partial.compressed =>
+            {
+                partial.utf8
+            }
             _ => return Ok(()),
         };
         let (Some(mask), false) = (header.mask, header.rsv1 || header.rsv2 || header.rsv3) else {
@@ -338,7 +389,7 @@ mod tests {
 
     fn read_one(bytes: &mut [u8], assembler: &mut Assembler) -> Result<Incoming, ReadError> {
         let at = next_frame(bytes, 1 << 20)?.expect("a whole frame");
-        assembler.frame(&at.header, &mut bytes[at.payload], 1 << 20)
+        assembler.frame(&at.header, &mut bytes[at.payload], 1 << 20, false)
     }
 
     #[test]
@@ -403,13 +454,13 @@ mod tests {
         let mut first = client_frame(0x02, &[0; 600]);
         let at = next_frame(&first, 1000).unwrap().unwrap();
         assert_eq!(
-            assembler.frame(&at.header, &mut first[at.payload], 1000),
+            assembler.frame(&at.header, &mut first[at.payload], 1000, false),
             Ok(Incoming::Fragment)
         );
         let mut more = client_frame(0x80, &[0; 600]);
         let at = next_frame(&more, 1000).unwrap().unwrap();
         assert_eq!(
-            assembler.frame(&at.header, &mut more[at.payload], 1000),
+            assembler.frame(&at.header, &mut more[at.payload], 1000, false),
             Err(ReadError::TooBig)
         );
     }
@@ -710,7 +761,7 @@ mod tests {
                         Err(err) => return Ok((events, Some(err), 0)),
                     };
                     consumed += at.end;
-                    let incoming = assembler.frame(&at.header, &mut rest[at.payload], max);
+                    let incoming = assembler.frame(&at.header, &mut rest[at.payload], max, false);
                     if let Some(partial) = &assembler.partial {
                         prop_assert!(
                             partial.data.len() <= max,
@@ -812,6 +863,7 @@ mod tests {
                 Incoming::Pong => (3, 0),
                 Incoming::Close(_) => (4, 0),
                 Incoming::Fragment => (5, 0),
+                Incoming::Compressed { data, .. } => (6, data.len()),
             }
         }
 

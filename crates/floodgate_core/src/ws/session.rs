@@ -18,6 +18,7 @@ use crate::js::bridge::Bridge;
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
+use crate::ws::deflate::{Inflated, Negotiated, SessionDeflate};
 use crate::ws::frame::{self, Assembler, Incoming, IncompleteCheck, ReadError};
 use crate::ws::hub::{Registration, WsEvent};
 use crate::ws::upgrade::Held;
@@ -92,6 +93,8 @@ pub struct SessionStart {
     pub held: Held,
     /// The subprotocol answered in the `101`, if any.
     pub protocol: Option<String>,
+    /// permessage-deflate as the handshake agreed it, if it did.
+    pub deflate: Option<Negotiated>,
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
@@ -129,6 +132,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         held,
         abort,
         protocol,
+        deflate,
     } = *start;
     drop(on_upgrade);
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
@@ -159,6 +163,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         read_buf: BytesMut::from(&read_buf[..]),
         assembler: Assembler::default(),
         incomplete_check: None,
+        deflate: deflate.map(|negotiated| Box::new(SessionDeflate::new(negotiated))),
         write_buf: BytesMut::new(),
         pending_pongs: Vec::new(),
         shutting_down: false,
@@ -312,6 +317,8 @@ struct Session {
     assembler: Assembler,
     /// How far the text of an incomplete frame at the start of `read_buf` has been checked.
     incomplete_check: Option<Box<IncompleteCheck>>,
+    /// permessage-deflate, when negotiated (its contexts, if the socket keeps its own).
+    deflate: Option<Box<SessionDeflate>>,
     /// Frames the socket has not taken yet. Empty and unallocated while nothing is pending.
     write_buf: BytesMut,
     /// The latest pings' payloads (at most `PENDING_PONGS`), not answered yet. Pongs are
@@ -420,13 +427,19 @@ impl Session {
             }
             let mut sent = 0u64;
             let write_buf = &mut self.write_buf;
+            let deflate = &mut self.deflate;
             let close = self.registration.handle.drain(WRITE_BATCH, |message| {
                 let (opcode, payload): (_, &[u8]) = match &message {
                     Message::Text(text) => (OpCode::Data(Data::Text), text.as_ref()),
                     Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
                     _ => return,
                 };
-                frame::write_frame(write_buf, opcode, payload);
+                match deflate {
+                    Some(deflate) if deflate.compresses(payload.len()) => {
+                        frame::write_compressed(write_buf, opcode, payload, deflate)
+                    }
+                    _ => frame::write_frame(write_buf, opcode, payload),
+                }
                 sent += 1;
             });
             self.metrics.ws_sent(sent);
@@ -558,6 +571,7 @@ impl Session {
                 &at.header,
                 &mut rest[at.payload],
                 self.limits.max_message_size,
+                self.deflate.is_some(),
             );
             match incoming {
                 Ok(incoming) => {
@@ -580,6 +594,16 @@ impl Session {
     }
 
     fn on_incoming(&mut self, incoming: Incoming) -> Flow {
+        let incoming = match incoming {
+            Incoming::Compressed { data, binary } => match self.inflate(&data, binary) {
+                Ok(message) => message,
+                Err(err) => {
+                    self.refuse(err);
+                    return Flow::Continue;
+                }
+            },
+            other => other,
+        };
         let incoming = match incoming {
             Incoming::Fragment => {
                 self.last_activity = Instant::now();
@@ -623,9 +647,27 @@ impl Session {
                 self.pending_pongs.push(payload);
             }
             Incoming::Pong => self.ping_sent = None,
-            Incoming::Fragment | Incoming::Close(_) => {}
+            // Inflated above; fragments and closes are handled before the rate.
+            Incoming::Fragment | Incoming::Close(_) | Incoming::Compressed { .. } => {}
         }
         Flow::Continue
+    }
+
+    /// A compressed message, inflated (bounded by `wsMaxMessageSize`) and, for text, checked.
+    fn inflate(&mut self, data: &[u8], binary: bool) -> Result<Incoming, ReadError> {
+        let Some(deflate) = self.deflate.as_mut() else {
+            return Err(ReadError::Protocol);
+        };
+        let data = deflate
+            .inflate(data, self.limits.max_message_size)
+            .map_err(|err| match err {
+                Inflated::TooBig => ReadError::TooBig,
+                Inflated::Corrupt => ReadError::BadUtf8,
+            })?;
+        if !binary && simdutf8::basic::from_utf8(&data).is_err() {
+            return Err(ReadError::BadUtf8);
+        }
+        Ok(Incoming::Message { data, binary })
     }
 
     /// `None` when a message, ping or pong may pass now, else how long until it may.

@@ -14,6 +14,7 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
+use crate::ws::deflate::{self, DeflateConfig};
 use crate::ws::session::{self, SessionLimits, SessionStart};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::net::IpAddr;
@@ -39,6 +40,8 @@ pub struct WsRoute {
     protocols: Vec<String>,
     /// Refuse (400) a client that ends up without a subprotocol.
     require_protocol: bool,
+    /// permessage-deflate, when the route turns it on.
+    deflate: Option<DeflateConfig>,
 }
 
 /// What an open session holds until it ends: its slots under every cap.
@@ -78,6 +81,13 @@ impl WsRoute {
         });
         let names_protocols = !config.protocols.is_empty() || handlers.select_protocol.is_some();
         let require_protocol = config.require_protocol.unwrap_or(names_protocols);
+        let deflate = config.compression.settings().map(|settings| DeflateConfig {
+            server_no_context_takeover: settings.server_no_context_takeover,
+            client_no_context_takeover: settings.client_no_context_takeover,
+            server_max_window_bits: settings.server_max_window_bits,
+            client_max_window_bits: settings.client_max_window_bits,
+            threshold: settings.threshold.min(usize::MAX as u64) as usize,
+        });
         // With a cluster, local slots are capped only at this instance's share, and only
         // while Redis fails under the `local` policy.
         let local = |cap: u32| cluster.map_or(cap, |cluster| cluster.config().share(cap));
@@ -93,6 +103,7 @@ impl WsRoute {
             per_ip_cap: app.ws_max_connections_per_ip,
             protocols: config.protocols,
             require_protocol,
+            deflate,
         }
     }
 
@@ -174,6 +185,10 @@ impl WsRoute {
                 return *response;
             }
         };
+        let compression = self
+            .deflate
+            .as_ref()
+            .and_then(|config| deflate::negotiate(request.headers(), config));
         let on_upgrade = hyper::upgrade::on(&mut request);
         context.conn.mark_upgraded();
         bridge.ws_hub().watch(&context.shutdown, &context.abort);
@@ -188,6 +203,7 @@ impl WsRoute {
             abort: context.abort.clone(),
             held,
             protocol: protocol.clone(),
+            deflate: compression.as_ref().map(|(negotiated, _)| *negotiated),
         });
         context.tracker.spawn(session::run(start));
 
@@ -201,6 +217,9 @@ impl WsRoute {
         }
         if let Some(protocol) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some((_, extension)) = compression {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
         }
         response
     }
