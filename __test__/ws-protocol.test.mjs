@@ -325,3 +325,33 @@ needs(chromiumTool, test)('Chromium negotiates permessage-deflate and round-trip
   t.true(report.same, 'the echo came back intact')
   t.regex(report.extensions, /permessage-deflate/)
 })
+
+test('compression: a published event reaches compressing and plain subscribers intact', async (t) => {
+  let subscribed = 0
+  const open = (ws) => ws.subscribe('prices.>') && subscribed++
+  const { base, server } = await startWs(t, {
+    '/z': { compression: true, open },
+    '/own': { compression: { serverNoContextTakeover: false }, open },
+    '/plain': { open },
+  })
+  const clients = []
+  for (const [path, deflate] of [
+    ['/z', true],
+    ['/z', true],
+    ['/own', true],
+    ['/plain', true],
+    ['/z', false],
+  ]) {
+    const client = new WebSocketClient(`${base}${path}`, { perMessageDeflate: deflate })
+    t.teardown(() => client.terminate())
+    const state = { client, texts: [] }
+    client.on('message', (data) => state.texts.push(data.toString()))
+    await new Promise((resolve, reject) => client.once('open', resolve).once('error', reject))
+    clients.push(state)
+  }
+  t.true(await eventually(() => subscribed === 5))
+  const events = [jsonLike(6), 'small', jsonLike(7)]
+  for (const event of events) t.is(server.publish('prices.eur', event), 5)
+  t.true(await eventually(() => clients.every((c) => c.texts.length === events.length)))
+  for (const c of clients) t.deepEqual(c.texts, events)
+})

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use http::{HeaderMap, HeaderValue};
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// The four bytes a sync flush ends with, left off the wire (RFC 7692 section 7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -157,6 +158,53 @@ fn accept(offer: &Offer, config: &DeflateConfig) -> Option<(Negotiated, HeaderVa
     Some((negotiated, HeaderValue::from_str(&response).ok()?))
 }
 
+/// A published event's data compressed for the sockets that share a compressor, once per
+/// window size (9 to 15 bits), whatever the number of subscribers.
+#[derive(Debug, Default)]
+pub struct DeflatedOnce([OnceLock<Bytes>; 7]);
+
+impl DeflatedOnce {
+    /// `data` compressed at `window` bits: done by the first caller, shared by the rest.
+    pub fn get(&self, window: u8, data: &[u8]) -> Bytes {
+        self.0[(window.clamp(9, 15) - 9) as usize]
+            .get_or_init(|| {
+                let mut out = BytesMut::new();
+                compress_shared(window, data, &mut out);
+                out.freeze()
+            })
+            .clone()
+    }
+}
+
+/// How a socket that shares its worker's compressor takes published events: compressed once
+/// per event (at `window` bits) when they are at least `threshold` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedDeflate {
+    pub window: u8,
+    pub threshold: u32,
+}
+
+impl Negotiated {
+    /// Set when the server side keeps no context: published events can be compressed once.
+    pub fn shared(&self) -> Option<SharedDeflate> {
+        self.server_no_context_takeover.then(|| SharedDeflate {
+            window: self.server_window,
+            threshold: self.threshold.min(u32::MAX as usize) as u32,
+        })
+    }
+}
+
+/// Compresses one message with the worker's shared compressor for `window`.
+fn compress_shared(window: u8, payload: &[u8], out: &mut BytesMut) {
+    SHARED_COMPRESSORS.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        let slot = &mut shared[(window - 9) as usize];
+        let compressor = slot.get_or_insert_with(|| new_compressor(window));
+        compressor.reset();
+        deflate(compressor, payload, out);
+    });
+}
+
 /// Why an inflated message is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inflated {
@@ -200,13 +248,7 @@ impl SessionDeflate {
     pub fn compress(&mut self, payload: &[u8], out: &mut BytesMut) {
         let window = self.negotiated.server_window;
         if self.negotiated.server_no_context_takeover {
-            SHARED_COMPRESSORS.with(|shared| {
-                let mut shared = shared.borrow_mut();
-                let slot = &mut shared[(window - 9) as usize];
-                let compressor = slot.get_or_insert_with(|| new_compressor(window));
-                compressor.reset();
-                deflate(compressor, payload, out);
-            });
+            compress_shared(window, payload, out);
         } else {
             let compressor = self
                 .compressor
@@ -399,6 +441,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_published_event_is_compressed_once_per_window() {
+        let once = DeflatedOnce::default();
+        let data = b"{\"price\": 101, \"price\": 102, \"price\": 103}".repeat(20);
+        let first = once.get(15, &data);
+        let again = once.get(15, &data);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, not compressed again");
+        let smaller_window = once.get(10, &data);
+        assert_ne!(first.as_ptr(), smaller_window.as_ptr());
+        let negotiated = Negotiated {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_window: 15,
+            threshold: 0,
+        };
+        let mut receiver = SessionDeflate::new(negotiated);
+        assert_eq!(receiver.inflate(&first, 1 << 20).unwrap(), data);
+        assert_eq!(receiver.inflate(&smaller_window, 1 << 20).unwrap(), data);
     }
 
     #[test]

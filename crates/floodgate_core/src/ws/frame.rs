@@ -99,6 +99,14 @@ pub fn write_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a frame with `header` (formatted for the server: no mask) and `payload`.
+pub fn write_formatted(out: &mut BytesMut, header: &FrameHeader, payload: &[u8]) {
+    out.reserve(header.len(payload.len() as u64) + payload.len());
+    // Writing into a BytesMut cannot fail.
+    let _ = header.format(payload.len() as u64, &mut out.writer());
+    out.extend_from_slice(payload);
+}
+
 /// Appends one final frame carrying `payload` compressed (permessage-deflate, RSV1 set).
 pub fn write_compressed(
     out: &mut BytesMut,

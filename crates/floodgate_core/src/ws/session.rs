@@ -135,7 +135,11 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         deflate,
     } = *start;
     drop(on_upgrade);
-    let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
+    let registration = bridge.ws_hub().register(
+        limits.queue,
+        Arc::clone(&metrics),
+        deflate.and_then(|negotiated| negotiated.shared()),
+    );
     if limits.js_events {
         bridge.ws_event(WsEvent::Open {
             id: registration.handle.id,
@@ -432,6 +436,12 @@ impl Session {
                 let (opcode, payload): (_, &[u8]) = match &message {
                     Message::Text(text) => (OpCode::Data(Data::Text), text.as_ref()),
                     Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
+                    // A published event, compressed once for every socket sharing it.
+                    Message::Frame(frame) => {
+                        frame::write_formatted(write_buf, frame.header(), frame.payload());
+                        sent += 1;
+                        return;
+                    }
                     _ => return,
                 };
                 match deflate {
