@@ -449,7 +449,11 @@ mod tests {
         let data = b"{\"price\": 101, \"price\": 102, \"price\": 103}".repeat(20);
         let first = once.get(15, &data);
         let again = once.get(15, &data);
-        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, not compressed again");
+        assert_eq!(
+            first.as_ptr(),
+            again.as_ptr(),
+            "the same bytes, not compressed again"
+        );
         let smaller_window = once.get(10, &data);
         assert_ne!(first.as_ptr(), smaller_window.as_ptr());
         let negotiated = Negotiated {
