@@ -27,6 +27,7 @@ export type {
   SseOptions,
   WebSocketRoute,
   MessageRulesOptions,
+  WebSocketCompression,
   HandlerMountOptions,
   ListenOptions,
   AddressInfo,

@@ -359,6 +359,24 @@ export interface SseOptions {
   retry?: number
 }
 
+/** permessage-deflate settings of a WebSocket route. */
+export interface WebSocketCompression {
+  /**
+   * Compress each message on its own with the worker's shared compressor (no memory per
+   * socket; a published event is compressed once per window size), or keep a compressor per
+   * socket (`false`: better ratio on similar messages, ~256 KiB per socket). Default true.
+   */
+  serverNoContextTakeover?: boolean
+  /** Ask the client to compress each message on its own (shared inflater), or keep an inflater per socket (~40 KiB). Default true. */
+  clientNoContextTakeover?: boolean
+  /** The server's deflate window, 9 to 15 bits (smaller: less memory, worse ratio). Default 15. */
+  serverMaxWindowBits?: number
+  /** The window asked of clients that offer to limit theirs, 9 to 15 bits. Default 15. */
+  clientMaxWindowBits?: number
+  /** Messages shorter than this (bytes) are sent uncompressed. Default 128. */
+  threshold?: number | string
+}
+
 export interface WebSocketRoute {
   /**
    * Who opens the socket (from `?token=`, a cookie, ...). Return the user id; return nothing,
@@ -371,6 +389,26 @@ export interface WebSocketRoute {
   message?: (ws: ServerWebSocket, data: string | Buffer, isBinary: boolean) => unknown
   /** Called exactly once per socket: the close code (1005: none given, 1006: connection lost). */
   close?: (ws: ServerWebSocket, code: number, reason: string) => unknown
+  /**
+   * Subprotocols the route speaks, in its order of preference: the first of them the client
+   * offers is answered in `Sec-WebSocket-Protocol` and is `ws.protocol`.
+   */
+  protocols?: string[]
+  /**
+   * Chooses the subprotocol instead of `protocols`: gets those the client offers (in its order)
+   * and the upgrade request; returns one of them, or nothing for none.
+   */
+  selectProtocol?: (offered: string[], req: Request) => string | undefined | null | Promise<string | undefined | null>
+  /**
+   * A client left without a subprotocol gets 400 before the upgrade; `false` lets it in with
+   * `ws.protocol` ''. Default: true when `protocols` or `selectProtocol` is given.
+   */
+  requireProtocol?: boolean
+  /**
+   * permessage-deflate (RFC 7692) with clients that offer it (every browser does). Off by
+   * default. `true` takes the defaults below.
+   */
+  compression?: boolean | WebSocketCompression
   /** Fire-and-forget input: `message` is not called; `batch` gets every delivery's messages at once. */
   telemetry?: boolean
   batch?: (messages: WebSocketMessage[]) => unknown
@@ -595,18 +633,38 @@ export function sseOptions(options: SseOptions): SseOptions {
 }
 
 /** A WebSocket route's options without its JS functions: what the native core checks and applies. */
-export function wsNativeOptions(route: WebSocketRoute): Omit<WebSocketRoute, 'authenticate' | 'open' | 'message' | 'close' | 'telemetry' | 'batch'> {
-  const { authenticate: _a, open: _o, message: _m, close: _c, telemetry: _t, batch: _b, ...rest } = route
+export function wsNativeOptions(
+  route: WebSocketRoute,
+): Omit<WebSocketRoute, 'authenticate' | 'open' | 'message' | 'close' | 'telemetry' | 'batch' | 'selectProtocol'> {
+  const { authenticate: _a, open: _o, message: _m, close: _c, telemetry: _t, batch: _b, selectProtocol: _s, ...rest } = route
   return rest
 }
 
 /** `streaming.ws(prefix, route)`: the functions checked here, the rest by the native core. */
 export function wsRoute(route: WebSocketRoute): WebSocketRoute {
   if (typeof route !== 'object' || route === null) throw optionError('ws: options must be an object')
-  for (const name of ['authenticate', 'open', 'message', 'close', 'batch'] as const) {
+  for (const name of ['authenticate', 'open', 'message', 'close', 'batch', 'selectProtocol'] as const) {
     if (route[name] !== undefined && typeof route[name] !== 'function') throw optionError(`ws: ${name} must be a function`)
   }
   if (route.telemetry && typeof route.batch !== 'function') throw optionError('ws: telemetry needs a batch function')
+  if (route.protocols !== undefined && (!Array.isArray(route.protocols) || route.protocols.some((p) => typeof p !== 'string'))) {
+    throw optionError('ws: protocols must be an array of strings')
+  }
+  if (route.protocols !== undefined && route.selectProtocol) throw optionError('ws: give protocols or selectProtocol, not both')
+  const { compression } = route
+  if (compression !== undefined && typeof compression !== 'boolean') {
+    if (typeof compression !== 'object' || compression === null || Array.isArray(compression)) {
+      throw optionError('ws: compression must be true, false or an object')
+    }
+    const known = ['serverNoContextTakeover', 'clientNoContextTakeover', 'serverMaxWindowBits', 'clientMaxWindowBits', 'threshold']
+    for (const [name, value] of Object.entries(compression)) {
+      if (!known.includes(name)) throw optionError(`ws: compression.${name} is not an option (${known.join(', ')})`)
+      if (name.endsWith('ContextTakeover') && typeof value !== 'boolean') throw optionError(`ws: compression.${name} must be a boolean`)
+      if (name.endsWith('WindowBits') && (!Number.isInteger(value) || value < 9 || value > 15)) {
+        throw optionError(`ws: compression.${name} must be an integer from 9 to 15`)
+      }
+    }
+  }
   validated('ws', wsNativeOptions(route), 'ws')
   return { ...route }
 }

@@ -195,8 +195,8 @@ function sseHandlers(options: SseOptions, register: (handler: Handler) => number
 
 /** A WebSocket route's JS side: its id in JS, `authenticate` as a handler, and whether JS hears its events. */
 function wsHandlers(route: WebSocketRoute, register: (handler: Handler) => number, registerWs: (route: WebSocketRoute) => number) {
-  const { authenticate, open, message, close, batch } = route
-  const handlers: { route: number; authenticate?: number; jsEvents: boolean } = {
+  const { authenticate, open, message, close, batch, selectProtocol } = route
+  const handlers: { route: number; authenticate?: number; selectProtocol?: number; jsEvents: boolean } = {
     route: registerWs(route),
     // With no handler to hear them, the route's sockets cost JS nothing (no open/close events).
     jsEvents: Boolean(open || message || close || (route.telemetry && batch)),
@@ -213,6 +213,17 @@ function wsHandlers(route: WebSocketRoute, register: (handler: Handler) => numbe
         throw error
       }
       return user === undefined || user === null || user === '' ? new Response(null, { status: 401 }) : String(user)
+    })
+  }
+  if (selectProtocol) {
+    // The answer crosses back as the body of a plain response: the chosen name, or '' for none.
+    handlers.selectProtocol = register(async (req) => {
+      const offered = (req.headers.get('sec-websocket-protocol') ?? '')
+        .split(',')
+        .map((name) => name.trim())
+        .filter(Boolean)
+      const chosen = await selectProtocol(offered, req)
+      return chosen === undefined || chosen === null ? '' : String(chosen)
     })
   }
   return handlers

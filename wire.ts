@@ -102,13 +102,15 @@ export const enum RequestRecord {
 
 // ---------------------------------------------------------------------------------------------
 // WebSocket events in (`onWsEvents(numbers, strings, payload)`, written by `NapiHost::ws_event`
-// in `host.rs`): per event four numbers; an open adds three strings, a close one, a message its
+// in `host.rs`): per event four numbers; an open adds three strings, a close or a refusal one, a message its
 // bytes to `payload`.
 
 export const enum WsEventKind {
   Open = 0,
   Message = 1,
   Close = 2,
+  /** The client's input was refused: close with its code (and its one string, the reason) after the replies sent so far. */
+  Refused = 3,
 }
 
 /** The fields every event has. */
@@ -144,7 +146,9 @@ export const enum WsOpenStrings {
   User = 0,
   Client = 1,
   Url = 2,
-  Count = 3,
+  /** The subprotocol answered in the 101 (empty: none). */
+  Protocol = 3,
+  Count = 4,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +171,8 @@ const enum WsSend {
   Text = 0,
   Binary = 1,
   Close = 2,
+  /** The client's input was refused: close with its code (and its one string, the reason) after the replies sent so far. */
+  Refused = 3,
 }
 
 // Entries of the WebSocket send batch: `id, kind, length, code`, the message (or close reason)

@@ -41,6 +41,8 @@ export class ServerWebSocket {
     readonly remoteAddress: string,
     /** Path (prefix stripped) and query of the upgrade request. */
     readonly url: string,
+    /** The subprotocol answered in `Sec-WebSocket-Protocol` ('' when none was). */
+    readonly protocol: string,
     /** @internal */
     readonly route: WebSocketRoute,
     bridge: WebSocketBridge,
@@ -139,10 +141,26 @@ export class WebSocketBridge {
       if (kind === WsEventKind.Open) {
         const route = this.routes[numbers[n + WsOpenRecord.Route]]
         const user = numbers[n + WsOpenRecord.HasUser] === 1 ? strings[s + WsOpenStrings.User] : undefined
-        const ws = new ServerWebSocket(id, user, strings[s + WsOpenStrings.Client], strings[s + WsOpenStrings.Url], route, this)
+        const ws = new ServerWebSocket(
+          id,
+          user,
+          strings[s + WsOpenStrings.Client],
+          strings[s + WsOpenStrings.Url],
+          strings[s + WsOpenStrings.Protocol],
+          route,
+          this,
+        )
         s += WsOpenStrings.Count
         this.#sockets.set(id, ws)
         if (route.open) this.#call(() => route.open!(ws))
+      } else if (kind === WsEventKind.Refused) {
+        // The client's input was refused: the close goes out behind what the handlers have
+        // sent so far (this batch's replies included), and nothing is sent after it.
+        const reason = strings[s++]
+        const ws = this.#sockets.get(id)
+        if (!ws) continue
+        ws.markClosed()
+        this.close(id, numbers[n + WsCloseRecord.Code], reason)
       } else {
         // A close: its one string is the reason.
         const reason = strings[s++]

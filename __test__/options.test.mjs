@@ -49,7 +49,7 @@ const PAIRS = [
   ['FilesOptions', 'FilesConfig', []],
   ['UploadsOptions', 'UploadsConfig', []],
   ['SseOptions', 'SseConfig', ['authenticate', 'topics', 'snapshot', 'onClose']],
-  ['WebSocketRoute', 'WsConfig', ['authenticate', 'open', 'message', 'close', 'telemetry', 'batch']],
+  ['WebSocketRoute', 'WsConfig', ['authenticate', 'open', 'message', 'close', 'telemetry', 'batch', 'selectProtocol']],
 ]
 
 test('the TypeScript option types and the Rust config list the same options', (t) => {

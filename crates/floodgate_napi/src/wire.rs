@@ -42,13 +42,15 @@ pub fn encode_request(request: &JsRequest, numbers: &mut Vec<f64>, bytes: &mut V
 }
 
 /// Rust → JS: WebSocket events, [`WS_EVENT_FIELDS`] numbers each, `kind, id, a, b`:
-/// open `WS_OPEN, id, route, hasUser` (strings: user, client, url); message
+/// open `WS_OPEN, id, route, hasUser` (strings: user, client, url, subprotocol); message
 /// `WS_MESSAGE, id, binary, length` (its bytes appended to the payload); close
-/// `WS_CLOSE, id, code, 0` (strings: reason).
+/// `WS_CLOSE, id, code, 0` (strings: reason); refused input `WS_REFUSED, id, code, 0`
+/// (strings: reason), which JS answers with a close after its replies.
 pub const WS_EVENT_FIELDS: usize = 4;
 const WS_OPEN: f64 = 0.0;
 const WS_MESSAGE: f64 = 1.0;
 const WS_CLOSE: f64 = 2.0;
+const WS_REFUSED: f64 = 3.0;
 
 /// Appends one WebSocket event; a message's backlog guard is handed back to be kept until
 /// the batch reaches JS.
@@ -66,9 +68,15 @@ pub fn encode_ws_event(
             user,
             client,
             url,
+            protocol,
         } => {
             numbers.extend([WS_OPEN, id as f64, route as f64, flag(user.is_some())]);
-            strings.extend([user.unwrap_or_default(), client, url]);
+            strings.extend([
+                user.unwrap_or_default(),
+                client,
+                url,
+                protocol.unwrap_or_default(),
+            ]);
             None
         }
         WsEvent::Message {
@@ -80,6 +88,11 @@ pub fn encode_ws_event(
             numbers.extend([WS_MESSAGE, id as f64, flag(binary), data.len() as f64]);
             payload.extend_from_slice(&data);
             Some(backlog)
+        }
+        WsEvent::Refused { id, code, reason } => {
+            numbers.extend([WS_REFUSED, id as f64, code as f64, 0.0]);
+            strings.push(reason);
+            None
         }
         WsEvent::Close { id, code, reason } => {
             numbers.extend([WS_CLOSE, id as f64, code as f64, 0.0]);

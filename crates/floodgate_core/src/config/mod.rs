@@ -628,6 +628,73 @@ pub struct WsConfig {
     pub rate_limit_action: RateAction,
     /// Messages checked in Rust before JS hears them (`ws::validate`). Absent: any message.
     pub messages: Option<MessagesConfig>,
+    /// Subprotocols the route speaks, in the server's order of preference: the first the client
+    /// offers is answered in `Sec-WebSocket-Protocol`.
+    pub protocols: Vec<String>,
+    /// A client that offers none of them (or none `selectProtocol` takes) gets 400 before the
+    /// upgrade; `false` lets it in without a subprotocol. Unset: required when the route names
+    /// subprotocols (`protocols` or `selectProtocol`).
+    pub require_protocol: Option<bool>,
+    /// permessage-deflate (RFC 7692): `true` for the defaults, or the settings. Off by default.
+    pub compression: CompressionOption,
+}
+
+/// `compression: true | false | { ... }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum CompressionOption {
+    Enabled(bool),
+    Settings(CompressionSettings),
+}
+
+impl Default for CompressionOption {
+    fn default() -> Self {
+        Self::Enabled(false)
+    }
+}
+
+/// permessage-deflate settings. The defaults keep no deflate context per socket: the server
+/// compresses each message on its own with its worker's shared compressor, and asks the
+/// client to do the same, so the worker's shared inflater reads it (see `ws::deflate`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CompressionSettings {
+    /// Each message compressed on its own (`true`, shared compressor), or with the socket's
+    /// own compressor keeping its context (better ratio, ~256 KiB per socket at 15 bits).
+    pub server_no_context_takeover: bool,
+    /// Ask the client to compress each message on its own (`true`, shared inflater), or keep
+    /// an inflater per socket (~40 KiB).
+    pub client_no_context_takeover: bool,
+    /// The server's largest deflate window, 9 to 15 bits.
+    pub server_max_window_bits: u8,
+    /// The window asked of clients that offer to limit theirs, 9 to 15 bits.
+    pub client_max_window_bits: u8,
+    /// Messages shorter than this are sent uncompressed.
+    #[serde(deserialize_with = "size")]
+    pub threshold: u64,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        Self {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            threshold: 128,
+        }
+    }
+}
+
+impl CompressionOption {
+    /// The settings when compression is on.
+    pub fn settings(&self) -> Option<CompressionSettings> {
+        match self {
+            Self::Enabled(false) => None,
+            Self::Enabled(true) => Some(CompressionSettings::default()),
+            Self::Settings(settings) => Some(*settings),
+        }
+    }
 }
 
 impl Default for WsConfig {
@@ -638,6 +705,9 @@ impl Default for WsConfig {
             overflow: Overflow::DropOldest,
             rate_limit_action: RateAction::Close,
             messages: None,
+            protocols: Vec::new(),
+            require_protocol: None,
+            compression: CompressionOption::default(),
         }
     }
 }
@@ -747,6 +817,9 @@ pub struct SseHandlers {
 pub struct WsHandlers {
     pub route: u32,
     pub authenticate: Option<u32>,
+    /// `selectProtocol(offered, req)`: answers the chosen subprotocol (empty: none).
+    #[serde(default)]
+    pub select_protocol: Option<u32>,
     #[serde(default = "yes")]
     pub js_events: bool,
 }
@@ -1003,6 +1076,30 @@ impl WsConfig {
         }
         if let Some(messages) = &self.messages {
             crate::ws::validate::MessageRules::new(messages)?;
+        }
+        for (index, protocol) in self.protocols.iter().enumerate() {
+            // RFC 6455 section 4.1: each subprotocol is an RFC 7230 token.
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if protocol.is_empty() || !protocol.chars().all(token) {
+                return Err(format!(
+                    "ws: protocols[{index}] must be a token (letters, digits, !#$%&'*+-.^_`|~), got {protocol:?}"
+                ));
+            }
+            if self.protocols[..index].contains(protocol) {
+                return Err(format!("ws: protocols lists {protocol:?} twice"));
+            }
+        }
+        if let Some(settings) = self.compression.settings() {
+            for (name, bits) in [
+                ("serverMaxWindowBits", settings.server_max_window_bits),
+                ("clientMaxWindowBits", settings.client_max_window_bits),
+            ] {
+                if !(9..=15).contains(&bits) {
+                    return Err(format!(
+                        "ws: compression.{name} must be 9 to 15 (bits), got {bits}"
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -31,6 +31,9 @@ pub struct Event {
     /// The data as published: what a WebSocket subscriber receives as a text message
     /// (checked as UTF-8 once here, not once per subscriber).
     pub data: Utf8Bytes,
+    /// The data compressed for WebSocket subscribers with permessage-deflate, once per
+    /// window size, by the first of them it reaches.
+    pub deflated: crate::ws::deflate::DeflatedOnce,
 }
 
 /// What each subscriber's queue holds: one allocation per event, whatever the fan-out.
@@ -325,6 +328,7 @@ impl Bus {
             data: data_within(&frame, data),
             frame,
             id,
+            deflated: Default::default(),
         });
         if let Some(relay) = self.relay.get() {
             relay.published(topic, &event);
@@ -343,6 +347,7 @@ impl Bus {
                 id,
                 frame,
                 data,
+                deflated: Default::default(),
             }),
         )
     }

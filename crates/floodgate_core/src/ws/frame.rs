@@ -13,6 +13,8 @@ use std::ops::Range;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+use crate::ws::utf8::Utf8Check;
+
 /// Control frames carry at most this much (RFC 6455 section 5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -97,6 +99,34 @@ pub fn write_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a frame with `header` (formatted for the server: no mask) and `payload`.
+pub fn write_formatted(out: &mut BytesMut, header: &FrameHeader, payload: &[u8]) {
+    out.reserve(header.len(payload.len() as u64) + payload.len());
+    // Writing into a BytesMut cannot fail.
+    let _ = header.format(payload.len() as u64, &mut out.writer());
+    out.extend_from_slice(payload);
+}
+
+/// Appends one final frame carrying `payload` compressed (permessage-deflate, RSV1 set).
+pub fn write_compressed(
+    out: &mut BytesMut,
+    opcode: OpCode,
+    payload: &[u8],
+    deflate: &mut crate::ws::deflate::SessionDeflate,
+) {
+    let mut compressed = BytesMut::new();
+    deflate.compress(payload, &mut compressed);
+    let header = FrameHeader {
+        opcode,
+        rsv1: true,
+        ..FrameHeader::default()
+    };
+    out.reserve(header.len(compressed.len() as u64) + compressed.len());
+    // Writing into a BytesMut cannot fail.
+    let _ = header.format(compressed.len() as u64, &mut out.writer());
+    out.extend_from_slice(&compressed);
+}
+
 /// Appends a close frame with `code` and `reason` (cut to fit a control frame).
 pub fn write_close(out: &mut BytesMut, code: u16, reason: &str) {
     let mut payload = [0u8; MAX_CONTROL_PAYLOAD as usize];
@@ -116,6 +146,11 @@ pub enum Incoming {
         data: Bytes,
         binary: bool,
     },
+    /// A whole message sent compressed (permessage-deflate), not inflated yet.
+    Compressed {
+        data: Bytes,
+        binary: bool,
+    },
     Ping(Bytes),
     Pong,
     /// The client's close frame: its code and reason, if it gave a code.
@@ -127,10 +162,32 @@ pub enum Incoming {
 /// Joins fragmented messages and checks each frame against the protocol.
 #[derive(Default)]
 pub struct Assembler {
-    /// The message being received in fragments: whether binary, and its bytes so far.
-    /// Boxed: almost every socket has none, almost all the time.
-    partial: Option<Box<(bool, BytesMut)>>,
+    /// The message being received in fragments. Boxed: almost every socket has none, almost
+    /// all the time.
+    partial: Option<Box<Partial>>,
 }
+
+/// A fragmented message so far.
+struct Partial {
+    binary: bool,
+    /// Sent compressed: its bytes are inflated (and then checked) once it completes.
+    compressed: bool,
+    data: BytesMut,
+    /// Text is checked fragment by fragment: a bad sequence fails the message at the fragment
+    /// where it appears, not when the message completes.
+    utf8: Utf8Check,
+}
+
+/// How far the text of a frame that has not fully arrived has been checked (see
+/// [`Assembler::check_incomplete`]); dropped once the frame completes.
+#[derive(Debug, Default)]
+pub struct IncompleteCheck {
+    checked: usize,
+    utf8: Utf8Check,
+}
+
+/// Unmasked bytes checked in one go on the stack.
+const CHECK_CHUNK: usize = 512;
 
 impl Assembler {
     /// Takes one client frame (`payload` still masked; unmasked here, in place).
@@ -139,11 +196,18 @@ impl Assembler {
         header: &FrameHeader,
         payload: &mut [u8],
         max_message: usize,
+        deflate: bool,
     ) -> Result<Incoming, ReadError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
-            // No extension is ever negotiated.
+        // RSV1 marks a compressed message, on its first frame only, when permessage-deflate
+        // was negotiated; no extension uses the other two.
+        let starts_message = matches!(
+            header.opcode,
+            OpCode::Data(Data::Text) | OpCode::Data(Data::Binary)
+        );
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !(deflate && starts_message)) {
             return Err(ReadError::Protocol);
         }
+        let compressed = header.rsv1;
         // Clients must mask every frame (RFC 6455 section 5.1).
         let Some(mask) = header.mask else {
             return Err(ReadError::Protocol);
@@ -156,8 +220,23 @@ impl Assembler {
                 }
                 let binary = header.opcode == OpCode::Data(Data::Binary);
                 if !header.is_final {
-                    self.partial = Some(Box::new((binary, BytesMut::from(&payload[..]))));
+                    let mut utf8 = Utf8Check::default();
+                    if !binary && !compressed {
+                        utf8.feed(payload).map_err(|_| ReadError::BadUtf8)?;
+                    }
+                    self.partial = Some(Box::new(Partial {
+                        binary,
+                        compressed,
+                        data: BytesMut::from(&payload[..]),
+                        utf8,
+                    }));
                     return Ok(Incoming::Fragment);
+                }
+                if compressed {
+                    return Ok(Incoming::Compressed {
+                        data: Bytes::copy_from_slice(payload),
+                        binary,
+                    });
                 }
                 message(Bytes::copy_from_slice(payload), binary)
             }
@@ -165,16 +244,36 @@ impl Assembler {
                 let Some(partial) = self.partial.as_mut() else {
                     return Err(ReadError::Protocol);
                 };
-                if partial.1.len() + payload.len() > max_message {
+                if partial.data.len() + payload.len() > max_message {
                     self.partial = None;
                     return Err(ReadError::TooBig);
                 }
-                partial.1.extend_from_slice(payload);
+                if !partial.binary && !partial.compressed {
+                    if partial.utf8.feed(payload).is_err() {
+                        self.partial = None;
+                        return Err(ReadError::BadUtf8);
+                    }
+                    if header.is_final && !partial.utf8.is_complete() {
+                        self.partial = None;
+                        return Err(ReadError::BadUtf8);
+                    }
+                }
+                partial.data.extend_from_slice(payload);
                 if !header.is_final {
                     return Ok(Incoming::Fragment);
                 }
-                let (binary, data) = *self.partial.take().expect("checked above");
-                message(data.freeze(), binary)
+                let partial = *self.partial.take().expect("checked above");
+                if partial.compressed {
+                    return Ok(Incoming::Compressed {
+                        data: partial.data.freeze(),
+                        binary: partial.binary,
+                    });
+                }
+                // Text was checked as it came.
+                Ok(Incoming::Message {
+                    data: partial.data.freeze(),
+                    binary: partial.binary,
+                })
             }
             OpCode::Control(_) if !header.is_final => Err(ReadError::Protocol),
             OpCode::Control(Control::Ping) => Ok(Incoming::Ping(Bytes::copy_from_slice(payload))),
@@ -185,6 +284,68 @@ impl Assembler {
             }
         }
     }
+}
+
+impl Assembler {
+    /// Checks the part that has arrived of an incomplete frame at the start of `data`, from
+    /// where the last call for this frame stopped (`state`, `None` for a frame not seen yet):
+    /// a text message fails with [`ReadError::BadUtf8`] as soon as its bytes cannot be UTF-8,
+    /// even inside a frame that is still arriving. Other frames are left to [`Self::frame`].
+    pub fn check_incomplete(
+        &self,
+        data: &[u8],
+        state: &mut Option<Box<IncompleteCheck>>,
+    ) -> Result<(), ReadError> {
+        let mut cursor = Cursor::new(data);
+        let Ok(Some((header, length))) = FrameHeader::parse(&mut cursor) else {
+            return Ok(());
+        };
+        let message_utf8 = match (header.opcode, &self.partial) {
+            (OpCode::Data(Data::Text), None) => Utf8Check::default(),
+            (OpCode::Data(Data::Continue), Some(partial))
+                if !partial.binary && !partial.compressed =>
+            {
+                partial.utf8
+            }
+            _ => return Ok(()),
+        };
+        let (Some(mask), false) = (header.mask, header.rsv1 || header.rsv2 || header.rsv3) else {
+            return Ok(());
+        };
+        let start = cursor.position() as usize;
+        let arrived = (data.len() - start).min(length.min(usize::MAX as u64) as usize);
+        let state = state.get_or_insert_with(|| {
+            Box::new(IncompleteCheck {
+                checked: 0,
+                utf8: message_utf8,
+            })
+        });
+        let mut chunk = [0u8; CHECK_CHUNK];
+        while state.checked < arrived {
+            let len = (arrived - state.checked).min(CHECK_CHUNK);
+            let from = start + state.checked;
+            chunk[..len].copy_from_slice(&data[from..from + len]);
+            unmask_at(&mut chunk[..len], mask, state.checked);
+            state.checked += len;
+            state
+                .utf8
+                .feed(&chunk[..len])
+                .map_err(|_| ReadError::BadUtf8)?;
+        }
+        Ok(())
+    }
+}
+
+/// Unmasks a piece of a payload that starts `offset` bytes into it.
+fn unmask_at(piece: &mut [u8], mask: [u8; 4], offset: usize) {
+    let turn = offset % 4;
+    let rotated = [
+        mask[turn],
+        mask[(turn + 1) % 4],
+        mask[(turn + 2) % 4],
+        mask[(turn + 3) % 4],
+    ];
+    unmask(piece, rotated);
 }
 
 fn message(data: Bytes, binary: bool) -> Result<Incoming, ReadError> {
@@ -236,7 +397,7 @@ mod tests {
 
     fn read_one(bytes: &mut [u8], assembler: &mut Assembler) -> Result<Incoming, ReadError> {
         let at = next_frame(bytes, 1 << 20)?.expect("a whole frame");
-        assembler.frame(&at.header, &mut bytes[at.payload], 1 << 20)
+        assembler.frame(&at.header, &mut bytes[at.payload], 1 << 20, false)
     }
 
     #[test]
@@ -301,13 +462,13 @@ mod tests {
         let mut first = client_frame(0x02, &[0; 600]);
         let at = next_frame(&first, 1000).unwrap().unwrap();
         assert_eq!(
-            assembler.frame(&at.header, &mut first[at.payload], 1000),
+            assembler.frame(&at.header, &mut first[at.payload], 1000, false),
             Ok(Incoming::Fragment)
         );
         let mut more = client_frame(0x80, &[0; 600]);
         let at = next_frame(&more, 1000).unwrap().unwrap();
         assert_eq!(
-            assembler.frame(&at.header, &mut more[at.payload], 1000),
+            assembler.frame(&at.header, &mut more[at.payload], 1000, false),
             Err(ReadError::TooBig)
         );
     }
@@ -608,12 +769,12 @@ mod tests {
                         Err(err) => return Ok((events, Some(err), 0)),
                     };
                     consumed += at.end;
-                    let incoming = assembler.frame(&at.header, &mut rest[at.payload], max);
+                    let incoming = assembler.frame(&at.header, &mut rest[at.payload], max, false);
                     if let Some(partial) = &assembler.partial {
                         prop_assert!(
-                            partial.1.len() <= max,
+                            partial.data.len() <= max,
                             "{} held, cap {}",
-                            partial.1.len(),
+                            partial.data.len(),
                             max
                         );
                     }
@@ -710,6 +871,7 @@ mod tests {
                 Incoming::Pong => (3, 0),
                 Incoming::Close(_) => (4, 0),
                 Incoming::Fragment => (5, 0),
+                Incoming::Compressed { data, .. } => (6, data.len()),
             }
         }
 

@@ -10,11 +10,14 @@
 use crate::events::bus::{self, Bus, SharedEvent, Sink, SubscriptionGuard};
 use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
+use crate::ws::deflate::SharedDeflate;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +32,8 @@ pub enum WsEvent {
         user: Option<String>,
         client: String,
         url: String,
+        /// The subprotocol answered in the `101`, if any.
+        protocol: Option<String>,
     },
     Message {
         id: u64,
@@ -36,6 +41,13 @@ pub enum WsEvent {
         binary: bool,
         /// Counts the message against the session's backlog until the host hands it to JS.
         backlog: JsBacklog,
+    },
+    /// The client's input was refused with `code`: JS closes the socket with it once it has
+    /// sent its replies to the messages before (see `session::State::Failing`).
+    Refused {
+        id: u64,
+        code: u16,
+        reason: String,
     },
     Close {
         id: u64,
@@ -101,12 +113,16 @@ pub struct SessionHandle {
     closed: AtomicBool,
     /// One guard per pattern (a list: sockets hold few, and an empty one costs nothing).
     subscriptions: Mutex<Vec<SubscriptionGuard>>,
+    /// permessage-deflate with the worker's shared compressor: published events arrive
+    /// compressed once for all such sockets (`Message::Frame`, RSV1 set).
+    shared_deflate: Option<SharedDeflate>,
 }
 
 fn payload_len(message: &Message) -> usize {
     match message {
         Message::Text(text) => text.len(),
         Message::Binary(bytes) => bytes.len(),
+        Message::Frame(frame) => frame.payload().len(),
         _ => 0,
     }
 }
@@ -216,7 +232,18 @@ impl SessionHandle {
 
 impl Sink for SessionHandle {
     fn deliver(&self, event: &SharedEvent) {
-        self.enqueue(Message::Text(event.data.clone()));
+        match self.shared_deflate {
+            Some(shared) if event.data.len() >= shared.threshold as usize => {
+                let header = FrameHeader {
+                    opcode: OpCode::Data(Data::Text),
+                    rsv1: true,
+                    ..FrameHeader::default()
+                };
+                let payload = event.deflated.get(shared.window, event.data.as_bytes());
+                self.enqueue(Message::Frame(Frame::from_payload(header, payload)));
+            }
+            _ => self.enqueue(Message::Text(event.data.clone())),
+        }
     }
 }
 
@@ -281,6 +308,7 @@ impl WsHub {
         self: &Arc<Self>,
         limits: QueueLimits,
         metrics: Arc<Metrics>,
+        shared_deflate: Option<SharedDeflate>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = Arc::new(SessionHandle {
@@ -295,6 +323,7 @@ impl WsHub {
             queued_bytes: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             subscriptions: Mutex::new(Vec::new()),
+            shared_deflate,
         });
         metrics.ws_opened();
         self.sessions
@@ -428,7 +457,7 @@ mod tests {
     #[test]
     fn send_all_queues_per_session_and_skips_the_gone() {
         let hub = WsHub::new();
-        let registration = hub.register(limits(Overflow::DropOldest), Arc::default());
+        let registration = hub.register(limits(Overflow::DropOldest), Arc::default(), None);
         let id = registration.handle.id;
         hub.send_all([
             (id, WsSend::Text("hi".into())),
@@ -444,7 +473,7 @@ mod tests {
     fn full_queue_drops_oldest_or_closes() {
         let hub = WsHub::new();
         let metrics = Arc::new(Metrics::default());
-        let dropping = hub.register(limits(Overflow::DropOldest), Arc::clone(&metrics));
+        let dropping = hub.register(limits(Overflow::DropOldest), Arc::clone(&metrics), None);
         for text in ["1", "2", "3"] {
             dropping.handle.enqueue(Message::text(text));
         }
@@ -453,7 +482,7 @@ mod tests {
         assert_eq!(out, vec![Message::text("2"), Message::text("3")]);
         assert_eq!(metrics.rejections(Rejection::WsMessageDropped), 1);
 
-        let closing = hub.register(limits(Overflow::Close), Arc::clone(&metrics));
+        let closing = hub.register(limits(Overflow::Close), Arc::clone(&metrics), None);
         for text in ["1", "2", "3"] {
             closing.handle.enqueue(Message::text(text));
         }
@@ -467,7 +496,7 @@ mod tests {
     fn registration_drop_unsubscribes_and_unregisters() {
         let hub = WsHub::new();
         let bus = Bus::new();
-        let registration = hub.register(limits(Overflow::DropOldest), Arc::default());
+        let registration = hub.register(limits(Overflow::DropOldest), Arc::default(), None);
         let id = registration.handle.id;
         assert_eq!(hub.subscribe(&bus, id, "a.>"), Ok(true));
         assert!(hub.subscribe(&bus, id, "a..b").is_err());

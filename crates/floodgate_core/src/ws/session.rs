@@ -21,7 +21,8 @@ use crate::limit::key::ClientKey;
 use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::reject::{Code, Refusal as RejectRefusal};
-use crate::ws::frame::{self, Assembler, Incoming, ReadError};
+use crate::ws::deflate::{Inflated, Negotiated, SessionDeflate};
+use crate::ws::frame::{self, Assembler, Incoming, IncompleteCheck, ReadError};
 use crate::ws::hub::{Registration, WsEvent};
 use crate::ws::upgrade::Held;
 use crate::ws::validate::MessageRules;
@@ -50,6 +51,9 @@ use tokio_util::sync::CancellationToken;
 const READ_CHUNK: usize = 16 * 1024;
 /// Payload bytes taken from the queue for one write: one syscall for a burst of messages.
 const WRITE_BATCH: usize = 16 * 1024;
+/// Pings kept unanswered at most: past this, the oldest is dropped (RFC 6455 section 5.5.3
+/// asks an answer to the most recent ping only). Enough to answer a client's burst one by one.
+const PENDING_PONGS: usize = 16;
 /// After a close frame, how long the peer has to answer before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads (or writes) in one go before the task yields to others.
@@ -117,6 +121,10 @@ pub struct SessionStart {
     pub held: Held,
     /// Present on routes with `messages` rules.
     pub validation: Option<Box<Validation>>,
+    /// The subprotocol answered in the `101`, if any.
+    pub protocol: Option<String>,
+    /// permessage-deflate as the handshake agreed it, if it did.
+    pub deflate: Option<Negotiated>,
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
@@ -154,9 +162,15 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         held,
         abort,
         validation,
+        protocol,
+        deflate,
     } = *start;
     drop(on_upgrade);
-    let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
+    let registration = bridge.ws_hub().register(
+        limits.queue,
+        Arc::clone(&metrics),
+        deflate.and_then(|negotiated| negotiated.shared()),
+    );
     if limits.js_events {
         bridge.ws_event(WsEvent::Open {
             id: registration.handle.id,
@@ -164,6 +178,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             user,
             client: client.to_string(),
             url,
+            protocol,
         });
     }
     let now = Instant::now();
@@ -182,8 +197,10 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         // Bytes the client sent right behind its upgrade request.
         read_buf: BytesMut::from(&read_buf[..]),
         assembler: Assembler::default(),
+        incomplete_check: None,
+        deflate: deflate.map(|negotiated| Box::new(SessionDeflate::new(negotiated))),
         write_buf: BytesMut::new(),
-        pending_pong: None,
+        pending_pongs: Vec::new(),
         shutting_down: false,
         state: State::Open,
         reading_done: false,
@@ -263,6 +280,13 @@ impl End {
 
 enum State {
     Open,
+    /// The client's input was refused (`code`): JS has been told, behind the messages it has
+    /// not answered yet, and hands the refusal back as a close once it has replied to them, so
+    /// those replies go out before the close frame. At `deadline` the close goes out anyway.
+    Failing {
+        deadline: Instant,
+        code: u16,
+    },
     /// A close frame was sent (or answered); waiting for the handshake to finish.
     Closing {
         deadline: Instant,
@@ -327,13 +351,18 @@ struct Session {
     /// unallocated while the client is quiet.
     read_buf: BytesMut,
     assembler: Assembler,
+    /// How far the text of an incomplete frame at the start of `read_buf` has been checked.
+    incomplete_check: Option<Box<IncompleteCheck>>,
+    /// permessage-deflate, when negotiated (its contexts, if the socket keeps its own).
+    deflate: Option<Box<SessionDeflate>>,
     /// Frames the socket has not taken yet. Empty and unallocated while nothing is pending.
     write_buf: BytesMut,
-    /// The latest ping's payload, not answered yet. Pongs are coalesced (RFC 6455 section
-    /// 5.5.3 asks an answer to the most recent ping only): a newer ping replaces it, and it
-    /// goes into `write_buf` only once the socket has taken what was there, so a client that
-    /// pings without reading costs one payload, not a pong per ping.
-    pending_pong: Option<Bytes>,
+    /// The latest pings' payloads (at most `PENDING_PONGS`), not answered yet. Pongs are
+    /// coalesced past that (RFC 6455 section 5.5.3 asks an answer to the most recent ping
+    /// only): a newer ping pushes out the oldest, and they go into `write_buf` only once the
+    /// socket has taken what was there, so a client that pings without reading costs a few
+    /// payloads, not a pong per ping. Unallocated while no ping waits.
+    pending_pongs: Vec<Bytes>,
     /// Only when a rate limit is set: most sessions carry none.
     rates: Option<Box<Rates>>,
     shutting_down: bool,
@@ -421,26 +450,40 @@ impl Session {
                 }
             }
             // After a close frame nothing more may be sent (`begin_close` emptied the queue).
-            if !matches!(self.state, State::Open) {
+            if !self.sending() {
                 break;
             }
             // The socket took everything: the latest ping's answer goes first.
-            if let Some(payload) = self.pending_pong.take() {
-                frame::write_frame(
-                    &mut self.write_buf,
-                    OpCode::Control(Control::Pong),
-                    &payload,
-                );
+            if !self.pending_pongs.is_empty() {
+                for payload in std::mem::take(&mut self.pending_pongs) {
+                    frame::write_frame(
+                        &mut self.write_buf,
+                        OpCode::Control(Control::Pong),
+                        &payload,
+                    );
+                }
             }
             let mut sent = 0u64;
             let write_buf = &mut self.write_buf;
+            let deflate = &mut self.deflate;
             let close = self.registration.handle.drain(WRITE_BATCH, |message| {
                 let (opcode, payload): (_, &[u8]) = match &message {
                     Message::Text(text) => (OpCode::Data(Data::Text), text.as_ref()),
                     Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
+                    // A published event, compressed once for every socket sharing it.
+                    Message::Frame(frame) => {
+                        frame::write_formatted(write_buf, frame.header(), frame.payload());
+                        sent += 1;
+                        return;
+                    }
                     _ => return,
                 };
-                frame::write_frame(write_buf, opcode, payload);
+                match deflate {
+                    Some(deflate) if deflate.compresses(payload.len()) => {
+                        frame::write_compressed(write_buf, opcode, payload, deflate)
+                    }
+                    _ => frame::write_frame(write_buf, opcode, payload),
+                }
                 sent += 1;
             });
             self.metrics.ws_sent(sent);
@@ -513,6 +556,7 @@ impl Session {
         let consumed = self.parse(filled);
         if consumed < read && !self.reading_done {
             self.read_buf.extend_from_slice(&filled[consumed..]);
+            self.check_incomplete();
         }
         Poll::Ready(Ok(read))
     }
@@ -528,7 +572,23 @@ impl Session {
             &mut self.read_buf
         ))?;
         self.metrics.received(read);
+        self.check_incomplete();
         Poll::Ready(Ok(read))
+    }
+
+    /// Checks the text of a frame still arriving, so bad UTF-8 fails it at the piece where it
+    /// appears rather than when the frame completes.
+    fn check_incomplete(&mut self) {
+        if self.reading_done {
+            return;
+        }
+        let checked = self
+            .assembler
+            .check_incomplete(&self.read_buf, &mut self.incomplete_check);
+        if let Err(err) = checked {
+            self.incomplete_check = None;
+            self.refuse(err);
+        }
     }
 
     fn paused(&self) -> bool {
@@ -555,6 +615,7 @@ impl Session {
                 &at.header,
                 &mut rest[at.payload],
                 self.limits.max_message_size,
+                self.deflate.is_some(),
             );
             match incoming {
                 Ok(incoming) => {
@@ -565,6 +626,10 @@ impl Session {
                 Err(err) => self.refuse(err),
             }
         }
+        if consumed > 0 {
+            // The frame whose text was checked ahead (if any) is complete now.
+            self.incomplete_check = None;
+        }
         if self.reading_done {
             // Nothing more is read: drop whatever else the client sent.
             return data.len();
@@ -573,6 +638,16 @@ impl Session {
     }
 
     fn on_incoming(&mut self, incoming: Incoming) -> Flow {
+        let incoming = match incoming {
+            Incoming::Compressed { data, binary } => match self.inflate(&data, binary) {
+                Ok(message) => message,
+                Err(err) => {
+                    self.refuse(err);
+                    return Flow::Continue;
+                }
+            },
+            other => other,
+        };
         let incoming = match incoming {
             Incoming::Fragment => {
                 self.last_activity = Instant::now();
@@ -609,12 +684,35 @@ impl Session {
         }
         match incoming {
             Incoming::Message { data, binary } => self.deliver(data, binary),
-            // Replaces an older unanswered one: only the latest ping needs its pong.
-            Incoming::Ping(payload) => self.pending_pong = Some(payload),
+            // Past the last few, the oldest is dropped: only the latest ping needs its pong.
+            Incoming::Ping(payload) => {
+                if self.pending_pongs.len() == PENDING_PONGS {
+                    self.pending_pongs.remove(0);
+                }
+                self.pending_pongs.push(payload);
+            }
             Incoming::Pong => self.ping_sent = None,
-            Incoming::Fragment | Incoming::Close(_) => {}
+            // Inflated above; fragments and closes are handled before the rate.
+            Incoming::Fragment | Incoming::Close(_) | Incoming::Compressed { .. } => {}
         }
         Flow::Continue
+    }
+
+    /// A compressed message, inflated (bounded by `wsMaxMessageSize`) and, for text, checked.
+    fn inflate(&mut self, data: &[u8], binary: bool) -> Result<Incoming, ReadError> {
+        let Some(deflate) = self.deflate.as_mut() else {
+            return Err(ReadError::Protocol);
+        };
+        let data = deflate
+            .inflate(data, self.limits.max_message_size)
+            .map_err(|err| match err {
+                Inflated::TooBig => ReadError::TooBig,
+                Inflated::Corrupt => ReadError::BadUtf8,
+            })?;
+        if !binary && simdutf8::basic::from_utf8(&data).is_err() {
+            return Err(ReadError::BadUtf8);
+        }
+        Ok(Incoming::Message { data, binary })
     }
 
     /// `None` when a message, ping or pong may pass now, else how long until it may.
@@ -635,7 +733,7 @@ impl Session {
         }
         let (code, reason) = frame.unwrap_or((NO_STATUS, String::new()));
         self.registration.handle.stop_sending();
-        self.pending_pong = None;
+        self.pending_pongs = Vec::new();
         if code == NO_STATUS {
             frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Close), &[]);
         } else {
@@ -694,40 +792,53 @@ impl Session {
     ///
     /// Counted only when this refusal is what closes the session: input after the server's
     /// own close frame (a rate close, an idle close, shutdown) is dropped, not counted again.
+    ///
+    /// When JS hears the route, the close frame waits for JS (`State::Failing`): what JS sends
+    /// in reply to the messages read before the bad input goes out first (RFC 6455 section
+    /// 7.1.7 fails the connection, but messages already accepted were valid and are answered).
     fn refuse(&mut self, err: ReadError) {
         self.reading_done = true;
         if !matches!(self.state, State::Open) {
             return;
         }
-        match err {
-            ReadError::TooBig => {
-                self.metrics
-                    .refuse(self.guards.held.refusal(Rejection::WsMessageTooLarge));
-                self.begin_close(1009, "Message too big");
-            }
-            ReadError::BadUtf8 => {
-                let refusal = self.guards.held.refusal(Rejection::WsProtocolError);
-                self.metrics.refuse(RejectRefusal {
-                    code: Some(Code::Close(1007)),
-                    ..refusal
-                });
-                self.begin_close(1007, "Invalid UTF-8");
-            }
-            ReadError::Protocol => {
-                self.metrics
-                    .refuse(self.guards.held.refusal(Rejection::WsProtocolError));
-                self.begin_close(1002, "Protocol error");
-            }
+        let (rejection, code) = match err {
+            ReadError::TooBig => (Rejection::WsMessageTooLarge, 1009),
+            ReadError::BadUtf8 => (Rejection::WsProtocolError, 1007),
+            ReadError::Protocol => (Rejection::WsProtocolError, 1002),
+        };
+        let refusal = self.guards.held.refusal(rejection);
+        self.metrics.refuse(RejectRefusal {
+            code: Some(Code::Close(code)),
+            ..refusal
+        });
+        if !self.limits.js_events {
+            self.begin_close(code, refusal_reason(code));
+            return;
         }
+        self.bridge.ws_event(WsEvent::Refused {
+            id: self.registration.handle.id,
+            code,
+            reason: refusal_reason(code).to_string(),
+        });
+        self.pending_pongs = Vec::new();
+        self.state = State::Failing {
+            deadline: Instant::now() + CLOSE_TIMEOUT,
+            code,
+        };
+    }
+
+    /// Whether messages may still be written (no close frame sent yet).
+    fn sending(&self) -> bool {
+        matches!(self.state, State::Open | State::Failing { .. })
     }
 
     /// Sends a close frame (once) and starts waiting for the client's.
     fn begin_close(&mut self, code: u16, reason: &str) {
-        if !matches!(self.state, State::Open) {
+        if !self.sending() {
             return;
         }
         self.registration.handle.stop_sending();
-        self.pending_pong = None;
+        self.pending_pongs = Vec::new();
         frame::write_close(&mut self.write_buf, code, reason);
         self.state = State::Closing {
             deadline: Instant::now() + CLOSE_TIMEOUT,
@@ -746,6 +857,7 @@ impl Session {
                 reason: reason.clone(),
                 graceful: true,
             },
+            State::Failing { .. } => self.end_abnormally(),
             State::Open => End::dropped(),
         }
     }
@@ -755,6 +867,12 @@ impl Session {
             State::Closing { code, reason, .. } => End {
                 code: *code,
                 reason: reason.clone(),
+                graceful: false,
+            },
+            // The server refused the input first: JS hears that code.
+            State::Failing { code, .. } => End {
+                code: *code,
+                reason: refusal_reason(*code).to_string(),
                 graceful: false,
             },
             State::Open => End::dropped(),
@@ -779,6 +897,13 @@ impl Session {
                 return Some(self.end_abnormally());
             }
             State::Closing { .. } => {}
+            State::Failing { deadline, code } => {
+                if now >= *deadline {
+                    // JS did not hand the refusal back in time: close without its replies.
+                    let code = *code;
+                    self.begin_close(code, refusal_reason(code));
+                }
+            }
             State::Open => {
                 let limits = &self.limits;
                 if !limits.idle_timeout.is_zero() && now >= self.last_activity + limits.idle_timeout
@@ -832,7 +957,9 @@ impl Session {
     fn next_deadline(&self) -> Option<Instant> {
         let limits = &self.limits;
         let candidates = match &self.state {
-            State::Closing { deadline, .. } => [Some(*deadline), self.stall_deadline(), None, None],
+            State::Closing { deadline, .. } | State::Failing { deadline, .. } => {
+                [Some(*deadline), self.stall_deadline(), None, None]
+            }
             State::Open => [
                 (!limits.idle_timeout.is_zero()).then(|| self.last_activity + limits.idle_timeout),
                 match self.ping_sent {
@@ -845,5 +972,14 @@ impl Session {
             ],
         };
         candidates.into_iter().flatten().min()
+    }
+}
+
+/// The close reason sent with a refusal's code.
+fn refusal_reason(code: u16) -> &'static str {
+    match code {
+        1009 => "Message too big",
+        1007 => "Invalid UTF-8",
+        _ => "Protocol error",
     }
 }

@@ -9,13 +9,14 @@ use crate::config::{StreamingConfig, WsConfig, WsHandlers};
 use crate::context::RequestContext;
 use crate::delivery::body::{self, Body};
 use crate::js::bridge::Bridge;
-use crate::js::call::{identify, JsTarget};
+use crate::js::call::{ask, identify, JsTarget};
 use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
 use crate::observe::app::{Kind, Live};
 use crate::observe::reject;
+use crate::ws::deflate::{self, DeflateConfig};
 use crate::ws::session::{self, MessagePolicy, SessionLimits, SessionStart, Validation};
 use crate::ws::validate::MessageRules;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -38,6 +39,12 @@ pub struct WsRoute {
     path: String,
     per_user_cap: u32,
     per_ip_cap: u32,
+    /// The route's subprotocols, in its order of preference.
+    protocols: Vec<String>,
+    /// Refuse (400) a client that ends up without a subprotocol.
+    require_protocol: bool,
+    /// permessage-deflate, when the route turns it on.
+    deflate: Option<DeflateConfig>,
 }
 
 /// What an open session holds until it ends: its slots under every cap.
@@ -99,6 +106,15 @@ impl WsRoute {
             js_events: handlers.js_events,
             messages,
         });
+        let names_protocols = !config.protocols.is_empty() || handlers.select_protocol.is_some();
+        let require_protocol = config.require_protocol.unwrap_or(names_protocols);
+        let deflate = config.compression.settings().map(|settings| DeflateConfig {
+            server_no_context_takeover: settings.server_no_context_takeover,
+            client_no_context_takeover: settings.client_no_context_takeover,
+            server_max_window_bits: settings.server_max_window_bits,
+            client_max_window_bits: settings.client_max_window_bits,
+            threshold: settings.threshold.min(usize::MAX as u64) as usize,
+        });
         // With a cluster, local slots are capped only at this instance's share, and only
         // while Redis fails under the `local` policy.
         let local = |cap: u32| cluster.map_or(cap, |cluster| cluster.config().share(cap));
@@ -112,6 +128,9 @@ impl WsRoute {
             path,
             per_user_cap: app.ws_max_connections_per_user,
             per_ip_cap: app.ws_max_connections_per_ip,
+            protocols: config.protocols,
+            require_protocol,
+            deflate,
         })
     }
 
@@ -138,6 +157,11 @@ impl WsRoute {
                 return *response;
             }
         };
+        let offered = offered_protocols(request.headers());
+        if self.require_protocol && offered.is_empty() {
+            context.metrics.reject(Rejection::WsBadHandshake);
+            return no_protocol();
+        }
         let mut user = context.user.clone();
         if let Some(handler) = self.handlers.authenticate {
             let target = JsTarget {
@@ -151,6 +175,41 @@ impl WsRoute {
                 Ok(named) => user = named.or(user),
                 Err(response) => return response,
             }
+        }
+        let protocol = match self.handlers.select_protocol {
+            Some(handler) => {
+                let target = JsTarget {
+                    bridge,
+                    handler,
+                    params: Vec::new(),
+                    url: url.clone(),
+                    client: context.client,
+                };
+                let chosen = match ask(&request, target, handler_timeout, &context.metrics).await {
+                    Ok(chosen) => chosen,
+                    Err(response) => return response,
+                };
+                match std::str::from_utf8(&chosen) {
+                    Ok("") => None,
+                    // A protocol the client did not offer would make it fail the connection.
+                    Ok(name) if offered.contains(&name) => Some(name.to_string()),
+                    _ => {
+                        return body::text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "selectProtocol chose a subprotocol the client did not offer\n",
+                        )
+                    }
+                }
+            }
+            None => self
+                .protocols
+                .iter()
+                .find(|name| offered.contains(&name.as_str()))
+                .cloned(),
+        };
+        if protocol.is_none() && self.require_protocol {
+            context.metrics.reject(Rejection::WsBadHandshake);
+            return no_protocol();
         }
         let mut held = match self.acquire(user.as_deref(), context.client).await {
             Ok(held) => held,
@@ -168,6 +227,10 @@ impl WsRoute {
             }
         };
         held.live = Some(Live::new(&context.app, Kind::WebSocket));
+        let compression = self
+            .deflate
+            .as_ref()
+            .and_then(|config| deflate::negotiate(request.headers(), config));
         let on_upgrade = hyper::upgrade::on(&mut request);
         context.conn.mark_upgraded();
         bridge.ws_hub().watch(&context.shutdown, &context.abort);
@@ -191,6 +254,8 @@ impl WsRoute {
             metrics: Arc::clone(&context.metrics),
             abort: context.abort.clone(),
             held,
+            protocol: protocol.clone(),
+            deflate: compression.as_ref().map(|(negotiated, _)| *negotiated),
         });
         context.tracker.spawn(session::run(start));
 
@@ -201,6 +266,12 @@ impl WsRoute {
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         if let Ok(accept) = HeaderValue::from_str(&accept_key) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Some(protocol) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some((_, extension)) = compression {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
         }
         response
     }
@@ -262,6 +333,27 @@ impl WsRoute {
             live: None,
         })
     }
+}
+
+/// The subprotocols the client offers (`Sec-WebSocket-Protocol`, one or more header lines of
+/// comma-separated tokens), in its order.
+fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// The route requires a subprotocol and the client offers none it speaks.
+fn no_protocol() -> Response<Body> {
+    body::text(
+        StatusCode::BAD_REQUEST,
+        "No supported WebSocket subprotocol offered\n",
+    )
 }
 
 /// The cluster's caps cannot be checked (Redis failing under the `closed` policy).
@@ -345,6 +437,24 @@ mod tests {
             HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
         );
         headers
+    }
+
+    #[test]
+    fn reads_offered_subprotocols_from_every_header_line() {
+        let mut headers = upgrade_headers();
+        headers.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("graphql-transport-ws, mqtt"),
+        );
+        headers.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(" chat ,,"),
+        );
+        assert_eq!(
+            offered_protocols(&headers),
+            ["graphql-transport-ws", "mqtt", "chat"]
+        );
+        assert!(offered_protocols(&upgrade_headers()).is_empty());
     }
 
     #[test]
