@@ -1,5 +1,5 @@
 //! `multipart/form-data` POSTed to an uploads mount: each file part streamed to its own
-//! temporary file beside its destination (hashed on the way, `UploadSink`), fields collected up
+//! temporary file beside its destination (hashed on the way, `FormSink`), fields collected up
 //! to a cap, every file renamed into place only once the whole request arrived (or each at the
 //! end of its own part with `atomic: 'part'`).
 //!
@@ -18,7 +18,7 @@ use crate::files::safe_path;
 use crate::js::call::{call_js, JsLimits, JsTarget};
 use crate::metrics::Rejection;
 use crate::upload::reader::{BodyReader, Stop};
-use crate::upload::sink::{SinkError, UploadSink, Written};
+use crate::upload::sink::{FormSink, SinkError, Written};
 use crate::upload::{temp_prefix, UploadLimits, UploadsMount, TEMP_RANDOM_LEN, TEMP_SUFFIX};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -230,7 +230,10 @@ where
         stopped: std::sync::Mutex::new(None),
     };
     let mut form = Form::default();
-    let read = read_form(mount, body, &boundary, &limits, &control, &mut form).await;
+    let sink = FormSink::start(mount.fsync);
+    let read = read_form(mount, &sink, body, &boundary, &limits, &control, &mut form).await;
+    // Waits until an unfinished temporary is gone, so nothing is left once the answer leaves.
+    sink.close().await;
     let stored = match read {
         Ok(()) => match mount.multipart.atomic {
             Atomicity::Part => Ok(form),
@@ -316,6 +319,7 @@ fn listing(form: &Form) -> serde_json::Value {
 
 async fn read_form<B>(
     mount: &UploadsMount,
+    sink: &FormSink,
     body: B,
     boundary: &str,
     limits: &UploadLimits,
@@ -395,7 +399,7 @@ where
                     _ => {}
                 }
                 let (size, written) =
-                    receive_file(mount, &mut field, &target, limits, control).await?;
+                    receive_file(mount, sink, &mut field, &target, limits, control).await?;
                 let mut entry = FileEntry {
                     field: name,
                     name: stored,
@@ -454,10 +458,11 @@ fn sink_fail(error: SinkError) -> Fail {
     }
 }
 
-/// Streams one file part to a temporary file beside `target`; on any failure the temporary is
-/// gone before this returns.
+/// Streams one file part to a temporary file beside `target` through the request's sink; on a
+/// failure the caller closes the sink, which removes the temporary.
 async fn receive_file(
     mount: &UploadsMount,
+    sink: &FormSink,
     field: &mut multer::Field<'_>,
     target: &std::path::Path,
     limits: &UploadLimits,
@@ -469,41 +474,31 @@ async fn receive_file(
         .suffix(TEMP_SUFFIX)
         .tempfile_in(&mount.dir)
         .map_err(|_| Fail::Stop(Stop::Disk))?;
-    let sink = UploadSink::start(temp, mount.fsync);
+    sink.open(temp).await.map_err(sink_fail)?;
     let batch_size = (limits.chunk_size * 4) as usize;
     let max_file = mount.multipart.max_file_size;
-    let streamed: Result<u64, Fail> = async {
-        let mut size = 0u64;
-        let mut batch = BytesMut::new();
-        while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
-            size += chunk.len() as u64;
-            if max_file > 0 && size > max_file {
-                return Err(rejected(Rejection::FileTooLarge));
-            }
-            if batch.is_empty() && chunk.len() >= batch_size {
-                sink.write(chunk).await.map_err(sink_fail)?;
-            } else {
-                batch.extend_from_slice(&chunk);
-                if batch.len() >= batch_size {
-                    sink.write(batch.split().freeze())
-                        .await
-                        .map_err(sink_fail)?;
-                }
+    let mut size = 0u64;
+    let mut batch = BytesMut::new();
+    while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
+        size += chunk.len() as u64;
+        if max_file > 0 && size > max_file {
+            return Err(rejected(Rejection::FileTooLarge));
+        }
+        if batch.is_empty() && chunk.len() >= batch_size {
+            sink.write(chunk).await.map_err(sink_fail)?;
+        } else {
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= batch_size {
+                sink.write(batch.split().freeze())
+                    .await
+                    .map_err(sink_fail)?;
             }
         }
-        if !batch.is_empty() {
-            sink.write(batch.freeze()).await.map_err(sink_fail)?;
-        }
-        Ok(size)
     }
-    .await;
-    match streamed {
-        Ok(size) => Ok((size, sink.finish().await.map_err(sink_fail)?)),
-        Err(fail) => {
-            sink.abandon().await;
-            Err(fail)
-        }
+    if !batch.is_empty() {
+        sink.write(batch.freeze()).await.map_err(sink_fail)?;
     }
+    Ok((size, sink.finish().await.map_err(sink_fail)?))
 }
 
 /// Renames every file of the request into place (`atomic: 'request'`), on a blocking worker.
