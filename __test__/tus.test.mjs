@@ -103,7 +103,7 @@ test('tus-js-client: an upload whose connection is cut three times completes wit
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i)
   const { last } = await tusUpload(data, { endpoint: `http://127.0.0.1:${proxy.port}/stream/up`, metadata: { filename: 'big.bin', filetype: 'application/octet-stream' } })
   t.is(proxy.state.cut, 3)
-  t.deepEqual(readFileSync(join(root, 'big.bin')), data)
+  t.is(sha256(readFileSync(join(root, 'big.bin'))), sha256(data))
   if (last) t.is(last.getHeader('upload-sha256'), sha256(data))
   t.deepEqual(readdirSync(join(root, '.tus')).filter((name) => name.endsWith('.bin')), [])
 })
@@ -136,7 +136,7 @@ test('tus-js-client resumes an upload after the server restarted between two PAT
   const resumedUrl = `${second.url}/stream/up/${id}`
   t.is((await head(resumedUrl)).headers.get('upload-offset'), String(MiB))
   const { last } = await tusUpload(data, { uploadUrl: resumedUrl, chunkSize: MiB, metadata: { filename: 'restarted.bin' } })
-  t.deepEqual(readFileSync(join(folder.root, 'restarted.bin')), data)
+  t.is(sha256(readFileSync(join(folder.root, 'restarted.bin'))), sha256(data))
   if (last) t.is(last.getHeader('upload-sha256'), sha256(data))
 })
 
