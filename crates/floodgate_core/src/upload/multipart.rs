@@ -31,6 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Bytes handed to the parser per poll while it looks for a part's headers.
 const HEADER_SLICE: usize = 1024;
+/// Largest piece handed to the parser at once while it reads part data.
+const DATA_SLICE: usize = 64 * 1024;
+/// Bytes fed to the parser and not yet handed on (as part data or parsed headers) past which
+/// no more is fed unless the parser is starving (see `feed`).
+const WINDOW: u64 = 256 * 1024;
 /// RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
 const MAX_BOUNDARY: usize = 70;
 
@@ -92,6 +97,12 @@ struct Control {
     delimiter_seen: AtomicBool,
     /// Why the body stopped, as `feed` saw it (the parser may report it as an error of its own).
     stopped: std::sync::Mutex<Option<Stop>>,
+    /// Bytes fed to the parser, and bytes it handed on (part data, header blocks and their
+    /// boundary lines, counted as sent).
+    fed: AtomicU64,
+    consumed: AtomicU64,
+    /// The parser's last poll could not produce anything with what it had.
+    starving: AtomicBool,
 }
 
 impl Control {
@@ -130,8 +141,21 @@ where
     let start = (reader, Bytes::new(), BytesMut::new(), delimiter);
     futures_util::stream::unfold(Some(start), move |state| async move {
         let (mut reader, mut pending, mut preamble, delimiter) = state?;
-        // The parser reads until its input is pending: this hands it one piece per poll.
-        tokio::task::yield_now().await;
+        // The parser reads until its input is pending: this hands it one piece per poll. And
+        // its buffer is a `BytesMut` used as a queue, which doubles its allocation whenever
+        // more arrives while more is unread than was consumed: fed faster than it parses
+        // (small parts: a step per poll), it grew by about the body's size. So past `WINDOW`
+        // unread, nothing more is fed until it starves.
+        loop {
+            tokio::task::yield_now().await;
+            let unread = control
+                .fed
+                .load(Relaxed)
+                .saturating_sub(control.consumed.load(Relaxed));
+            if unread < WINDOW || control.starving.swap(false, Relaxed) {
+                break;
+            }
+        }
         if pending.is_empty() {
             match reader.next().await {
                 Ok(Some(data)) => pending = data,
@@ -164,10 +188,24 @@ where
             piece
         } else {
             control.delimiter_seen.store(true, Relaxed);
-            std::mem::take(&mut pending)
+            pending.split_to(pending.len().min(DATA_SLICE))
         };
+        control.fed.fetch_add(piece.len() as u64, Relaxed);
         Some((Ok(piece), Some((reader, pending, preamble, delimiter))))
     })
+}
+
+/// Awaits a parser step, noting when a poll of it could not produce anything (`starving`).
+async fn step<F: std::future::Future>(control: &Control, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Pending => {
+            control.starving.store(true, Relaxed);
+            std::task::Poll::Pending
+        }
+        ready => ready,
+    })
+    .await
 }
 
 /// One file of the request.
@@ -228,6 +266,9 @@ where
             + 2 * HEADER_SLICE as u64,
         delimiter_seen: AtomicBool::new(false),
         stopped: std::sync::Mutex::new(None),
+        fed: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        starving: AtomicBool::new(false),
     };
     let mut form = Form::default();
     let sink = FormSink::start(mount.fsync);
@@ -356,6 +397,10 @@ where
         if header_size as u64 > config.max_part_header_size {
             return Err(rejected(Rejection::MultipartHeaderTooLarge));
         }
+        // CRLF `--boundary` CRLF, the block, CRLF.
+        control
+            .consumed
+            .fetch_add((header_size + boundary.len() + 8) as u64, Relaxed);
         parts += 1;
         if parts > config.max_parts {
             return Err(rejected(Rejection::MultipartTooManyParts));
@@ -426,7 +471,11 @@ where
                     return Err(rejected(Rejection::MultipartTooManyFields));
                 }
                 let mut value = BytesMut::new();
-                while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
+                while let Some(chunk) = step(control, field.chunk())
+                    .await
+                    .map_err(|error| control.fail(error))?
+                {
+                    control.consumed.fetch_add(chunk.len() as u64, Relaxed);
                     if (value.len() + chunk.len()) as u64 > config.max_field_size {
                         return Err(rejected(Rejection::MultipartFieldTooLarge));
                     }
@@ -442,7 +491,11 @@ where
 /// Reads and drops a part's data (at most `cap` bytes).
 async fn drain(field: &mut multer::Field<'_>, cap: u64, control: &Control) -> Result<(), Fail> {
     let mut size = 0u64;
-    while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
+    while let Some(chunk) = step(control, field.chunk())
+        .await
+        .map_err(|error| control.fail(error))?
+    {
+        control.consumed.fetch_add(chunk.len() as u64, Relaxed);
         size += chunk.len() as u64;
         if size > cap {
             return Err(rejected(Rejection::MultipartFieldTooLarge));
@@ -479,7 +532,11 @@ async fn receive_file(
     let max_file = mount.multipart.max_file_size;
     let mut size = 0u64;
     let mut batch = BytesMut::new();
-    while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
+    while let Some(chunk) = step(control, field.chunk())
+        .await
+        .map_err(|error| control.fail(error))?
+    {
+        control.consumed.fetch_add(chunk.len() as u64, Relaxed);
         size += chunk.len() as u64;
         if max_file > 0 && size > max_file {
             return Err(rejected(Rejection::FileTooLarge));
