@@ -222,7 +222,8 @@ needs(curlTool, test)('tus over h2c: creation, a PATCH, a wrong offset and compl
   const location = `${url}${headers(created.stdout).location}`
   const patch = (offset, body) => curl([...h2, '-X', 'PATCH', '-H', 'Content-Type: application/offset+octet-stream', '-H', `Upload-Offset: ${offset}`, '--data-binary', body, location])
   t.regex((await patch(0, 'abc')).stdout.toString(), /^HTTP\/2 204/)
-  t.regex((await patch(0, 'abc')).stdout.toString(), /^HTTP\/2 409/)
+  // An empty body: a refused body left unread may be reset on the stream before curl prints the head.
+  t.regex((await patch(0, '')).stdout.toString(), /^HTTP\/2 409/)
   const done = await patch(3, 'def')
   t.regex(done.stdout.toString(), /^HTTP\/2 204/)
   t.is(headers(done.stdout)['upload-sha256'], sha256(Buffer.from('abcdef')))
