@@ -24,12 +24,21 @@ export declare class NativeServer {
    * ...); `host` is an address or a name in the hosts file (resolved here, blocking).
    */
   listen(spec: any, host: string, port: number): BoundAddress
+  /** Rejection events (at most `rejectEventsPerSecond`) go to `onRejects`, in batches. */
+  onRejects(onRejects: (events: JsRejectEvent[]) => void): void
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
   stats(): any
   /** New certificates for new TLS handshakes (`tls` options); open connections keep theirs. */
   setTls(options: any): void
-  /** The same counters in the Prometheus text exposition format. */
-  prometheus(): string
+  /** The bans in force (`ban`), most recently banned first. */
+  bans(): any
+  /** Lifts a ban; `true` if one was in force. */
+  unban(client: string): boolean
+  /**
+   * The counters, gauges and histograms in the Prometheus text exposition format (0.0.4),
+   * or as OpenMetrics when `openmetrics` is true.
+   */
+  prometheus(openmetrics?: boolean | undefined | null): string
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
   /** Publishes `data` on `topic` to every matching event stream; returns how many it reached. */
@@ -83,6 +92,22 @@ export declare class NativeServer {
 export interface BoundAddress {
   port: number
   address: string
+}
+
+/** A rejection event as JS receives it (`server.on('reject')`). */
+export interface JsRejectEvent {
+  reason: string
+  address?: string
+  user?: string
+  route?: string
+  /** The HTTP status the client was answered with. */
+  status?: number
+  /** The WebSocket close code the session was closed with. */
+  closeCode?: number
+  /** ms since the Unix epoch. */
+  time: number
+  /** Events left out by `rejectEventsPerSecond` since the previous one. */
+  dropped: number
 }
 
 /** A file a handler answers with (`FileResponse`). */

@@ -104,6 +104,37 @@ export interface ServerOptions {
    */
   cluster?: ClusterOptions
   /**
+   * Rejection events (`server.on('reject')`) handed to JS per second at most; past it they are
+   * only counted, and the next event's `dropped` says how many were left out. 0: no events.
+   * Default 100.
+   */
+  rejectEventsPerSecond?: number
+  /**
+   * Load shedding: while the JS thread has left work waiting longer than this (its event loop
+   * is stuck or far behind), new JS-handler requests get `503` + `Retry-After: 1` without
+   * reaching JS (`event_loop_overload`); files, uploads, event streams and WebSockets served in
+   * Rust go on. 0 (default): never.
+   */
+  maxEventLoopDelay?: Duration
+  /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
+  topOffenders?: number
+  /**
+   * New connections per second a client address (IPv6: per /64) may open, checked at accept
+   * before `maxConnectionsPerIp`: past it the connection is closed before a byte is read
+   * (`connection_rate`). 0 (the default) disables; a reconnect loop is then refused only by
+   * the per-IP cap.
+   */
+  maxConnectionRatePerIp?: number
+  /** Connections an address may open at once beyond that rate. Default: the rate itself. */
+  connectionRateBurst?: number
+  /**
+   * Offender bans: an address (IPv6: per /64), or the user `identify` named, refused `after`
+   * times (any reason but a ban) within `within` is refused for `for` — at accept, the
+   * connection closed before any TLS or HTTP work (`banned`), or with `403` where the address
+   * comes from a trusted proxy's headers or the user from `identify`. Default off.
+   */
+  ban?: BanOptions
+  /**
    * Replace `globalThis.Response` with floodgate's light `Response` (`FastResponse`), which
    * handlers build and floodgate sends without undici's per-response `Headers` and stream.
    * It behaves as the real class (`instanceof` holds both ways). Default true.
@@ -351,6 +382,30 @@ export interface WebSocketRoute {
   overflow?: 'dropOldest' | 'dropNewest' | 'close'
   /** Over `wsMaxMessagesPerSecond` / `wsMaxBytesPerSecond`: close with 1008 (default), or pause reading. */
   rateLimitAction?: 'close' | 'pause'
+  /**
+   * Messages checked in Rust before JS hears them: a message that is not one JSON value within
+   * these bounds (and valid under `schema`) never reaches `message` or `batch`; it is dropped
+   * and counted (`ws_invalid_message`), and the socket closed with 1007 at the first
+   * (`onInvalid: 'close'`) or once it sent more than `maxInvalid`.
+   */
+  messages?: MessageRulesOptions
+}
+
+export interface MessageRulesOptions {
+  /** The one format: JSON (text messages, or binary ones holding UTF-8 JSON). */
+  format?: 'json'
+  /** Nesting of arrays and objects, 1–128. Default 32. */
+  maxDepth?: number
+  /** Members of any one object. Default 1000. */
+  maxKeys?: number
+  /** Characters of any one string, keys included. Default 0: no cap beyond `wsMaxMessageSize`. */
+  maxStringLength?: number
+  /** A JSON Schema (draft 2020-12 unless `$schema` names another), compiled once; no remote `$ref`. */
+  schema?: object | boolean
+  /** Drop invalid messages (default) or close the socket at the first. */
+  onInvalid?: 'drop' | 'close'
+  /** Invalid messages a socket may send before it is closed with 1007. Default 10; 0: never. */
+  maxInvalid?: number
 }
 
 /** Options of a JS handler mount (`server.mount('/api', handler, options)`). */
@@ -378,6 +433,26 @@ export interface AddressInfo {
   url: string
 }
 
+export interface BanOptions {
+  /** Refusals that ban. Default 50. */
+  after?: number
+  /** ...counted within this window from the first. Default `'10s'`. */
+  within?: Duration
+  /** How long a ban lasts. Default `'5m'`. */
+  for?: Duration
+  /** Addresses or CIDRs never banned (the trusted proxies and load balancers never are). */
+  exempt?: string[]
+  /** Bans, and offenders being counted, kept at most (least recently banned forgotten first). Default 10,000. */
+  maxEntries?: number
+}
+
+/** One ban in force, from `server.bans()`. */
+export interface BanEntry {
+  /** The address (`203.0.113.7`), IPv6 `/64` or `user:<id>`. */
+  client: string
+  remainingMs: number
+}
+
 export interface Stats {
   /** Open WebSocket sessions, and messages received from and sent to them. */
   wsConnections: number
@@ -396,6 +471,45 @@ export interface Stats {
   rejections: Record<string, number>
   /** With the `cluster` option: Redis's state and the decisions made without it. */
   cluster?: ClusterStats
+  /** With the `ban` option: bans in force and offenders being counted. */
+  bans?: { inForce: number; offenders: number }
+  /** The clients refused most often, most refused first (bounded: `topOffenders` entries). */
+  topOffenders: Offender[]
+  /** Rejection events left out by `rejectEventsPerSecond` (counted only). */
+  rejectEventsDropped: number
+}
+
+/** One client of `stats().topOffenders`: a user, else an address. */
+export interface Offender {
+  address?: string
+  user?: string
+  /** Refusals counted (a newcomer replacing the least refused entry inherits its count). */
+  count: number
+  lastReason: string
+  /** ms since the Unix epoch. */
+  lastTime: number
+}
+
+/**
+ * A refusal, as `server.on('reject', (event) => ...)` receives it. `reason` is one of the
+ * reasons `stats().rejections` counts.
+ */
+export interface RejectEvent {
+  reason: string
+  /** The client's address, when the refusal knew it. */
+  address?: string
+  /** The user (`identify`, `authenticate`, an event stream's setup), when known. */
+  user?: string
+  /** The request path, when there was a request (cut at 256 bytes). */
+  route?: string
+  /** The HTTP status the client was answered with. */
+  status?: number
+  /** The WebSocket close code the session was closed with. */
+  closeCode?: number
+  /** ms since the Unix epoch. */
+  time: number
+  /** Events left out by `rejectEventsPerSecond` since the previous one that reached JS. */
+  dropped: number
 }
 
 /** The kinds of options the native core checks (`validateOptions` in the binding). */

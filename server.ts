@@ -17,8 +17,10 @@ import {
   serverOptions,
   validated,
   type AddressInfo,
+  type BanEntry,
   type HandlerMountOptions,
   type ListenOptions,
+  type RejectEvent,
   type ServerOptions,
   type Stats,
   type TlsOptions,
@@ -35,7 +37,9 @@ const alreadyListening = (what: string) => coded(new Error(`${what}: the server 
 
 /**
  * Owns the listening socket; apps are mounted under path prefixes, longest prefix wins.
- * Emits `error` with the cause when a JS handler throws (logged when nobody listens).
+ * Emits `error` with the cause when a JS handler throws (logged when nobody listens), and
+ * `reject` with a `RejectEvent` for each refusal the protections make (at most
+ * `rejectEventsPerSecond`).
  */
 export class Server extends EventEmitter {
   readonly options: ServerOptions
@@ -57,6 +61,18 @@ export class Server extends EventEmitter {
     this.options = checked.options
     this.#nativeOptions = checked.native
     if (checked.overrideGlobalResponse) installLightResponse()
+  }
+
+  // One native call per batch of refusals; each reaches `reject` listeners as its own event.
+  #onRejects(events: RejectEvent[]): void {
+    if (this.listenerCount('reject') === 0) return
+    for (const event of events) {
+      try {
+        this.emit('reject', event)
+      } catch (error) {
+        this.#reportError(error)
+      }
+    }
   }
 
   #reportError(error: unknown): void {
@@ -105,6 +121,7 @@ export class Server extends EventEmitter {
       })),
     }
     const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts, this.#ws.onWsEvents)
+    server.onRejects((events) => this.#onRejects(events as RejectEvent[]))
     this.#bridge.native = server
     if (this.#nativeOptions.tls) this.#bridge.scheme = 'https:'
     this.#ws.native = server
@@ -165,13 +182,49 @@ export class Server extends EventEmitter {
     return this.#native.stats() as Stats
   }
 
+  /** The bans in force (the `ban` option), most recently banned first. */
+  bans(): BanEntry[] {
+    if (!this.#native) throw notListening('bans')
+    return this.#native.bans() as BanEntry[]
+  }
+
   /**
-   * The same counters in the Prometheus text format, for a metrics endpoint:
-   * `server.mount('/metrics', () => new Response(server.metrics(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }))`.
+   * Lifts the ban of `client` — an address (an IPv6 address lifts its /64), an IPv6 `/64`, or
+   * `user:<id>` — and forgets its counted refusals. Returns whether a ban was in force; a
+   * `TypeError` for text that names none of these.
    */
-  metrics(): string {
+  unban(client: string): boolean {
+    if (!this.#native) throw notListening('unban')
+    if (typeof client !== 'string') throw optionError('unban: client must be a string')
+    try {
+      return this.#native.unban(client)
+    } catch (error) {
+      throw fromNative(error)
+    }
+  }
+
+  /**
+   * Counters, gauges and histograms (request duration, time to first byte and response bytes
+   * per app, WebSocket message sizes, event-stream queue depth) in the Prometheus text format
+   * (0.0.4), or OpenMetrics with `{ openmetrics: true }`. `metricsHandler()` serves them.
+   */
+  metrics({ openmetrics = false }: { openmetrics?: boolean } = {}): string {
     if (!this.#native) throw notListening('metrics')
-    return this.#native.prometheus()
+    return this.#native.prometheus(openmetrics === true)
+  }
+
+  /**
+   * A handler for a scrape endpoint: `server.mount('/metrics', server.metricsHandler())`.
+   * Answers OpenMetrics to a scraper that accepts it (Prometheus does), else the Prometheus
+   * text format. The text is built in Rust; its cost is the number of series, not of clients.
+   */
+  metricsHandler(): (req: Request) => Response {
+    return (req) => {
+      const openmetrics = (req.headers.get('accept') ?? '').includes('application/openmetrics-text')
+      const text = this.metrics({ openmetrics })
+      const type = openmetrics ? 'application/openmetrics-text; version=1.0.0; charset=utf-8' : 'text/plain; version=0.0.4; charset=utf-8'
+      return new Response(text, { headers: { 'content-type': type } })
+    }
   }
 
   /**

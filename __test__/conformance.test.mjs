@@ -84,3 +84,23 @@ test('Content-Length with Transfer-Encoding → 400, closed, nothing stored; eit
   t.is(readFileSync(join(root, 'd.txt'), 'utf8'), 'hello')
   t.is(server.stats().rejections.bad_request, 3)
 })
+
+test('pipelined requests whose next head is cut between CR and LF by the network are served, not taken for a bare LF', async (t) => {
+  const { server, port } = await start(t)
+  const net = await import('node:net')
+  const text = await new Promise((resolve) => {
+    const socket = net.connect({ port, host: '127.0.0.1' })
+    const chunks = []
+    socket.on('data', (chunk) => chunks.push(chunk))
+    socket.on('error', () => {})
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')))
+    socket.on('connect', () => {
+      // The first request and the start of the second, up to a CR; the LF comes later, in a
+      // read of its own once the first response is out.
+      socket.write('GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r')
+      setTimeout(() => socket.write('\nConnection: close\r\n\r\n'), 200)
+    })
+  })
+  t.is(text.split('HTTP/1.1 200').length - 1, 2, text.slice(0, 300))
+  t.is(server.stats().rejections.bad_request, 0)
+})

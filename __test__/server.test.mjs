@@ -59,7 +59,7 @@ test('metrics(): the counters as Prometheus text, rejections labelled by reason'
   t.regex(text, /^floodgate_requests_total 2$/m)
   t.regex(text, /^floodgate_rejections_total\{reason="not_found"\} 1$/m)
   for (const line of text.trim().split('\n')) {
-    t.regex(line, /^(# (HELP|TYPE) floodgate_\w+ .+|floodgate_\w+(\{reason="\w+"\})? \d+)$/, line)
+    t.regex(line, /^(# (HELP|TYPE) floodgate_\w+ .+|floodgate_\w+(\{(le|reason|app)="[^"]+"(,(reason|app)="[^"]+")*\})? [\d.e+-]+)$/, line)
   }
 })
 

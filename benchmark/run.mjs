@@ -24,8 +24,9 @@ import wsFanout from './workloads/ws-fanout.mjs'
 import wsIdle from './workloads/ws-idle.mjs'
 import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
+import defences from './workloads/defences.mjs'
 
-const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, multipartUpload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout]
+const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, multipartUpload, json, generator, sse, wsEcho, wsFanout, wsIdle, clusterConnect, clusterFanout, defences]
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

@@ -1,7 +1,7 @@
 //! The WebSocket (and SSE) load client of `npm run bench`: one single-threaded process (the
 //! workloads pin it to one core) that drives a server and prints one JSON line with what it measured.
 //!
-//!   ws-load echo   --url ws://127.0.0.1:PORT/ws/echo  --connections 50 --inflight 16 --size 32 --seconds 5
+//!   ws-load echo   --url ws://127.0.0.1:PORT/ws/echo  --connections 50 --inflight 16 --size 32 [--payload TEXT] --seconds 5
 //!   ws-load fanout --url ws://127.0.0.1:PORT/ws/bench --connections 10000 --expect 5000000 [--idle-ms 2000] [--timeout-ms 60000]
 //!   ws-load idle   --url ws://127.0.0.1:PORT/ws/idle  --connections 10000
 //!   ws-load sse    --url http://127.0.0.1:PORT/stream/sse --connections 10000 [--expect 10000000] [--idle-ms 2000] [--timeout-ms 60000]
@@ -40,6 +40,8 @@ struct Args {
     connections: usize,
     inflight: usize,
     size: usize,
+    /// The echo mode's message text instead of `size` × "x" (e.g. JSON for a validated route).
+    payload: Option<String>,
     seconds: f64,
     expect: u64,
     idle_ms: u64,
@@ -99,6 +101,7 @@ fn parse_args() -> Args {
         connections: num("connections", 50.0) as usize,
         inflight: num("inflight", 16.0) as usize,
         size: num("size", 32.0) as usize,
+        payload: get.get("payload").cloned(),
         seconds: num("seconds", 5.0),
         expect: num("expect", 0.0) as u64,
         idle_ms: num("idle-ms", 2000.0) as u64,
@@ -251,7 +254,7 @@ async fn echo(args: Rc<Args>) {
         collect.borrow_mut().push(ws)
     })
     .await;
-    let payload = Utf8Bytes::from("x".repeat(args.size));
+    let payload = Utf8Bytes::from(args.payload.clone().unwrap_or_else(|| "x".repeat(args.size)));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
     let cpu_before = cpu_seconds();

@@ -8,7 +8,8 @@
 //! (a mounted streaming app, its router), `files`, `delivery` (shaping and bounding any
 //! response body), `upload`, `js` (the JS bridge), `ws`, `events` (bus, SSE), `limit`
 //! (connection caps, request rates, bandwidth, bounded queues), `cluster` (the same limits and
-//! the bus shared through Redis), `config`, `metrics`.
+//! the bus shared through Redis), `config`, `metrics`, `observe` (rejection events, top
+//! offenders).
 
 mod app;
 mod cluster;
@@ -22,6 +23,7 @@ mod files;
 mod js;
 mod limit;
 mod metrics;
+mod observe;
 #[cfg(test)]
 mod test_support;
 mod tls;
@@ -35,4 +37,5 @@ pub use error::{Error, ErrorKind};
 pub use events::bus::{validate as validate_topic, validate_field as validate_event_field};
 pub use js::bridge::{BodyError, Bridge, JsBody, JsFile, JsHost, JsRequest, JsResponse};
 pub use metrics::Snapshot;
+pub use observe::reject::{Code as RejectCode, RejectEvent, RejectSink};
 pub use ws::hub::{CloseRequest, HubError, JsBacklog, WsEvent, WsSend};

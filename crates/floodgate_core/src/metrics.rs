@@ -1,10 +1,17 @@
 //! Server-wide counters and gauges: connections, bytes, and rejections by reason.
 //!
 //! Everything is a relaxed atomic: counters are read for `server.stats()` and tests, never used
-//! to make decisions, so no ordering between them is needed.
+//! to make decisions, so no ordering between them is needed. Every refusal goes through
+//! [`Metrics::refuse`], which counts it and hands it to the rejection events
+//! (`observe::reject`).
 
+use crate::observe::app::AppMetrics;
+use crate::observe::histogram::{self, Histogram};
+use crate::observe::offenders::Offender;
+use crate::observe::reject::{Code, Refusal, RejectEvents, RejectSink};
 use serde::Serialize;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Why the server refused or cut off a client. The `as_str` names are the public labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +79,18 @@ pub enum Rejection {
     /// h2 ended an HTTP/2 connection with GOAWAY for a protocol violation (malformed frames,
     /// flow-control or compression errors).
     H2ProtocolError,
+    /// A JS-handler request shed before reaching JS: the JS thread had left a batch waiting
+    /// longer than `maxEventLoopDelay` (`503` + `Retry-After`).
+    EventLoopOverload,
+    /// A connection (or, behind a trusted proxy, a request: `403`) from a banned address or
+    /// user (`ban`), refused at accept before any TLS or HTTP work.
+    Banned,
+    /// A new connection over `maxConnectionRatePerIp`, closed at accept before a byte is read.
+    ConnectionRate,
+    /// A WebSocket message that broke its route's `messages` rules: dropped before JS (one
+    /// count per message; the socket is closed with 1007 under `onInvalid: 'close'` or past
+    /// `maxInvalid`).
+    WsInvalidMessage,
     /// A multipart upload that is not one: no or a bad boundary, a part without
     /// `Content-Disposition: form-data; name=...`, a body cut short or never reaching a
     /// boundary (`400`).
@@ -104,7 +123,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 52] = [
+    pub const ALL: [Rejection; 56] = [
         Rejection::ConnectionLimit,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
@@ -144,6 +163,10 @@ impl Rejection {
         Rejection::H2ControlFlood,
         Rejection::H2Flood,
         Rejection::H2ProtocolError,
+        Rejection::EventLoopOverload,
+        Rejection::Banned,
+        Rejection::ConnectionRate,
+        Rejection::WsInvalidMessage,
         Rejection::MultipartMalformed,
         Rejection::MultipartTooManyParts,
         Rejection::MultipartTooManyFiles,
@@ -158,6 +181,43 @@ impl Rejection {
         Rejection::ResumableOffsetConflict,
         Rejection::ChecksumMismatch,
     ];
+
+    /// What the client is usually told for this reason; a site that answers otherwise says so
+    /// (`Refusal::status`). `None`: the connection is cut without an answer.
+    pub fn code(self) -> Option<Code> {
+        use Rejection::*;
+        let status = match self {
+            ConnectionLimit | RateLimited | SseLimit | WsLimit => 429,
+            HeaderTimeout | ReadTimeout | UploadTimeout | UploadTooSlow => 408,
+            HeaderTooLarge => 431,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            RangeNotSatisfiable => 416,
+            BodyTooLarge => 413,
+            HandlerTimeout | InflightLimit | EventLoopOverload => 503,
+            BadRequest | WsBadHandshake | MultipartMalformed => 400,
+            MultipartTooManyParts
+            | MultipartTooManyFiles
+            | MultipartTooManyFields
+            | MultipartFieldTooLarge
+            | FileTooLarge => 413,
+            MultipartHeaderTooLarge => 431,
+            UnsupportedMediaType => 415,
+            ResumableUploadsLimit | ResumableBytesLimit => 429,
+            ResumableLocked => 423,
+            ResumableOffsetConflict => 409,
+            ChecksumMismatch => 460,
+            WsInvalidMessage => return Some(Code::Close(1007)),
+            WsMessageTooLarge => return Some(Code::Close(1009)),
+            WsRateLimited => return Some(Code::Close(1008)),
+            WsIdleTimeout => return Some(Code::Close(1000)),
+            WsProtocolError => return Some(Code::Close(1002)),
+            WsOverflow => return Some(Code::Close(1013)),
+            WsPongTimeout => return Some(Code::Close(1006)),
+            _ => return None,
+        };
+        Some(Code::Status(status))
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,6 +260,10 @@ impl Rejection {
             Rejection::H2ControlFlood => "h2_control_flood",
             Rejection::H2Flood => "h2_flood",
             Rejection::H2ProtocolError => "h2_protocol_error",
+            Rejection::EventLoopOverload => "event_loop_overload",
+            Rejection::Banned => "banned",
+            Rejection::ConnectionRate => "connection_rate",
+            Rejection::WsInvalidMessage => "ws_invalid_message",
             Rejection::MultipartMalformed => "multipart_malformed",
             Rejection::MultipartTooManyParts => "multipart_too_many_parts",
             Rejection::MultipartTooManyFiles => "multipart_too_many_files",
@@ -215,9 +279,24 @@ impl Rejection {
             Rejection::ChecksumMismatch => "checksum_mismatch",
         }
     }
+
+    /// Whether this refusal is a strike toward a ban: the client's doing, not a consequence
+    /// of a ban itself, of a slow consumer's queue (counted per event, not per client act), of
+    /// the server's own state, or one invalid WebSocket message (the close they lead to is
+    /// the strike).
+    pub fn counts_toward_ban(self) -> bool {
+        !matches!(
+            self,
+            Rejection::Banned
+                | Rejection::WsInvalidMessage
+                | Rejection::EventLoopOverload
+                | Rejection::OutOfFiles
+                | Rejection::SseEventDropped
+                | Rejection::WsMessageDropped
+        )
+    }
 }
 
-#[derive(Default)]
 pub struct Metrics {
     connections_live: AtomicI64,
     connections_total: AtomicU64,
@@ -230,6 +309,38 @@ pub struct Metrics {
     ws_messages_out: AtomicU64,
     stale_uploads_removed: AtomicU64,
     rejections: RejectionCounts,
+    events: RejectEvents,
+    /// Sizes of WebSocket messages received, in bytes.
+    pub ws_message_bytes: Histogram,
+    /// An event stream's queue length as each event is queued.
+    pub sse_queue_depth: Histogram,
+    /// What each mounted app counts (requests, streams, sockets, refusals).
+    pub apps: Vec<Arc<AppMetrics>>,
+    /// Offender bans (`ban`): every refusal that names its client is a strike.
+    bans: std::sync::OnceLock<Arc<crate::limit::ban::Bans>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_live: AtomicI64::default(),
+            connections_total: AtomicU64::default(),
+            requests_total: AtomicU64::default(),
+            bytes_sent: AtomicU64::default(),
+            bytes_sent_zero_copy: AtomicU64::default(),
+            bytes_received: AtomicU64::default(),
+            ws_live: AtomicI64::default(),
+            ws_messages_in: AtomicU64::default(),
+            ws_messages_out: AtomicU64::default(),
+            stale_uploads_removed: AtomicU64::default(),
+            rejections: RejectionCounts::default(),
+            events: RejectEvents::default(),
+            ws_message_bytes: Histogram::new(&histogram::BYTES),
+            sse_queue_depth: Histogram::new(&histogram::DEPTH),
+            apps: Vec::new(),
+            bans: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// One counter per [`Rejection`] (an array this long has no derived `Default`).
@@ -259,12 +370,44 @@ pub struct Snapshot {
     /// Temporary files of uploads cut by a crash, removed by uploads mounts when they started.
     pub stale_uploads_removed: u64,
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    /// The clients refused most often (bounded table, `topOffenders`), most refused first.
+    pub top_offenders: Vec<Offender>,
+    /// Rejection events left out by `rejectEventsPerSecond` (counted, not sent to JS).
+    pub reject_events_dropped: u64,
     /// Present with the `cluster` option: Redis's state and what was decided without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
+    /// Present with the `ban` option.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bans: Option<BanSnapshot>,
+}
+
+/// The ban tables' sizes (each bounded by `ban.maxEntries`).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BanSnapshot {
+    /// Bans in force.
+    pub in_force: usize,
+    /// Clients with refusals counted toward a ban.
+    pub offenders: usize,
 }
 
 impl Metrics {
+    /// Metrics whose rejection events go to `sink`, at most `per_second` a second, with a top
+    /// offenders table of `top_offenders` entries.
+    pub fn new(
+        per_second: u32,
+        top_offenders: u32,
+        sink: Option<Arc<dyn RejectSink>>,
+        apps: Vec<Arc<AppMetrics>>,
+    ) -> Self {
+        Self {
+            events: RejectEvents::new(per_second, top_offenders, sink),
+            apps,
+            ..Self::default()
+        }
+    }
+
     pub fn connection_opened(&self) {
         self.connections_live.fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
@@ -299,8 +442,10 @@ impl Metrics {
         self.ws_live.fetch_sub(1, Relaxed);
     }
 
-    pub fn ws_received(&self) {
+    /// A WebSocket message of `bytes` received.
+    pub fn ws_received(&self, bytes: usize) {
         self.ws_messages_in.fetch_add(1, Relaxed);
+        self.ws_message_bytes.observe(bytes as u64);
     }
 
     pub fn ws_sent(&self, messages: u64) {
@@ -311,12 +456,39 @@ impl Metrics {
         self.stale_uploads_removed.fetch_add(count, Relaxed);
     }
 
-    pub fn reject(&self, reason: Rejection) {
-        self.reject_many(reason, 1);
+    /// Refusals that name their client count as strikes toward `bans` from now on.
+    pub(crate) fn strike_into(&self, bans: Arc<crate::limit::ban::Bans>) {
+        let _ = self.bans.set(bans);
     }
 
+    /// Counts a refusal known only by its reason (no client at hand).
+    pub fn reject(&self, reason: Rejection) {
+        self.refuse(Refusal::new(reason));
+    }
+
+    /// The one path of every refusal: counted by reason, the client entered in the top
+    /// offenders, and an event for JS within the per-second bound.
+    pub fn refuse(&self, refusal: Refusal<'_>) {
+        if let (Some(bans), Some(client)) = (self.bans.get(), refusal.client) {
+            if refusal.reason.counts_toward_ban() {
+                bans.strike(crate::limit::key::ClientKey::new(refusal.user, client));
+            }
+        }
+        self.rejections.0[refusal.reason as usize].fetch_add(1, Relaxed);
+        if let Some(app) = refusal.app {
+            app.rejected(refusal.reason);
+        }
+        self.events.record(&refusal);
+    }
+
+    /// `count` refusals of one kind at once (events dropped from a slow reader's queue): all
+    /// counted, one event.
     pub fn reject_many(&self, reason: Rejection, count: usize) {
-        self.rejections.0[reason as usize].fetch_add(count as u64, Relaxed);
+        if count == 0 {
+            return;
+        }
+        self.rejections.0[reason as usize].fetch_add(count as u64 - 1, Relaxed);
+        self.refuse(Refusal::new(reason));
     }
 
     pub fn rejections(&self, reason: Rejection) -> u64 {
@@ -339,137 +511,11 @@ impl Metrics {
                 .iter()
                 .map(|reason| (reason.as_str(), self.rejections(*reason)))
                 .collect(),
+            top_offenders: self.events.top_offenders(),
+            reject_events_dropped: self.events.dropped_total(),
             cluster: None,
+            bans: None,
         }
-    }
-}
-
-impl Snapshot {
-    /// The counters in the Prometheus text exposition format (version 0.0.4), for a
-    /// `/metrics` endpoint the application mounts where it sees fit.
-    pub fn prometheus(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP floodgate_{name} {help}");
-            let _ = writeln!(out, "# TYPE floodgate_{name} {kind}");
-            let _ = writeln!(out, "floodgate_{name} {value}");
-        };
-        metric(
-            "connections",
-            "gauge",
-            "Open TCP connections.",
-            self.connections_live as f64,
-        );
-        metric(
-            "connections_total",
-            "counter",
-            "Accepted TCP connections.",
-            self.connections_total as f64,
-        );
-        metric(
-            "requests_total",
-            "counter",
-            "HTTP requests.",
-            self.requests_total as f64,
-        );
-        metric(
-            "sent_bytes_total",
-            "counter",
-            "Bytes written to clients.",
-            self.bytes_sent as f64,
-        );
-        metric(
-            "sent_zero_copy_bytes_total",
-            "counter",
-            "File bytes the kernel sent itself (sendfile), also in sent_bytes_total.",
-            self.bytes_sent_zero_copy as f64,
-        );
-        metric(
-            "received_bytes_total",
-            "counter",
-            "Bytes read from clients.",
-            self.bytes_received as f64,
-        );
-        metric(
-            "websockets",
-            "gauge",
-            "Open WebSocket sessions.",
-            self.ws_connections as f64,
-        );
-        metric(
-            "websocket_messages_received_total",
-            "counter",
-            "WebSocket messages received.",
-            self.ws_messages_in as f64,
-        );
-        metric(
-            "websocket_messages_sent_total",
-            "counter",
-            "WebSocket messages sent.",
-            self.ws_messages_out as f64,
-        );
-        metric(
-            "stale_uploads_removed_total",
-            "counter",
-            "Temporary files of interrupted uploads removed at start.",
-            self.stale_uploads_removed as f64,
-        );
-        if let Some(cluster) = &self.cluster {
-            metric(
-                "cluster_degraded",
-                "gauge",
-                "1 while Redis fails and limits follow the failure policy.",
-                u8::from(cluster.degraded) as f64,
-            );
-            metric(
-                "cluster_leases",
-                "gauge",
-                "Connections holding a cluster-wide lease.",
-                cluster.leases as f64,
-            );
-            metric(
-                "cluster_recoveries_total",
-                "counter",
-                "Times Redis answered again after failing.",
-                cluster.recoveries as f64,
-            );
-            metric(
-                "cluster_events_lost_total",
-                "counter",
-                "Events other instances may have missed while Redis failed.",
-                cluster.events_lost as f64,
-            );
-            metric(
-                "cluster_patterns",
-                "gauge",
-                "Topic patterns subscribed in Redis.",
-                cluster.patterns as f64,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP floodgate_cluster_fallbacks_total Limit decisions made without Redis, by reason."
-            );
-            let _ = writeln!(out, "# TYPE floodgate_cluster_fallbacks_total counter");
-            for (reason, count) in &cluster.fallbacks {
-                let _ = writeln!(
-                    out,
-                    "floodgate_cluster_fallbacks_total{{reason=\"{reason}\"}} {count}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP floodgate_rejections_total Clients refused or cut off, by reason."
-        );
-        let _ = writeln!(out, "# TYPE floodgate_rejections_total counter");
-        for (reason, count) in &self.rejections {
-            let _ = writeln!(
-                out,
-                "floodgate_rejections_total{{reason=\"{reason}\"}} {count}"
-            );
-        }
-        out
     }
 }
 
@@ -486,38 +532,5 @@ impl LiveConnection {
 impl Drop for LiveConnection {
     fn drop(&mut self) {
         self.0.connection_closed();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_text_has_counters_and_labelled_rejections() {
-        let metrics = Metrics::default();
-        metrics.reject(Rejection::HeaderTimeout);
-        let text = metrics.snapshot().prometheus();
-        assert!(text.contains("# TYPE floodgate_connections gauge\nfloodgate_connections 0\n"));
-        assert!(text.contains("floodgate_rejections_total{reason=\"header_timeout\"} 1\n"));
-        assert!(text.contains("floodgate_rejections_total{reason=\"not_found\"} 0\n"));
-        assert!(
-            !text.contains("floodgate_cluster"),
-            "no cluster, no cluster lines"
-        );
-    }
-
-    #[test]
-    fn prometheus_text_has_the_cluster_state_when_there_is_one() {
-        let health = crate::cluster::health::Health::default();
-        health.failed();
-        health.fell_back(crate::cluster::health::Failure::Timeout);
-        let mut snapshot = Metrics::default().snapshot();
-        snapshot.cluster = Some(health.snapshot(7));
-        let text = snapshot.prometheus();
-        assert!(text.contains("floodgate_cluster_degraded 1\n"), "{text}");
-        assert!(text.contains("floodgate_cluster_leases 7\n"), "{text}");
-        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"timeout\"} 1\n"));
-        assert!(text.contains("floodgate_cluster_fallbacks_total{reason=\"degraded\"} 0\n"));
     }
 }

@@ -8,23 +8,31 @@
 //! A batch crosses as a Float64Array and one Buffer; `wire.rs` has the layouts.
 
 use crate::wire;
-use floodgate_core::{JsBacklog, JsHost, JsRequest, WsEvent};
+use floodgate_core::{JsBacklog, JsHost, JsRequest, RejectCode, RejectEvent, WsEvent};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A batch filled from any thread and drained on the JS thread, with at most one delivery
 /// call pending.
 struct Batch<B> {
     state: Mutex<(B, bool)>,
+    /// When the pending delivery call was scheduled (µs since `epoch`, 0: none pending): how
+    /// long the JS thread has left it waiting is `NapiHost::js_delay`.
+    scheduled_at: AtomicU64,
+    epoch: Instant,
 }
 
 impl<B: Default> Batch<B> {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((B::default(), false)),
+            scheduled_at: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -32,13 +40,28 @@ impl<B: Default> Batch<B> {
     fn add(&self, add: impl FnOnce(&mut B)) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         add(&mut state.0);
-        !std::mem::replace(&mut state.1, true)
+        let schedule = !std::mem::replace(&mut state.1, true);
+        if schedule {
+            let now = self.epoch.elapsed().as_micros() as u64;
+            self.scheduled_at.store(now.max(1), Relaxed);
+        }
+        schedule
+    }
+
+    /// How long the pending delivery has waited for the JS thread.
+    fn waiting(&self) -> Option<Duration> {
+        let at = self.scheduled_at.load(Relaxed);
+        (at > 0).then(|| {
+            let now = self.epoch.elapsed().as_micros() as u64;
+            Duration::from_micros(now.saturating_sub(at))
+        })
     }
 
     /// Takes the batch (on the JS thread, as the call runs); the next addition schedules anew.
     fn take(&self) -> B {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.1 = false;
+        self.scheduled_at.store(0, Relaxed);
         std::mem::take(&mut state.0)
     }
 }
@@ -70,7 +93,57 @@ pub type WsBatch = FnArgs<(Float64Array, Vec<String>, Buffer)>;
 pub type OnWsEvents<'env> = Function<'env, WsBatch, ()>;
 type DeliverWsEvents = ThreadsafeFunction<(), (), WsBatch, Status, false, true>;
 
+/// A rejection event as JS receives it (`server.on('reject')`).
+#[napi_derive::napi(object)]
+pub struct JsRejectEvent {
+    pub reason: String,
+    pub address: Option<String>,
+    pub user: Option<String>,
+    pub route: Option<String>,
+    /// The HTTP status the client was answered with.
+    pub status: Option<u32>,
+    /// The WebSocket close code the session was closed with.
+    pub close_code: Option<u32>,
+    /// ms since the Unix epoch.
+    pub time: f64,
+    /// Events left out by `rejectEventsPerSecond` since the previous one.
+    pub dropped: f64,
+}
+
+impl From<RejectEvent> for JsRejectEvent {
+    fn from(event: RejectEvent) -> Self {
+        let (status, close_code) = match event.code {
+            Some(RejectCode::Status(status)) => (Some(status as u32), None),
+            Some(RejectCode::Close(code)) => (None, Some(code as u32)),
+            None => (None, None),
+        };
+        Self {
+            reason: event.reason.to_string(),
+            address: event.address,
+            user: event.user,
+            route: event.route,
+            status,
+            close_code,
+            time: event.time,
+            dropped: event.dropped as f64,
+        }
+    }
+}
+
+pub type OnRejects<'env> = Function<'env, Vec<JsRejectEvent>, ()>;
+type DeliverRejects = ThreadsafeFunction<(), (), Vec<JsRejectEvent>, Status, false, true>;
+
+/// Rejection events waiting for the JS thread, and the function that takes them once JS
+/// listens (`NativeServer::on_rejects`); until then they are dropped (already bounded and
+/// counted by the core).
+#[derive(Default)]
+struct Rejects {
+    batch: Option<Arc<Batch<Vec<RejectEvent>>>>,
+    deliver: Option<DeliverRejects>,
+}
+
 pub struct NapiHost {
+    rejects: Mutex<Rejects>,
     requests: Arc<Batch<Requests>>,
     aborts: Arc<Batch<Vec<f64>>>,
     deliver_requests: DeliverRequests,
@@ -123,6 +196,7 @@ impl NapiHost {
                 )))
             })?;
         Ok(Self {
+            rejects: Mutex::new(Rejects::default()),
             requests,
             aborts,
             deliver_requests,
@@ -133,7 +207,39 @@ impl NapiHost {
     }
 }
 
+impl NapiHost {
+    /// From now on rejection events go to `on_rejects`, in batches.
+    pub fn on_rejects(&self, on_rejects: &OnRejects) -> Result<()> {
+        let batch = Batch::<Vec<RejectEvent>>::new();
+        let drained = Arc::clone(&batch);
+        let deliver = on_rejects
+            .build_threadsafe_function::<()>()
+            .weak::<true>()
+            .build_callback(move |_: ThreadsafeCallContext<()>| {
+                Ok(drained.take().into_iter().map(Into::into).collect())
+            })?;
+        *self.rejects.lock().unwrap_or_else(|p| p.into_inner()) = Rejects {
+            batch: Some(batch),
+            deliver: Some(deliver),
+        };
+        Ok(())
+    }
+}
+
 impl JsHost for NapiHost {
+    fn js_delay(&self) -> Option<Duration> {
+        self.requests.waiting().max(self.ws_events.waiting())
+    }
+
+    fn reject_event(&self, event: RejectEvent) {
+        let rejects = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(batch), Some(deliver)) = (&rejects.batch, &rejects.deliver) {
+            if batch.add(|events| events.push(event)) {
+                deliver.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        }
+    }
+
     fn dispatch(&self, request: JsRequest) {
         let schedule = self
             .requests

@@ -11,7 +11,7 @@ mod wire;
 use floodgate_core::{
     BodyError, Bridge, ErrorKind, HubError, JsBody, JsFile, JsResponse, RunningServer, ServerSpec,
 };
-use host::{NapiHost, OnRequests, OnWsEvents};
+use host::{NapiHost, OnRejects, OnRequests, OnWsEvents};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,7 @@ pub struct BoundAddress {
 #[napi]
 pub struct NativeServer {
     bridge: Arc<Bridge>,
+    host: Arc<NapiHost>,
     running: Mutex<Option<Arc<RunningServer>>>,
 }
 
@@ -86,9 +87,10 @@ impl NativeServer {
         )]
         on_ws_events: OnWsEvents,
     ) -> Result<Self> {
-        let host = NapiHost::new(&on_requests, &on_aborts, &on_ws_events)?;
+        let host = Arc::new(NapiHost::new(&on_requests, &on_aborts, &on_ws_events)?);
         Ok(Self {
-            bridge: Bridge::new(Arc::new(host)),
+            bridge: Bridge::new(Arc::clone(&host) as Arc<dyn floodgate_core::JsHost>),
+            host,
             running: Mutex::new(None),
         })
     }
@@ -137,6 +139,15 @@ impl NativeServer {
             .clone()
     }
 
+    /// Rejection events (at most `rejectEventsPerSecond`) go to `onRejects`, in batches.
+    #[napi]
+    pub fn on_rejects(
+        &self,
+        #[napi(ts_arg_type = "(events: JsRejectEvent[]) => void")] on_rejects: OnRejects,
+    ) -> Result<()> {
+        self.host.on_rejects(&on_rejects)
+    }
+
     /// Counters and gauges, see `floodgate_core::metrics::Snapshot`.
     #[napi]
     pub fn stats(&self) -> Result<serde_json::Value, String> {
@@ -154,11 +165,27 @@ impl NativeServer {
         server.set_tls(options).map_err(coded)
     }
 
-    /// The same counters in the Prometheus text exposition format.
+    /// The bans in force (`ban`), most recently banned first.
     #[napi]
-    pub fn prometheus(&self) -> Result<String, String> {
+    pub fn bans(&self) -> Result<serde_json::Value, String> {
+        let server = self.running().ok_or_else(|| not_listening("bans"))?;
+        serde_json::to_value(server.bans())
+            .map_err(|err| Error::new("ERR_FLOODGATE_STATS".to_string(), err.to_string()))
+    }
+
+    /// Lifts a ban; `true` if one was in force.
+    #[napi]
+    pub fn unban(&self, client: String) -> Result<bool, String> {
+        let server = self.running().ok_or_else(|| not_listening("unban"))?;
+        server.unban(&client).map_err(coded)
+    }
+
+    /// The counters, gauges and histograms in the Prometheus text exposition format (0.0.4),
+    /// or as OpenMetrics when `openmetrics` is true.
+    #[napi]
+    pub fn prometheus(&self, openmetrics: Option<bool>) -> Result<String, String> {
         let server = self.running().ok_or_else(|| not_listening("prometheus"))?;
-        Ok(server.stats().prometheus())
+        Ok(server.metrics_text(openmetrics.unwrap_or(false)))
     }
 
     /// Stops accepting and drains for up to `drainMs` before aborting what is left.

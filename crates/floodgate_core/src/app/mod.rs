@@ -23,6 +23,7 @@ use crate::limit::bucket::{slowest_rate, ClientBuckets, Shaper};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::{policy_header, Decision, RequestLimiter};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::AppMetrics;
 use crate::upload::multipart::UploadHook;
 use crate::upload::{UploadLimits, UploadsMount};
 use crate::ws::upgrade::WsRoute;
@@ -58,9 +59,15 @@ pub struct StreamingApp {
     inflight: Arc<Semaphore>,
     /// The JS handler that names the user (`identify`), when the app has one.
     identify: Option<u32>,
+    /// What the app counts for the metrics (`app` label: its mount prefix).
+    metrics: Arc<AppMetrics>,
 }
 
 impl StreamingApp {
+    pub fn metrics(&self) -> &Arc<AppMetrics> {
+        &self.metrics
+    }
+
     /// The app mounted at `mount`; with a `cluster`, its caps and request rate are shared.
     pub fn build(
         spec: StreamingSpec,
@@ -112,7 +119,7 @@ impl StreamingApp {
                         return Err("ws: WebSockets need the JS bridge".into());
                     }
                     let path = route_path(mount, &prefix);
-                    let route = WsRoute::new(options, handlers, &config, cluster, path);
+                    let route = WsRoute::new(options, handlers, &config, cluster, path)?;
                     routes.insert(prefix, Route::Ws(route))
                 }
                 RouteSpec::Handler {
@@ -132,6 +139,7 @@ impl StreamingApp {
         }
         let buckets = |rate: u64| (rate > 0).then(|| ClientBuckets::new(rate, config.chunk_size));
         Ok(Self {
+            metrics: AppMetrics::new(mount),
             download_buckets: buckets(config.per_client_bandwidth),
             upload_buckets: buckets(config.per_client_upload_bandwidth),
             requests: match cluster {
@@ -201,13 +209,22 @@ impl StreamingApp {
                 Ok(user) => context.user = user,
                 Err(response) => return response,
             }
+            if context.user_banned() {
+                context.metrics.reject(Rejection::Banned);
+                return body::text(StatusCode::FORBIDDEN, "Forbidden\n");
+            }
         }
         let client = || ClientKey::new(context.user.as_deref(), context.client);
         let decision = match (&self.cluster_requests, &self.requests) {
             (Some(cluster), _) => match cluster.check(&client()).await {
                 RateOutcome::Decided(decision) => Some(decision),
                 RateOutcome::Unavailable => {
-                    context.metrics.reject(Rejection::RateLimited);
+                    context.metrics.refuse(
+                        context
+                            .refusal(Rejection::RateLimited)
+                            .route(request.uri().path())
+                            .status(503),
+                    );
                     return body::text_with(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Rate limits are unavailable, try again shortly\n",
@@ -220,7 +237,11 @@ impl StreamingApp {
             (None, None) => None,
         };
         if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
-            context.metrics.reject(Rejection::RateLimited);
+            context.refuse_with(
+                context
+                    .refusal(Rejection::RateLimited)
+                    .route(request.uri().path()),
+            );
             let mut response = body::text_with(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too Many Requests\n",
@@ -251,6 +272,7 @@ impl StreamingApp {
                     handler_timeout: self.config.handler_timeout,
                     inflight: &self.inflight,
                     metrics: &context.metrics,
+                    app: &context.app,
                 };
                 let delivery = self.delivery(&context);
                 call_js(request, target, limits, delivery).await
@@ -274,7 +296,11 @@ impl StreamingApp {
     {
         match self.routes.find(rel) {
             None => {
-                context.metrics.reject(Rejection::NotFound);
+                context.refuse_with(
+                    context
+                        .refusal(Rejection::NotFound)
+                        .route(request.uri().path()),
+                );
                 body::text(StatusCode::NOT_FOUND, "Not Found\n")
             }
             Some((Route::Files(files), rest)) => files.serve(
@@ -300,6 +326,7 @@ impl StreamingApp {
                             handler_timeout: self.config.handler_timeout,
                             inflight: &self.inflight,
                             metrics: &context.metrics,
+                            app: &context.app,
                         },
                         delivery: self.delivery(context),
                     }),
@@ -326,6 +353,7 @@ impl StreamingApp {
                     bridge,
                     bus: &context.bus,
                     metrics: &context.metrics,
+                    app: &context.app,
                     shutdown: context.shutdown.clone(),
                     keep_alive: self.config.sse_keep_alive,
                     handler_timeout: self.config.handler_timeout,

@@ -8,10 +8,12 @@
 //!
 //! `lease`: connection caps as leases in sorted sets; `rate`: GCRA request rates; `bus`: the
 //! topic bus across instances and its history, `wire` the form of an event between them;
+//! `bans`: offender bans shared by every instance;
 //! `health`: the degraded flag and the counters `stats().cluster` reports; `upkeep`: the one
 //! task that renews and releases leases and probes Redis while degraded.
 
 mod acquire;
+pub(crate) mod bans;
 pub(crate) mod bus;
 pub(crate) mod health;
 pub(crate) mod lease;

@@ -58,6 +58,76 @@ pub struct ServerConfig {
     /// Share caps, request rates and the topic bus with other instances through Redis.
     /// Absent: everything is per process, as without it.
     pub cluster: Option<ClusterConfig>,
+    /// Rejection events handed to JS (`server.on('reject')`) per second at most; the rest are
+    /// counted and reported as `dropped` by the next one. 0: no events.
+    pub reject_events_per_second: u32,
+    /// Size of the top offenders table in `stats()` (clients refused most often). 0: none.
+    pub top_offenders: u32,
+    /// New JS-handler requests are answered `503` + `Retry-After` without reaching JS while
+    /// the JS thread has left work waiting longer than this (its event loop is stuck or
+    /// behind). 0: never.
+    #[serde(deserialize_with = "duration")]
+    pub max_event_loop_delay: Duration,
+    /// New connections per second per client address (IPv6: per /64), checked at accept
+    /// before the per-IP cap: past it the connection is closed before a byte is read. 0
+    /// disables.
+    pub max_connection_rate_per_ip: u32,
+    /// Connections an address may open at once beyond that rate (GCRA burst); 0 means the
+    /// rate itself.
+    pub connection_rate_burst: u32,
+    /// Offender bans: an address (or user) refused `after` times within `within` is refused
+    /// at accept for `for`. Absent: no bans.
+    pub ban: Option<BanConfig>,
+}
+
+/// `ban`: when an offender is banned, for how long, who never is, and how many are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct BanConfig {
+    /// Refusals (of any reason but a ban) that ban their address or user.
+    pub after: u32,
+    /// ... counted within this window from the first of them.
+    #[serde(deserialize_with = "duration")]
+    pub within: Duration,
+    /// How long a ban lasts.
+    #[serde(rename = "for", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Addresses (CIDRs) never banned; the trusted proxies and load balancers never are either.
+    #[serde(deserialize_with = "cidrs")]
+    pub exempt: Vec<IpNet>,
+    /// Bans (and, apart, offenders being counted) kept at most; past it the least recently
+    /// banned is forgotten first, so a storm of spoofed addresses cannot grow the table.
+    pub max_entries: u32,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        Self {
+            after: 50,
+            within: Duration::from_secs(10),
+            duration: Duration::from_secs(300),
+            exempt: Vec::new(),
+            max_entries: 10_000,
+        }
+    }
+}
+
+impl BanConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.after == 0 {
+            return Err("ban.after: must be at least 1".into());
+        }
+        if self.within.is_zero() {
+            return Err("ban.within: must be greater than 0".into());
+        }
+        if self.duration.is_zero() {
+            return Err("ban.for: must be greater than 0".into());
+        }
+        if self.max_entries == 0 {
+            return Err("ban.maxEntries: must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `proxyProtocol`: who may send PROXY protocol headers (v1 or v2).
@@ -113,6 +183,12 @@ impl Default for ServerConfig {
             tls: None,
             proxy_protocol: None,
             cluster: None,
+            reject_events_per_second: 100,
+            top_offenders: 32,
+            max_event_loop_delay: Duration::ZERO,
+            max_connection_rate_per_ip: 0,
+            connection_rate_burst: 0,
+            ban: None,
         }
     }
 }
@@ -550,6 +626,8 @@ pub struct WsConfig {
     /// On a full queue: drop the oldest or the new message (counted), or close with 1013.
     pub overflow: Overflow,
     pub rate_limit_action: RateAction,
+    /// Messages checked in Rust before JS hears them (`ws::validate`). Absent: any message.
+    pub messages: Option<MessagesConfig>,
 }
 
 impl Default for WsConfig {
@@ -559,6 +637,59 @@ impl Default for WsConfig {
             queue_bytes: MIB,
             overflow: Overflow::DropOldest,
             rate_limit_action: RateAction::Close,
+            messages: None,
+        }
+    }
+}
+
+/// The form a route's messages must have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MessageFormat {
+    /// One JSON value per message (text, or binary holding UTF-8 JSON).
+    #[default]
+    Json,
+}
+
+/// What becomes of a message that breaks the route's `messages` rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InvalidAction {
+    /// Dropped and counted; the socket is closed with 1007 after `maxInvalid` of them.
+    #[default]
+    Drop,
+    /// The socket is closed with 1007 at the first.
+    Close,
+}
+
+/// `messages` on a WebSocket route: JSON, with bounds on its shape, optionally a JSON Schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MessagesConfig {
+    pub format: MessageFormat,
+    /// Nesting of arrays and objects (a scalar is depth 0). At most 128.
+    pub max_depth: u32,
+    /// Members of any one object.
+    pub max_keys: u32,
+    /// Characters of any one string (keys included). 0: no cap beyond the message size.
+    pub max_string_length: u32,
+    /// A JSON Schema (draft 2020-12 unless it names another with `$schema`), compiled once.
+    pub schema: Option<serde_json::Value>,
+    pub on_invalid: InvalidAction,
+    /// Invalid messages a socket may send before it is closed (1007); 0: never closed for it.
+    pub max_invalid: u32,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            format: MessageFormat::Json,
+            max_depth: 32,
+            max_keys: 1000,
+            max_string_length: 0,
+            schema: None,
+            on_invalid: InvalidAction::Drop,
+            max_invalid: 10,
         }
     }
 }
@@ -720,6 +851,10 @@ impl ServerConfig {
         if self.http2_max_pending_resets == 0 {
             return Err("http2MaxPendingResets: must be at least 1".into());
         }
+        // Each refusal scans the table once: keep it a table, not a database.
+        if self.top_offenders > 1024 {
+            return Err("topOffenders: must be at most 1024".into());
+        }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;
         }
@@ -732,6 +867,9 @@ impl ServerConfig {
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+        }
+        if let Some(ban) = &self.ban {
+            ban.validate()?;
         }
         Ok(())
     }
@@ -862,6 +1000,9 @@ impl WsConfig {
         }
         if self.queue_bytes < KIB {
             return Err("ws: queueBytes must be at least 1kb".into());
+        }
+        if let Some(messages) = &self.messages {
+            crate::ws::validate::MessageRules::new(messages)?;
         }
         Ok(())
     }

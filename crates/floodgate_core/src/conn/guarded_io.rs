@@ -22,6 +22,7 @@ use crate::conn::state::ConnState;
 use crate::delivery::zero_copy::stand_in_position;
 use crate::limit::conn::Slot;
 use crate::metrics::{LiveConnection, Metrics, Rejection};
+use crate::observe::reject::Refusal;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -179,6 +180,8 @@ pub struct GuardedIo<S> {
     linger: Option<Lingering>,
     /// An HTTP/2 client flooded control frames: it was sent GOAWAY and reads see its end.
     flooded: bool,
+    /// The last byte read was CR (a head that starts in the next read continues its line).
+    last_read_was_cr: bool,
     /// The client's connection slot and the live-connection count, held by the socket itself
     /// so they last exactly as long as it does, upgraded sessions included.
     _slot: Slot,
@@ -229,6 +232,7 @@ impl<S> GuardedIo<S> {
             write_timer_at: None,
             linger: None,
             flooded: false,
+            last_read_was_cr: false,
         }
     }
 
@@ -251,7 +255,11 @@ impl<S> GuardedIo<S> {
         self.phase = if started > done {
             Phase::InRequest
         } else {
-            Phase::Head(HeadProgress::new(false, Instant::now()))
+            let mut head = HeadProgress::new(false, Instant::now());
+            // Pipelined requests: hyper may already hold the start of this head, read with
+            // the previous request, so this read can begin between a CR and its LF.
+            head.previous_was_cr = self.last_read_was_cr;
+            Phase::Head(head)
         };
     }
 
@@ -292,7 +300,8 @@ impl<S> GuardedIo<S> {
         for (index, byte) in bytes.iter().enumerate() {
             head.framing.byte(*byte);
             if *byte == b'\n' && !head.previous_was_cr {
-                self.metrics.reject(Rejection::BadRequest);
+                self.metrics
+                    .refuse(Refusal::new(Rejection::BadRequest).client(self.state.client()));
                 return Err(HeadRefusal::BareLf);
             }
             head.previous_was_cr = *byte == b'\r';
@@ -320,7 +329,8 @@ impl<S> GuardedIo<S> {
         if (head.head_bytes > self.limits.max_header_size || too_many_lines)
             && head.preface_matched < head.head_bytes
         {
-            self.metrics.reject(Rejection::HeaderTooLarge);
+            self.metrics
+                .refuse(Refusal::new(Rejection::HeaderTooLarge).client(self.state.client()));
             return Err(HeadRefusal::TooLarge);
         }
         Ok(())
@@ -394,14 +404,16 @@ impl<S: AsyncWrite + SendFile + Unpin> GuardedIo<S> {
             Some(response) if Instant::now() >= response => Rejection::DownloadTimeout,
             _ => Rejection::SendTimeout,
         };
-        self.metrics.reject(reason);
+        self.metrics
+            .refuse(Refusal::new(reason).client(self.state.client()));
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, reason.as_str()))
     }
 
     /// Counts an HTTP/2 control-frame flood and tells the client with GOAWAY
     /// (`ENHANCE_YOUR_CALM`), written between hyper's frames at best: the connection ends.
     fn end_h2_flood(&mut self, cx: &mut Context<'_>) {
-        self.metrics.reject(Rejection::H2ControlFlood);
+        self.metrics
+            .refuse(Refusal::new(Rejection::H2ControlFlood).client(self.state.client()));
         self.flooded = true;
         if let Phase::Http2(frames) = &self.phase {
             let goaway = frames.goaway();
@@ -493,6 +505,9 @@ impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncRead for GuardedIo<S> {
             Poll::Ready(Ok(())) => {
                 let bytes = &buf.filled()[before..];
                 this.metrics.received(bytes.len());
+                if let Some(last) = bytes.last() {
+                    this.last_read_was_cr = *last == b'\r';
+                }
                 let refused = match &mut this.phase {
                     Phase::Head(_) if !bytes.is_empty() => this.on_head_bytes(bytes).err(),
                     Phase::Http2(frames) => frames
@@ -535,7 +550,9 @@ impl<S: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncRead for GuardedIo<S> {
                 match expiry {
                     Expiry::Idle => Poll::Ready(Ok(())),
                     Expiry::HeaderTimeout => {
-                        this.metrics.reject(Rejection::HeaderTimeout);
+                        this.metrics.refuse(
+                            Refusal::new(Rejection::HeaderTimeout).client(this.state.client()),
+                        );
                         this.write_final_response(cx, RESPONSE_408);
                         Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,

@@ -19,8 +19,13 @@ use crate::delivery::body::{self, Body, Tracked};
 use crate::error::Error;
 use crate::events::bus::Bus;
 use crate::js::bridge::Bridge;
+use crate::limit::ban::{self, BanEntry, Bans};
 use crate::limit::conn::{ConnectionLimiter, Slot};
+use crate::limit::key::{address_key, ClientKey};
+use crate::limit::rate::RequestLimiter;
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::app::Timing;
+use crate::observe::reject::Refusal;
 use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -29,7 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -46,6 +51,9 @@ struct Shared {
     mounts: MountTable<Arc<StreamingApp>>,
     metrics: Arc<Metrics>,
     limiter: Arc<ConnectionLimiter>,
+    /// New connections per address per second (`maxConnectionRatePerIp`).
+    connection_rate: Option<RequestLimiter>,
+    bans: Option<Arc<Bans>>,
     builder: auto::Builder<StreamExecutor>,
     default_send_timeout: Duration,
     bus: Arc<Bus>,
@@ -93,7 +101,22 @@ pub fn listen(
         None => None,
     };
     let listener = bind(addr, spec.reuse_port).map_err(|err| Error::listen(addr, &err))?;
-    let metrics = Arc::new(Metrics::default());
+    if let Some(bridge) = &bridge {
+        bridge.set_max_js_delay(spec.options.max_event_loop_delay);
+    }
+    let sink = bridge
+        .clone()
+        .map(|bridge| bridge as Arc<dyn crate::observe::reject::RejectSink>);
+    let apps = mounts
+        .values()
+        .map(|app| Arc::clone(app.metrics()))
+        .collect();
+    let metrics = Arc::new(Metrics::new(
+        spec.options.reject_events_per_second,
+        spec.options.top_offenders,
+        sink,
+        apps,
+    ));
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
         app.remove_stale_uploads(&metrics);
@@ -107,6 +130,19 @@ pub fn listen(
     if let Some(cluster) = &cluster {
         crate::cluster::bus::attach(cluster, &bus);
     }
+    let bans = spec.options.ban.clone().map(|ban| {
+        let mut trusted = spec.options.trust_proxy.clone();
+        if let Some(proxy) = &spec.options.proxy_protocol {
+            trusted.extend_from_slice(&proxy.trusted);
+        }
+        Arc::new(Bans::new(ban, &trusted))
+    });
+    if let Some(bans) = &bans {
+        metrics.strike_into(Arc::clone(bans));
+    }
+    if let (Some(cluster), Some(bans)) = (&cluster, &bans) {
+        crate::cluster::bans::attach(cluster, bans);
+    }
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -118,6 +154,12 @@ pub fn listen(
         abort: abort.clone(),
         builder: hyper_builder(&spec.options, &metrics),
         limiter: ConnectionLimiter::new(spec.options.max_connections_per_ip),
+        connection_rate: RequestLimiter::new(
+            spec.options.max_connection_rate_per_ip,
+            Duration::from_secs(1),
+            spec.options.connection_rate_burst,
+        ),
+        bans,
         metrics,
         mounts,
         config: spec.options,
@@ -212,7 +254,18 @@ impl RunningServer {
             .cluster
             .as_ref()
             .map(|cluster| cluster.snapshot());
+        snapshot.bans = self.shared.bans.as_ref().map(|bans| bans.snapshot());
         snapshot
+    }
+
+    /// The metrics as OpenMetrics text, or as Prometheus text (0.0.4) when `openmetrics` is
+    /// false (`observe::exposition`).
+    pub fn metrics_text(&self, openmetrics: bool) -> String {
+        crate::observe::exposition::encode(
+            Arc::clone(&self.shared.metrics),
+            self.stats(),
+            openmetrics,
+        )
     }
 
     /// The per-address connection slots (tests watch slots come back).
@@ -230,6 +283,30 @@ impl RunningServer {
         let options: TlsOptions = serde_path_to_error::deserialize(options)
             .map_err(|err| Error::option(format!("tls.{}: {}", err.path(), err.inner())))?;
         tls.replace(&options).map_err(Error::option)
+    }
+
+    /// The bans in force (`ban`), most recently banned first; empty without the option.
+    pub fn bans(&self) -> Vec<BanEntry> {
+        self.shared
+            .bans
+            .as_ref()
+            .map(|bans| bans.list())
+            .unwrap_or_default()
+    }
+
+    /// Lifts the ban of `client` (an address, an IPv6 `/64`, or `user:<id>`); `Ok(true)` if
+    /// one was in force.
+    pub fn unban(&self, client: &str) -> Result<bool, Error> {
+        let key = ban::parse_client(client).ok_or_else(|| {
+            Error::option(format!(
+                "unban: {client:?} is not an address, an IPv6 /64 or user:<id>"
+            ))
+        })?;
+        Ok(self
+            .shared
+            .bans
+            .as_ref()
+            .is_some_and(|bans| bans.unban(&key)))
     }
 
     /// The topic bus event streams subscribe to.
@@ -300,8 +377,8 @@ async fn accept_loop(
             tracker.spawn(task);
             continue;
         }
-        match shared.limiter.try_acquire(peer.ip()) {
-            Some(slot) => {
+        match shared.admit(peer.ip()) {
+            Ok(slot) => {
                 let task = serve_connection(
                     stream,
                     peer,
@@ -313,11 +390,44 @@ async fn accept_loop(
                 );
                 tracker.spawn(task);
             }
-            None => {
-                shared.metrics.reject(Rejection::ConnectionLimit);
+            Err(Rejection::ConnectionLimit) => {
                 tracker.spawn(refuse_connection(stream, abort.clone()));
             }
+            // Closed at once, before a byte is read.
+            Err(_) => drop(stream),
         }
+    }
+}
+
+impl Shared {
+    /// The checks of a new connection from `ip`, cheapest first: a ban and the connection
+    /// rate close it at once (`Err` with their reason), the per-address cap answers 429
+    /// (`Err(ConnectionLimit)`); each refusal is counted (the last two strike, as every
+    /// refusal naming its client does).
+    fn admit(&self, ip: IpAddr) -> Result<Slot, Rejection> {
+        if self
+            .bans
+            .as_ref()
+            .is_some_and(|bans| bans.is_banned_address(ip))
+        {
+            self.metrics
+                .refuse(Refusal::new(Rejection::Banned).client(ip));
+            return Err(Rejection::Banned);
+        }
+        let rate_exceeded = self
+            .connection_rate
+            .as_ref()
+            .is_some_and(|rate| !rate.check(&ClientKey::Address(address_key(ip))).allowed);
+        let refusal = if rate_exceeded {
+            Rejection::ConnectionRate
+        } else {
+            match self.limiter.try_acquire(ip) {
+                Some(slot) => return Ok(slot),
+                None => Rejection::ConnectionLimit,
+            }
+        };
+        self.metrics.refuse(Refusal::new(refusal).client(ip));
+        Err(refusal)
     }
 }
 
@@ -357,7 +467,9 @@ async fn serve_proxied(
         .expect("checked by the caller")
         .trusted;
     if !proxy_protocol::trusted(balancer.ip(), trusted) {
-        shared.metrics.reject(Rejection::ProxyProtocolUntrusted);
+        shared
+            .metrics
+            .refuse(Refusal::new(Rejection::ProxyProtocolUntrusted).client(balancer.ip()));
         return;
     }
     let deadline = accepted_at + shared.config.header_timeout;
@@ -368,18 +480,18 @@ async fn serve_proxied(
     let client = match header {
         Ok(client) => client,
         Err(reason) => {
-            shared.metrics.reject(reason);
+            shared
+                .metrics
+                .refuse(Refusal::new(reason).client(balancer.ip()));
             return;
         }
     };
-    match shared.limiter.try_acquire(client.ip()) {
-        Some(slot) => {
+    match shared.admit(client.ip()) {
+        Ok(slot) => {
             serve_connection(stream, client, accepted_at, slot, shared, shutdown, abort).await
         }
-        None => {
-            shared.metrics.reject(Rejection::ConnectionLimit);
-            refuse_connection(stream, abort).await
-        }
+        Err(Rejection::ConnectionLimit) => refuse_connection(stream, abort).await,
+        Err(_) => {}
     }
 }
 
@@ -422,6 +534,7 @@ async fn serve_connection(
     };
     let conn = Arc::new(
         ConnState::new(accepted_at, shared.default_send_timeout)
+            .with_client(peer.ip())
             .with_sendfile(shared.config.sendfile && socket.can_send_file()),
     );
     let limits = HeadLimits {
@@ -457,7 +570,7 @@ async fn serve_connection(
     tokio::select! {
         ended = connection.as_mut() => {
             if let Err(err) = ended {
-                count_h2_goaway(err.as_ref(), &shared.metrics);
+                count_h2_goaway(err.as_ref(), &shared.metrics, Some(peer.ip()));
             }
             return;
         }
@@ -472,15 +585,20 @@ async fn serve_connection(
 
 /// Counts an HTTP/2 connection that h2 ended with a GOAWAY of its own, by its reason: h2
 /// bounds rapid resets, CONTINUATION floods, header lists and empty DATA frames itself.
-fn count_h2_goaway(err: &(dyn std::error::Error + 'static), metrics: &Metrics) {
+fn count_h2_goaway(
+    err: &(dyn std::error::Error + 'static),
+    metrics: &Metrics,
+    client: Option<std::net::IpAddr>,
+) {
     let mut source = Some(err);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             if h2.is_go_away() && h2.is_library() {
-                metrics.reject(match h2.reason() {
+                let reason = match h2.reason() {
                     Some(h2::Reason::ENHANCE_YOUR_CALM) => Rejection::H2Flood,
                     _ => Rejection::H2ProtocolError,
-                });
+                };
+                metrics.refuse(Refusal::new(reason).client(client));
             }
             return;
         }
@@ -516,7 +634,9 @@ async fn h2_idle(conn: Arc<ConnState>, shared: &Shared) {
         let (started, done) = conn.progress();
         if started == 0 {
             if now >= first_request_by {
-                shared.metrics.reject(Rejection::HeaderTimeout);
+                shared
+                    .metrics
+                    .refuse(Refusal::new(Rejection::HeaderTimeout).client(conn.client()));
                 return;
             }
             at = first_request_by;
@@ -542,35 +662,70 @@ async fn handle(
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
     shared.metrics.request();
+    let started = std::time::Instant::now();
     // Read for every request, so a note about one head never applies to a later one.
     let length_and_chunks = conn.take_length_and_chunks();
     if matches!(request.version(), Version::HTTP_10 | Version::HTTP_11) {
         let refusal = conformance::check(request.version(), request.headers(), length_and_chunks)
             .or_else(|| conformance::check_target(request.uri(), request.headers()));
         if let Some(refusal) = refusal {
-            shared.metrics.reject(Rejection::BadRequest);
+            let status = refusal.status().as_u16();
+            shared.metrics.refuse(
+                Refusal::new(Rejection::BadRequest)
+                    .client(peer.ip())
+                    .route(request.uri().path())
+                    .status(status),
+            );
             return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
         }
     }
     let path = request.uri().path().to_string();
+    let mut timing = None;
     let response = match shared.mounts.find(&path) {
         Some((app, rel)) => {
+            let app_metrics = Arc::clone(app.metrics());
+            let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
+            // An address banned while its connection was open, or one known only from a
+            // trusted proxy's headers (that connection carries other clients too).
+            if shared
+                .bans
+                .as_ref()
+                .is_some_and(|bans| bans.is_banned_address(client))
+            {
+                shared.metrics.refuse(
+                    Refusal::new(Rejection::Banned)
+                        .client(client)
+                        .route(&path)
+                        .status(403),
+                );
+                return body::text(StatusCode::FORBIDDEN, "Forbidden\n")
+                    .map(|body: Body| Tracked::new(body, Arc::clone(conn)));
+            }
             let context = RequestContext {
-                client: client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy),
+                client,
                 user: None,
                 conn: Arc::clone(conn),
                 metrics: Arc::clone(&shared.metrics),
+                app: Arc::clone(app.metrics()),
                 bus: Arc::clone(&shared.bus),
                 shutdown: shared.shutdown.clone(),
                 tracker: shared.tracker.clone(),
                 abort: shared.abort.clone(),
+                bans: shared.bans.clone(),
             };
-            app.handle(request, rel, context).await
+            let response = app.handle(request, rel, context).await;
+            timing = Some(Timing::head_ready(app_metrics, started));
+            response
         }
         None => {
-            shared.metrics.reject(Rejection::NotFound);
+            let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
+            shared.metrics.refuse(
+                Refusal::new(Rejection::NotFound)
+                    .client(client)
+                    .route(&path),
+            );
             body::text(StatusCode::NOT_FOUND, "Not Found\n")
         }
     };
-    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)))
+    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)).with_timing(timing))
 }

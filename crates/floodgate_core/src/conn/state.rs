@@ -45,6 +45,9 @@ pub struct ConnState {
     sendfile: bool,
     /// The file pieces whose stand-ins hyper is writing.
     file_pieces: FilePieces,
+    /// The peer (or the address a PROXY protocol header named): who refusals of this
+    /// connection are reported against.
+    client: Option<std::net::IpAddr>,
 }
 
 impl ConnState {
@@ -66,7 +69,18 @@ impl ConnState {
             length_and_chunks: std::sync::atomic::AtomicBool::new(false),
             sendfile: false,
             file_pieces: FilePieces::default(),
+            client: None,
         }
+    }
+
+    /// The client refusals of this connection name (`observe::reject`).
+    pub fn with_client(mut self, client: std::net::IpAddr) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    pub fn client(&self) -> Option<std::net::IpAddr> {
+        self.client
     }
 
     /// Lets file bodies of this connection go out with `sendfile` while it speaks HTTP/1.1.

@@ -2,6 +2,7 @@
 
 use crate::conn::h2_stream::{self, StreamWatch};
 use crate::conn::state::ConnState;
+use crate::observe::app::Timing;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -77,6 +78,8 @@ pub struct Tracked {
     inner: Body,
     state: Option<Arc<ConnState>>,
     stream: Option<Arc<StreamWatch>>,
+    /// The request's duration and bytes, observed for its app when the body ends.
+    timing: Option<Timing>,
 }
 
 impl Tracked {
@@ -89,10 +92,19 @@ impl Tracked {
             inner,
             state: Some(state),
             stream,
+            timing: None,
         }
     }
 
+    pub fn with_timing(mut self, timing: Option<Timing>) -> Self {
+        self.timing = timing;
+        self
+    }
+
     fn finish(&mut self) {
+        if let Some(timing) = self.timing.take() {
+            timing.finish();
+        }
         if let Some(state) = self.state.take() {
             state.response_done();
         }
@@ -112,6 +124,9 @@ impl HttpBody for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(timing)) = (&polled, &mut this.timing) {
+            timing.sent(frame.data_ref().map_or(0, |data| data.len()));
+        }
         match (&polled, &this.stream) {
             (Poll::Ready(None) | Poll::Ready(Some(Err(_))), _) => this.finish(),
             (Poll::Ready(Some(Ok(_))), Some(stream)) => stream.handed(),

@@ -18,6 +18,8 @@ use crate::limit::conn::ConnectionLimiter;
 use crate::limit::key::ClientKey;
 use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::app::{AppMetrics, Kind, Live};
+use crate::observe::reject;
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -52,6 +54,8 @@ pub struct SseRoute {
 /// What the app and the server lend an SSE connection.
 pub struct SseContext<'a> {
     pub conn: &'a Arc<ConnState>,
+    /// The app's counts: the stream is one of its open streams.
+    pub app: &'a Arc<AppMetrics>,
     pub bridge: &'a Arc<Bridge>,
     pub bus: &'a Arc<Bus>,
     pub metrics: &'a Arc<Metrics>,
@@ -134,8 +138,18 @@ impl SseRoute {
             return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
         }
         let key = ClientKey::new(setup.user.as_deref(), context.client);
+        let refuse = |status: u16| {
+            context.metrics.refuse(
+                reject::Refusal::new(Rejection::SseLimit)
+                    .app(context.app)
+                    .client(context.client)
+                    .user(setup.user.as_deref())
+                    .route(request.uri().path())
+                    .status(status),
+            )
+        };
         let per_user = || {
-            context.metrics.reject(Rejection::SseLimit);
+            refuse(429);
             too_many(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many event streams for this user\n",
@@ -149,7 +163,7 @@ impl SseRoute {
                     Ok(admission) => admission,
                     Err(Refusal::AtCap(_)) => return per_user(),
                     Err(Refusal::Unavailable) => {
-                        context.metrics.reject(Rejection::SseLimit);
+                        refuse(503);
                         return too_many(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "Connection limits are unavailable, try again shortly\n",
@@ -165,7 +179,7 @@ impl SseRoute {
             return per_user();
         };
         let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() else {
-            context.metrics.reject(Rejection::SseLimit);
+            refuse(503);
             return too_many(StatusCode::SERVICE_UNAVAILABLE, "Too many event streams\n");
         };
         let queue = Arc::new(EventQueue::new(
@@ -223,6 +237,7 @@ impl SseRoute {
             reason: CloseReason::Client,
         });
         let held = Held {
+            _live: Live::new(context.app, Kind::SseStream),
             _lease: admission.map(|admission| admission.lease),
             _slot: slot,
             _permit: permit,
@@ -428,7 +443,9 @@ impl Sink for EventQueue {
         }
         match state.events.push(event.clone()) {
             Pushed::Queued { dropped } => {
+                let depth = state.events.len();
                 drop(state);
+                self.metrics.sse_queue_depth.observe(depth as u64);
                 self.metrics
                     .reject_many(Rejection::SseEventDropped, dropped);
                 self.waker.wake();
@@ -479,6 +496,7 @@ impl Drop for OnClose {
 
 /// What an open stream holds: its slots, its subscription, its close notice.
 struct Held {
+    _live: Live,
     _lease: Option<Lease>,
     _slot: crate::limit::conn::Slot<ClientKey>,
     _permit: OwnedSemaphorePermit,

@@ -12,6 +12,7 @@ use crate::delivery::file_body::Segment;
 use crate::delivery::Delivery;
 use crate::files::disposition::{content_disposition, DispositionKind};
 use crate::metrics::Rejection;
+use crate::observe::reject::Refusal;
 use bytes::Bytes;
 use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, IfRange, LastModified};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -69,7 +70,9 @@ impl FilesMount {
         delivery: Delivery,
     ) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
-            delivery.metrics.reject(Rejection::MethodNotAllowed);
+            delivery
+                .metrics
+                .refuse(Refusal::new(Rejection::MethodNotAllowed).client(delivery.conn.client()));
             return body::method_not_allowed("GET, HEAD");
         }
         match safe_path::resolve(&self.root, rel) {
@@ -203,7 +206,9 @@ pub fn serve_file(
             (StatusCode::PARTIAL_CONTENT, content_length, segments)
         }
         RangeOutcome::Unsatisfiable => {
-            delivery.metrics.reject(Rejection::RangeNotSatisfiable);
+            delivery.metrics.refuse(
+                Refusal::new(Rejection::RangeNotSatisfiable).client(delivery.conn.client()),
+            );
             response_headers.insert(
                 header::CONTENT_RANGE,
                 header_value(format!("bytes */{len}")),
@@ -227,7 +232,9 @@ pub fn serve_file(
 }
 
 fn not_found(delivery: &Delivery) -> Response<Body> {
-    delivery.metrics.reject(Rejection::NotFound);
+    delivery
+        .metrics
+        .refuse(Refusal::new(Rejection::NotFound).client(delivery.conn.client()));
     body::text(StatusCode::NOT_FOUND, "Not Found\n")
 }
 

@@ -9,6 +9,7 @@
 use crate::conn::conformance::malformed_body;
 use crate::js::stream::{self, StreamReader, StreamWriter};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::{RejectEvent, RejectSink};
 use crate::ws::hub::{WsEvent, WsHub};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
@@ -74,6 +75,13 @@ pub trait JsHost: Send + Sync + 'static {
     /// A WebSocket session opened, received a message, or closed. Must not block; events of
     /// one session must reach JS in the order given.
     fn ws_event(&self, event: WsEvent);
+    /// A refusal, within the per-second bound (`observe::reject`). Must not block.
+    fn reject_event(&self, _event: RejectEvent) {}
+    /// How long the oldest work handed to JS and not yet taken by the JS thread has waited;
+    /// `None` when nothing waits (or the host cannot tell). Must be cheap.
+    fn js_delay(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Why reading a request body for JS failed. `TooLarge`, `Timeout` and `Malformed` are the
@@ -134,11 +142,19 @@ pub struct Bridge {
     next_id: AtomicU64,
     /// Open WebSocket sessions, which JS sends to by id.
     ws: Arc<WsHub>,
+    /// `maxEventLoopDelay` in µs (0: off), set at `listen`.
+    max_js_delay_us: AtomicU64,
 }
 
 /// The exchange is over: the client left, the handler timed out, or it was already answered.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Gone;
+
+impl RejectSink for Bridge {
+    fn reject_event(&self, event: RejectEvent) {
+        self.host.reject_event(event);
+    }
+}
 
 impl Bridge {
     pub fn new(host: Arc<dyn JsHost>) -> Arc<Self> {
@@ -148,7 +164,25 @@ impl Bridge {
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             ws: WsHub::new(),
+            max_js_delay_us: AtomicU64::new(0),
         })
+    }
+
+    /// New JS requests are shed while JS leaves work waiting longer than `max` (0: never).
+    pub(crate) fn set_max_js_delay(&self, max: Duration) {
+        self.max_js_delay_us
+            .store(max.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The JS thread is behind by more than `maxEventLoopDelay`: new requests must not wait
+    /// for it.
+    pub(crate) fn overloaded(&self) -> bool {
+        let max = self.max_js_delay_us.load(Ordering::Relaxed);
+        max > 0
+            && self
+                .host
+                .js_delay()
+                .is_some_and(|delay| delay.as_micros() as u64 > max)
     }
 
     pub fn ws_hub(&self) -> &Arc<WsHub> {

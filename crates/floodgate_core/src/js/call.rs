@@ -7,6 +7,7 @@ use crate::delivery::Delivery;
 use crate::files::{serve_file, FileOptions};
 use crate::js::bridge::{BodySource, Bridge, Call, JsBody, JsFile, JsRequest, JsResponse};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::Refusal;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
@@ -22,6 +23,8 @@ pub struct JsLimits<'a> {
     pub handler_timeout: Duration,
     pub inflight: &'a Arc<Semaphore>,
     pub metrics: &'a Arc<Metrics>,
+    /// The app's own counts of its refusals.
+    pub app: &'a crate::observe::app::AppMetrics,
 }
 
 pub struct JsTarget<'a> {
@@ -46,12 +49,27 @@ where
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    let refusal = |reason| {
+        Refusal::new(reason)
+            .app(limits.app)
+            .client(target.client)
+            .route(request.uri().path())
+    };
     if declared.is_some_and(|length| length > limits.max_body) {
-        limits.metrics.reject(Rejection::BodyTooLarge);
+        limits.metrics.refuse(refusal(Rejection::BodyTooLarge));
         return body::closing(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
     }
+    if target.bridge.overloaded() {
+        limits.metrics.refuse(refusal(Rejection::EventLoopOverload));
+        return body::text_with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable\n",
+            header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+    }
     let Ok(permit) = Arc::clone(limits.inflight).try_acquire_owned() else {
-        limits.metrics.reject(Rejection::InflightLimit);
+        limits.metrics.refuse(refusal(Rejection::InflightLimit));
         return body::text_with(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable\n",
@@ -59,6 +77,7 @@ where
             HeaderValue::from_static("1"),
         );
     };
+    let route = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD)
         && (declared.is_some_and(|length| length > 0)
@@ -81,10 +100,16 @@ where
             Arc::clone(limits.metrics),
         )
     });
+    let target_client = target.client;
     let mut call = target.bridge.start(js_request, source, Some(permit));
     let js_response = match tokio::time::timeout(limits.handler_timeout, call.response()).await {
         Err(_) => {
-            limits.metrics.reject(Rejection::HandlerTimeout);
+            limits.metrics.refuse(
+                Refusal::new(Rejection::HandlerTimeout)
+                    .app(limits.app)
+                    .client(target_client)
+                    .route(&route),
+            );
             return body::text(StatusCode::SERVICE_UNAVAILABLE, "Handler timed out\n");
         }
         Ok(None) => {
@@ -103,6 +128,7 @@ pub async fn ask<B>(
     handler_timeout: Duration,
     metrics: &Metrics,
 ) -> Result<Bytes, Response<Body>> {
+    let client = target.client;
     let js_request = JsRequest {
         id: 0,
         handler: target.handler,
@@ -115,7 +141,11 @@ pub async fn ask<B>(
     };
     let mut call = target.bridge.start(js_request, None, None);
     let Ok(answer) = tokio::time::timeout(handler_timeout, call.response()).await else {
-        metrics.reject(Rejection::HandlerTimeout);
+        metrics.refuse(
+            Refusal::new(Rejection::HandlerTimeout)
+                .client(client)
+                .route(request.uri().path()),
+        );
         return Err(body::text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Handler timed out\n",

@@ -23,6 +23,13 @@ pub struct Slot<K: Hash + Eq + Clone = IpAddr> {
     key: K,
 }
 
+impl<K: Hash + Eq + Clone> Slot<K> {
+    /// Whom the slot counts against.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+}
+
 impl<K: Hash + Eq + Clone> ConnectionLimiter<K> {
     pub fn new(max: u32) -> Arc<Self> {
         Arc::new(Self {

@@ -39,6 +39,16 @@ impl ClientKey {
     }
 }
 
+impl ClientKey {
+    /// The user, when the key is one.
+    pub(crate) fn user(&self) -> Option<&str> {
+        match self {
+            ClientKey::User(user) => Some(user),
+            ClientKey::Address(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -77,6 +77,11 @@ impl<T: Weighed> BoundedQueue<T> {
         self.items.is_empty()
     }
 
+    /// Items queued.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// The weight of what is queued.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes

@@ -2,6 +2,7 @@
 //! within `headerTimeout` of accept, and a failure is counted by its reason, never logged.
 
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::Refusal;
 use rustls::{Error as TlsError, PeerIncompatible};
 use std::io;
 use std::sync::Arc;
@@ -17,15 +18,16 @@ pub async fn accept(
     deadline: Instant,
     metrics: &Metrics,
 ) -> Option<TlsStream<TcpStream>> {
+    let client = stream.peer_addr().ok().map(|peer| peer.ip());
     let handshake = TlsAcceptor::from(config).accept(stream);
     match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(err)) => {
-            metrics.reject(failure_reason(&err));
+            metrics.refuse(Refusal::new(failure_reason(&err)).client(client));
             None
         }
         Err(_) => {
-            metrics.reject(Rejection::TlsHandshakeTimeout);
+            metrics.refuse(Refusal::new(Rejection::TlsHandshakeTimeout).client(client));
             None
         }
     }

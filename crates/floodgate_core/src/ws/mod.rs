@@ -6,6 +6,7 @@ pub(crate) mod frame;
 pub(crate) mod hub;
 pub(crate) mod session;
 pub(crate) mod upgrade;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -10,17 +10,21 @@
 //! with `1009`; permessage-deflate is never negotiated, so no inflated size can exceed what
 //! was read.
 
-use crate::config::RateAction;
+use crate::config::{InvalidAction, RateAction};
 use crate::conn::guarded_io::{GuardedIo, SocketGuard};
 use crate::conn::linger::linger;
 use crate::conn::socket::Socket;
 use crate::js::bridge::Bridge;
+use crate::limit::ban::Bans;
 use crate::limit::bucket::{direct_limiter, DirectLimiter};
+use crate::limit::key::ClientKey;
 use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::reject::{Code, Refusal as RejectRefusal};
 use crate::ws::frame::{self, Assembler, Incoming, ReadError};
 use crate::ws::hub::{Registration, WsEvent};
 use crate::ws::upgrade::Held;
+use crate::ws::validate::MessageRules;
 use bytes::{Buf, Bytes, BytesMut};
 use governor::clock::Clock;
 use governor::Quota;
@@ -71,6 +75,30 @@ pub struct SessionLimits {
     pub route: u32,
     /// JS hears this route's sockets (see `WsConfig::js_events`).
     pub js_events: bool,
+    /// The route's `messages` rules, checked before JS hears a message.
+    pub messages: Option<Arc<MessagePolicy>>,
+}
+
+/// A route's `messages` rules and what an invalid message costs the socket.
+pub struct MessagePolicy {
+    pub rules: MessageRules,
+    pub on_invalid: InvalidAction,
+    pub max_invalid: u32,
+}
+
+/// A session's invalid messages so far, and whom closing it for them strikes toward a ban.
+pub struct Validation {
+    invalid: u32,
+    offender: Option<(Arc<Bans>, ClientKey)>,
+}
+
+impl Validation {
+    pub fn new(offender: Option<(Arc<Bans>, ClientKey)>) -> Self {
+        Self {
+            invalid: 0,
+            offender,
+        }
+    }
 }
 
 /// Everything a session needs, handed over by the upgrade.
@@ -87,6 +115,8 @@ pub struct SessionStart {
     /// the token itself bounds the wait for the upgrade and the lingering close.
     pub abort: CancellationToken,
     pub held: Held,
+    /// Present on routes with `messages` rules.
+    pub validation: Option<Box<Validation>>,
 }
 
 /// The socket as the HTTP side hands it over (see `server::serve_connection`).
@@ -123,6 +153,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         metrics,
         held,
         abort,
+        validation,
     } = *start;
     drop(on_upgrade);
     let registration = bridge.ws_hub().register(limits.queue, Arc::clone(&metrics));
@@ -164,6 +195,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
         paused_until: None,
         timer: None,
         timer_at: None,
+        validation,
     }))
 }
 
@@ -319,6 +351,8 @@ struct Session {
     /// Armed for the nearest deadline; created with the first one.
     timer: Option<Pin<Box<Sleep>>>,
     timer_at: Option<Instant>,
+    /// Only on routes with `messages` rules.
+    validation: Option<Box<Validation>>,
 }
 
 impl Session {
@@ -561,7 +595,8 @@ impl Session {
         if let Some(wait) = self.over_rate(&incoming) {
             match self.limits.rate_action {
                 RateAction::Close => {
-                    self.metrics.reject(Rejection::WsRateLimited);
+                    self.metrics
+                        .refuse(self.guards.held.refusal(Rejection::WsRateLimited));
                     self.begin_close(1008, "Rate limit exceeded");
                     return Flow::Continue;
                 }
@@ -613,9 +648,13 @@ impl Session {
         };
     }
 
-    /// A data message within the rate: count it and hand it to JS.
+    /// A data message within the rate: count it and, valid under the route's `messages`
+    /// rules, hand it to JS.
     fn deliver(&mut self, data: Bytes, binary: bool) {
-        self.metrics.ws_received();
+        self.metrics.ws_received(data.len());
+        if !self.valid(&data) {
+            return;
+        }
         if !self.limits.js_events {
             return;
         }
@@ -626,6 +665,29 @@ impl Session {
             binary,
             backlog,
         });
+    }
+
+    /// Whether `data` passes the route's `messages` rules; an invalid message is counted, and
+    /// closes the session (1007, a strike toward a ban) when the policy says so.
+    fn valid(&mut self, data: &[u8]) -> bool {
+        let (Some(policy), Some(validation)) = (&self.limits.messages, &mut self.validation) else {
+            return true;
+        };
+        if policy.rules.check(data).is_ok() {
+            return true;
+        }
+        self.metrics.reject(Rejection::WsInvalidMessage);
+        validation.invalid = validation.invalid.saturating_add(1);
+        let close = policy.on_invalid == InvalidAction::Close
+            || (policy.max_invalid > 0 && validation.invalid > policy.max_invalid);
+        if close && matches!(self.state, State::Open) {
+            if let Some((bans, client)) = validation.offender.take() {
+                bans.strike(client);
+            }
+            self.reading_done = true;
+            self.begin_close(1007, "Invalid message");
+        }
+        false
     }
 
     /// The client's input broke a rule: close with its code and read no more.
@@ -639,15 +701,21 @@ impl Session {
         }
         match err {
             ReadError::TooBig => {
-                self.metrics.reject(Rejection::WsMessageTooLarge);
+                self.metrics
+                    .refuse(self.guards.held.refusal(Rejection::WsMessageTooLarge));
                 self.begin_close(1009, "Message too big");
             }
             ReadError::BadUtf8 => {
-                self.metrics.reject(Rejection::WsProtocolError);
+                let refusal = self.guards.held.refusal(Rejection::WsProtocolError);
+                self.metrics.refuse(RejectRefusal {
+                    code: Some(Code::Close(1007)),
+                    ..refusal
+                });
                 self.begin_close(1007, "Invalid UTF-8");
             }
             ReadError::Protocol => {
-                self.metrics.reject(Rejection::WsProtocolError);
+                self.metrics
+                    .refuse(self.guards.held.refusal(Rejection::WsProtocolError));
                 self.begin_close(1002, "Protocol error");
             }
         }
@@ -702,7 +770,8 @@ impl Session {
             self.registration.handle.waker.wake();
         }
         if self.stall_deadline().is_some_and(|at| now >= at) {
-            self.metrics.reject(Rejection::SendTimeout);
+            self.metrics
+                .refuse(self.guards.held.refusal(Rejection::SendTimeout));
             return Some(self.end_abnormally());
         }
         match &self.state {
@@ -714,11 +783,13 @@ impl Session {
                 let limits = &self.limits;
                 if !limits.idle_timeout.is_zero() && now >= self.last_activity + limits.idle_timeout
                 {
-                    self.metrics.reject(Rejection::WsIdleTimeout);
+                    self.metrics
+                        .refuse(self.guards.held.refusal(Rejection::WsIdleTimeout));
                     self.begin_close(1000, "Idle timeout");
                 } else if let Some(sent) = self.ping_sent {
                     if now >= sent + limits.pong_timeout {
-                        self.metrics.reject(Rejection::WsPongTimeout);
+                        self.metrics
+                            .refuse(self.guards.held.refusal(Rejection::WsPongTimeout));
                         return Some(End::dropped());
                     }
                 } else if !limits.ping_interval.is_zero()

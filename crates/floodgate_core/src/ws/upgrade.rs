@@ -14,7 +14,10 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::queue::QueueLimits;
 use crate::metrics::Rejection;
-use crate::ws::session::{self, SessionLimits, SessionStart};
+use crate::observe::app::{Kind, Live};
+use crate::observe::reject;
+use crate::ws::session::{self, MessagePolicy, SessionLimits, SessionStart, Validation};
+use crate::ws::validate::MessageRules;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -43,6 +46,21 @@ pub struct Held {
     _ip: Slot<IpAddr>,
     _permit: OwnedSemaphorePermit,
     _lease: Option<Lease>,
+    /// The app's open-socket gauge, held up while the session lives.
+    live: Option<Live>,
+}
+
+impl Held {
+    /// A refusal of the session's client and user (`observe::reject`).
+    pub(crate) fn refusal(&self, reason: Rejection) -> reject::Refusal<'_> {
+        let refusal = reject::Refusal::new(reason)
+            .client(*self._ip.key())
+            .user(self._user.key().user());
+        match &self.live {
+            Some(live) => refusal.app(live.app()),
+            None => refusal,
+        }
+    }
 }
 
 impl WsRoute {
@@ -53,7 +71,15 @@ impl WsRoute {
         app: &StreamingConfig,
         cluster: Option<&Arc<Cluster>>,
         path: String,
-    ) -> Self {
+    ) -> Result<Self, String> {
+        let messages = match &config.messages {
+            Some(messages) => Some(Arc::new(MessagePolicy {
+                rules: MessageRules::new(messages)?,
+                on_invalid: messages.on_invalid,
+                max_invalid: messages.max_invalid,
+            })),
+            None => None,
+        };
         let limits = Arc::new(SessionLimits {
             max_message_size: app.ws_max_message_size as usize,
             idle_timeout: app.ws_idle_timeout,
@@ -71,11 +97,12 @@ impl WsRoute {
             },
             route: handlers.route,
             js_events: handlers.js_events,
+            messages,
         });
         // With a cluster, local slots are capped only at this instance's share, and only
         // while Redis fails under the `local` policy.
         let local = |cap: u32| cluster.map_or(cap, |cluster| cluster.config().share(cap));
-        Self {
+        Ok(Self {
             per_user: ConnectionLimiter::new(local(app.ws_max_connections_per_user)),
             per_ip: ConnectionLimiter::new(local(app.ws_max_connections_per_ip)),
             total: Arc::new(Semaphore::new(app.ws_max_connections as usize)),
@@ -85,7 +112,7 @@ impl WsRoute {
             path,
             per_user_cap: app.ws_max_connections_per_user,
             per_ip_cap: app.ws_max_connections_per_ip,
-        }
+        })
     }
 
     /// Checks and answers an upgrade request; `url` is what `authenticate` sees.
@@ -101,7 +128,13 @@ impl WsRoute {
             Ok(key) => key,
             Err(response) => {
                 // Refused before the 101: no session, so not a protocol close.
-                context.metrics.reject(Rejection::WsBadHandshake);
+                let status = response.status().as_u16();
+                context.metrics.refuse(
+                    context
+                        .refusal(Rejection::WsBadHandshake)
+                        .route(request.uri().path())
+                        .status(status),
+                );
                 return *response;
             }
         };
@@ -119,19 +152,38 @@ impl WsRoute {
                 Err(response) => return response,
             }
         }
-        let held = match self.acquire(user.as_deref(), context.client).await {
+        let mut held = match self.acquire(user.as_deref(), context.client).await {
             Ok(held) => held,
             Err(response) => {
-                context.metrics.reject(Rejection::WsLimit);
+                let status = response.status().as_u16();
+                context.metrics.refuse(
+                    reject::Refusal::new(Rejection::WsLimit)
+                        .app(&context.app)
+                        .client(context.client)
+                        .user(user.as_deref())
+                        .route(request.uri().path())
+                        .status(status),
+                );
                 return *response;
             }
         };
+        held.live = Some(Live::new(&context.app, Kind::WebSocket));
         let on_upgrade = hyper::upgrade::on(&mut request);
         context.conn.mark_upgraded();
         bridge.ws_hub().watch(&context.shutdown, &context.abort);
+        let validation = self.limits.messages.as_ref().map(|_| {
+            let offender = context.bans.as_ref().map(|bans| {
+                (
+                    Arc::clone(bans),
+                    ClientKey::new(user.as_deref(), context.client),
+                )
+            });
+            Box::new(Validation::new(offender))
+        });
         let start = Box::new(SessionStart {
             on_upgrade,
             limits: Arc::clone(&self.limits),
+            validation,
             user,
             client: context.client,
             url,
@@ -207,6 +259,7 @@ impl WsRoute {
             _ip: ip_slot,
             _permit: permit,
             _lease: admission.map(|admission| admission.lease),
+            live: None,
         })
     }
 }
