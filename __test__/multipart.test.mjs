@@ -20,6 +20,7 @@ import {
   chromiumTool,
   needs,
   openInChromium,
+  serverProcess,
 } from './helpers.mjs'
 
 const MiB = 1024 * 1024
@@ -82,8 +83,8 @@ test('fetch with FormData: files stored under sanitised names, fields handed bac
     { field: 'notes', name: 'env', originalName: '.env', size: two.length, sha256: sha256(two), type: 'text/plain' },
   ])
   t.deepEqual(files(root), ['env', 'photo.png'])
-  t.deepEqual(readFileSync(join(root, 'photo.png')), one)
-  t.deepEqual(readFileSync(join(root, 'env')), two)
+  t.is(sha256(readFileSync(join(root, 'photo.png'))), sha256(one))
+  t.is(sha256(readFileSync(join(root, 'env'))), sha256(two))
 })
 
 needs(curlTool, test)('curl -F over HTTP/1.1 and over h2c stores both files', async (t) => {
@@ -326,8 +327,34 @@ test('raw uploads to a name are unchanged; multipart is parsed only when POSTed 
   const { port, root } = await start(t)
   const body = multipart('XyZ', [{ name: 'f', filename: 'x.txt', data: 'x' }])
   t.is((await raw(port, body, { path: '/stream/up/raw.bin' })).status, 201)
-  t.deepEqual(readFileSync(join(root, 'raw.bin')), body)
+  t.is(sha256(readFileSync(join(root, 'raw.bin'))), sha256(body))
   t.is((await raw(port, Buffer.from('x'), { contentType: 'text/plain' })).status, 404)
+})
+
+test('a form of 1,000 × 64 KiB files keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
+  const dir = fixture()
+  t.teardown(dir.cleanup)
+  const { port, rss } = await serverProcess(
+    t,
+    `const { Server, StreamingApp } = floodgate
+    const server = new Server()
+    const app = new StreamingApp({ maxUploadSize: '1gb', rateLimitRequests: 0 })
+    app.uploads('/up', { dir: ${JSON.stringify(dir.root)}, fsync: false, multipart: { maxFiles: 1000 } })
+    server.mount('/', app)
+    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`,
+  )
+  const parts = Array.from({ length: 1000 }, (_, i) => ({ name: `f${i}`, filename: `f${i}.bin`, data: Buffer.alloc(64 * 1024, i % 251) }))
+  t.is((await raw(port, multipart('XyZ', parts.slice(0, 10)), { path: '/up' })).status, 201) // warm up
+  const before = rss()
+  let peak = before
+  const sampler = setInterval(() => (peak = Math.max(peak, rss())), 10)
+  const response = await raw(port, multipart('XyZ', parts), { path: '/up' })
+  clearInterval(sampler)
+  t.is(response.status, 201)
+  t.is(files(dir.root).length, 1000)
+  const growth = (peak - before) / MiB
+  t.true(growth < 16, `server RSS grew ${growth.toFixed(1)} MiB`)
+  t.log(`server RSS growth during a 1,000-file form: ${growth.toFixed(1)} MiB`)
 })
 
 test('bad multipart options throw a TypeError naming the option', (t) => {

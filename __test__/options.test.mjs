@@ -47,7 +47,9 @@ const PAIRS = [
   ['ServerOptions', 'ServerConfig', ['overrideGlobalResponse']],
   ['StreamingOptions', 'StreamingConfig', ['identify']],
   ['FilesOptions', 'FilesConfig', []],
-  ['UploadsOptions', 'UploadsConfig', []],
+  ['UploadsOptions', 'UploadsConfig', ['onUpload']],
+  ['MultipartOptions', 'MultipartConfig', []],
+  ['ResumableOptions', 'ResumableConfig', []],
   ['SseOptions', 'SseConfig', ['authenticate', 'topics', 'snapshot', 'onClose']],
   ['WebSocketRoute', 'WsConfig', ['authenticate', 'open', 'message', 'close', 'telemetry', 'batch', 'selectProtocol']],
 ]

@@ -103,7 +103,7 @@ test('tus-js-client: an upload whose connection is cut three times completes wit
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i)
   const { last } = await tusUpload(data, { endpoint: `http://127.0.0.1:${proxy.port}/stream/up`, metadata: { filename: 'big.bin', filetype: 'application/octet-stream' } })
   t.is(proxy.state.cut, 3)
-  t.deepEqual(readFileSync(join(root, 'big.bin')), data)
+  t.is(sha256(readFileSync(join(root, 'big.bin'))), sha256(data))
   if (last) t.is(last.getHeader('upload-sha256'), sha256(data))
   t.deepEqual(readdirSync(join(root, '.tus')).filter((name) => name.endsWith('.bin')), [])
 })
@@ -136,7 +136,7 @@ test('tus-js-client resumes an upload after the server restarted between two PAT
   const resumedUrl = `${second.url}/stream/up/${id}`
   t.is((await head(resumedUrl)).headers.get('upload-offset'), String(MiB))
   const { last } = await tusUpload(data, { uploadUrl: resumedUrl, chunkSize: MiB, metadata: { filename: 'restarted.bin' } })
-  t.deepEqual(readFileSync(join(folder.root, 'restarted.bin')), data)
+  t.is(sha256(readFileSync(join(folder.root, 'restarted.bin'))), sha256(data))
   if (last) t.is(last.getHeader('upload-sha256'), sha256(data))
 })
 
@@ -222,7 +222,8 @@ needs(curlTool, test)('tus over h2c: creation, a PATCH, a wrong offset and compl
   const location = `${url}${headers(created.stdout).location}`
   const patch = (offset, body) => curl([...h2, '-X', 'PATCH', '-H', 'Content-Type: application/offset+octet-stream', '-H', `Upload-Offset: ${offset}`, '--data-binary', body, location])
   t.regex((await patch(0, 'abc')).stdout.toString(), /^HTTP\/2 204/)
-  t.regex((await patch(0, 'abc')).stdout.toString(), /^HTTP\/2 409/)
+  // An empty body: a refused body left unread may be reset on the stream before curl prints the head.
+  t.regex((await patch(0, '')).stdout.toString(), /^HTTP\/2 409/)
   const done = await patch(3, 'def')
   t.regex(done.stdout.toString(), /^HTTP\/2 204/)
   t.is(headers(done.stdout)['upload-sha256'], sha256(Buffer.from('abcdef')))

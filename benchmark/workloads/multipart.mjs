@@ -37,10 +37,13 @@ async function form({ port, pids, uploads }, args) {
   return { bytes, seconds, cpu, rss: (peak - rssBefore) / MiB }
 }
 
+// One keep-alive connection for the PUT and for the tus requests, as tus clients use.
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+
 /** One request whose body is bytes [start, end) of `file`; resolves { status, headers }. */
 function send(port, method, path, headers, file, start, end) {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method, path, headers: { ...headers, 'content-length': String(end - start) }, agent: false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path, headers: { ...headers, 'content-length': String(end - start) }, agent }, (res) => {
       res.resume()
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers }))
     })

@@ -1,5 +1,5 @@
 //! `multipart/form-data` POSTed to an uploads mount: each file part streamed to its own
-//! temporary file beside its destination (hashed on the way, `UploadSink`), fields collected up
+//! temporary file beside its destination (hashed on the way, `FormSink`), fields collected up
 //! to a cap, every file renamed into place only once the whole request arrived (or each at the
 //! end of its own part with `atomic: 'part'`).
 //!
@@ -18,7 +18,7 @@ use crate::files::safe_path;
 use crate::js::call::{call_js, JsLimits, JsTarget};
 use crate::metrics::Rejection;
 use crate::upload::reader::{BodyReader, Stop};
-use crate::upload::sink::{SinkError, UploadSink, Written};
+use crate::upload::sink::{FormSink, SinkError, Written};
 use crate::upload::{temp_prefix, UploadLimits, UploadsMount, TEMP_RANDOM_LEN, TEMP_SUFFIX};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -31,6 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Bytes handed to the parser per poll while it looks for a part's headers.
 const HEADER_SLICE: usize = 1024;
+/// Largest piece handed to the parser at once while it reads part data.
+const DATA_SLICE: usize = 64 * 1024;
+/// Bytes fed to the parser and not yet handed on (as part data or parsed headers) past which
+/// no more is fed unless the parser is starving (see `feed`).
+const WINDOW: u64 = 256 * 1024;
 /// RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
 const MAX_BOUNDARY: usize = 70;
 
@@ -92,6 +97,12 @@ struct Control {
     delimiter_seen: AtomicBool,
     /// Why the body stopped, as `feed` saw it (the parser may report it as an error of its own).
     stopped: std::sync::Mutex<Option<Stop>>,
+    /// Bytes fed to the parser, and bytes it handed on (part data, header blocks and their
+    /// boundary lines, counted as sent).
+    fed: AtomicU64,
+    consumed: AtomicU64,
+    /// The parser's last poll could not produce anything with what it had.
+    starving: AtomicBool,
 }
 
 impl Control {
@@ -130,8 +141,21 @@ where
     let start = (reader, Bytes::new(), BytesMut::new(), delimiter);
     futures_util::stream::unfold(Some(start), move |state| async move {
         let (mut reader, mut pending, mut preamble, delimiter) = state?;
-        // The parser reads until its input is pending: this hands it one piece per poll.
-        tokio::task::yield_now().await;
+        // The parser reads until its input is pending: this hands it one piece per poll. And
+        // its buffer is a `BytesMut` used as a queue, which doubles its allocation whenever
+        // more arrives while more is unread than was consumed: fed faster than it parses
+        // (small parts: a step per poll), it grew by about the body's size. So past `WINDOW`
+        // unread, nothing more is fed until it starves.
+        loop {
+            tokio::task::yield_now().await;
+            let unread = control
+                .fed
+                .load(Relaxed)
+                .saturating_sub(control.consumed.load(Relaxed));
+            if unread < WINDOW || control.starving.swap(false, Relaxed) {
+                break;
+            }
+        }
         if pending.is_empty() {
             match reader.next().await {
                 Ok(Some(data)) => pending = data,
@@ -164,10 +188,24 @@ where
             piece
         } else {
             control.delimiter_seen.store(true, Relaxed);
-            std::mem::take(&mut pending)
+            pending.split_to(pending.len().min(DATA_SLICE))
         };
+        control.fed.fetch_add(piece.len() as u64, Relaxed);
         Some((Ok(piece), Some((reader, pending, preamble, delimiter))))
     })
+}
+
+/// Awaits a parser step, noting when a poll of it could not produce anything (`starving`).
+async fn step<F: std::future::Future>(control: &Control, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Pending => {
+            control.starving.store(true, Relaxed);
+            std::task::Poll::Pending
+        }
+        ready => ready,
+    })
+    .await
 }
 
 /// One file of the request.
@@ -228,9 +266,15 @@ where
             + 2 * HEADER_SLICE as u64,
         delimiter_seen: AtomicBool::new(false),
         stopped: std::sync::Mutex::new(None),
+        fed: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        starving: AtomicBool::new(false),
     };
     let mut form = Form::default();
-    let read = read_form(mount, body, &boundary, &limits, &control, &mut form).await;
+    let sink = FormSink::start(mount.fsync);
+    let read = read_form(mount, &sink, body, &boundary, &limits, &control, &mut form).await;
+    // Waits until an unfinished temporary is gone, so nothing is left once the answer leaves.
+    sink.close().await;
     let stored = match read {
         Ok(()) => match mount.multipart.atomic {
             Atomicity::Part => Ok(form),
@@ -316,6 +360,7 @@ fn listing(form: &Form) -> serde_json::Value {
 
 async fn read_form<B>(
     mount: &UploadsMount,
+    sink: &FormSink,
     body: B,
     boundary: &str,
     limits: &UploadLimits,
@@ -352,6 +397,10 @@ where
         if header_size as u64 > config.max_part_header_size {
             return Err(rejected(Rejection::MultipartHeaderTooLarge));
         }
+        // CRLF `--boundary` CRLF, the block, CRLF.
+        control
+            .consumed
+            .fetch_add((header_size + boundary.len() + 8) as u64, Relaxed);
         parts += 1;
         if parts > config.max_parts {
             return Err(rejected(Rejection::MultipartTooManyParts));
@@ -395,7 +444,7 @@ where
                     _ => {}
                 }
                 let (size, written) =
-                    receive_file(mount, &mut field, &target, limits, control).await?;
+                    receive_file(mount, sink, &mut field, &target, limits, control).await?;
                 let mut entry = FileEntry {
                     field: name,
                     name: stored,
@@ -422,7 +471,11 @@ where
                     return Err(rejected(Rejection::MultipartTooManyFields));
                 }
                 let mut value = BytesMut::new();
-                while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
+                while let Some(chunk) = step(control, field.chunk())
+                    .await
+                    .map_err(|error| control.fail(error))?
+                {
+                    control.consumed.fetch_add(chunk.len() as u64, Relaxed);
                     if (value.len() + chunk.len()) as u64 > config.max_field_size {
                         return Err(rejected(Rejection::MultipartFieldTooLarge));
                     }
@@ -438,7 +491,11 @@ where
 /// Reads and drops a part's data (at most `cap` bytes).
 async fn drain(field: &mut multer::Field<'_>, cap: u64, control: &Control) -> Result<(), Fail> {
     let mut size = 0u64;
-    while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
+    while let Some(chunk) = step(control, field.chunk())
+        .await
+        .map_err(|error| control.fail(error))?
+    {
+        control.consumed.fetch_add(chunk.len() as u64, Relaxed);
         size += chunk.len() as u64;
         if size > cap {
             return Err(rejected(Rejection::MultipartFieldTooLarge));
@@ -454,10 +511,11 @@ fn sink_fail(error: SinkError) -> Fail {
     }
 }
 
-/// Streams one file part to a temporary file beside `target`; on any failure the temporary is
-/// gone before this returns.
+/// Streams one file part to a temporary file beside `target` through the request's sink; on a
+/// failure the caller closes the sink, which removes the temporary.
 async fn receive_file(
     mount: &UploadsMount,
+    sink: &FormSink,
     field: &mut multer::Field<'_>,
     target: &std::path::Path,
     limits: &UploadLimits,
@@ -469,41 +527,35 @@ async fn receive_file(
         .suffix(TEMP_SUFFIX)
         .tempfile_in(&mount.dir)
         .map_err(|_| Fail::Stop(Stop::Disk))?;
-    let sink = UploadSink::start(temp, mount.fsync);
+    sink.open(temp).await.map_err(sink_fail)?;
     let batch_size = (limits.chunk_size * 4) as usize;
     let max_file = mount.multipart.max_file_size;
-    let streamed: Result<u64, Fail> = async {
-        let mut size = 0u64;
-        let mut batch = BytesMut::new();
-        while let Some(chunk) = field.chunk().await.map_err(|error| control.fail(error))? {
-            size += chunk.len() as u64;
-            if max_file > 0 && size > max_file {
-                return Err(rejected(Rejection::FileTooLarge));
-            }
-            if batch.is_empty() && chunk.len() >= batch_size {
-                sink.write(chunk).await.map_err(sink_fail)?;
-            } else {
-                batch.extend_from_slice(&chunk);
-                if batch.len() >= batch_size {
-                    sink.write(batch.split().freeze())
-                        .await
-                        .map_err(sink_fail)?;
-                }
-            }
+    let mut size = 0u64;
+    let mut batch = BytesMut::new();
+    while let Some(chunk) = step(control, field.chunk())
+        .await
+        .map_err(|error| control.fail(error))?
+    {
+        control.consumed.fetch_add(chunk.len() as u64, Relaxed);
+        size += chunk.len() as u64;
+        if max_file > 0 && size > max_file {
+            return Err(rejected(Rejection::FileTooLarge));
         }
-        if !batch.is_empty() {
-            sink.write(batch.freeze()).await.map_err(sink_fail)?;
-        }
-        Ok(size)
-    }
-    .await;
-    match streamed {
-        Ok(size) => Ok((size, sink.finish().await.map_err(sink_fail)?)),
-        Err(fail) => {
-            sink.abandon().await;
-            Err(fail)
+        if batch.is_empty() && chunk.len() >= batch_size {
+            sink.write(chunk).await.map_err(sink_fail)?;
+        } else {
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= batch_size {
+                sink.write(batch.split().freeze())
+                    .await
+                    .map_err(sink_fail)?;
+            }
         }
     }
+    if !batch.is_empty() {
+        sink.write(batch.freeze()).await.map_err(sink_fail)?;
+    }
+    Ok((size, sink.finish().await.map_err(sink_fail)?))
 }
 
 /// Renames every file of the request into place (`atomic: 'request'`), on a blocking worker.
