@@ -106,3 +106,19 @@ test('messages options are checked: TypeErrors naming the option', async (t) => 
     t.true(error.message.includes(name), error.message)
   }
 })
+
+test('compressed messages are checked once inflated', async (t) => {
+  const heard = []
+  const { server, base } = await startWs(t, {
+    '/deflate': { compression: true, messages: { schema: { type: 'object', required: ['type'] }, maxInvalid: 0 }, message: (ws, data) => heard.push(String(data)) },
+  })
+  const socket = await wsOpen(t, `${base}/deflate`, { perMessageDeflate: { threshold: 0 } })
+  t.truthy(socket.client.extensions.includes('permessage-deflate'), socket.client.extensions)
+  const valid = JSON.stringify({ type: 'chat', text: 'x'.repeat(2000) })
+  socket.client.send(JSON.stringify({ kind: 'no type', text: 'y'.repeat(2000) }))
+  socket.client.send('not json '.repeat(200))
+  socket.client.send(valid)
+  await eventually(() => heard.length === 1)
+  t.deepEqual(heard, [valid])
+  t.is(server.stats().rejections.ws_invalid_message, 2)
+})
