@@ -266,14 +266,7 @@ impl StreamingApp {
                     url: relative_url(rel, request.uri()),
                     client: context.client,
                 };
-                let limits = JsLimits {
-                    max_body: self.config.max_upload_size,
-                    read_timeout: self.config.read_timeout,
-                    handler_timeout: self.config.handler_timeout,
-                    inflight: &self.inflight,
-                    metrics: &context.metrics,
-                    app: &context.app,
-                };
+                let limits = self.js_limits(&context);
                 let delivery = self.delivery(&context);
                 call_js(request, target, limits, delivery).await
             }
@@ -283,6 +276,18 @@ impl StreamingApp {
             self.add_rate_headers(&mut response, decision);
         }
         response
+    }
+
+    /// The limits of a call into JS from this app (a handler, or an upload's `onUpload`).
+    fn js_limits<'a>(&'a self, context: &'a RequestContext) -> JsLimits<'a> {
+        JsLimits {
+            max_body: self.config.max_upload_size,
+            read_timeout: self.config.read_timeout,
+            handler_timeout: self.config.handler_timeout,
+            inflight: &self.inflight,
+            metrics: &context.metrics,
+            app: &context.app,
+        }
     }
 
     async fn route<B>(
@@ -320,14 +325,7 @@ impl StreamingApp {
                             url: relative_url(rel, request.uri()),
                             client: context.client,
                         },
-                        limits: JsLimits {
-                            max_body: self.config.max_upload_size,
-                            read_timeout: self.config.read_timeout,
-                            handler_timeout: self.config.handler_timeout,
-                            inflight: &self.inflight,
-                            metrics: &context.metrics,
-                            app: &context.app,
-                        },
+                        limits: self.js_limits(context),
                         delivery: self.delivery(context),
                     }),
                     _ => None,
