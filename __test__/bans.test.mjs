@@ -5,7 +5,7 @@
 import test from 'ava'
 import net from 'node:net'
 import tls from 'node:tls'
-import { Server, StreamingApp, eventually, needs, opensslTool, redisTool, request, selfSignedCertificate, sleep, startRedis } from './helpers.mjs'
+import { Server, StreamingApp, curl, curlTool, eventually, needs, opensslTool, redisTool, request, selfSignedCertificate, sleep, startRedis } from './helpers.mjs'
 
 async function start(t, serverOptions = {}, appOptions = {}, routes = (app) => app.get('/hello', () => new Response('hi'))) {
   const server = new Server({ maxConnectionsPerIp: 0, ...serverOptions })
@@ -246,3 +246,23 @@ test('refusals of any kind that name their client strike: two slowloris heads fr
   t.is(await attempt(port, '127.0.0.17'), '')
   t.true(served(await attempt(port, '127.0.0.18')))
 })
+
+test(
+  'over HTTP/2 too: a banned address is dropped before its preface is read, a banned forwarded client gets 403 on its stream',
+  needs(curlTool, async (t) => {
+    const h2 = (port, path, args = []) =>
+      curl(['-s', '--http2-prior-knowledge', '-o', '/dev/null', '-w', '%{http_code} %{http_version}', ...args, `http://127.0.0.1:${port}${path}`])
+    const direct = await start(t, { http2: true, maxConnectionRatePerIp: 1, connectionRateBurst: 1, ban: { after: 1, for: '1m' } })
+    t.is((await h2(direct.port, '/api/hello', ['--interface', '127.0.0.19'])).stdout.toString(), '200 2')
+    t.not((await h2(direct.port, '/api/hello', ['--interface', '127.0.0.19'])).stdout.toString(), '200 2') // over the rate: banned
+    t.not((await h2(direct.port, '/api/hello', ['--interface', '127.0.0.19'])).stdout.toString(), '200 2')
+    t.is(direct.server.stats().rejections.banned, 1)
+    // Through a trusted proxy (127.0.0.1): a missing route bans the forwarded client, whose
+    // next request over HTTP/2 is refused with 403 while the proxy's own requests pass.
+    const proxied = await start(t, { http2: true, trustProxy: ['127.0.0.1'], ban: { after: 1, for: '1m' } })
+    t.is((await h2(proxied.port, '/nowhere', ['-H', 'x-forwarded-for: 198.51.100.9'])).stdout.toString(), '404 2')
+    t.deepEqual(proxied.server.bans().map((ban) => ban.client), ['198.51.100.9'])
+    t.is((await h2(proxied.port, '/api/hello', ['-H', 'x-forwarded-for: 198.51.100.9'])).stdout.toString(), '403 2')
+    t.is((await h2(proxied.port, '/api/hello')).stdout.toString(), '200 2')
+  }),
+)
