@@ -218,6 +218,24 @@ opensslTest('a handshake is a head: silence, garbage, old versions and no shared
   t.is((await get(port, '/stream/files/small.txt')).status, 200)
 })
 
+opensslTest('a connection closed before its first byte is no failed handshake: not counted, no ban strike', async (t) => {
+  // A balancer's TCP health check or a browser's unused preconnect opens and closes.
+  const { port, server } = await startTls(t, { server: { ban: { after: 2, within: '1m', for: '1m' } } })
+  for (let i = 0; i < 5; i++) {
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.11' })
+    socket.on('error', () => {})
+    await new Promise((resolve) => socket.on('connect', resolve))
+    socket.end()
+    await new Promise((resolve) => socket.on('close', resolve))
+  }
+  t.true(await eventually(() => server.stats().connectionsLive === 0))
+  t.is(server.stats().rejections.tls_handshake_failed ?? 0, 0, JSON.stringify(server.stats().rejections))
+  t.deepEqual(server.bans(), [])
+  // The same address is served.
+  const served = await get(port, '/stream/files/small.txt', { agent: new https.Agent({ localAddress: '127.0.0.11' }) })
+  t.is(served.status, 200)
+})
+
 opensslTest('the per-address cap holds during handshakes: silent TLS connections over it get closed', async (t) => {
   const { port, server } = await startTls(t, { server: { maxConnectionsPerIp: 3, headerTimeout: 5000 } })
   const sockets = []

@@ -1,5 +1,8 @@
 //! The TLS handshake of an accepted connection, bounded like a request head: it must finish
 //! within `headerTimeout` of accept, and a failure is counted by its reason, never logged.
+//! A connection closed before its first byte (a balancer's TCP health check, a port probe, a
+//! browser's unused preconnect) is no handshake at all: closed quietly, like an idle plain
+//! connection, so it never counts toward a ban.
 
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::reject::Refusal;
@@ -11,7 +14,8 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// Runs the handshake until `deadline`; `None` (counted) when it fails or runs out of time.
+/// Runs the handshake until `deadline`; `None` when it fails or runs out of time (counted) or
+/// the client closed before sending anything (not counted).
 pub async fn accept(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
@@ -19,10 +23,17 @@ pub async fn accept(
     metrics: &Metrics,
 ) -> Option<TlsStream<TcpStream>> {
     let client = stream.peer_addr().ok().map(|peer| peer.ip());
-    let handshake = TlsAcceptor::from(config).accept(stream);
+    let handshake = async {
+        // One peeked byte tells a closed connection from a hello that failed.
+        if stream.peek(&mut [0u8; 1]).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        Some(TlsAcceptor::from(config).accept(stream).await)
+    };
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(err)) => {
+        Ok(None) => None,
+        Ok(Some(Ok(stream))) => Some(stream),
+        Ok(Some(Err(err))) => {
             metrics.refuse(Refusal::new(failure_reason(&err)).client(client));
             None
         }
