@@ -2,11 +2,12 @@
 // deliveries per second in all, over WebSocket and over event streams, each rate a run of its own
 // (5 s; quick: 2 s). Per transport and rate: publish-to-receive p50 / p99 / max, delivered share,
 // server CPU µs per delivery and RSS, and the load client's own CPU µs per delivery (its share of
-// the latency: a burst of N deliveries costs it about N × that on its core).
+// the latency: a burst of N deliveries costs it about N × that on its core). The subscribers are
+// spread over one client process per spare core (`CLIENT_PROCESSES`: 1 on 2 cores, up to 4).
 // Rates: 20k and 100k deliveries/s by default; `--full` runs 10k, 20k, 50k, 100k and 200k.
 // Peers: `ws` (WebSocket only), Node `http` (event streams only), Centrifugo v6 (one instance,
 // memory engine: its JSON WebSocket protocol, and its unidirectional SSE transport).
-import { wsLoad, buildWsLoad, SOURCES } from '../lib/ws-load.mjs'
+import { wsLoadSpread, buildWsLoad, SOURCES, CLIENT_PROCESSES } from '../lib/ws-load.mjs'
 import { rss, cpuSeconds } from '../lib/proc.mjs'
 import { streamUrl } from './sse-idle.mjs'
 
@@ -27,7 +28,7 @@ async function point({ peer, port, pids, transport, subscribers, offered, second
   const eventsPerSecond = offered / subscribers
   const expect = subscribers * eventsPerSecond * seconds
   const { mode, url, protocol } = await target(peer, port, transport)
-  const load = await wsLoad(
+  const load = await wsLoadSpread(
     mode,
     { url, connections: subscribers, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000, ...protocol },
     { timeout: (seconds + 120) * 1000 },
@@ -81,13 +82,14 @@ export default {
         out[`${at} server CPU µs/delivery`] = r.cpuUs
         out[`${at} server RSS MiB`] = r.rssMiB
         out[`${at} client CPU µs/delivery`] = r.clientUs
-        // What one burst (an event to every subscriber) costs the client on its core: the
+        // What one burst (an event to every subscriber) costs the client on its cores: the
         // client's own share of the latency, at most, for the last subscriber it reads.
-        out[`${at} client ms/burst`] = (r.clientUs * subscribers) / 1000
+        out[`${at} client ms/burst`] = (r.clientUs * subscribers) / CLIENT_PROCESSES / 1000
         if (r.closed) out[`${at} errors`] = `${r.closed} subscribers closed by the server`
         console.error(`fanout-latency: ${peer} ${at} ${JSON.stringify(r)}`)
       }
     }
+    out['client processes'] = CLIENT_PROCESSES
     // The primary figure: the p99 at the highest rate run, over WebSocket where the peer has it.
     out['p99 ms'] = out[`${TRANSPORTS[peer][0]} ${(quick ? RATES[0] : RATES.at(-1)) / 1000}k/s p99 ms`]
     return out

@@ -56,6 +56,9 @@ struct Args {
     /// `fanout` against Centrifugo (its JSON client protocol): connect, subscribe to the
     /// channel `bench`, answer pings (`{}` → `{}`), count only publications (`"push"`).
     centrifugo: bool,
+    /// `fanout` / `sse`: add the latencies to the JSON line as `latencyHist`, [[0.1 ms, count], …]
+    /// run-length, so the bench can merge the figures of several client processes exactly.
+    histogram: bool,
 }
 
 fn parse_args() -> Args {
@@ -112,6 +115,7 @@ fn parse_args() -> Args {
         concurrency: num("concurrency", 256.0).max(1.0) as usize,
         socketio: num("socketio", 0.0) != 0.0,
         centrifugo: num("centrifugo", 0.0) != 0.0,
+        histogram: num("histogram", 0.0) != 0.0,
     }
 }
 
@@ -151,6 +155,26 @@ fn quantile_ms(sorted: &[u32], q: f64) -> String {
     }
     let at = ((q * sorted.len() as f64) as usize).min(sorted.len() - 1);
     format!("{:.3}", sorted[at] as f64 / 1000.0)
+}
+
+/// Sorted microsecond samples as `[[tenths of a ms, count], …]`: a few thousand pairs where the
+/// samples are millions.
+fn histogram_json(sorted: &[u32]) -> String {
+    let mut out = String::from("[");
+    let mut i = 0;
+    while i < sorted.len() {
+        let bucket = sorted[i] / 100;
+        let start = i;
+        while i < sorted.len() && sorted[i] / 100 == bucket {
+            i += 1;
+        }
+        if start > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("[{bucket},{}]", i - start));
+    }
+    out.push(']');
+    out
 }
 
 fn emit(line: String) {
@@ -932,8 +956,13 @@ impl Deliveries {
         let delivered = self.delivered.get();
         let mut latencies = self.latencies.take();
         latencies.sort_unstable();
+        let histogram = if args.histogram {
+            format!(",\"latencyHist\":{}", histogram_json(&latencies))
+        } else {
+            String::new()
+        };
         emit(format!(
-            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"maxMs\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+            "{{\"mode\":\"{mode}\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"delivered\":{delivered},\"seconds\":{span:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"maxMs\":{},\"clientCpuS\":{cpu:.2},\"error\":{}{histogram}}}",
             self.closed.get(),
             if span > 0.0 { delivered as f64 / span } else { 0.0 },
             quantile_ms(&latencies, 0.5),
