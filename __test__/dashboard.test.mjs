@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { EventSource } from 'eventsource'
 import http from 'node:http'
+import http2 from 'node:http2'
 import { Server, StreamingApp, chromiumTool, eventually, needs, rawExchange, request, sleep, wsOpen } from './helpers.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -131,6 +132,35 @@ test('authenticate refusing gives 401 (with a Basic challenge) or its own respon
   const refused = readStream(t, `${url}/_floodgate/events`)
   t.truthy(await eventually(() => refused.errors.length >= 1 && refused.source.readyState === EventSource.CLOSED, { timeout: 10_000 }))
   t.is(refused.errors[0].code, 401)
+})
+
+test('over HTTP/2 the stream sends its frames and authenticate guards it alike', async (t) => {
+  const { url } = await start(t, { server: { http2: true }, dashboard: { authenticate: (req) => new URL(req.url).searchParams.get('token') === 'ok' } })
+  const session = http2.connect(url)
+  t.teardown(() => session.destroy())
+  const get = (path) =>
+    new Promise((resolve, reject) => {
+      const stream = session.request({ ':path': path })
+      const result = { status: 0, text: '', stream }
+      stream.setEncoding('utf8')
+      stream.on('response', (headers) => {
+        result.status = headers[':status']
+        result.headers = headers
+        resolve(result)
+      })
+      stream.on('data', (chunk) => (result.text += chunk))
+      stream.on('error', reject)
+    })
+  t.is((await get('/_floodgate/')).status, 401)
+  t.is((await get('/_floodgate/events')).status, 401)
+  const page = await get('/_floodgate/?token=ok')
+  t.is(page.status, 200)
+  const events = await get('/_floodgate/events?token=ok')
+  t.is(events.status, 200)
+  t.regex(events.headers['content-type'], /^text\/event-stream/)
+  t.truthy(await eventually(() => (events.text.match(/^event: frame$/gm) ?? []).length >= 2, { timeout: 10_000 }), 'two frames over HTTP/2')
+  t.regex(events.text, /^event: history\ndata: \[/m)
+  events.stream.close()
 })
 
 test('close() ends the open dashboard streams at once instead of waiting out the drain', async (t) => {
