@@ -82,11 +82,10 @@ impl Histogram {
 
     /// The count of each bucket (the last one is +Inf), read once each.
     pub fn counts(&self) -> Vec<u64> {
-        self.counts.iter().map(|count| count.load(Relaxed)).collect()
-    }
-
-    pub fn buckets(&self) -> &'static Buckets {
-        self.buckets
+        self.counts
+            .iter()
+            .map(|count| count.load(Relaxed))
+            .collect()
     }
 
     /// The value under which `quantile` of the observations fall, as a bucket bound in the

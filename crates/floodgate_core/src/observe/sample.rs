@@ -197,7 +197,10 @@ mod tests {
         assert!((second.latency_p99.unwrap() - 0.002485).abs() < 1e-12);
         assert_eq!(second.latency_count, 4);
         assert_eq!(second.top_offenders.len(), 1);
-        assert_eq!(second.top_offenders[0].address.as_deref(), Some("127.0.0.2"));
+        assert_eq!(
+            second.top_offenders[0].address.as_deref(),
+            Some("127.0.0.2")
+        );
         assert_eq!(second.top_offenders[0].count, 4);
 
         let third = sampler.frame(&metrics, 0);
