@@ -172,7 +172,7 @@ const unauthorized = () =>
   })
 
 /**
- * The dashboard's app: `GET /` the page, `GET /events` the stream (`text/event-stream`: an
+ * The dashboard's app: `GET /` the page, `GET /events` the stream (`text/event-stream`: a
  * `history` event with the frames kept, then a `frame` event a second).
  */
 export function dashboardApp(options: DashboardOptions, feed: () => DashboardFeed): StreamingApp {
