@@ -54,6 +54,7 @@ export class Server extends EventEmitter {
   #closing: Promise<void> | undefined
   /** The dashboard's frames, sampled from its first request until `close`. */
   #feed: DashboardFeed | undefined
+  readonly #dashboards = new WeakSet<StreamingApp>()
   // The native server lives on Rust threads, which do not keep Node's event loop alive the way a
   // listening `net.Server` does; this timer is that reference while the server is open.
   #keepAlive: NodeJS.Timeout | undefined
@@ -237,11 +238,15 @@ export class Server extends EventEmitter {
    * (`/events` under the mount). Without `authenticate`, loopback clients only.
    */
   dashboard(options: DashboardOptions = {}): StreamingApp {
-    return dashboardApp(options, () => {
+    const app = dashboardApp(options, () => {
       if (!this.#native) throw notListening('dashboard')
       const server = this.#native
-      return (this.#feed ??= new DashboardFeed((top) => server.dashboardFrame(top)))
+      // The dashboards' own mounts stay out of the latency (their streams last minutes).
+      const own = this.#mounts.filter((mount) => this.#dashboards.has(mount.app)).map((mount) => mount.prefix)
+      return (this.#feed ??= new DashboardFeed((top) => server.dashboardFrame(top, own)))
     })
+    this.#dashboards.add(app)
+    return app
   }
 
   /**

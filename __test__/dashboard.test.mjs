@@ -84,6 +84,23 @@ test('the event stream sends the frames kept, then one frame a second, each with
   t.true(stream.frames.slice(seen).some((frame) => frame.requestsPerSecond > 0))
 })
 
+test('a dashboard stream that ends does not count as a request lasting seconds in the latency', async (t) => {
+  const { url } = await start(t)
+  const leaving = readStream(t, `${url}/_floodgate/events`)
+  const staying = readStream(t, `${url}/_floodgate/events`)
+  t.truthy(await eventually(() => leaving.frames.length >= 2 && staying.frames.length >= 2, { timeout: 10_000 }))
+  leaving.source.close()
+  const seen = staying.frames.length
+  await eventually(() => staying.frames.length >= seen + 3, { timeout: 10_000 })
+  const after = staying.frames.slice(seen)
+  t.true(after.length >= 3)
+  // No other request was made: a latency here could only be the stream that ended.
+  t.deepEqual(
+    after.map((frame) => [frame.latencyCount, frame.latencyP99]),
+    after.map(() => [0, null]),
+  )
+})
+
 test('without authenticate the page and the stream answer loopback clients only, never a proxied request', async (t) => {
   const { url } = await start(t, { server: { trustProxy: ['127.0.0.1'] } })
   const page = await request(`${url}/_floodgate/`)

@@ -189,12 +189,13 @@ impl NativeServer {
     }
 
     /// The dashboard's next frame (`floodgate_core::Frame`): gauges now, rates and latency
-    /// quantiles since the previous frame, the `top` most refused clients; as JSON text, which
-    /// is what the dashboard's event stream sends.
+    /// quantiles since the previous frame (the apps mounted at `skip` left out of the latency),
+    /// the `top` most refused clients; as JSON text, which is what the dashboard's event stream
+    /// sends.
     #[napi]
-    pub fn dashboard_frame(&self, top: u32) -> Result<String, String> {
+    pub fn dashboard_frame(&self, top: u32, skip: Vec<String>) -> Result<String, String> {
         let server = self.running().ok_or_else(|| not_listening("dashboard"))?;
-        serde_json::to_string(&server.frame(top as usize))
+        serde_json::to_string(&server.frame(top as usize, &skip))
             .map_err(|err| Error::new("ERR_FLOODGATE_STATS".to_string(), err.to_string()))
     }
 

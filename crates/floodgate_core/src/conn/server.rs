@@ -274,12 +274,13 @@ impl RunningServer {
     }
 
     /// The dashboard's next frame: gauges now, rates and latency quantiles since the previous
-    /// frame, the `top` most refused clients (`observe::sample`).
-    pub fn frame(&self, top: usize) -> Frame {
+    /// frame (without the apps mounted at `skip`), the `top` most refused clients
+    /// (`observe::sample`).
+    pub fn frame(&self, top: usize, skip: &[String]) -> Frame {
         self.sampler
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .frame(&self.shared.metrics, top)
+            .frame(&self.shared.metrics, top, skip)
     }
 
     /// The per-address connection slots (tests watch slots come back).

@@ -62,9 +62,11 @@ struct Totals {
 }
 
 impl Totals {
-    fn read(metrics: &Metrics, snapshot: &Snapshot) -> Self {
+    /// The totals now; the request durations of the apps mounted at a prefix in `skip` are
+    /// left out.
+    fn read(metrics: &Metrics, snapshot: &Snapshot, skip: &[String]) -> Self {
         let mut durations = vec![0; SECONDS.bounds.len() + 1];
-        for app in &metrics.apps {
+        for app in metrics.apps.iter().filter(|app| !skip.contains(&app.prefix)) {
             for (sum, count) in durations.iter_mut().zip(app.duration.counts()) {
                 *sum += count;
             }
@@ -91,11 +93,13 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// The next frame, with the `top` most refused clients.
-    pub fn frame(&mut self, metrics: &Metrics, top: usize) -> Frame {
+    /// The next frame, with the `top` most refused clients. The latency leaves out the apps
+    /// mounted at a prefix in `skip`: the dashboard's own, whose endless stream would count,
+    /// when a viewer leaves, as one request lasting minutes.
+    pub fn frame(&mut self, metrics: &Metrics, top: usize, skip: &[String]) -> Frame {
         let now = Instant::now();
         let mut snapshot = metrics.snapshot();
-        let totals = Totals::read(metrics, &snapshot);
+        let totals = Totals::read(metrics, &snapshot, skip);
         let previous = self.previous.replace((now, totals.clone()));
         let (interval, before) = match &previous {
             Some((then, before)) => (now.duration_since(*then).as_secs_f64(), before.clone()),
@@ -167,10 +171,12 @@ mod tests {
     #[test]
     fn rates_and_quantiles_are_those_of_the_interval() {
         let app = AppMetrics::new("/api");
-        let metrics = Metrics::new(0, 8, None, vec![Arc::clone(&app)]);
+        let dashboard = AppMetrics::new("/_floodgate");
+        let metrics = Metrics::new(0, 8, None, vec![Arc::clone(&app), Arc::clone(&dashboard)]);
+        let skip = ["/_floodgate".to_string()];
         app.duration.observe(9_000_000); // before the first frame: not in any interval
         let mut sampler = Sampler::default();
-        let first = sampler.frame(&metrics, 10);
+        let first = sampler.frame(&metrics, 10, &skip);
         assert_eq!(first.interval, 0.0);
         assert_eq!(first.requests_per_second, 0.0);
         assert_eq!(first.latency_p50, None);
@@ -185,7 +191,8 @@ mod tests {
             metrics.refuse(Refusal::new(Rejection::ConnectionLimit).client(client));
         }
         metrics.refuse(Refusal::new(Rejection::HeaderTimeout).client(client));
-        let second = sampler.frame(&metrics, 10);
+        dashboard.duration.observe(600_000_000); // a dashboard stream ended: left out
+        let second = sampler.frame(&metrics, 10, &skip);
         assert!(second.interval > 0.0);
         let per = |n: f64| n / second.interval;
         assert!((second.requests_per_second - per(4.0)).abs() < 1e-9);
@@ -203,7 +210,7 @@ mod tests {
         );
         assert_eq!(second.top_offenders[0].count, 4);
 
-        let third = sampler.frame(&metrics, 0);
+        let third = sampler.frame(&metrics, 0, &skip);
         assert!(third.rejections_per_second.is_empty());
         assert_eq!(third.rejections["connection_limit"], 3, "totals stay");
         assert_eq!(third.latency_p50, None);
