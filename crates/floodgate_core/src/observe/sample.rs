@@ -66,7 +66,11 @@ impl Totals {
     /// left out.
     fn read(metrics: &Metrics, snapshot: &Snapshot, skip: &[String]) -> Self {
         let mut durations = vec![0; SECONDS.bounds.len() + 1];
-        for app in metrics.apps.iter().filter(|app| !skip.contains(&app.prefix)) {
+        for app in metrics
+            .apps
+            .iter()
+            .filter(|app| !skip.contains(&app.prefix))
+        {
             for (sum, count) in durations.iter_mut().zip(app.duration.counts()) {
                 *sum += count;
             }
