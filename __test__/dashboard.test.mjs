@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 import { EventSource } from 'eventsource'
 import http from 'node:http'
 import http2 from 'node:http2'
-import { Server, StreamingApp, chromiumTool, eventually, needs, rawExchange, request, sleep, wsOpen } from './helpers.mjs'
+import { Server, StreamingApp, chromiumTool, eventually, needs, opensslTool, rawExchange, request, selfSignedCertificate, sleep, wsOpen } from './helpers.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 
@@ -151,9 +151,9 @@ test('authenticate refusing gives 401 (with a Basic challenge) or its own respon
   t.is(refused.errors[0].code, 401)
 })
 
-test('over HTTP/2 the stream sends its frames and authenticate guards it alike', async (t) => {
-  const { url } = await start(t, { server: { http2: true }, dashboard: { authenticate: (req) => new URL(req.url).searchParams.get('token') === 'ok' } })
-  const session = http2.connect(url)
+/** The page and the stream over one HTTP/2 session (h2c, or TLS with ALPN as browsers speak it). */
+async function overHttp2(t, url, connectOptions) {
+  const session = http2.connect(url, connectOptions)
   t.teardown(() => session.destroy())
   const get = (path) =>
     new Promise((resolve, reject) => {
@@ -178,6 +178,19 @@ test('over HTTP/2 the stream sends its frames and authenticate guards it alike',
   t.truthy(await eventually(() => (events.text.match(/^event: frame$/gm) ?? []).length >= 2, { timeout: 10_000 }), 'two frames over HTTP/2')
   t.regex(events.text, /^event: history\ndata: \[/m)
   events.stream.close()
+}
+
+const tokenOk = { authenticate: (req) => new URL(req.url).searchParams.get('token') === 'ok' }
+
+test('over HTTP/2 (h2c) the stream sends its frames and authenticate guards it alike', async (t) => {
+  const { url } = await start(t, { server: { http2: true }, dashboard: tokenOk })
+  await overHttp2(t, url)
+})
+
+needs(opensslTool, test)('over TLS (HTTP/2 by ALPN) the stream sends its frames and authenticate guards it alike', async (t) => {
+  const certificate = selfSignedCertificate(['localhost'])
+  const { port } = await start(t, { server: { tls: certificate }, dashboard: tokenOk })
+  await overHttp2(t, `https://localhost:${port}`, { ca: certificate.cert, lookup: (host, options, callback) => callback(null, [{ address: '127.0.0.1', family: 4 }]) })
 })
 
 test('close() ends the open dashboard streams at once instead of waiting out the drain', async (t) => {
