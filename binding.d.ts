@@ -39,6 +39,13 @@ export declare class NativeServer {
    * or as OpenMetrics when `openmetrics` is true.
    */
   prometheus(openmetrics?: boolean | undefined | null): string
+  /**
+   * The dashboard's next frame (`floodgate_core::Frame`): gauges now, rates and latency
+   * quantiles since the previous frame (the apps mounted at `skip` left out of the latency),
+   * the `top` most refused clients; as JSON text, which is what the dashboard's event stream
+   * sends.
+   */
+  dashboardFrame(top: number, skip: Array<string>): string
   /** Stops accepting and drains for up to `drainMs` before aborting what is left. */
   close(drainMs: number): Promise<void>
   /** Publishes `data` on `topic` to every matching event stream; returns how many it reached. */

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events'
 import type * as Native from './binding'
 import { HandlerBridge } from './bridge'
+import { DashboardFeed, dashboardApp, type DashboardOptions } from './dashboard'
 import { loadNative } from './loader'
 import {
   ERR_NOT_LISTENING,
@@ -51,6 +52,9 @@ export class Server extends EventEmitter {
   #native: Native.NativeServer | undefined
   #listening = false
   #closing: Promise<void> | undefined
+  /** The dashboard's frames, sampled from its first request until `close`. */
+  #feed: DashboardFeed | undefined
+  readonly #dashboards = new WeakSet<StreamingApp>()
   // The native server lives on Rust threads, which do not keep Node's event loop alive the way a
   // listening `net.Server` does; this timer is that reference while the server is open.
   #keepAlive: NodeJS.Timeout | undefined
@@ -228,11 +232,30 @@ export class Server extends EventEmitter {
   }
 
   /**
+   * The live dashboard: `server.mount('/_floodgate', server.dashboard({ authenticate }))`
+   * serves a page that shows connections, streams, sockets, bandwidth, requests/s, refusals
+   * by reason, the top offenders and p50 / p99 latency, live through its event stream
+   * (`/events` under the mount). Without `authenticate`, loopback clients only.
+   */
+  dashboard(options: DashboardOptions = {}): StreamingApp {
+    const app = dashboardApp(options, () => {
+      if (!this.#native) throw notListening('dashboard')
+      const server = this.#native
+      // The dashboards' own mounts stay out of the latency (their streams last minutes).
+      const own = this.#mounts.filter((mount) => this.#dashboards.has(mount.app)).map((mount) => mount.prefix)
+      return (this.#feed ??= new DashboardFeed((top) => server.dashboardFrame(top, own)))
+    })
+    this.#dashboards.add(app)
+    return app
+  }
+
+  /**
    * Stops accepting; in-flight requests get up to `drain` ms (default 30s) to finish, then the
    * rest are aborted. Calling it again returns the same promise.
    */
   close({ drain = 30_000 }: { drain?: number } = {}): Promise<void> {
     if (!this.#closing) {
+      this.#feed?.stop()
       const server = this.#native
       this.#closing = (server ? server.close(Math.max(0, Math.floor(drain))) : Promise.resolve()).finally(() => {
         clearInterval(this.#keepAlive)

@@ -37,8 +37,8 @@ const listing = (tarball) => execFileSync('tar', ['tzf', tarball], { encoding: '
 
 test('the main tarball holds the API, types and loader — no Rust, tests or build output', (t) => {
   const files = listing(tarballs.main)
-  const api = ['index', 'options', 'streaming-app', 'server', 'bridge', 'request', 'results', 'undici-state', 'wire', 'response', 'node-adapter', 'ws', 'native-batch', 'loader', 'cli']
-  for (const wanted of [...api.flatMap((name) => [`${name}.js`, `${name}.d.ts`]), 'binding.js', 'binding.d.ts', 'package.json', 'README.md']) {
+  const api = ['index', 'options', 'streaming-app', 'server', 'dashboard', 'bridge', 'request', 'results', 'undici-state', 'wire', 'response', 'node-adapter', 'ws', 'native-batch', 'loader', 'cli']
+  for (const wanted of [...api.flatMap((name) => [`${name}.js`, `${name}.d.ts`]), 'binding.js', 'binding.d.ts', 'dashboard/page.html', 'dashboard/page.css', 'dashboard/page.js', 'package.json', 'README.md']) {
     t.true(files.includes(`package/${wanted}`), wanted)
   }
   t.deepEqual(files.filter((f) => /\.(rs|node|ts)$/.test(f) && !f.endsWith('.d.ts')), [])
@@ -53,9 +53,11 @@ const script = `
   const { Server, StreamingApp } = require('floodgate')
   const server = new Server()
   server.mount('/api', () => Response.json({ installed: true }))
+  server.mount('/_floodgate', server.dashboard())
   server.listen({ port: 0 }).then(async ({ url }) => {
     const res = await fetch(url + '/api/x')
-    console.log(JSON.stringify(await res.json()))
+    const page = await (await fetch(url + '/_floodgate/')).text()
+    console.log(JSON.stringify({ ...(await res.json()), dashboard: page.includes('<canvas id="chart-open"') }))
     await server.close()
   })`
 
@@ -72,7 +74,7 @@ test('installed from the tarballs into an empty folder, it runs with no Rust too
   })
   t.not(spawnSync('sh', ['-c', 'command -v cargo || command -v rustc'], { env: { PATH: '/usr/bin:/bin' } }).status, 0, 'no Rust on that PATH')
   t.is(result.stderr, '')
-  t.is(result.stdout.trim(), '{"installed":true}')
+  t.is(result.stdout.trim(), '{"installed":true,"dashboard":true}', 'the dashboard page ships in the package')
 })
 
 test('without a matching binary the loader names the platform and the package it needs', (t) => {

@@ -43,6 +43,7 @@ async function main() {
   })
   server.mount('/stream', streaming)
   server.mount('/api', (req: Request) => Response.json({ ok: true, path: new URL(req.url).pathname }))
+  server.mount('/_floodgate', server.dashboard()) // loopback clients only without `authenticate`
 
   const { url } = await server.listen({ port: Number(process.env.PORT ?? 8080), host: '127.0.0.1' })
   const stop = () => server.close({ drain: 5_000 }).then(() => process.exit(0))
@@ -61,6 +62,8 @@ Try:
   curl -i -T README.md ${s}/upload/readme.md           # an atomic upload: 201 {name,size,sha256}
   curl -i --path-as-is ${s}/files/../../etc/passwd     # 404: never outside the root
   curl -i ${s}/files/.secret                           # 404: dotfiles are not served
+
+The live dashboard (connections, bandwidth, refusals, offenders): ${url}/_floodgate
 
 And in two browser tabs' consoles, a WebSocket chat room:
   ws = new WebSocket('${s.replace('http', 'ws')}/chat'); ws.onmessage = (e) => console.log(e.data)

@@ -38,4 +38,5 @@ pub use events::bus::{validate as validate_topic, validate_field as validate_eve
 pub use js::bridge::{BodyError, Bridge, JsBody, JsFile, JsHost, JsRequest, JsResponse};
 pub use metrics::Snapshot;
 pub use observe::reject::{Code as RejectCode, RejectEvent, RejectSink};
+pub use observe::sample::Frame;
 pub use ws::hub::{CloseRequest, HubError, JsBacklog, WsEvent, WsSend};

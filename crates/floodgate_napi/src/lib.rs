@@ -188,6 +188,17 @@ impl NativeServer {
         Ok(server.metrics_text(openmetrics.unwrap_or(false)))
     }
 
+    /// The dashboard's next frame (`floodgate_core::Frame`): gauges now, rates and latency
+    /// quantiles since the previous frame (the apps mounted at `skip` left out of the latency),
+    /// the `top` most refused clients; as JSON text, which is what the dashboard's event stream
+    /// sends.
+    #[napi]
+    pub fn dashboard_frame(&self, top: u32, skip: Vec<String>) -> Result<String, String> {
+        let server = self.running().ok_or_else(|| not_listening("dashboard"))?;
+        serde_json::to_string(&server.frame(top as usize, &skip))
+            .map_err(|err| Error::new("ERR_FLOODGATE_STATS".to_string(), err.to_string()))
+    }
+
     /// Stops accepting and drains for up to `drainMs` before aborting what is left.
     #[napi]
     pub async fn close(&self, drain_ms: u32) -> Result<()> {

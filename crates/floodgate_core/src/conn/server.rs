@@ -27,6 +27,7 @@ use crate::limit::rate::RequestLimiter;
 use crate::metrics::{Metrics, Rejection, Snapshot};
 use crate::observe::app::Timing;
 use crate::observe::reject::Refusal;
+use crate::observe::sample::{Frame, Sampler};
 use crate::tls::{handshake, TlsConfig};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -77,6 +78,8 @@ pub struct RunningServer {
     abort: CancellationToken,
     tracker: TaskTracker,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// The dashboard's previous frame (`observe::sample`).
+    sampler: Mutex<Sampler>,
 }
 
 /// Binds `addr` and starts serving `spec`; JS handler routes go through `bridge`. Must be
@@ -180,6 +183,7 @@ pub fn listen(
         abort,
         tracker,
         accept_task: Mutex::new(Some(accept_task)),
+        sampler: Mutex::new(Sampler::default()),
     })
 }
 
@@ -267,6 +271,16 @@ impl RunningServer {
             self.stats(),
             openmetrics,
         )
+    }
+
+    /// The dashboard's next frame: gauges now, rates and latency quantiles since the previous
+    /// frame (without the apps mounted at `skip`), the `top` most refused clients
+    /// (`observe::sample`).
+    pub fn frame(&self, top: usize, skip: &[String]) -> Frame {
+        self.sampler
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .frame(&self.shared.metrics, top, skip)
     }
 
     /// The per-address connection slots (tests watch slots come back).

@@ -80,25 +80,68 @@ impl Histogram {
         self.counts.iter().map(|count| count.load(Relaxed)).sum()
     }
 
+    /// The count of each bucket (the last one is +Inf), read once each.
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .map(|count| count.load(Relaxed))
+            .collect()
+    }
+
     /// The value under which `quantile` of the observations fall, as a bucket bound in the
-    /// exposed unit (the dashboard's p50 / p99): `None` before any observation.
+    /// exposed unit: `None` before any observation.
     pub fn quantile(&self, quantile: f64) -> Option<f64> {
-        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        self.buckets.quantile(&self.counts(), quantile)
+    }
+}
+
+impl Buckets {
+    /// The bound under which `quantile` of the observations counted in `counts` (one per
+    /// bucket, as [`Histogram::counts`], or the difference of two such readings: the
+    /// dashboard's p50 / p99 of the last second) fall, in the exposed unit. Observations past
+    /// the last bound report that bound. `None` when `counts` holds none.
+    pub fn quantile(&self, counts: &[u64], quantile: f64) -> Option<f64> {
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
         }
         let rank = (quantile * total as f64).ceil().max(1.0) as u64;
+        let last = *self.bounds.last().expect("bounds");
         let mut seen = 0;
         for (index, count) in counts.iter().enumerate() {
             seen += count;
             if seen >= rank {
-                let bound = self.buckets.bounds.get(index).copied();
-                let last = *self.buckets.bounds.last().expect("bounds");
-                return Some(bound.unwrap_or(last) as f64 * self.buckets.scale);
+                let bound = self.bounds.get(index).copied().unwrap_or(last);
+                return Some(bound as f64 * self.scale);
             }
         }
         None
+    }
+
+    /// `quantile` of the observations counted in `counts`, estimated as Prometheus's
+    /// `histogram_quantile` does: linearly within the bucket it falls in (from the bucket below's
+    /// bound, 0 for the first), in the exposed unit. Past the last bound it reports that bound.
+    /// The dashboard's p50 / p99, which would otherwise jump between bounds 2.5× apart.
+    pub fn estimate(&self, counts: &[u64], quantile: f64) -> Option<f64> {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = quantile.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (index, count) in counts.iter().enumerate() {
+            if *count > 0 && (below + count) as f64 >= rank {
+                let Some(upper) = self.bounds.get(index) else {
+                    break; // the +Inf bucket
+                };
+                let lower = index.checked_sub(1).map_or(0, |i| self.bounds[i]);
+                let within = ((rank - below as f64) / *count as f64).clamp(0.0, 1.0);
+                let value = lower as f64 + (*upper - lower) as f64 * within;
+                return Some(value * self.scale);
+            }
+            below += count;
+        }
+        self.bounds.last().map(|last| *last as f64 * self.scale)
     }
 }
 
@@ -146,5 +189,42 @@ mod tests {
         assert_eq!(histogram.quantile(0.6), Some(4.0));
         assert_eq!(histogram.quantile(1.0), Some(4096.0));
         assert_eq!(Histogram::new(&SECONDS).quantile(0.5), None);
+    }
+
+    #[test]
+    fn quantiles_of_the_difference_of_two_readings() {
+        let histogram = Histogram::new(&SECONDS);
+        histogram.observe(100_000);
+        let before = histogram.counts();
+        for value in [300, 400, 2_000, 2_000_000] {
+            histogram.observe(value);
+        }
+        let window: Vec<u64> = histogram
+            .counts()
+            .iter()
+            .zip(&before)
+            .map(|(now, then)| now - then)
+            .collect();
+        assert_eq!(SECONDS.quantile(&window, 0.5), Some(0.0005));
+        assert_eq!(SECONDS.quantile(&window, 0.99), Some(2.5));
+        assert_eq!(SECONDS.quantile(&vec![0; window.len()], 0.5), None);
+    }
+
+    #[test]
+    fn estimates_interpolate_within_the_bucket_as_prometheus_does() {
+        let histogram = Histogram::new(&SECONDS);
+        // Four in (5 ms, 10 ms], none elsewhere: the median half-way through that bucket.
+        for _ in 0..4 {
+            histogram.observe(8_000);
+        }
+        let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-12;
+        assert!(close(SECONDS.estimate(&histogram.counts(), 0.5), 0.0075));
+        assert!(close(SECONDS.estimate(&histogram.counts(), 1.0), 0.010));
+        // The first bucket starts at 0; past the last bound, the last bound.
+        histogram.observe(100);
+        histogram.observe(90_000_000);
+        assert!(close(SECONDS.estimate(&histogram.counts(), 0.0), 0.0));
+        assert!(close(SECONDS.estimate(&histogram.counts(), 0.99), 60.0));
+        assert_eq!(SECONDS.estimate(&[0; 17], 0.5), None);
     }
 }
