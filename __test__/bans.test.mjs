@@ -148,9 +148,9 @@ test('users are banned by name where identify knows them, from any address; exem
   t.true(server.unban('user:mallory'))
 })
 
-test(
+needs(opensslTool, test)(
   'a banned address gets no TLS handshake: the connection is closed before the ServerHello',
-  needs(opensslTool, async (t) => {
+  async (t) => {
     const { cert, key } = selfSignedCertificate()
     const { server, port } = await start(t, { tls: { cert, key }, maxConnectionRatePerIp: 1, connectionRateBurst: 1, ban: { after: 1, for: '1m' } })
     const handshake = (localAddress) =>
@@ -172,7 +172,7 @@ test(
     t.is(server.stats().rejections.banned, 1)
     t.is(handshakes(), before, 'no handshake was started for the refused connections')
     t.is(await handshake('127.0.0.14'), 'secure')
-  }),
+  },
 )
 
 test('ban and connection-rate options are checked: TypeErrors naming the option', async (t) => {
@@ -197,9 +197,9 @@ test('ban and connection-rate options are checked: TypeErrors naming the option'
   t.deepEqual(server.bans(), [])
 })
 
-test(
+needs(redisTool, test)(
   'with a cluster a ban reaches every instance, one started later included, and so does unban',
-  needs(redisTool, async (t) => {
+  async (t) => {
     const redis = await startRedis(t)
     const instance = async () => {
       const server = new Server({ maxConnectionsPerIp: 0, maxConnectionRatePerIp: 1, connectionRateBurst: 1, ban: { after: 2, for: '1m' }, cluster: { redis: redis.url, prefix: 'bans' } })
@@ -225,7 +225,7 @@ test(
     t.true(b.server.unban('127.0.0.15'))
     t.true(await eventually(() => a.server.bans().length === 0 && c.server.bans().length === 0), 'unban reaches the others')
     t.is(await redis.command('EXISTS', 'bans:ban:127.0.0.15'), 0)
-  }),
+  },
 )
 
 test('refusals of any kind that name their client strike: two slowloris heads from one address ban it', async (t) => {
@@ -247,9 +247,9 @@ test('refusals of any kind that name their client strike: two slowloris heads fr
   t.true(served(await attempt(port, '127.0.0.18')))
 })
 
-test(
+needs(curlTool, test)(
   'over HTTP/2 too: a banned address is dropped before its preface is read, a banned forwarded client gets 403 on its stream',
-  needs(curlTool, async (t) => {
+  async (t) => {
     const h2 = (port, path, args = []) =>
       curl(['-s', '--http2-prior-knowledge', '-o', '/dev/null', '-w', '%{http_code} %{http_version}', ...args, `http://127.0.0.1:${port}${path}`])
     const direct = await start(t, { http2: true, maxConnectionRatePerIp: 1, connectionRateBurst: 1, ban: { after: 1, for: '1m' } })
@@ -264,5 +264,5 @@ test(
     t.deepEqual(proxied.server.bans().map((ban) => ban.client), ['198.51.100.9'])
     t.is((await h2(proxied.port, '/api/hello', ['-H', 'x-forwarded-for: 198.51.100.9'])).stdout.toString(), '403 2')
     t.is((await h2(proxied.port, '/api/hello')).stdout.toString(), '200 2')
-  }),
+  },
 )

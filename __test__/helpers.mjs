@@ -147,8 +147,13 @@ export function runPythonTool(python, script, args, { timeout = 60_000, env = {}
  */
 export function needs(tool, test) {
   if (!tool.missing) return test
-  if (inCI) return (title) => test(title, (t) => t.fail(tool.missing))
-  return (title, impl) => test.skip(`${title} [skipped: ${tool.missing}]`, impl)
+  // The wrappers carry `skip` and `serial` too, so `needs(a, needs(b, test))` composes.
+  if (inCI) {
+    const failed = (title) => test(title, (t) => t.fail(tool.missing))
+    return Object.assign(failed, { skip: failed, serial: failed })
+  }
+  const skipped = (title, impl) => test.skip(`${title} [skipped: ${tool.missing}]`, impl)
+  return Object.assign(skipped, { skip: skipped, serial: skipped })
 }
 
 /**
