@@ -130,6 +130,16 @@ for (const entry of report.workloads) {
     'floodgate access log on÷off': ratio('floodgate-accesslog', 'floodgate'),
     'nginx access log on÷off': ratio('nginx-accesslog', 'nginx'),
   }
+  // Server CPU (lower is better) where the workload measures it: what observing cost in work.
+  const cpuKey = Object.keys(entry.results.floodgate ?? {}).find((key) => key.startsWith('server CPU'))
+  const cpu = (on, off) => {
+    const [a, b] = [entry.results[on]?.[cpuKey], entry.results[off]?.[cpuKey]]
+    return a && b ? a / b : undefined
+  }
+  if (cpuKey) {
+    row[`metrics on÷off ${cpuKey}`] = cpu('floodgate', 'floodgate-nometrics')
+    row[`access log on÷off ${cpuKey}`] = cpu('floodgate-accesslog', 'floodgate')
+  }
   if (Object.values(row).some((v) => typeof v === 'number')) observeRows.push(row)
 }
 if (observeRows.length) report.observe = observeRows
@@ -157,7 +167,7 @@ console.log(`\n${report.date} · ${machine.cores} cores · ${machine.os} · Node
 console.log(table)
 report.table = table
 if (observeRows.length) {
-  const heads = Object.keys(observeRows[0])
+  const heads = [...new Set(observeRows.flatMap((row) => Object.keys(row)))]
   const cells = observeRows.map((row) => heads.map((h) => (typeof row[h] === 'number' ? row[h].toFixed(3) : (row[h] ?? '—'))))
   const w = heads.map((h, i) => Math.max(h.length, ...cells.map((c) => String(c[i]).length)))
   const l = (row) => `| ${row.map((c, i) => String(c).padEnd(w[i])).join(' | ')} |`

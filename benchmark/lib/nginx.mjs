@@ -76,7 +76,8 @@ ${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};\n
 `,
   )
   const child = spawn(NGINX, ['-c', join(dir, 'nginx.conf'), '-p', dir, '-g', 'daemon off;'], { stdio: 'ignore' })
-  process.on('exit', () => child.kill('SIGKILL'))
+  const kill = () => child.kill('SIGKILL')
+  process.on('exit', kill)
   await waitForPort(port)
   return {
     port,
@@ -84,6 +85,7 @@ ${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};\n
     stop: () =>
       new Promise((resolve) => {
         child.once('exit', () => {
+          process.off('exit', kill)
           rmSync(dir, { recursive: true, force: true })
           resolve()
         })

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MAX_URL: usize = 2048;
 /// Lines joined into one write at most.
 const BATCH: usize = 512;
+/// How long the writer lets lines gather after a write (see `write_lines`).
+const PAUSE: Duration = Duration::from_millis(5);
 
 tokio::task_local! {
     /// The record of the request whose handling is being polled (see the module docs).
@@ -241,8 +243,11 @@ fn append(path: &PathBuf) -> Result<File, String> {
         .map_err(|err| format!("accessLog: cannot open {}: {err}", path.display()))
 }
 
-/// The writer thread: waits for a line, takes whatever else has queued (up to `BATCH`), and
-/// writes it all at once. Ends when the log is dropped.
+/// The writer thread: waits for a line, takes whatever else has queued (up to `BATCH` lines a
+/// write) and writes it at once; then pauses for `PAUSE` before looking again, so that under
+/// load lines gather in the queue and a request task's send finds no parked receiver to wake
+/// (a futex call per line otherwise). It parks on the queue only once it is empty, and ends
+/// when the log is dropped.
 fn write_lines(
     lines: Receiver<Msg>,
     mut sink: Box<dyn Write + Send>,
@@ -252,35 +257,41 @@ fn write_lines(
     let mut buffer = Vec::with_capacity(64 * 1024);
     let mut flushes = Vec::new();
     while let Ok(first) = lines.recv() {
-        let mut count = 0u64;
         let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Lines(line) => {
-                    buffer.extend_from_slice(&line);
-                    count += 1;
+        while next.is_some() {
+            let mut count = 0u64;
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Lines(line) => {
+                        buffer.extend_from_slice(&line);
+                        count += 1;
+                    }
+                    Msg::Reopen => {}
+                    Msg::Flush(done) => flushes.push(done),
                 }
-                Msg::Reopen => {}
-                Msg::Flush(done) => flushes.push(done),
+                if count < BATCH as u64 {
+                    next = lines.try_recv().ok();
+                }
             }
-            next = if count < BATCH as u64 {
-                lines.try_recv().ok()
+            if let Some(file) = reopened.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = sink.flush();
+                sink = Box::new(file);
+            }
+            if !buffer.is_empty() {
+                if sink.write_all(&buffer).and_then(|()| sink.flush()).is_err() {
+                    dropped.fetch_add(count, Relaxed);
+                }
+                buffer.clear();
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+            if count >= BATCH as u64 {
+                next = lines.try_recv().ok();
             } else {
-                None
-            };
-        }
-        if let Some(file) = reopened.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = sink.flush();
-            sink = Box::new(file);
-        }
-        if !buffer.is_empty() {
-            if sink.write_all(&buffer).and_then(|()| sink.flush()).is_err() {
-                dropped.fetch_add(count, Relaxed);
+                std::thread::sleep(PAUSE);
+                next = lines.try_recv().ok();
             }
-            buffer.clear();
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
         }
     }
 }
