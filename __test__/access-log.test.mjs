@@ -243,6 +243,8 @@ test('reopenLogs after the file was renamed: new lines go to a new file, none lo
   t.deepEqual(fresh, Array.from({ length: 20 }, (_, i) => `/api/after-${i}`))
   t.is(server.stats().accessLogLines, 41)
   t.is(server.stats().accessLogDropped, 0)
+  t.regex(server.metrics(), /^floodgate_access_log_lines_total 41$/m)
+  t.regex(server.metrics(), /^floodgate_access_log_dropped_total 0$/m)
 })
 
 test("'stdout': lines on the process's standard output, flushed by close", async (t) => {
