@@ -142,6 +142,37 @@ test('HTTP/1.1: a JS request, a file, a range, an upload, an event stream and a 
   t.true(session.bytesIn > 'ping-pong'.length && session.bytesOut > 'ping-pong'.length)
 })
 
+test('multipart and tus uploads: one line per request with the body bytes read', async (t) => {
+  const path = logPath()
+  const server = new Server({ accessLog: path })
+  const app = new StreamingApp({ rateLimitRequests: 0, maxUploadSize: 256 * KiB })
+  app.uploads('/form', { dir: dir.root })
+  app.uploads('/tus', { dir: dir.root, resumable: {} })
+  server.mount('/stream', app)
+  const { url } = await server.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => server.close({ drain: 0 }))
+  const form = new FormData()
+  form.append('photo', new Blob([Buffer.alloc(20 * KiB, 3)], { type: 'image/png' }), 'p.png')
+  const posted = await fetch(`${url}/stream/form`, { method: 'POST', body: form })
+  t.is(posted.status, 201)
+  const multipart = await lineFor(path, '/stream/form')
+  t.like(multipart, { req: { method: 'POST' }, res: { statusCode: 201 } })
+  t.true(multipart.bytesIn > 20 * KiB, `${multipart.bytesIn}`)
+
+  const tus = { 'tus-resumable': '1.0.0' }
+  const created = await fetch(`${url}/stream/tus`, { method: 'POST', headers: { ...tus, 'upload-length': '3000' } })
+  t.is(created.status, 201)
+  const location = new URL(created.headers.get('location'), url).pathname
+  const patched = await fetch(`${url}${location}`, {
+    method: 'PATCH',
+    headers: { ...tus, 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' },
+    body: Buffer.alloc(3000, 4),
+  })
+  t.is(patched.status, 204)
+  t.like(await lineFor(path, location, (line) => line.req.method === 'PATCH'), { res: { statusCode: 204 }, bytesIn: 3000 })
+  t.like(await lineFor(path, '/stream/tus', (line) => line.req.method === 'POST'), { res: { statusCode: 201 }, bytesIn: 0 })
+})
+
 test('HTTP/2 (prior knowledge): a JS request, a file, a range, an upload and an event stream', async (t) => {
   const { path, port } = await start(t, { http2: true })
   const client = http2.connect(`http://127.0.0.1:${port}`)
