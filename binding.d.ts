@@ -26,6 +26,13 @@ export declare class NativeServer {
   listen(spec: any, host: string, port: number): BoundAddress
   /** Rejection events (at most `rejectEventsPerSecond`) go to `onRejects`, in batches. */
   onRejects(onRejects: (events: JsRejectEvent[]) => void): void
+  /**
+   * Access log lines (the `accessLog` callback, at most `accessLogPerSecond`) go to
+   * `onLines`, newline-separated, in batches.
+   */
+  onAccessLines(onLines: (lines: string) => void): void
+  /** Reopens the access log's file at its path (log rotation). */
+  reopenLogs(): void
   /** Counters and gauges, see `floodgate_core::metrics::Snapshot`. */
   stats(): any
   /** New certificates for new TLS handshakes (`tls` options); open connections keep theirs. */

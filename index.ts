@@ -15,6 +15,7 @@ export type {
   ClusterStats,
   Offender,
   RejectEvent,
+  AccessLogEntry,
   BanOptions,
   BanEntry,
   StreamingOptions,

@@ -116,6 +116,20 @@ export interface ServerOptions {
    * Rust go on. 0 (default): never.
    */
   maxEventLoopDelay?: Duration
+  /**
+   * Access log, off by default: one JSON line per request in pino's format (see
+   * `AccessLogEntry`), written from Rust by a writer thread in batches — `'stdout'`, a file
+   * path (appended to; `server.reopenLogs()` after rotation), or a function called with each
+   * entry (batched like `reject` events, at most `accessLogPerSecond` a second). Event streams
+   * and WebSocket sessions are logged when they end.
+   */
+  accessLog?: 'stdout' | string | ((entry: AccessLogEntry) => void)
+  /** Entries handed to an `accessLog` function per second at most; the rest are counted (`stats().accessLogDropped`, and `dropped` on the next entry). Default 1000. */
+  accessLogPerSecond?: number
+  /** Lines queued for the access log's writer; past it lines are dropped and counted, never waited for. Default 16384. */
+  accessLogQueue?: number
+  /** Histograms (`server.metrics()`) and rejection events; `false` keeps only `stats()`'s counters. Default true. */
+  metrics?: boolean
   /** Entries of the top offenders table in `stats().topOffenders` (clients refused most often, by user else address); 0: none. At most 1024. Default 32. */
   topOffenders?: number
   /**
@@ -515,6 +529,38 @@ export interface Stats {
   topOffenders: Offender[]
   /** Rejection events left out by `rejectEventsPerSecond` (counted only). */
   rejectEventsDropped: number
+  /** Access log lines written (or handed to the `accessLog` function). */
+  accessLogLines: number
+  /** Access log lines dropped: the writer's queue was full, past `accessLogPerSecond`, or a failed write. */
+  accessLogDropped: number
+}
+
+/**
+ * One access log line (`accessLog`), pino's fields first. `level` is 30, 40 for a 4xx or a
+ * refusal, 50 for a 5xx; `time` is ms since the Unix epoch at the end of the exchange.
+ */
+export interface AccessLogEntry {
+  level: number
+  time: number
+  pid: number
+  hostname: string
+  msg: 'request completed' | 'request refused' | 'request aborted' | 'event stream ended' | 'websocket closed'
+  req: { method: string; url: string; protocol: 'http/1.0' | 'http/1.1' | 'h2'; tls: boolean; remoteAddress: string; remotePort: number }
+  /** 499 when the client left before a response was decided. */
+  res: { statusCode: number }
+  /** ms from the request head to the end of the response (of the stream or session). */
+  responseTime: number
+  /** Request body bytes read (a WebSocket session: bytes read from the socket). */
+  bytesIn: number
+  /** Response body bytes sent (event streams off hyper and WebSocket sessions: bytes written to the socket). */
+  bytesOut: number
+  user?: string
+  /** The reason a protection refused it (`stats().rejections`' names). */
+  reason?: string
+  /** A WebSocket session's close code. */
+  closeCode?: number
+  /** The function form only: entries left out by `accessLogPerSecond` before this one. */
+  dropped?: number
 }
 
 /** One client of `stats().topOffenders`: a user, else an address. */
@@ -579,7 +625,10 @@ export function serverOptions(options: ServerOptions | undefined): {
   const value = objectOptions(options, 'Server')
   const { overrideGlobalResponse = true, ...rest } = value
   if (typeof overrideGlobalResponse !== 'boolean') throw optionError('Server: overrideGlobalResponse must be a boolean')
-  return { options: { ...value }, native: validated('server', rest, 'Server'), overrideGlobalResponse }
+  // A function is JS-only: the native core hears only that lines go to the callback.
+  const accessLog = typeof rest.accessLog === 'function' ? { callback: true } : rest.accessLog
+  const native = validated('server', { ...rest, ...(accessLog === undefined ? {} : { accessLog }) }, 'Server')
+  return { options: { ...value }, native: native as ServerOptions, overrideGlobalResponse }
 }
 
 /** `new StreamingApp(options)`: the options the native core gets, and `identify`. */

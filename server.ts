@@ -21,6 +21,7 @@ import {
   type BanEntry,
   type HandlerMountOptions,
   type ListenOptions,
+  type AccessLogEntry,
   type RejectEvent,
   type ServerOptions,
   type Stats,
@@ -79,6 +80,33 @@ export class Server extends EventEmitter {
     }
   }
 
+  // One native call per batch of access log lines (newline-separated JSON), one call per entry.
+  #onAccessLines(accessLog: (entry: AccessLogEntry) => void, lines: string): void {
+    let start = 0
+    for (let end = lines.indexOf('\n'); end !== -1; start = end + 1, end = lines.indexOf('\n', start)) {
+      try {
+        accessLog(JSON.parse(lines.slice(start, end)) as AccessLogEntry)
+      } catch (error) {
+        this.#reportError(error)
+      }
+    }
+  }
+
+  /**
+   * Reopens the `accessLog` file at its path, for log rotation: after `logrotate` (or anyone)
+   * renamed it, lines logged from now on go to a new file at the path, none lost between. Call
+   * it on `SIGHUP`: `process.on('SIGHUP', () => server.reopenLogs())`. Nothing to do for
+   * `'stdout'` or a function. Throws when the file cannot be opened (the old one stays).
+   */
+  reopenLogs(): void {
+    if (!this.#native) throw notListening('reopenLogs')
+    try {
+      this.#native.reopenLogs()
+    } catch (error) {
+      throw fromNative(error)
+    }
+  }
+
   #reportError(error: unknown): void {
     if (this.listenerCount('error') > 0) this.emit('error', error)
     else console.error('floodgate: a handler failed:', error)
@@ -126,6 +154,8 @@ export class Server extends EventEmitter {
     }
     const server = new native.NativeServer(this.#bridge.onRequests, this.#bridge.onAborts, this.#ws.onWsEvents)
     server.onRejects((events) => this.#onRejects(events as RejectEvent[]))
+    const accessLog = this.options.accessLog
+    if (typeof accessLog === 'function') server.onAccessLines((lines) => this.#onAccessLines(accessLog, lines))
     this.#bridge.native = server
     if (this.#nativeOptions.tls) this.#bridge.scheme = 'https:'
     this.#ws.native = server

@@ -38,7 +38,7 @@ function waitForPort(port, timeout = 10_000) {
  * With `tls` ({ cert, key, http2 }): HTTPS with TLS 1.3 only, as the TLS workloads compare,
  * and HTTP/2 by ALPN when `http2`.
  */
-export async function startNginx(root, tls) {
+export async function startNginx(root, tls, { accessLog = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'floodgate-nginx-'))
   const port = await freePort()
   writeFileSync(
@@ -48,7 +48,13 @@ pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+${
+  accessLog
+    ? `  # The observability A/B's peer: a JSON line per request to a file, as floodgate's access log.
+  log_format json escape=json '{"time":"$msec","remoteAddress":"$remote_addr","method":"$request_method","url":"$request_uri","statusCode":$status,"bytesIn":$request_length,"bytesOut":$body_bytes_sent,"responseTime":$request_time}';
+  access_log ${dir}/access.log json;`
+    : '  access_log off;'
+}
   # Connections are not recycled every 1,000 requests (the default, for HTTP/2 too): the load
   # clients keep theirs, as they do with the other peers.
   keepalive_requests 1000000;
@@ -70,7 +76,8 @@ ${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};\n
 `,
   )
   const child = spawn(NGINX, ['-c', join(dir, 'nginx.conf'), '-p', dir, '-g', 'daemon off;'], { stdio: 'ignore' })
-  process.on('exit', () => child.kill('SIGKILL'))
+  const kill = () => child.kill('SIGKILL')
+  process.on('exit', kill)
   await waitForPort(port)
   return {
     port,
@@ -78,6 +85,7 @@ ${tls ? `    ssl_certificate ${tls.cert};\n    ssl_certificate_key ${tls.key};\n
     stop: () =>
       new Promise((resolve) => {
         child.once('exit', () => {
+          process.off('exit', kill)
           rmSync(dir, { recursive: true, force: true })
           resolve()
         })

@@ -1,5 +1,7 @@
 // The servers a workload is run against, each started fresh as a child process.
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startServer, stopServer, childPids } from './proc.mjs'
 import { startNginx, nginxAvailable } from './nginx.mjs'
@@ -8,12 +10,12 @@ import { centrifugoBinary, centrifugoReady } from './centrifugo.mjs'
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url))
 
-function nodeServer(name, script, requirement) {
+function nodeServer(name, script, requirement, extraEnv = () => ({})) {
   return {
     name,
     available: () => (requirement() ? true : `missing ${requirement.what}`),
     async start(env) {
-      const { child, port } = await startServer(process.execPath, [here(script)], { env })
+      const { child, port } = await startServer(process.execPath, [here(script)], { env: { ...env, ...extraEnv() } })
       return { port, pids: () => [child.pid, ...childPids(child.pid)], stop: () => stopServer(child) }
     },
   }
@@ -34,11 +36,30 @@ const socketioInstalled = () => existsSync(here('../node_modules/socket.io')) &&
 export const PEERS = [
   nodeServer('floodgate', '../servers/floodgate.mjs', built),
   nodeServer('node-http', '../servers/node-http.mjs', () => true),
+  // The observability A/B (`--observe-ab`): the same floodgate server with histograms and
+  // rejection events off, and with its access log written to a file; nginx with its own.
+  { ...nodeServer('floodgate-nometrics', '../servers/floodgate.mjs', built, () => ({ METRICS: '0' })), base: 'floodgate' },
+  {
+    name: 'floodgate-accesslog',
+    base: 'floodgate',
+    available: () => (built() ? true : `missing ${built.what}`),
+    async start(env) {
+      const dir = mkdtempSync(join(tmpdir(), 'floodgate-log-'))
+      const server = await nodeServer('floodgate-accesslog', '../servers/floodgate.mjs', built, () => ({ ACCESS_LOG: join(dir, 'access.log') })).start(env)
+      return { ...server, stop: () => server.stop().finally(() => rmSync(dir, { recursive: true, force: true })) }
+    },
+  },
   nodeServer('fastify', '../servers/fastify.mjs', fastifyInstalled),
   {
     name: 'nginx',
     available: () => nginxAvailable() || 'nginx is not installed',
     start: (env) => startNginx(env.ROOT, env.TLS_CERT && { cert: env.TLS_CERT, key: env.TLS_KEY, http2: env.TLS_H2 === '1' }),
+  },
+  {
+    name: 'nginx-accesslog',
+    base: 'nginx',
+    available: () => nginxAvailable() || 'nginx is not installed',
+    start: (env) => startNginx(env.ROOT, env.TLS_CERT && { cert: env.TLS_CERT, key: env.TLS_KEY, http2: env.TLS_H2 === '1' }, { accessLog: true }),
   },
   nodeServer('ws', '../servers/ws.mjs', wsInstalled),
   {

@@ -7,7 +7,13 @@ const { publishFor } = require('./publish.cjs')
 
 // TLS workloads: the same certificate as the other peers.
 const tls = process.env.TLS_CERT && { cert: process.env.TLS_CERT, key: process.env.TLS_KEY }
-const server = new Server({ maxConnectionsPerIp: 0, ...(tls && { tls }) })
+// The observability A/B (`--observe-ab`): METRICS=0 turns histograms and rejection events off;
+// ACCESS_LOG=<path> writes the access log there.
+const observe = {
+  ...(process.env.METRICS === '0' && { metrics: false }),
+  ...(process.env.ACCESS_LOG && { accessLog: process.env.ACCESS_LOG }),
+}
+const server = new Server({ maxConnectionsPerIp: 0, ...(tls && { tls }), ...observe })
 const app = new StreamingApp({
   rateLimitBandwidth: 0,
   rateLimitRequests: 0,

@@ -6,6 +6,7 @@ use crate::events::bus::Bus;
 use crate::limit::ban::Bans;
 use crate::limit::key::ClientKey;
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::access::AccessRecord;
 use crate::observe::app::AppMetrics;
 use crate::observe::reject::Refusal;
 use std::net::IpAddr;
@@ -29,6 +30,9 @@ pub(crate) struct RequestContext {
     pub(crate) abort: CancellationToken,
     /// Offender bans, with the `ban` option.
     pub(crate) bans: Option<Arc<Bans>>,
+    /// The request's access log record (`accessLog`); an event stream or a WebSocket session
+    /// keeps it until it ends.
+    pub(crate) access: Option<Arc<AccessRecord>>,
 }
 
 impl RequestContext {

@@ -318,6 +318,8 @@ pub struct Metrics {
     pub apps: Vec<Arc<AppMetrics>>,
     /// Offender bans (`ban`): every refusal that names its client is a strike.
     bans: std::sync::OnceLock<Arc<crate::limit::ban::Bans>>,
+    /// Histograms observed (`metrics: true`, the default); off, only counters are kept.
+    histograms: bool,
 }
 
 impl Default for Metrics {
@@ -339,6 +341,7 @@ impl Default for Metrics {
             sse_queue_depth: Histogram::new(&histogram::DEPTH),
             apps: Vec::new(),
             bans: std::sync::OnceLock::new(),
+            histograms: true,
         }
     }
 }
@@ -374,6 +377,10 @@ pub struct Snapshot {
     pub top_offenders: Vec<Offender>,
     /// Rejection events left out by `rejectEventsPerSecond` (counted, not sent to JS).
     pub reject_events_dropped: u64,
+    /// Access log lines written (or handed to the callback), and lines dropped: the writer's
+    /// queue was full, the callback's `accessLogPerSecond` was reached, or a write failed.
+    pub access_log_lines: u64,
+    pub access_log_dropped: u64,
     /// Present with the `cluster` option: Redis's state and what was decided without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::health::ClusterSnapshot>,
@@ -405,6 +412,24 @@ impl Metrics {
             events: RejectEvents::new(per_second, top_offenders, sink),
             apps,
             ..Self::default()
+        }
+    }
+
+    /// Without histograms (and, from the caller, without rejection events): `metrics: false`.
+    pub fn without_histograms(mut self) -> Self {
+        self.histograms = false;
+        self
+    }
+
+    /// Whether histograms are observed.
+    pub fn histograms(&self) -> bool {
+        self.histograms
+    }
+
+    /// The queue length of an event stream as an event is queued.
+    pub fn sse_queued(&self, depth: usize) {
+        if self.histograms {
+            self.sse_queue_depth.observe(depth as u64);
         }
     }
 
@@ -445,7 +470,9 @@ impl Metrics {
     /// A WebSocket message of `bytes` received.
     pub fn ws_received(&self, bytes: usize) {
         self.ws_messages_in.fetch_add(1, Relaxed);
-        self.ws_message_bytes.observe(bytes as u64);
+        if self.histograms {
+            self.ws_message_bytes.observe(bytes as u64);
+        }
     }
 
     pub fn ws_sent(&self, messages: u64) {
@@ -475,6 +502,7 @@ impl Metrics {
             }
         }
         self.rejections.0[refusal.reason as usize].fetch_add(1, Relaxed);
+        crate::observe::access::note_refusal(refusal.reason);
         if let Some(app) = refusal.app {
             app.rejected(refusal.reason);
         }
@@ -513,6 +541,8 @@ impl Metrics {
                 .collect(),
             top_offenders: self.events.top_offenders(),
             reject_events_dropped: self.events.dropped_total(),
+            access_log_lines: 0,
+            access_log_dropped: 0,
             cluster: None,
             bans: None,
         }

@@ -142,8 +142,19 @@ struct Rejects {
     deliver: Option<DeliverRejects>,
 }
 
+pub type OnAccessLines<'env> = Function<'env, String, ()>;
+type DeliverAccessLines = ThreadsafeFunction<(), (), String, Status, false, true>;
+
+/// Access log lines for the `accessLog` callback, newline-separated, waiting for the JS thread.
+#[derive(Default)]
+struct AccessLines {
+    batch: Option<Arc<Batch<String>>>,
+    deliver: Option<DeliverAccessLines>,
+}
+
 pub struct NapiHost {
     rejects: Mutex<Rejects>,
+    access: Mutex<AccessLines>,
     requests: Arc<Batch<Requests>>,
     aborts: Arc<Batch<Vec<f64>>>,
     deliver_requests: DeliverRequests,
@@ -197,6 +208,7 @@ impl NapiHost {
             })?;
         Ok(Self {
             rejects: Mutex::new(Rejects::default()),
+            access: Mutex::new(AccessLines::default()),
             requests,
             aborts,
             deliver_requests,
@@ -226,7 +238,37 @@ impl NapiHost {
     }
 }
 
+impl NapiHost {
+    /// From now on access log lines (the `accessLog` callback) go to `on_lines`, in batches.
+    pub fn on_access_lines(&self, on_lines: &OnAccessLines) -> Result<()> {
+        let batch = Batch::<String>::new();
+        let drained = Arc::clone(&batch);
+        let deliver = on_lines
+            .build_threadsafe_function::<()>()
+            .weak::<true>()
+            .build_callback(move |_: ThreadsafeCallContext<()>| Ok(drained.take()))?;
+        *self.access.lock().unwrap_or_else(|p| p.into_inner()) = AccessLines {
+            batch: Some(batch),
+            deliver: Some(deliver),
+        };
+        Ok(())
+    }
+}
+
 impl JsHost for NapiHost {
+    fn access_line(&self, line: String) {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(batch), Some(deliver)) = (&access.batch, &access.deliver) {
+            let schedule = batch.add(|lines| {
+                lines.push_str(&line);
+                lines.push('\n');
+            });
+            if schedule {
+                deliver.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        }
+    }
+
     fn js_delay(&self) -> Option<Duration> {
         self.requests.waiting().max(self.ws_events.waiting())
     }

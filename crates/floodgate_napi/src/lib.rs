@@ -148,6 +148,23 @@ impl NativeServer {
         self.host.on_rejects(&on_rejects)
     }
 
+    /// Access log lines (the `accessLog` callback, at most `accessLogPerSecond`) go to
+    /// `onLines`, newline-separated, in batches.
+    #[napi]
+    pub fn on_access_lines(
+        &self,
+        #[napi(ts_arg_type = "(lines: string) => void")] on_lines: crate::host::OnAccessLines,
+    ) -> Result<()> {
+        self.host.on_access_lines(&on_lines)
+    }
+
+    /// Reopens the access log's file at its path (log rotation).
+    #[napi]
+    pub fn reopen_logs(&self) -> Result<(), String> {
+        let server = self.running().ok_or_else(|| not_listening("reopenLogs"))?;
+        server.reopen_logs().map_err(coded)
+    }
+
     /// Counters and gauges, see `floodgate_core::metrics::Snapshot`.
     #[napi]
     pub fn stats(&self) -> Result<serde_json::Value, String> {

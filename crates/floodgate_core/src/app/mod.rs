@@ -206,7 +206,12 @@ impl StreamingApp {
             )
             .await
             {
-                Ok(user) => context.user = user,
+                Ok(user) => {
+                    if let Some(record) = &context.access {
+                        record.user(user.as_deref());
+                    }
+                    context.user = user
+                }
                 Err(response) => return response,
             }
             if context.user_banned() {
@@ -357,6 +362,7 @@ impl StreamingApp {
                     handler_timeout: self.config.handler_timeout,
                     client: context.client,
                     url: relative_url(rel, request.uri()),
+                    access: context.access.clone(),
                 };
                 sse.open(&request, sse_context).await
             }

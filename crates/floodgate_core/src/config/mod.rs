@@ -78,6 +78,49 @@ pub struct ServerConfig {
     /// Offender bans: an address (or user) refused `after` times within `within` is refused
     /// at accept for `for`. Absent: no bans.
     pub ban: Option<BanConfig>,
+    /// The access log (`observe::access`): `"stdout"`, a file path, or `{ "callback": true }`
+    /// (the JS layer's function). Absent: no access log.
+    pub access_log: Option<AccessLogTarget>,
+    /// Lines handed to the `accessLog` callback per second at most; the rest are counted.
+    pub access_log_per_second: u32,
+    /// Lines queued for the access log's writer; past it lines are dropped and counted.
+    pub access_log_queue: u32,
+    /// Histograms (request duration, time to first byte, sizes, queue depth) and rejection
+    /// events. `false` keeps only the counters of `stats()` (for the benchmark's A/B).
+    pub metrics: bool,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(std::path::PathBuf),
+    /// Batches to the JS callback.
+    Callback,
+}
+
+impl<'de> Deserialize<'de> for AccessLogTarget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Named(String),
+            Callback { callback: bool },
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "must be 'stdout', a file path, or a function receiving each entry",
+            )
+        };
+        match Raw::deserialize(deserializer).map_err(|_| bad())? {
+            Raw::Named(name) if name == "stdout" => Ok(Self::Stdout),
+            Raw::Named(path) if !path.is_empty() && !path.contains('\0') => {
+                Ok(Self::File(path.into()))
+            }
+            Raw::Callback { callback: true } => Ok(Self::Callback),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// `ban`: when an offender is banned, for how long, who never is, and how many are kept.
@@ -189,6 +232,10 @@ impl Default for ServerConfig {
             max_connection_rate_per_ip: 0,
             connection_rate_burst: 0,
             ban: None,
+            access_log: None,
+            access_log_per_second: 1000,
+            access_log_queue: 16384,
+            metrics: true,
         }
     }
 }
@@ -927,6 +974,9 @@ impl ServerConfig {
         // Each refusal scans the table once: keep it a table, not a database.
         if self.top_offenders > 1024 {
             return Err("topOffenders: must be at most 1024".into());
+        }
+        if self.access_log_queue == 0 {
+            return Err("accessLogQueue: must be at least 1".into());
         }
         if let Some(tls) = &self.tls {
             crate::tls::server_config(tls)?;

@@ -25,6 +25,7 @@ use crate::limit::conn::{ConnectionLimiter, Slot};
 use crate::limit::key::{address_key, ClientKey};
 use crate::limit::rate::RequestLimiter;
 use crate::metrics::{Metrics, Rejection, Snapshot};
+use crate::observe::access::{self, AccessLog, AccessRecord, CountedBody, RequestLine};
 use crate::observe::app::Timing;
 use crate::observe::reject::Refusal;
 use crate::observe::sample::{Frame, Sampler};
@@ -63,6 +64,8 @@ struct Shared {
     cluster: Option<Arc<Cluster>>,
     /// The certificates of new handshakes, when the server speaks TLS.
     tls: Option<TlsConfig>,
+    /// The access log, with the `accessLog` option.
+    access: Option<Arc<AccessLog>>,
     shutdown: CancellationToken,
     /// Upgraded (WebSocket) sessions outlive their HTTP connection task: they are spawned
     /// here, so `close` drains and then aborts them like any connection.
@@ -115,12 +118,35 @@ pub fn listen(
         .values()
         .map(|app| Arc::clone(app.metrics()))
         .collect();
-    let metrics = Arc::new(Metrics::new(
-        spec.options.reject_events_per_second,
+    let metrics = Metrics::new(
+        if spec.options.metrics {
+            spec.options.reject_events_per_second
+        } else {
+            0
+        },
         spec.options.top_offenders,
         sink,
         apps,
-    ));
+    );
+    let metrics = Arc::new(if spec.options.metrics {
+        metrics
+    } else {
+        metrics.without_histograms()
+    });
+    let access = match &spec.options.access_log {
+        Some(target) => Some(
+            AccessLog::open(
+                target,
+                spec.options.access_log_queue,
+                spec.options.access_log_per_second,
+                bridge
+                    .clone()
+                    .map(|bridge| bridge as Arc<dyn access::AccessSink>),
+            )
+            .map_err(Error::option)?,
+        ),
+        None => None,
+    };
     // Bound: this instance owns its folders now; leftovers of a crashed one can go.
     for app in mounts.values() {
         app.remove_stale_uploads(&metrics);
@@ -153,6 +179,7 @@ pub fn listen(
         bus,
         cluster,
         tls,
+        access,
         shutdown: stop_accepting.clone(),
         tracker: tracker.clone(),
         abort: abort.clone(),
@@ -260,6 +287,9 @@ impl RunningServer {
             .as_ref()
             .map(|cluster| cluster.snapshot());
         snapshot.bans = self.shared.bans.as_ref().map(|bans| bans.snapshot());
+        if let Some(access) = &self.shared.access {
+            (snapshot.access_log_lines, snapshot.access_log_dropped) = access.counts();
+        }
         snapshot
     }
 
@@ -281,6 +311,14 @@ impl RunningServer {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .frame(&self.shared.metrics, top, skip)
+    }
+
+    /// Reopens the access log's file at its path (after log rotation moved it).
+    pub fn reopen_logs(&self) -> Result<(), Error> {
+        match &self.shared.access {
+            Some(access) => access.reopen().map_err(Error::option),
+            None => Ok(()),
+        }
     }
 
     /// The per-address connection slots (tests watch slots come back).
@@ -352,6 +390,13 @@ impl RunningServer {
         if let Some(cluster) = &self.shared.cluster {
             // Every connection has ended: its lease release is queued; send them, then stop.
             cluster.stop().await;
+        }
+        if let Some(access) = self.shared.access.clone() {
+            // Every request has ended: its line is queued; let the writer catch up.
+            let flushed = tokio::task::spawn_blocking(move || {
+                access.flush(Duration::from_secs(2));
+            });
+            let _ = flushed.await;
         }
     }
 }
@@ -693,12 +738,41 @@ async fn h2_idle(conn: Arc<ConnState>, shared: &Shared) {
     }
 }
 
+/// One request: logged (`accessLog`) when whatever serves it lets go of its record.
 async fn handle(
     shared: &Shared,
     request: Request<Incoming>,
     peer: SocketAddr,
     conn: &Arc<ConnState>,
 ) -> Response<Tracked> {
+    let Some(log) = &shared.access else {
+        let request = request.map(|body| CountedBody::new(body, None));
+        let (response, timing) = respond(shared, request, peer, conn, None).await;
+        return response.map(|body: Body| Tracked::new(body, Arc::clone(conn)).with_timing(timing));
+    };
+    let client = client_ip(peer.ip(), request.headers(), &shared.config.trust_proxy);
+    let (head, body) = request.into_parts();
+    let line = RequestLine::new(&head, shared.tls.is_some(), client, peer.port());
+    let record = log.start(line);
+    let request = Request::from_parts(head, CountedBody::new(body, Some(Arc::clone(&record))));
+    // Refusals made while the request is handled note their reason on its record.
+    let responding = respond(shared, request, peer, conn, Some(Arc::clone(&record)));
+    let (response, timing) = access::CURRENT.scope(Arc::clone(&record), responding).await;
+    record.status(response.status().as_u16());
+    response.map(|body: Body| {
+        Tracked::new(body, Arc::clone(conn))
+            .with_timing(timing)
+            .with_access(Some(record))
+    })
+}
+
+async fn respond(
+    shared: &Shared,
+    request: Request<CountedBody<Incoming>>,
+    peer: SocketAddr,
+    conn: &Arc<ConnState>,
+    access: Option<Arc<AccessRecord>>,
+) -> (Response<Body>, Option<Timing>) {
     shared.metrics.request();
     let version = request.version();
     let started = std::time::Instant::now();
@@ -715,7 +789,7 @@ async fn handle(
                     .route(request.uri().path())
                     .status(status),
             );
-            return refusal.map(|body: Body| Tracked::new(body, Arc::clone(conn)));
+            return (refusal, None);
         }
     }
     let path = request.uri().path().to_string();
@@ -737,8 +811,7 @@ async fn handle(
                         .route(&path)
                         .status(403),
                 );
-                return body::text(StatusCode::FORBIDDEN, "Forbidden\n")
-                    .map(|body: Body| Tracked::new(body, Arc::clone(conn)));
+                return (body::text(StatusCode::FORBIDDEN, "Forbidden\n"), None);
             }
             let context = RequestContext {
                 client,
@@ -751,9 +824,12 @@ async fn handle(
                 tracker: shared.tracker.clone(),
                 abort: shared.abort.clone(),
                 bans: shared.bans.clone(),
+                access,
             };
             let response = app.handle(request, rel, context).await;
-            timing = Some(Timing::head_ready(app_metrics, started));
+            if shared.metrics.histograms() {
+                timing = Some(Timing::head_ready(app_metrics, started));
+            }
             response
         }
         None => {
@@ -770,7 +846,7 @@ async fn handle(
         Some(slot) => hand_off(response, slot, version, conn).await,
         None => response,
     };
-    response.map(|body: Body| Tracked::new(body, Arc::clone(conn)).with_timing(timing))
+    (response, timing)
 }
 
 /// A response that asked to leave hyper (`conn::handoff`): parked for the connection task,

@@ -2,6 +2,7 @@
 
 use crate::conn::h2_stream::{self, StreamWatch};
 use crate::conn::state::ConnState;
+use crate::observe::access::{AccessRecord, CURRENT};
 use crate::observe::app::Timing;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -80,6 +81,9 @@ pub struct Tracked {
     stream: Option<Arc<StreamWatch>>,
     /// The request's duration and bytes, observed for its app when the body ends.
     timing: Option<Timing>,
+    /// The request's access log record: bytes out, and the reason of a refusal made while
+    /// the body is sent (`downloadTimeout`).
+    access: Option<Arc<AccessRecord>>,
 }
 
 impl Tracked {
@@ -93,7 +97,13 @@ impl Tracked {
             state: Some(state),
             stream,
             timing: None,
+            access: None,
         }
+    }
+
+    pub fn with_access(mut self, access: Option<Arc<AccessRecord>>) -> Self {
+        self.access = access;
+        self
     }
 
     pub fn with_timing(mut self, timing: Option<Timing>) -> Self {
@@ -105,6 +115,7 @@ impl Tracked {
         if let Some(timing) = self.timing.take() {
             timing.finish();
         }
+        self.access = None;
         if let Some(state) = self.state.take() {
             state.response_done();
         }
@@ -123,7 +134,18 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &this.access {
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            Some(record) => {
+                let polled = CURRENT.sync_scope(Arc::clone(record), || {
+                    Pin::new(&mut this.inner).poll_frame(cx)
+                });
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    record.sent(frame.data_ref().map_or(0, |data| data.len()));
+                }
+                polled
+            }
+        };
         if let (Poll::Ready(Some(Ok(frame))), Some(timing)) = (&polled, &mut this.timing) {
             timing.sent(frame.data_ref().map_or(0, |data| data.len()));
         }

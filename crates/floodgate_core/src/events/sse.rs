@@ -22,6 +22,7 @@ use crate::limit::conn::ConnectionLimiter;
 use crate::limit::key::ClientKey;
 use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
+use crate::observe::access::{AccessRecord, CURRENT};
 use crate::observe::app::{AppMetrics, Kind, Live};
 use crate::observe::reject;
 use bytes::{Bytes, BytesMut};
@@ -69,6 +70,8 @@ pub struct SseContext<'a> {
     pub handler_timeout: Duration,
     pub client: IpAddr,
     pub url: String,
+    /// The request's access log record: kept until the stream ends.
+    pub access: Option<Arc<AccessRecord>>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +144,9 @@ impl SseRoute {
             .any(|topic| bus::validate(topic, true).is_err())
         {
             return body::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n");
+        }
+        if let Some(record) = &context.access {
+            record.user(setup.user.as_deref());
         }
         let key = ClientKey::new(setup.user.as_deref(), context.client);
         let refuse = |status: u16| {
@@ -241,7 +247,12 @@ impl SseRoute {
             client: context.client,
             reason: CloseReason::Client,
         });
+        if let Some(record) = &context.access {
+            record.event_stream();
+            record.status(200);
+        }
         let held = Held {
+            access: context.access.clone(),
             _live: Live::new(context.app, Kind::SseStream),
             _lease: admission.map(|admission| admission.lease),
             _slot: slot,
@@ -463,7 +474,7 @@ impl Sink for EventQueue {
             Pushed::Queued { dropped } => {
                 let depth = state.events.len();
                 drop(state);
-                self.metrics.sse_queue_depth.observe(depth as u64);
+                self.metrics.sse_queued(depth);
                 self.metrics
                     .reject_many(Rejection::SseEventDropped, dropped);
                 self.waker.wake();
@@ -517,6 +528,8 @@ impl Drop for OnClose {
 
 /// What an open stream holds: its slots, its subscription, its close notice.
 struct Held {
+    /// Logged when the stream ends (and its last holder lets go).
+    access: Option<Arc<AccessRecord>>,
     _live: Live,
     _lease: Option<Lease>,
     _slot: crate::limit::conn::Slot<ClientKey>,
@@ -571,7 +584,12 @@ impl EventSource {
                 return Poll::Ready(None);
             }
             match self.queue.pop() {
-                Err(()) => return Poll::Ready(None),
+                Err(()) => {
+                    if let Some(record) = &self.held.access {
+                        record.refused(Rejection::SseOverflow);
+                    }
+                    return Poll::Ready(None);
+                }
                 Ok(Some(chunk)) => {
                     self.last_write = tokio::time::Instant::now();
                     return Poll::Ready(Some(chunk));
@@ -614,6 +632,14 @@ impl EventSource {
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// `bytes` of the stream written on the bare socket (head and chunk framing included).
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.metrics.sent(bytes);
+        if let Some(record) = &self.held.access {
+            record.sent(bytes);
+        }
+    }
 }
 
 /// The stream as a body hyper writes (HTTP/2, or an HTTP/1.1 connection that could not be
@@ -649,6 +675,12 @@ impl HandOff for EventSource {
         tracker: &TaskTracker,
     ) {
         self.queue.detach_conn();
-        tracker.spawn(SocketStream::new(*self, socket, guard, head, chunked));
+        let access = self.held.access.clone();
+        let stream = SocketStream::new(*self, socket, guard, head, chunked);
+        // Refusals of the stream's task (a send stall) note their reason on its record.
+        match access {
+            Some(record) => tracker.spawn(CURRENT.scope(record, stream)),
+            None => tracker.spawn(stream),
+        };
     }
 }

@@ -217,7 +217,7 @@ impl SocketStream {
             match Pin::new(&mut self.socket).poll_write_vectored(cx, &slices) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(written)) => {
-                    self.source.metrics().sent(written);
+                    self.source.sent(written);
                     self.out.done += written;
                     self.unflushed = true;
                     self.stall_at = None;

@@ -77,6 +77,9 @@ pub trait JsHost: Send + Sync + 'static {
     fn ws_event(&self, event: WsEvent);
     /// A refusal, within the per-second bound (`observe::reject`). Must not block.
     fn reject_event(&self, _event: RejectEvent) {}
+    /// An access log line for the `accessLog` callback, within its per-second bound. Must
+    /// not block.
+    fn access_line(&self, _line: String) {}
     /// How long the oldest work handed to JS and not yet taken by the JS thread has waited;
     /// `None` when nothing waits (or the host cannot tell). Must be cheap.
     fn js_delay(&self) -> Option<Duration> {
@@ -153,6 +156,12 @@ pub struct Gone;
 impl RejectSink for Bridge {
     fn reject_event(&self, event: RejectEvent) {
         self.host.reject_event(event);
+    }
+}
+
+impl crate::observe::access::AccessSink for Bridge {
+    fn access_line(&self, line: String) {
+        self.host.access_line(line);
     }
 }
 

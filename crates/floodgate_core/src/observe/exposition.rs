@@ -122,6 +122,18 @@ impl Collector for Scrape {
             "Rejection events left out by rejectEventsPerSecond.",
             s.reject_events_dropped,
         )?;
+        counter(
+            e,
+            "access_log_lines",
+            "Access log lines written (or handed to the accessLog function).",
+            s.access_log_lines,
+        )?;
+        counter(
+            e,
+            "access_log_dropped",
+            "Access log lines dropped: the writer's queue full, past accessLogPerSecond, or a failed write.",
+            s.access_log_dropped,
+        )?;
         histogram(
             e,
             "websocket_message_bytes",

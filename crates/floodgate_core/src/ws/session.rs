@@ -239,6 +239,9 @@ async fn finish(session: Box<Session>, end: End) {
         held,
         abort,
     } = guards;
+    if let Some(record) = &held.access {
+        record.close_code(end.code);
+    }
     // The caps' slots are free as soon as JS hears of the close.
     drop(registration);
     drop(held);
@@ -434,6 +437,9 @@ impl Session {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(self.end_abnormally()),
                     Poll::Ready(Ok(written)) => {
                         self.metrics.sent(written);
+                        if let Some(record) = &self.guards.held.access {
+                            record.sent(written);
+                        }
                         self.write_buf.advance(written);
                         self.stalled_since = None;
                         progressed = true;
@@ -545,13 +551,20 @@ impl Session {
         Ok(progressed)
     }
 
+    fn received(&self, bytes: usize) {
+        self.metrics.received(bytes);
+        if let Some(record) = &self.guards.held.access {
+            record.received(bytes);
+        }
+    }
+
     /// Reads into the stack and parses there; only an unparsed tail is copied to the heap.
     fn read_fresh(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         std::task::ready!(Pin::new(&mut self.socket).poll_read(cx, &mut buf))?;
         let read = buf.filled().len();
-        self.metrics.received(read);
+        self.received(read);
         let filled = buf.filled_mut();
         let consumed = self.parse(filled);
         if consumed < read && !self.reading_done {
@@ -571,7 +584,7 @@ impl Session {
             cx,
             &mut self.read_buf
         ))?;
-        self.metrics.received(read);
+        self.received(read);
         self.check_incomplete();
         Poll::Ready(Ok(read))
     }

@@ -55,6 +55,8 @@ pub struct Held {
     _lease: Option<Lease>,
     /// The app's open-socket gauge, held up while the session lives.
     live: Option<Live>,
+    /// The upgrade request's access log record: the session is logged when it ends.
+    pub(crate) access: Option<Arc<crate::observe::access::AccessRecord>>,
 }
 
 impl Held {
@@ -227,6 +229,11 @@ impl WsRoute {
             }
         };
         held.live = Some(Live::new(&context.app, Kind::WebSocket));
+        if let Some(record) = &context.access {
+            record.websocket();
+            record.user(user.as_deref());
+        }
+        held.access = context.access.clone();
         let compression = self
             .deflate
             .as_ref()
@@ -257,7 +264,13 @@ impl WsRoute {
             protocol: protocol.clone(),
             deflate: compression.as_ref().map(|(negotiated, _)| *negotiated),
         });
-        context.tracker.spawn(session::run(start));
+        // Refusals of the session's task note their reason on its record.
+        match &context.access {
+            Some(record) => context.tracker.spawn(
+                crate::observe::access::CURRENT.scope(Arc::clone(record), session::run(start)),
+            ),
+            None => context.tracker.spawn(session::run(start)),
+        };
 
         let mut response = Response::new(body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -331,6 +344,7 @@ impl WsRoute {
             _permit: permit,
             _lease: admission.map(|admission| admission.lease),
             live: None,
+            access: None,
         })
     }
 }
