@@ -10,12 +10,13 @@
 use crate::events::bus::{self, Bus, SharedEvent, Sink, SubscriptionGuard};
 use crate::limit::queue::{BoundedQueue, Pushed, QueueLimits, Weighed};
 use crate::metrics::{Metrics, Rejection};
+use crate::ws::deadlines::{Deadlines, Tick};
 use crate::ws::deflate::SharedDeflate;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -204,6 +205,10 @@ impl SessionHandle {
         self.queued_bytes.store(0, Ordering::Relaxed);
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn buffered_amount(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
     }
@@ -257,6 +262,8 @@ pub struct WsHub {
     /// The drain deadline passed: every session ends now.
     aborted: AtomicBool,
     watching: AtomicBool,
+    /// Every session's next deadline, swept by one task (see `deadlines`).
+    deadlines: Deadlines,
 }
 
 #[derive(Clone, Copy)]
@@ -354,6 +361,17 @@ impl WsHub {
         });
     }
 
+    /// Wakes session `id` at `tick` (see `deadlines`); the first call starts the sweeper.
+    pub fn wake_at(self: &Arc<Self>, tick: Tick, id: u64) {
+        if self.deadlines.file(tick, id) {
+            tokio::spawn(sweep(Arc::downgrade(self), self.deadlines.earlier()));
+        }
+    }
+
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
     fn raise(&self, flag: Flag) {
         match flag {
             Flag::ShuttingDown => self.shutting_down.store(true, Ordering::Release),
@@ -438,6 +456,34 @@ impl WsHub {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Wakes sessions as their filed deadlines come, until the hub is gone.
+async fn sweep(hub: Weak<WsHub>, earlier: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = {
+            let Some(hub) = hub.upgrade() else { return };
+            let (due, next) = hub.deadlines.due();
+            if !due.is_empty() {
+                let sessions = hub.sessions.read().unwrap_or_else(|p| p.into_inner());
+                for id in due {
+                    if let Some(session) = sessions.get(&id) {
+                        session.waker.wake();
+                    }
+                }
+            }
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = earlier.notified() => {}
+                }
+            }
+            None => earlier.notified().await,
+        }
     }
 }
 

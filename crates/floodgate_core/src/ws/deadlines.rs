@@ -1,0 +1,103 @@
+//! Session deadlines (idle, ping, pong, rate pauses, send stalls, closing) kept for the whole
+//! hub by one task, instead of a tokio `Sleep` per socket.
+//!
+//! A `Sleep` costs an idle socket a 100-byte allocation and its instant, for a deadline that is
+//! seconds away and moves with every message. Here a session files its id under the tick
+//! (`TICK`) of its nearest deadline and keeps only that tick; one sweeper task per hub sleeps
+//! until the earliest filed tick and wakes the sessions filed there, which check their own
+//! deadlines as they always did. A deadline that moves later (a message resets the idle
+//! timer) is not refiled: the old entry wakes the session, which then files the new one, so a
+//! busy socket touches this map once per deadline, not once per message. A deadline that moves
+//! earlier is filed again (a spurious wake is harmless). `tokio_util::time::DelayQueue` would
+//! need one owning task and a message per insert and per reset, and keys of its own per entry.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Deadlines are rounded up to this: sessions due in the same tick are woken together.
+const TICK: Duration = Duration::from_millis(10);
+
+/// A point in time as a count of ticks since the hub's epoch.
+pub type Tick = u64;
+
+/// The filed deadlines of every session of a hub.
+pub struct Deadlines {
+    epoch: Instant,
+    /// Session ids by the tick at which they want waking.
+    filed: Mutex<BTreeMap<Tick, Vec<u64>>>,
+    /// An entry earlier than the sweeper's next wake-up was filed.
+    earlier: Arc<Notify>,
+    sweeping: AtomicBool,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            filed: Mutex::default(),
+            earlier: Arc::new(Notify::new()),
+            sweeping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Deadlines {
+    /// The first tick at or after `at`.
+    pub fn tick(&self, at: Instant) -> Tick {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        since.div_ceil(TICK.as_nanos()) as Tick
+    }
+
+    /// The tick that `now` is in (entries up to it are due).
+    pub fn now(&self) -> Tick {
+        (Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos()
+            / TICK.as_nanos()) as Tick
+    }
+
+    fn instant(&self, tick: Tick) -> Instant {
+        self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+
+    /// Files session `id` to be woken at `tick`; `true` when the sweeper must be started
+    /// (the first entry ever).
+    pub fn file(&self, tick: Tick, id: u64) -> bool {
+        let mut filed = self.filed.lock().unwrap_or_else(|p| p.into_inner());
+        let earliest = filed.keys().next().copied();
+        filed.entry(tick).or_default().push(id);
+        drop(filed);
+        if earliest.is_none_or(|earliest| tick < earliest) {
+            self.earlier.notify_one();
+        }
+        !self.sweeping.swap(true, Ordering::AcqRel)
+    }
+
+    /// Takes the ids due by now, and when the next entry is due.
+    pub fn due(&self) -> (Vec<u64>, Option<Instant>) {
+        let now = self.now();
+        let mut filed = self.filed.lock().unwrap_or_else(|p| p.into_inner());
+        let later = filed.split_off(&(now + 1));
+        let due = std::mem::replace(&mut *filed, later);
+        let next = filed.keys().next().map(|&tick| self.instant(tick));
+        drop(filed);
+        (due.into_values().flatten().collect(), next)
+    }
+
+    /// Signalled when an entry earlier than every other is filed (a permit is kept if the
+    /// sweeper is not waiting yet, so none is missed), and when the hub goes.
+    pub fn earlier(&self) -> Arc<Notify> {
+        Arc::clone(&self.earlier)
+    }
+}
+
+impl Drop for Deadlines {
+    /// The sweeper waits on `earlier`: let it see the hub is gone.
+    fn drop(&mut self) {
+        self.earlier.notify_one();
+    }
+}
