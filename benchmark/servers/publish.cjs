@@ -20,5 +20,5 @@ function event(n, t, size) {
     length += JSON.stringify(item).length + 1
   }
   const text = JSON.stringify({ n, t, items })
-  return text.length >= size ? text : text.slice(0, -1) + `,"note":"${'-'.repeat(size - text.length - 10)}"}`
+  return text.length >= size ? text : text.slice(0, -1) + `,"note":"${'-'.repeat(Math.max(0, size - text.length - 10))}"}`
 }

@@ -60,6 +60,16 @@ impl Deadlines {
             / TICK.as_nanos()) as Tick
     }
 
+    /// `at` as milliseconds since the epoch: how sessions keep their instants in 8 bytes.
+    pub fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The instant `millis` milliseconds after the epoch.
+    pub fn at(&self, millis: u64) -> Instant {
+        self.epoch + Duration::from_millis(millis)
+    }
+
     fn instant(&self, tick: Tick) -> Instant {
         self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
     }

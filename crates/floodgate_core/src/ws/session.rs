@@ -182,7 +182,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             protocol,
         });
     }
-    let now = Instant::now();
+    let now = registration.hub.deadlines().millis(Instant::now());
     Some(Box::new(Session {
         socket,
         registration,
@@ -192,11 +192,13 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             abort,
         },
         bridge,
-        rates: Rates::new(&limits).map(Box::new),
+        extras: Extras::new(
+            deflate.map(SessionDeflate::new),
+            Rates::new(&limits),
+            validation.map(|validation| *validation),
+        ),
         limits,
         assembler: Assembler::default(),
-        deflate: deflate.map(|negotiated| Box::new(SessionDeflate::new(negotiated))),
-        validation,
         // Bytes the client sent right behind its upgrade request.
         busy: (!read_buf.is_empty()).then(|| {
             Box::new(Busy {
@@ -282,12 +284,13 @@ enum State {
     /// not answered yet, and hands the refusal back as a close once it has replied to them, so
     /// those replies go out before the close frame. At `deadline` the close goes out anyway.
     Failing {
-        deadline: Instant,
+        /// Milliseconds since the hub's epoch, like every instant of a session.
+        deadline: u64,
         code: u16,
     },
     /// A close frame was sent (or answered); waiting for the handshake to finish.
     Closing {
-        deadline: Instant,
+        deadline: u64,
         code: u16,
         reason: Box<str>,
     },
@@ -349,18 +352,16 @@ struct Session {
     /// Shared by every session of the route.
     limits: Arc<SessionLimits>,
     assembler: Assembler,
-    /// permessage-deflate, when negotiated (its contexts, if the socket keeps its own).
-    deflate: Option<Box<SessionDeflate>>,
-    /// Only when a rate limit is set: most sessions carry none.
-    rates: Option<Box<Rates>>,
-    /// Only on routes with `messages` rules.
-    validation: Option<Box<Validation>>,
+    /// Compression, rate limits, message rules: only on routes that have them.
+    extras: Option<Box<Extras>>,
     /// Buffers and per-burst state; `None` while the socket is idle.
     busy: Option<Box<Busy>>,
     state: State,
-    last_activity: Instant,
+    /// Instants are kept as milliseconds since the hub's epoch (`Deadlines::millis`): 8 bytes
+    /// each instead of 16.
+    last_activity: u64,
     /// When the last ping went out; its pong is awaited while `awaiting_pong`.
-    last_ping: Instant,
+    last_ping: u64,
     /// The tick of this session's earliest entry in the hub's deadlines (0: none), so an
     /// entry is filed only when the nearest deadline moves earlier or the last one was due.
     filed: Tick,
@@ -368,6 +369,32 @@ struct Session {
     shutting_down: bool,
     /// Nothing more will be read: the client's close frame arrived, or its input was refused.
     reading_done: bool,
+}
+
+/// What only some routes' sessions carry, boxed as one: most carry none of it.
+struct Extras {
+    /// permessage-deflate, when negotiated (its contexts, if the socket keeps its own).
+    deflate: Option<SessionDeflate>,
+    /// Only when a rate limit is set.
+    rates: Option<Rates>,
+    /// Only on routes with `messages` rules.
+    validation: Option<Validation>,
+}
+
+impl Extras {
+    fn new(
+        deflate: Option<SessionDeflate>,
+        rates: Option<Rates>,
+        validation: Option<Validation>,
+    ) -> Option<Box<Self>> {
+        (deflate.is_some() || rates.is_some() || validation.is_some()).then(|| {
+            Box::new(Self {
+                deflate,
+                rates,
+                validation,
+            })
+        })
+    }
 }
 
 /// What a session holds only while something is in flight: dropped whenever every part of it
@@ -406,6 +433,16 @@ impl Busy {
 }
 
 impl Session {
+    /// An instant as the session keeps it (see `last_activity`).
+    fn millis(&self, at: Instant) -> u64 {
+        self.registration.hub.deadlines().millis(at)
+    }
+
+    /// A kept instant back as an `Instant`.
+    fn at(&self, millis: u64) -> Instant {
+        self.registration.hub.deadlines().at(millis)
+    }
+
     fn metrics(&self) -> &Metrics {
         self.registration.handle.metrics()
     }
@@ -508,7 +545,10 @@ impl Session {
             }
             let mut sent = 0u64;
             let busy = &mut self.busy;
-            let deflate = &mut self.deflate;
+            let mut deflate = self
+                .extras
+                .as_mut()
+                .and_then(|extras| extras.deflate.as_mut());
             let close = self.registration.handle.drain(WRITE_BATCH, |message| {
                 let write_buf = &mut busy.get_or_insert_with(Box::default).write_buf;
                 let (opcode, payload): (_, &[u8]) = match &message {
@@ -522,7 +562,7 @@ impl Session {
                     }
                     _ => return,
                 };
-                match deflate {
+                match &mut deflate {
                     Some(deflate) if deflate.compresses(payload.len()) => {
                         frame::write_compressed(write_buf, opcode, payload, deflate)
                     }
@@ -673,7 +713,9 @@ impl Session {
                 &at.header,
                 &mut rest[at.payload],
                 self.limits.max_message_size,
-                self.deflate.is_some(),
+                self.extras
+                    .as_ref()
+                    .is_some_and(|extras| extras.deflate.is_some()),
             );
             match incoming {
                 Ok(incoming) => {
@@ -710,7 +752,7 @@ impl Session {
         };
         let incoming = match incoming {
             Incoming::Fragment => {
-                self.last_activity = Instant::now();
+                self.last_activity = self.millis(Instant::now());
                 return Flow::Continue;
             }
             Incoming::Close(frame) => {
@@ -720,7 +762,7 @@ impl Session {
             other => other,
         };
         if matches!(incoming, Incoming::Message { .. }) || self.limits.idle_counts_pings {
-            self.last_activity = Instant::now();
+            self.last_activity = self.millis(Instant::now());
         }
         if !matches!(self.state, State::Open) {
             // Closing: nothing more reaches JS or is answered.
@@ -762,7 +804,11 @@ impl Session {
 
     /// A compressed message, inflated (bounded by `wsMaxMessageSize`) and, for text, checked.
     fn inflate(&mut self, data: &[u8], binary: bool) -> Result<Incoming, ReadError> {
-        let Some(deflate) = self.deflate.as_mut() else {
+        let Some(deflate) = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.deflate.as_mut())
+        else {
             return Err(ReadError::Protocol);
         };
         let data = deflate
@@ -784,7 +830,7 @@ impl Session {
             Incoming::Ping(payload) => payload.len(),
             _ => 0,
         };
-        self.rates.as_ref()?.check(size)
+        self.extras.as_ref()?.rates.as_ref()?.check(size)
     }
 
     /// No pong is owed any more: the session is closing.
@@ -810,7 +856,7 @@ impl Session {
             frame::write_close(write_buf, code, &reason);
         }
         self.state = State::Closing {
-            deadline: Instant::now() + CLOSE_TIMEOUT,
+            deadline: self.millis(Instant::now() + CLOSE_TIMEOUT),
             code,
             reason: reason.into(),
         };
@@ -838,7 +884,11 @@ impl Session {
     /// Whether `data` passes the route's `messages` rules; an invalid message is counted, and
     /// closes the session (1007, a strike toward a ban) when the policy says so.
     fn valid(&mut self, data: &[u8]) -> bool {
-        let (Some(policy), Some(validation)) = (&self.limits.messages, &mut self.validation) else {
+        let validation = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.validation.as_mut());
+        let (Some(policy), Some(validation)) = (&self.limits.messages, validation) else {
             return true;
         };
         if policy.rules.check(data).is_ok() {
@@ -895,7 +945,7 @@ impl Session {
         });
         self.drop_pongs();
         self.state = State::Failing {
-            deadline: Instant::now() + CLOSE_TIMEOUT,
+            deadline: self.millis(Instant::now() + CLOSE_TIMEOUT),
             code,
         };
     }
@@ -914,7 +964,7 @@ impl Session {
         self.drop_pongs();
         frame::write_close(&mut self.busy().write_buf, code, reason);
         self.state = State::Closing {
-            deadline: Instant::now() + CLOSE_TIMEOUT,
+            deadline: self.millis(Instant::now() + CLOSE_TIMEOUT),
             code,
             reason: reason.into(),
         };
@@ -968,12 +1018,12 @@ impl Session {
             return Some(self.end_abnormally());
         }
         match &self.state {
-            State::Closing { deadline, .. } if now >= *deadline => {
+            State::Closing { deadline, .. } if now >= self.at(*deadline) => {
                 return Some(self.end_abnormally());
             }
             State::Closing { .. } => {}
             State::Failing { deadline, code } => {
-                if now >= *deadline {
+                if now >= self.at(*deadline) {
                     // JS did not hand the refusal back in time: close without its replies.
                     let code = *code;
                     self.begin_close(code, refusal_reason(code));
@@ -981,26 +1031,27 @@ impl Session {
             }
             State::Open => {
                 let limits = &self.limits;
-                if !limits.idle_timeout.is_zero() && now >= self.last_activity + limits.idle_timeout
+                let last_ping = self.at(self.last_ping);
+                if !limits.idle_timeout.is_zero()
+                    && now >= self.at(self.last_activity) + limits.idle_timeout
                 {
                     self.metrics()
                         .refuse(self.guards.held.refusal(Rejection::WsIdleTimeout));
                     self.begin_close(1000, "Idle timeout");
                 } else if self.awaiting_pong {
-                    if now >= self.last_ping + limits.pong_timeout {
+                    if now >= last_ping + limits.pong_timeout {
                         self.metrics()
                             .refuse(self.guards.held.refusal(Rejection::WsPongTimeout));
                         return Some(End::dropped());
                     }
-                } else if !limits.ping_interval.is_zero()
-                    && now >= self.last_ping + limits.ping_interval
+                } else if !limits.ping_interval.is_zero() && now >= last_ping + limits.ping_interval
                 {
                     frame::write_frame(
                         &mut self.busy().write_buf,
                         OpCode::Control(Control::Ping),
                         &[],
                     );
-                    self.last_ping = now;
+                    self.last_ping = self.millis(now);
                     self.awaiting_pong = true;
                     self.registration.handle.waker.wake();
                 }
@@ -1028,14 +1079,16 @@ impl Session {
         let limits = &self.limits;
         let candidates = match &self.state {
             State::Closing { deadline, .. } | State::Failing { deadline, .. } => {
-                [Some(*deadline), self.stall_deadline(), None, None]
+                [Some(self.at(*deadline)), self.stall_deadline(), None, None]
             }
             State::Open => [
-                (!limits.idle_timeout.is_zero()).then(|| self.last_activity + limits.idle_timeout),
+                (!limits.idle_timeout.is_zero())
+                    .then(|| self.at(self.last_activity) + limits.idle_timeout),
                 if self.awaiting_pong {
-                    Some(self.last_ping + limits.pong_timeout)
+                    Some(self.at(self.last_ping) + limits.pong_timeout)
                 } else {
-                    (!limits.ping_interval.is_zero()).then(|| self.last_ping + limits.ping_interval)
+                    (!limits.ping_interval.is_zero())
+                        .then(|| self.at(self.last_ping) + limits.ping_interval)
                 },
                 self.busy.as_ref().and_then(|busy| busy.paused_until),
                 self.stall_deadline(),
