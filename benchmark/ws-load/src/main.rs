@@ -849,7 +849,7 @@ impl WsFrames {
                     let n = left.min(input.len() as u64) as usize;
                     let (payload, rest) = input.split_at(n);
                     input = rest;
-                    if matches!(self.opcode, 0 | 1 | 2) {
+                    if matches!(self.opcode, 0..=2) {
                         self.data(payload, found);
                     }
                     let left = left - n as u64;
@@ -890,7 +890,7 @@ impl WsFrames {
         if self.opcode == 9 {
             self.pinged = true;
         }
-        if !matches!(self.opcode, 0 | 1 | 2) {
+        if !matches!(self.opcode, 0..=2) {
             return;
         }
         if !self.fin {
