@@ -111,3 +111,34 @@ impl Drop for Deadlines {
         self.earlier.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_handed_back_at_their_tick_and_no_sooner() {
+        let deadlines = Deadlines::default();
+        let start = Instant::now();
+        // The first entry asks for the sweeper; later ones do not.
+        assert!(deadlines.file(deadlines.tick(start + Duration::from_millis(25)), 1));
+        assert!(!deadlines.file(deadlines.tick(start + Duration::from_millis(5)), 2));
+        assert!(!deadlines.file(deadlines.tick(start + Duration::from_secs(5)), 3));
+        assert_eq!(deadlines.due(), (vec![], Some(deadlines.at(10))));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // 25 ms is rounded up to the 30 ms tick: never woken before the deadline.
+        assert_eq!(deadlines.due(), (vec![2], Some(deadlines.at(30))));
+        tokio::time::advance(Duration::from_millis(19)).await;
+        assert_eq!(deadlines.due().0, Vec::<u64>::new());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(deadlines.due(), (vec![1], Some(deadlines.at(5000))));
+    }
+
+    #[test]
+    fn instants_round_trip_as_milliseconds() {
+        let deadlines = Deadlines::default();
+        let at = deadlines.at(1234);
+        assert_eq!(deadlines.millis(at), 1234);
+        assert_eq!(deadlines.tick(at), 124);
+    }
+}
