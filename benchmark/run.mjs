@@ -19,16 +19,16 @@ import multipartUpload from './workloads/multipart.mjs'
 import json from './workloads/json.mjs'
 import generator from './workloads/generator.mjs'
 import sse from './workloads/sse.mjs'
-import wsEcho from './workloads/ws-echo.mjs'
-import wsFanout from './workloads/ws-fanout.mjs'
-import wsIdle from './workloads/ws-idle.mjs'
+import wsEcho, { wsEchoDeflate } from './workloads/ws-echo.mjs'
+import wsFanout, { wsFanoutDeflate } from './workloads/ws-fanout.mjs'
+import wsIdle, { wsIdleDeflate, wsIdleDeflateOwn } from './workloads/ws-idle.mjs'
 import sseIdle from './workloads/sse-idle.mjs'
 import fanoutLatency from './workloads/fanout-latency.mjs'
 import clusterConnect from './workloads/cluster-connect.mjs'
 import clusterFanout from './workloads/cluster-fanout.mjs'
 import defences from './workloads/defences.mjs'
 
-const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, multipartUpload, json, generator, sse, wsEcho, wsFanout, wsIdle, sseIdle, fanoutLatency, clusterConnect, clusterFanout, defences]
+const WORKLOADS = [files, filesWorkload({ tls: true }), download, downloadWorkload({ tls: true }), tlsHandshakes, h2SmallTls, upload, multipartUpload, json, generator, sse, wsEcho, wsEchoDeflate, wsFanout, wsFanoutDeflate, wsIdle, wsIdleDeflate, wsIdleDeflateOwn, sseIdle, fanoutLatency, clusterConnect, clusterFanout, defences]
 const args = process.argv.slice(2) // --full: fanout-latency's whole sweep of rates
 const quick = args.includes('--quick')
 const only = args.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')

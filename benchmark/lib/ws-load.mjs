@@ -138,17 +138,17 @@ function mergeResults(results) {
  * server's /api/publish sends `rate` events per second to each for `seconds`. Resolves the
  * client's result, how many deliveries were expected, and the server's CPU seconds meanwhile.
  */
-export async function fanoutRun(mode, { url, port, pids, connections, rate, seconds }) {
+export async function fanoutRun(mode, { url, port, pids, connections, rate, seconds, size = 0, flags = {} }) {
   const expect = connections * rate * seconds
   const load = await wsLoad(
     mode,
-    { url, connections, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000 },
+    { url, connections, sources: SOURCES, expect, 'idle-ms': 2000, 'timeout-ms': (seconds + 60) * 1000, ...flags },
     { timeout: (seconds + 120) * 1000 },
   )
   const connected = await load.connected
   if (connected < connections) throw new Error(`${connected}/${connections} subscribed: ${(await load.result).error}`)
   const cpuBefore = cpuSeconds(pids())
-  const response = await fetch(`http://127.0.0.1:${port}/api/publish?rate=${rate}&seconds=${seconds}`)
+  const response = await fetch(`http://127.0.0.1:${port}/api/publish?rate=${rate}&seconds=${seconds}${size ? `&size=${size}` : ''}`)
   if (!response.ok) throw new Error(`/api/publish answered ${response.status}`)
   const result = await load.result
   return { result, expect, cpu: cpuSeconds(pids()) - cpuBefore }

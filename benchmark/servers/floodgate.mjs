@@ -37,7 +37,7 @@ server.mount('/stream', app)
 server.mount('/api/publish', (req) => {
   // Starts a publishing run: rate events per second for the given seconds.
   const params = new URL(req.url).searchParams
-  publishFor(Number(params.get('rate')), Number(params.get('seconds')), (data) => server.publish('bench', data))
+  publishFor(Number(params.get('rate')), Number(params.get('seconds')), (data) => server.publish('bench', data), Number(params.get('size') ?? 0))
   return new Response(null, { status: 204 })
 })
 server.mount('/api/json', () => Response.json({ hello: 'world' }))
@@ -57,6 +57,12 @@ try {
   ws.ws('/echo', { message: (socket, data) => socket.send(data) })
   ws.ws('/bench', { open: (socket) => socket.subscribe('bench') })
   ws.ws('/idle', {})
+  // permessage-deflate: the default (a compressor and an inflater shared per worker thread,
+  // no context kept between messages), and contexts of each socket's own.
+  const own = { serverNoContextTakeover: false, clientNoContextTakeover: false }
+  ws.ws('/echo-deflate', { compression: true, message: (socket, data) => socket.send(data) })
+  ws.ws('/echo-deflate-own', { compression: own, message: (socket, data) => socket.send(data) })
+  ws.ws('/bench-deflate', { compression: true, open: (socket) => socket.subscribe('bench') })
   server.mount('/ws', ws)
 } catch (err) {
   console.error(`floodgate bench server: no WebSocket mount (${err.message})`)

@@ -1,9 +1,9 @@
 //! The WebSocket (and SSE) load client of `npm run bench`: one single-threaded process (the
 //! workloads pin it to one core) that drives a server and prints one JSON line with what it measured.
 //!
-//!   ws-load echo   --url ws://127.0.0.1:PORT/ws/echo  --connections 50 --inflight 16 --size 32 [--payload TEXT] --seconds 5
+//!   ws-load echo   --url ws://127.0.0.1:PORT/ws/echo  --connections 50 --inflight 16 --size 32 [--payload TEXT] [--json 1] --seconds 5
 //!   ws-load fanout --url ws://127.0.0.1:PORT/ws/bench --connections 10000 --expect 5000000 [--idle-ms 2000] [--timeout-ms 60000]
-//!   ws-load idle   --url ws://127.0.0.1:PORT/ws/idle  --connections 10000
+//!   ws-load idle   --url ws://127.0.0.1:PORT/ws/idle  --connections 10000 [--deflate 1 --json 1]
 //!   ws-load sse    --url http://127.0.0.1:PORT/stream/sse --connections 10000 [--expect 10000000] [--idle-ms 2000] [--timeout-ms 60000]
 //!
 //! `sse` without `--expect` (or with 0) holds its idle streams until a line arrives on stdin.
@@ -13,6 +13,18 @@
 //! `--expect` messages (events) arrived in all, or none for `--idle-ms`, or `--timeout-ms` passed;
 //! `idle` once a line (or end of input) arrives on stdin. `--sources N` binds the client sockets
 //! round-robin to 127.0.0.1..127.0.0.N, so 10,000+ connections never run short of ephemeral ports.
+//!
+//! `--deflate 1` (echo, fanout, idle) offers permessage-deflate as browsers do (Chrome and Firefox
+//! send `permessage-deflate; client_max_window_bits` and keep their contexts unless the server
+//! asks otherwise) and speaks what the server answers: with context takeover the inflater keeps
+//! its window from message to message, without it the inflater is reset per message. Messages
+//! the client sends are compressed once (a message compressed on its own is valid under either
+//! setting: the client never refers back to earlier ones) and sent compressed every time, so
+//! the server inflates each one; it deflates each reply. Replies are inflated on every
+//! `--inflate-every`-th socket (default: all), which checks the server's output and, for
+//! fan-out, gives the latencies; the other sockets count compressed messages unread, so a
+//! single-core client can keep up with a million messages a second. `--json 1` makes the echo
+//! (and idle) message 1 KiB of JSON-like text instead of `--size` bytes of "x".
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -59,6 +71,12 @@ struct Args {
     /// `fanout` / `sse`: add the latencies to the JSON line as `latencyHist`, [[0.1 ms, count], …]
     /// run-length, so the bench can merge the figures of several client processes exactly.
     histogram: bool,
+    /// Offer permessage-deflate (see the module doc).
+    deflate: bool,
+    /// With `deflate`: every n-th socket inflates what it receives.
+    inflate_every: usize,
+    /// The echo message is 1 KiB of JSON-like text.
+    json: bool,
 }
 
 fn parse_args() -> Args {
@@ -116,6 +134,9 @@ fn parse_args() -> Args {
         socketio: num("socketio", 0.0) != 0.0,
         centrifugo: num("centrifugo", 0.0) != 0.0,
         histogram: num("histogram", 0.0) != 0.0,
+        deflate: num("deflate", 0.0) != 0.0,
+        inflate_every: num("inflate-every", 1.0).max(1.0) as usize,
+        json: num("json", 0.0) != 0.0,
     }
 }
 
@@ -271,8 +292,178 @@ fn json_error(error: &Option<String>) -> String {
     }
 }
 
+/// 1 KiB of JSON-like text (`--json 1`): a batch of records, as a feed or an API would send.
+fn json_message() -> String {
+    let mut text = String::from(r#"{"type":"update","channel":"prices","seq":4812,"items":["#);
+    let mut i = 0;
+    loop {
+        let item = format!(
+            r#"{{"id":{},"symbol":"SYM{}","bid":{}.{:02},"ask":{}.{:02},"volume":{}}},"#,
+            1000 + i,
+            i * 7 % 97,
+            100 + i * 13 % 41,
+            i * 37 % 100,
+            101 + i * 13 % 41,
+            i * 53 % 100,
+            i * 7919 % 100_000,
+        );
+        if text.len() + item.len() + 40 > 1024 {
+            break;
+        }
+        text.push_str(&item);
+        i += 1;
+    }
+    text.pop();
+    text.push_str(r#"],"note":""#);
+    while text.len() < 1024 - 2 {
+        text.push('-');
+    }
+    text.push_str(r#""}"#);
+    text
+}
+
+/// The echo's message: `--payload`, else 1 KiB of JSON (`--json`), else `--size` × "x".
+fn echo_message(args: &Args) -> String {
+    match (&args.payload, args.json) {
+        (Some(payload), _) => payload.clone(),
+        (None, true) => json_message(),
+        (None, false) => "x".repeat(args.size),
+    }
+}
+
+/// A client's frame of one whole message, masked; RSV1 marks a compressed payload.
+fn client_frame(payload: &[u8], compressed: bool) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![if compressed { 0xc1 } else { 0x81 }];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+/// `echo --deflate 1`: the echo over hand-made handshakes with permessage-deflate (tungstenite
+/// has no compression). Each connection sends the same compressed frame (see the module doc)
+/// and inflates every echo, checking its size.
+async fn echo_deflate(args: Rc<Args>) {
+    let sockets = Rc::new(RefCell::new(Vec::new()));
+    let collect = sockets.clone();
+    let (opened, failed, error) = open_all(&args, raw_ws_connect, move |index, raw| {
+        collect.borrow_mut().push((index, raw))
+    })
+    .await;
+    let message = echo_message(&args);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.seconds);
+    let cpu_before = cpu_seconds();
+    let received = Rc::new(Cell::new(0u64));
+    let broken = Rc::new(Cell::new(0usize));
+    let wrong = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for (index, raw) in sockets.borrow_mut().drain(..) {
+        let RawWs {
+            mut stream,
+            early,
+            pmd,
+        } = raw;
+        let frame = match pmd {
+            Some(pmd) => client_frame(&pmd.compress(message.as_bytes()), true),
+            None => client_frame(message.as_bytes(), false),
+        };
+        let mut frames = WsFrames {
+            inflater: pmd
+                .filter(|_| index % args.inflate_every == 0)
+                .map(|pmd| Box::new(Inflater::new(pmd))),
+            count_messages: true,
+            expect_len: message.len(),
+            ..WsFrames::default()
+        };
+        let (received, broken, wrong, inflight) = (
+            received.clone(),
+            broken.clone(),
+            wrong.clone(),
+            args.inflight,
+        );
+        tasks.push(spawn_local(async move {
+            let mut sent_at = VecDeque::with_capacity(inflight);
+            let mut rtts: Vec<u32> = Vec::with_capacity(1 << 16);
+            let run = async {
+                let mut out = frame.repeat(inflight);
+                for _ in 0..inflight {
+                    sent_at.push_back(Instant::now());
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut input = early;
+                loop {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                    if input.is_empty() {
+                        let n = stream.read(&mut buf).await?;
+                        if n == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        input.extend_from_slice(&buf[..n]);
+                    }
+                    let now = Instant::now();
+                    let mut pong = false;
+                    let open = frames.feed(&input, &mut pong, &mut |_| {
+                        if let Some(at) = sent_at.pop_front() {
+                            rtts.push(
+                                now.duration_since(at).as_micros().min(u32::MAX as u128) as u32
+                            );
+                        }
+                        received.set(received.get() + 1);
+                        out.extend_from_slice(&frame);
+                        sent_at.push_back(now);
+                    });
+                    input.clear();
+                    if !open {
+                        return Err(std::io::ErrorKind::ConnectionAborted.into());
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            };
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline.into(), run).await {
+                broken.set(broken.get() + 1);
+            }
+            wrong.set(wrong.get() + frames.wrong);
+            rtts
+        }));
+    }
+    let mut rtts = Vec::new();
+    for task in tasks {
+        rtts.extend(task.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    rtts.sort_unstable();
+    emit(format!(
+        "{{\"mode\":\"echo\",\"connected\":{opened},\"failed\":{failed},\"broken\":{},\"wrong\":{},\"messages\":{},\"seconds\":{elapsed:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+        broken.get(),
+        wrong.get(),
+        received.get(),
+        received.get() as f64 / elapsed,
+        quantile_ms(&rtts, 0.5),
+        quantile_ms(&rtts, 0.99),
+        json_error(&error),
+    ));
+}
+
 /// Each connection keeps `inflight` messages outstanding: sends that many, then one more per echo.
 async fn echo(args: Rc<Args>) {
+    if args.deflate {
+        return echo_deflate(args).await;
+    }
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let sockets = Rc::new(RefCell::new(Vec::new()));
     let collect = sockets.clone();
@@ -280,7 +471,7 @@ async fn echo(args: Rc<Args>) {
         collect.borrow_mut().push(ws)
     })
     .await;
-    let payload = Utf8Bytes::from(args.payload.clone().unwrap_or_else(|| "x".repeat(args.size)));
+    let payload = Utf8Bytes::from(echo_message(&args));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
     let cpu_before = cpu_seconds();
@@ -372,10 +563,17 @@ async fn fanout(args: Rc<Args>) {
     }
     let stats = Deliveries::new(args.expect);
     let shared = stats.clone();
-    let (opened, failed, error) = open_all(&args, raw_ws_connect, move |_, (stream, early)| {
+    let every = args.inflate_every;
+    let (opened, failed, error) = open_all(&args, raw_ws_connect, move |index, raw| {
         let stats = shared.clone();
+        let RawWs { stream, early, pmd } = raw;
         spawn_local(async move {
-            let mut frames = WsFrames::default();
+            let mut frames = WsFrames {
+                inflater: pmd
+                    .filter(|_| index % every == 0)
+                    .map(|pmd| Box::new(Inflater::new(pmd))),
+                ..WsFrames::default()
+            };
             let mut pong = false;
             let mut take = |bytes: &[u8], socket: &mut &std::net::TcpStream| -> bool {
                 let now_ms = now_epoch_ms();
@@ -479,12 +677,78 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// The WebSocket handshake by hand (the path of `--url`), and for Centrifugo its connect and
-/// subscribe commands; resolves the socket and any frame bytes that came with the `101`.
-async fn raw_ws_connect(args: Rc<Args>, index: usize) -> Result<(TcpStream, Vec<u8>), String> {
+/// permessage-deflate as the server answered it.
+#[derive(Clone, Copy)]
+struct Pmd {
+    /// The server compresses each message on its own: inflate each on its own too.
+    server_no_context_takeover: bool,
+    /// The window the client's compressor may use.
+    client_max_window_bits: u8,
+}
+
+impl Pmd {
+    /// From the `101`'s head (lower case): `None` when the server declined compression.
+    fn answered(head: &str) -> Option<Pmd> {
+        let line = head
+            .lines()
+            .find(|line| line.starts_with("sec-websocket-extensions:"))?;
+        if !line.contains("permessage-deflate") {
+            return None;
+        }
+        let client_max_window_bits = line
+            .split(';')
+            .filter_map(|param| param.trim().strip_prefix("client_max_window_bits="))
+            .find_map(|bits| bits.trim().trim_matches('"').parse().ok())
+            .unwrap_or(15);
+        Some(Pmd {
+            server_no_context_takeover: line.contains("server_no_context_takeover"),
+            client_max_window_bits,
+        })
+    }
+
+    /// `message` compressed on its own, as one message's payload (the trailing
+    /// `00 00 ff ff` taken off, RFC 7692 section 7.2.1).
+    fn compress(&self, message: &[u8]) -> Vec<u8> {
+        let mut z = flate2::Compress::new_with_window_bits(
+            flate2::Compression::default(),
+            false,
+            self.client_max_window_bits.clamp(9, 15),
+        );
+        let mut out = Vec::with_capacity(message.len() + 64);
+        z.compress_vec(message, &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        while out.capacity() == out.len() {
+            out.reserve(256);
+            z.compress_vec(&[], &mut out, flate2::FlushCompress::Sync)
+                .expect("deflate");
+        }
+        if out.ends_with(&[0, 0, 0xff, 0xff]) {
+            out.truncate(out.len() - 4);
+        }
+        out
+    }
+}
+
+/// A socket after a hand-made handshake.
+struct RawWs {
+    stream: TcpStream,
+    /// Frame bytes that came with the `101`.
+    early: Vec<u8>,
+    pmd: Option<Pmd>,
+}
+
+/// The WebSocket handshake by hand (the path of `--url`, permessage-deflate offered with
+/// `--deflate`), and for Centrifugo its connect and subscribe commands.
+async fn raw_ws_connect(args: Rc<Args>, index: usize) -> Result<RawWs, String> {
     let mut stream = tcp_connect(&args, index).await?;
+    // What Chrome and Firefox offer.
+    let extensions = if args.deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n",
         args.path
     );
     stream
@@ -512,6 +776,10 @@ async fn raw_ws_connect(args: Rc<Args>, index: usize) -> Result<(TcpStream, Vec<
     if status.split(' ').nth(1) != Some("101") {
         return Err(format!("answered {status:?}"));
     }
+    let pmd = Pmd::answered(&String::from_utf8_lossy(&head[..end]).to_ascii_lowercase());
+    if args.deflate && pmd.is_none() {
+        return Err("the server declined permessage-deflate".into());
+    }
     if args.centrifugo {
         for command in [
             &br#"{"id":1,"connect":{"name":"ws-load"}}"#[..],
@@ -523,11 +791,16 @@ async fn raw_ws_connect(args: Rc<Args>, index: usize) -> Result<(TcpStream, Vec<
                 .map_err(|e| e.to_string())?;
         }
     }
-    Ok((stream, head[end..].to_vec()))
+    Ok(RawWs {
+        stream,
+        early: head[end..].to_vec(),
+        pmd,
+    })
 }
 
 /// Server frames parsed as they arrive, however reads split them: each data frame's payload is
-/// scanned for stamps; a close frame ends the stream.
+/// scanned for stamps; a close frame ends the stream. A compressed message (RSV1) is inflated
+/// as it arrives when the socket has an `inflater`, and counted unread otherwise.
 #[derive(Default)]
 struct WsFrames {
     header: [u8; 10],
@@ -535,9 +808,23 @@ struct WsFrames {
     /// Payload bytes of the current frame still to come (None: reading a header).
     left: Option<u64>,
     opcode: u8,
+    /// The current frame ends its message.
+    fin: bool,
+    /// The current message was sent compressed.
+    compressed: bool,
     /// The current frame's payload is exactly `{}` so far (Centrifugo's ping).
     ping: Vec<u8>,
     stamps: Stamps,
+    inflater: Option<Box<Inflater>>,
+    /// Count whole data messages (as `found(NaN)`) instead of stamps (the echo).
+    count_messages: bool,
+    /// Inflated bytes of the current message, and messages whose inflated size was not
+    /// `expect_len` (the echo's check of the server's output).
+    inflated: usize,
+    expect_len: usize,
+    wrong: u64,
+    /// A ping arrived (the idle sockets answer it).
+    pinged: bool,
 }
 
 impl WsFrames {
@@ -566,35 +853,149 @@ impl WsFrames {
                         _ => (self.header[1] & 0x7f) as u64,
                     };
                     self.opcode = self.header[0] & 0x0f;
+                    self.fin = self.header[0] & 0x80 != 0;
                     if self.opcode == 8 {
                         return false;
+                    }
+                    if matches!(self.opcode, 1 | 2) {
+                        self.compressed = self.header[0] & 0x40 != 0;
+                        self.inflated = 0;
                     }
                     self.have = 0;
                     self.ping.clear();
                     self.left = Some(len);
                     if len == 0 {
                         self.left = None;
+                        self.frame_done(pong, found);
                     }
                 }
                 Some(left) => {
                     let n = left.min(input.len() as u64) as usize;
                     let (payload, rest) = input.split_at(n);
                     input = rest;
-                    if matches!(self.opcode, 0 | 1 | 2) {
-                        self.stamps.feed(payload, found);
-                        if self.ping.len() + n <= 2 {
-                            self.ping.extend_from_slice(payload);
-                        }
+                    if matches!(self.opcode, 0..=2) {
+                        self.data(payload, found);
                     }
                     let left = left - n as u64;
                     self.left = (left > 0).then_some(left);
-                    if left == 0 && self.ping == b"{}" {
-                        *pong = true;
+                    if left == 0 {
+                        self.frame_done(pong, found);
                     }
                 }
             }
         }
         true
+    }
+
+    fn data(&mut self, payload: &[u8], found: &mut impl FnMut(f64)) {
+        if self.compressed {
+            if let Some(inflater) = self.inflater.as_mut() {
+                let (stamps, inflated, scan) =
+                    (&mut self.stamps, &mut self.inflated, !self.count_messages);
+                inflater.feed(payload, false, &mut |out| {
+                    *inflated += out.len();
+                    if scan {
+                        stamps.feed(out, found);
+                    }
+                });
+            }
+            return;
+        }
+        self.inflated += payload.len();
+        if !self.count_messages {
+            self.stamps.feed(payload, found);
+        }
+        if self.ping.len() + payload.len() <= 2 {
+            self.ping.extend_from_slice(payload);
+        }
+    }
+
+    fn frame_done(&mut self, pong: &mut bool, found: &mut impl FnMut(f64)) {
+        if self.opcode == 9 {
+            self.pinged = true;
+        }
+        if !matches!(self.opcode, 0..=2) {
+            return;
+        }
+        if !self.fin {
+            return;
+        }
+        if self.compressed {
+            match self.inflater.as_mut() {
+                Some(inflater) => {
+                    let (stamps, inflated, scan) =
+                        (&mut self.stamps, &mut self.inflated, !self.count_messages);
+                    inflater.feed(&[0, 0, 0xff, 0xff], true, &mut |out| {
+                        *inflated += out.len();
+                        if scan {
+                            stamps.feed(out, found);
+                        }
+                    });
+                    inflater.message_done();
+                }
+                // Not inflated on this socket: counted, without a latency.
+                None if !self.count_messages => found(f64::NAN),
+                None => {}
+            }
+        }
+        if self.count_messages {
+            if self.expect_len > 0
+                && (self.inflater.is_some() || !self.compressed)
+                && self.inflated != self.expect_len
+            {
+                self.wrong += 1;
+            }
+            found(f64::NAN);
+        }
+        if self.ping == b"{}" {
+            *pong = true;
+        }
+    }
+}
+
+/// A socket's permessage-deflate inflater (RFC 7692): raw deflate, fed as payload arrives.
+struct Inflater {
+    z: flate2::Decompress,
+    /// The server keeps no context: each message is inflated on its own.
+    reset_each: bool,
+}
+
+impl Inflater {
+    fn new(pmd: Pmd) -> Self {
+        Self {
+            z: flate2::Decompress::new(false),
+            reset_each: pmd.server_no_context_takeover,
+        }
+    }
+
+    /// Inflates `input`, handing each piece of output to `out`.
+    fn feed(&mut self, mut input: &[u8], sync: bool, out: &mut impl FnMut(&[u8])) {
+        let mut buf = [0u8; 4096];
+        let flush = if sync {
+            flate2::FlushDecompress::Sync
+        } else {
+            flate2::FlushDecompress::None
+        };
+        loop {
+            let (before_in, before_out) = (self.z.total_in(), self.z.total_out());
+            let status = self.z.decompress(input, &mut buf, flush);
+            let used = (self.z.total_in() - before_in) as usize;
+            let made = (self.z.total_out() - before_out) as usize;
+            out(&buf[..made]);
+            input = &input[used..];
+            if status.is_err() || (used == 0 && made == 0) {
+                return;
+            }
+            if input.is_empty() && made < buf.len() {
+                return;
+            }
+        }
+    }
+
+    fn message_done(&mut self) {
+        if self.reset_each {
+            self.z.reset(false);
+        }
     }
 }
 
@@ -674,8 +1075,111 @@ async fn fanout_tungstenite(args: Rc<Args>) {
     stats.report("fanout", &args, opened, failed, &error).await;
 }
 
+/// `idle --deflate 1`: hand-made handshakes offering permessage-deflate; with `--json 1` each
+/// socket first sends one compressed message and waits for its echo (so the server has
+/// compressed and inflated once: contexts of their own are created), then holds the socket,
+/// answering pings, until stdin says stop.
+async fn idle_deflate(args: Rc<Args>) {
+    let closed = Rc::new(Cell::new(0usize));
+    let c = closed.clone();
+    let start = Instant::now();
+    let message = Rc::new(args.json.then(json_message));
+    let open = move |args: Rc<Args>, index: usize| {
+        let message = message.clone();
+        async move {
+            let mut raw = raw_ws_connect(args, index).await?;
+            let (Some(message), Some(pmd)) = (message.as_ref(), raw.pmd) else {
+                return Ok::<_, String>((raw, WsFrames::default()));
+            };
+            let frame = client_frame(&pmd.compress(message.as_bytes()), true);
+            raw.stream
+                .write_all(&frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut frames = WsFrames {
+                count_messages: true,
+                ..WsFrames::default()
+            };
+            let mut echoed = false;
+            let mut pong = false;
+            let mut input = std::mem::take(&mut raw.early);
+            let mut buf = [0u8; 4096];
+            while !echoed {
+                if input.is_empty() {
+                    let n = raw.stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("closed before the echo".into());
+                    }
+                    input.extend_from_slice(&buf[..n]);
+                }
+                if !frames.feed(&input, &mut pong, &mut |_| echoed = true) {
+                    return Err("closed before the echo".into());
+                }
+                input.clear();
+            }
+            Ok((raw, frames))
+        }
+    };
+    let (opened, failed, error) = open_all(&args, open, move |_, (raw, mut frames)| {
+        let closed = c.clone();
+        spawn_local(async move {
+            let RawWs { stream, early, .. } = raw;
+            let mut pong = false;
+            let mut take = |bytes: &[u8], socket: &mut &std::net::TcpStream| -> bool {
+                let open = frames.feed(bytes, &mut pong, &mut |_| {});
+                if std::mem::take(&mut frames.pinged) {
+                    let _ = std::io::Write::write_all(socket, &[0x8a, 0x80, 1, 2, 3, 4]);
+                }
+                open
+            };
+            if let Ok(stream) = stream.into_std() {
+                if take(&early, &mut &stream) {
+                    read_each(stream, take).await;
+                }
+            }
+            closed.set(closed.get() + 1);
+        });
+    })
+    .await;
+    idle_report(&args, opened, failed, error, &closed, start).await;
+}
+
+/// Once every socket is open: `CONNECTED`, then the result line when stdin says stop.
+async fn idle_report(
+    args: &Args,
+    opened: usize,
+    failed: usize,
+    error: Option<String>,
+    closed: &Cell<usize>,
+    start: Instant,
+) {
+    let connect_seconds = start.elapsed().as_secs_f64();
+    emit(format!("CONNECTED {opened}"));
+    let mut line = String::new();
+    if failed > 0 {
+        emit(format!(
+            "{{\"mode\":\"idle\",\"connected\":{opened},\"failed\":{failed},\"error\":{}}}",
+            json_error(&error)
+        ));
+        return;
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_millis(args.timeout_ms),
+        tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line),
+    )
+    .await;
+    emit(format!(
+        "{{\"mode\":\"idle\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"connectSeconds\":{connect_seconds:.3},\"error\":{}}}",
+        closed.get(),
+        json_error(&error),
+    ));
+}
+
 /// Opens the connections and holds them, reading (to answer pings), until stdin says stop.
 async fn idle(args: Rc<Args>) {
+    if args.deflate {
+        return idle_deflate(args).await;
+    }
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let closed = Rc::new(Cell::new(0usize));
     let c = closed.clone();

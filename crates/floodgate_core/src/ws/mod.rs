@@ -2,6 +2,7 @@
 //! (`session`), frames parsed in place (`frame`), and the registry and outbound queues JS and
 //! the bus reach sessions through (`hub`).
 
+pub(crate) mod deadlines;
 pub(crate) mod deflate;
 pub(crate) mod frame;
 pub(crate) mod hub;

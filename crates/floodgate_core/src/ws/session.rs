@@ -21,6 +21,7 @@ use crate::limit::key::ClientKey;
 use crate::limit::queue::QueueLimits;
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::reject::{Code, Refusal as RejectRefusal};
+use crate::ws::deadlines::Tick;
 use crate::ws::deflate::{Inflated, Negotiated, SessionDeflate};
 use crate::ws::frame::{self, Assembler, Incoming, IncompleteCheck, ReadError};
 use crate::ws::hub::{Registration, WsEvent};
@@ -31,7 +32,7 @@ use governor::clock::Clock;
 use governor::Quota;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -168,7 +169,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
     drop(on_upgrade);
     let registration = bridge.ws_hub().register(
         limits.queue,
-        Arc::clone(&metrics),
+        metrics,
         deflate.and_then(|negotiated| negotiated.shared()),
     );
     if limits.js_events {
@@ -181,7 +182,7 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             protocol,
         });
     }
-    let now = Instant::now();
+    let now = registration.hub.deadlines().millis(Instant::now());
     Some(Box::new(Session {
         socket,
         registration,
@@ -191,28 +192,27 @@ async fn open(mut start: Box<SessionStart>) -> Option<Box<Session>> {
             abort,
         },
         bridge,
-        metrics,
-        rates: Rates::new(&limits).map(Box::new),
+        extras: Extras::new(
+            deflate.map(SessionDeflate::new),
+            Rates::new(&limits),
+            validation.map(|validation| *validation),
+        ),
         limits,
-        // Bytes the client sent right behind its upgrade request.
-        read_buf: BytesMut::from(&read_buf[..]),
         assembler: Assembler::default(),
-        incomplete_check: None,
-        deflate: deflate.map(|negotiated| Box::new(SessionDeflate::new(negotiated))),
-        write_buf: BytesMut::new(),
-        pending_pongs: Vec::new(),
-        shutting_down: false,
+        // Bytes the client sent right behind its upgrade request.
+        busy: (!read_buf.is_empty()).then(|| {
+            Box::new(Busy {
+                read_buf: BytesMut::from(&read_buf[..]),
+                ..Busy::default()
+            })
+        }),
         state: State::Open,
-        reading_done: false,
         last_activity: now,
         last_ping: now,
-        ping_sent: None,
-        stalled_since: None,
-        held_back: None,
-        paused_until: None,
-        timer: None,
-        timer_at: None,
-        validation,
+        filed: 0,
+        awaiting_pong: false,
+        shutting_down: false,
+        reading_done: false,
     }))
 }
 
@@ -287,14 +287,15 @@ enum State {
     /// not answered yet, and hands the refusal back as a close once it has replied to them, so
     /// those replies go out before the close frame. At `deadline` the close goes out anyway.
     Failing {
-        deadline: Instant,
+        /// Milliseconds since the hub's epoch, like every instant of a session.
+        deadline: u64,
         code: u16,
     },
     /// A close frame was sent (or answered); waiting for the handshake to finish.
     Closing {
-        deadline: Instant,
+        deadline: u64,
         code: u16,
-        reason: String,
+        reason: Box<str>,
     },
 }
 
@@ -342,52 +343,124 @@ enum Flow {
     Stop,
 }
 
+/// An open session: what an idle socket holds. Buffers and the state of a burst live in
+/// `busy`, created when the socket has something in flight and dropped once it has not
+/// (see `Busy`), so an idle socket costs this box and no other of its own.
 struct Session {
     socket: Socket,
-    /// The session in the hub: its queue, waker and JS backlog (`handle`).
+    /// The session in the hub: its queue, waker, JS backlog and metrics (`handle`).
     registration: Registration,
     guards: Guards,
     bridge: Arc<Bridge>,
-    metrics: Arc<Metrics>,
+    /// Shared by every session of the route.
     limits: Arc<SessionLimits>,
-    /// Unparsed input: an incomplete frame, or frames left while reading is paused. Empty and
-    /// unallocated while the client is quiet.
-    read_buf: BytesMut,
     assembler: Assembler,
+    /// Compression, rate limits, message rules: only on routes that have them.
+    extras: Option<Box<Extras>>,
+    /// Buffers and per-burst state; `None` while the socket is idle.
+    busy: Option<Box<Busy>>,
+    state: State,
+    /// Instants are kept as milliseconds since the hub's epoch (`Deadlines::millis`): 8 bytes
+    /// each instead of 16.
+    last_activity: u64,
+    /// When the last ping went out; its pong is awaited while `awaiting_pong`.
+    last_ping: u64,
+    /// The tick of this session's earliest entry in the hub's deadlines (0: none), so an
+    /// entry is filed only when the nearest deadline moves earlier or the last one was due.
+    filed: Tick,
+    awaiting_pong: bool,
+    shutting_down: bool,
+    /// Nothing more will be read: the client's close frame arrived, or its input was refused.
+    reading_done: bool,
+}
+
+/// What only some routes' sessions carry, boxed as one: most carry none of it.
+struct Extras {
+    /// permessage-deflate, when negotiated (its contexts, if the socket keeps its own).
+    deflate: Option<SessionDeflate>,
+    /// Only when a rate limit is set.
+    rates: Option<Rates>,
+    /// Only on routes with `messages` rules.
+    validation: Option<Validation>,
+}
+
+impl Extras {
+    fn new(
+        deflate: Option<SessionDeflate>,
+        rates: Option<Rates>,
+        validation: Option<Validation>,
+    ) -> Option<Box<Self>> {
+        (deflate.is_some() || rates.is_some() || validation.is_some()).then(|| {
+            Box::new(Self {
+                deflate,
+                rates,
+                validation,
+            })
+        })
+    }
+}
+
+/// What a session holds only while something is in flight: dropped whenever every part of it
+/// is empty again.
+#[derive(Default)]
+struct Busy {
+    /// Unparsed input: an incomplete frame, or frames left while reading is paused.
+    read_buf: BytesMut,
     /// How far the text of an incomplete frame at the start of `read_buf` has been checked.
     incomplete_check: Option<Box<IncompleteCheck>>,
-    /// permessage-deflate, when negotiated (its contexts, if the socket keeps its own).
-    deflate: Option<Box<SessionDeflate>>,
-    /// Frames the socket has not taken yet. Empty and unallocated while nothing is pending.
+    /// Frames the socket has not taken yet.
     write_buf: BytesMut,
     /// The latest pings' payloads (at most `PENDING_PONGS`), not answered yet. Pongs are
     /// coalesced past that (RFC 6455 section 5.5.3 asks an answer to the most recent ping
     /// only): a newer ping pushes out the oldest, and they go into `write_buf` only once the
     /// socket has taken what was there, so a client that pings without reading costs a few
-    /// payloads, not a pong per ping. Unallocated while no ping waits.
+    /// payloads, not a pong per ping.
     pending_pongs: Vec<Bytes>,
-    /// Only when a rate limit is set: most sessions carry none.
-    rates: Option<Box<Rates>>,
-    shutting_down: bool,
-    state: State,
-    /// Nothing more will be read: the client's close frame arrived, or its input was refused.
-    reading_done: bool,
-    last_activity: Instant,
-    last_ping: Instant,
-    ping_sent: Option<Instant>,
     /// Since when a write has been waiting for the client without progress.
     stalled_since: Option<Instant>,
     /// A message, ping or pong over the rate under `pause`, handled once the rate allows.
     held_back: Option<Incoming>,
     paused_until: Option<Instant>,
-    /// Armed for the nearest deadline; created with the first one.
-    timer: Option<Pin<Box<Sleep>>>,
-    timer_at: Option<Instant>,
-    /// Only on routes with `messages` rules.
-    validation: Option<Box<Validation>>,
+}
+
+impl Busy {
+    fn is_idle(&self) -> bool {
+        self.read_buf.is_empty()
+            && self.write_buf.is_empty()
+            && self.incomplete_check.is_none()
+            && self.pending_pongs.is_empty()
+            && self.stalled_since.is_none()
+            && self.held_back.is_none()
+            && self.paused_until.is_none()
+    }
 }
 
 impl Session {
+    /// An instant as the session keeps it (see `last_activity`).
+    fn millis(&self, at: Instant) -> u64 {
+        self.registration.hub.deadlines().millis(at)
+    }
+
+    /// A kept instant back as an `Instant`.
+    fn at(&self, millis: u64) -> Instant {
+        self.registration.hub.deadlines().at(millis)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.registration.handle.metrics()
+    }
+
+    /// The burst state, created on demand.
+    fn busy(&mut self) -> &mut Busy {
+        self.busy.get_or_insert_with(Box::default)
+    }
+
+    fn write_pending(&self) -> bool {
+        self.busy
+            .as_ref()
+            .is_some_and(|busy| !busy.write_buf.is_empty())
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         self.registration.handle.waker.register(cx.waker());
         let hub = &self.registration.hub;
@@ -407,18 +480,22 @@ impl Session {
                 Ok(read) => read,
                 Err(end) => return Poll::Ready(end),
             };
-            if let Some(end) = self.poll_timers(cx) {
+            if let Some(end) = self.poll_timers() {
                 return Poll::Ready(end);
             }
             // Nothing more can arrive (the client's close, or refused input): the session is
             // over once its own close frame is out.
             if self.reading_done
-                && self.write_buf.is_empty()
+                && !self.write_pending()
                 && matches!(self.state, State::Closing { .. })
             {
                 return Poll::Ready(self.finished());
             }
             if !wrote && !read {
+                // Idle again: give the burst's memory back.
+                if self.busy.as_ref().is_some_and(|busy| busy.is_idle()) {
+                    self.busy = None;
+                }
                 return Poll::Pending;
             }
         }
@@ -432,25 +509,28 @@ impl Session {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut progressed = false;
         for _ in 0..BATCH {
-            if !self.write_buf.is_empty() {
-                match Pin::new(&mut self.socket).poll_write(cx, &self.write_buf) {
+            if let Some(busy) = self.busy.as_mut().filter(|busy| !busy.write_buf.is_empty()) {
+                match Pin::new(&mut self.socket).poll_write(cx, &busy.write_buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(self.end_abnormally()),
                     Poll::Ready(Ok(written)) => {
-                        self.metrics.sent(written);
+                        busy.write_buf.advance(written);
+                        busy.stalled_since = None;
+                        let drained = busy.write_buf.is_empty();
+                        if drained {
+                            // Give the memory back: an idle socket holds no buffer.
+                            busy.write_buf = BytesMut::new();
+                        }
+                        self.metrics().sent(written);
                         if let Some(record) = &self.guards.held.access {
                             record.sent(written);
                         }
-                        self.write_buf.advance(written);
-                        self.stalled_since = None;
                         progressed = true;
-                        if !self.write_buf.is_empty() {
+                        if !drained {
                             continue;
                         }
-                        // Give the memory back: an idle socket holds no buffer.
-                        self.write_buf = BytesMut::new();
                     }
                     Poll::Pending => {
-                        self.stalled_since.get_or_insert_with(Instant::now);
+                        busy.stalled_since.get_or_insert_with(Instant::now);
                         return Ok(progressed);
                     }
                 }
@@ -460,19 +540,23 @@ impl Session {
                 break;
             }
             // The socket took everything: the latest ping's answer goes first.
-            if !self.pending_pongs.is_empty() {
-                for payload in std::mem::take(&mut self.pending_pongs) {
+            if let Some(busy) = self.busy.as_mut() {
+                for payload in std::mem::take(&mut busy.pending_pongs) {
                     frame::write_frame(
-                        &mut self.write_buf,
+                        &mut busy.write_buf,
                         OpCode::Control(Control::Pong),
                         &payload,
                     );
                 }
             }
             let mut sent = 0u64;
-            let write_buf = &mut self.write_buf;
-            let deflate = &mut self.deflate;
+            let busy = &mut self.busy;
+            let mut deflate = self
+                .extras
+                .as_mut()
+                .and_then(|extras| extras.deflate.as_mut());
             let close = self.registration.handle.drain(WRITE_BATCH, |message| {
+                let write_buf = &mut busy.get_or_insert_with(Box::default).write_buf;
                 let (opcode, payload): (_, &[u8]) = match &message {
                     Message::Text(text) => (OpCode::Data(Data::Text), text.as_ref()),
                     Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
@@ -484,7 +568,7 @@ impl Session {
                     }
                     _ => return,
                 };
-                match deflate {
+                match &mut deflate {
                     Some(deflate) if deflate.compresses(payload.len()) => {
                         frame::write_compressed(write_buf, opcode, payload, deflate)
                     }
@@ -492,12 +576,14 @@ impl Session {
                 }
                 sent += 1;
             });
-            self.metrics.ws_sent(sent);
+            if sent > 0 {
+                self.metrics().ws_sent(sent);
+            }
             if let Some(close) = close {
                 self.begin_close(close.code, &close.reason);
                 progressed = true;
             }
-            if self.write_buf.is_empty() {
+            if !self.write_pending() {
                 break;
             }
         }
@@ -510,7 +596,7 @@ impl Session {
             return Ok(false);
         }
         let mut progressed = false;
-        if let Some(incoming) = self.held_back.take() {
+        if let Some(incoming) = self.busy.as_mut().and_then(|busy| busy.held_back.take()) {
             if let Flow::Stop = self.on_incoming(incoming) {
                 return Ok(false);
             }
@@ -522,19 +608,26 @@ impl Session {
                 return Ok(progressed);
             }
             // What is already buffered first: frames left by a pause, or a partial frame.
-            if !self.read_buf.is_empty() {
-                let mut buffered = std::mem::take(&mut self.read_buf);
+            let buffered = match self.busy.as_mut() {
+                Some(busy) if !busy.read_buf.is_empty() => Some(std::mem::take(&mut busy.read_buf)),
+                _ => None,
+            };
+            if let Some(mut buffered) = buffered {
                 let consumed = self.parse(&mut buffered);
                 buffered.advance(consumed);
-                self.read_buf = buffered;
+                self.busy().read_buf = buffered;
                 if self.reading_done || self.paused() {
                     return Ok(true);
                 }
             }
-            let read = if self.read_buf.is_empty() {
-                self.read_fresh(cx)
-            } else {
+            let incomplete = self
+                .busy
+                .as_ref()
+                .is_some_and(|busy| !busy.read_buf.is_empty());
+            let read = if incomplete {
                 self.read_more(cx)
+            } else {
+                self.read_fresh(cx)
             };
             match read {
                 Poll::Pending => return Ok(progressed),
@@ -552,7 +645,7 @@ impl Session {
     }
 
     fn received(&self, bytes: usize) {
-        self.metrics.received(bytes);
+        self.metrics().received(bytes);
         if let Some(record) = &self.guards.held.access {
             record.received(bytes);
         }
@@ -568,7 +661,7 @@ impl Session {
         let filled = buf.filled_mut();
         let consumed = self.parse(filled);
         if consumed < read && !self.reading_done {
-            self.read_buf.extend_from_slice(&filled[consumed..]);
+            self.busy().read_buf.extend_from_slice(&filled[consumed..]);
             self.check_incomplete();
         }
         Poll::Ready(Ok(read))
@@ -576,13 +669,14 @@ impl Session {
 
     /// Reads the rest of an incomplete frame straight into the heap buffer that holds it.
     fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let wanted = frame::frame_len(&self.read_buf).unwrap_or(0);
-        let missing = wanted.saturating_sub(self.read_buf.len());
-        self.read_buf.reserve(missing.clamp(64, READ_CHUNK * 4));
+        let busy = self.busy.get_or_insert_with(Box::default);
+        let wanted = frame::frame_len(&busy.read_buf).unwrap_or(0);
+        let missing = wanted.saturating_sub(busy.read_buf.len());
+        busy.read_buf.reserve(missing.clamp(64, READ_CHUNK * 4));
         let read = std::task::ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.socket),
             cx,
-            &mut self.read_buf
+            &mut busy.read_buf
         ))?;
         self.received(read);
         self.check_incomplete();
@@ -595,18 +689,22 @@ impl Session {
         if self.reading_done {
             return;
         }
+        let Some(busy) = self.busy.as_mut() else {
+            return;
+        };
         let checked = self
             .assembler
-            .check_incomplete(&self.read_buf, &mut self.incomplete_check);
+            .check_incomplete(&busy.read_buf, &mut busy.incomplete_check);
         if let Err(err) = checked {
-            self.incomplete_check = None;
+            busy.incomplete_check = None;
             self.refuse(err);
         }
     }
 
     fn paused(&self) -> bool {
-        self.held_back.is_some()
-            || self.paused_until.is_some()
+        self.busy
+            .as_ref()
+            .is_some_and(|busy| busy.held_back.is_some() || busy.paused_until.is_some())
             || self.registration.handle.js_backlogged()
     }
 
@@ -628,7 +726,9 @@ impl Session {
                 &at.header,
                 &mut rest[at.payload],
                 self.limits.max_message_size,
-                self.deflate.is_some(),
+                self.extras
+                    .as_ref()
+                    .is_some_and(|extras| extras.deflate.is_some()),
             );
             match incoming {
                 Ok(incoming) => {
@@ -641,7 +741,9 @@ impl Session {
         }
         if consumed > 0 {
             // The frame whose text was checked ahead (if any) is complete now.
-            self.incomplete_check = None;
+            if let Some(busy) = self.busy.as_mut() {
+                busy.incomplete_check = None;
+            }
         }
         if self.reading_done {
             // Nothing more is read: drop whatever else the client sent.
@@ -663,7 +765,7 @@ impl Session {
         };
         let incoming = match incoming {
             Incoming::Fragment => {
-                self.last_activity = Instant::now();
+                self.last_activity = self.millis(Instant::now());
                 return Flow::Continue;
             }
             Incoming::Close(frame) => {
@@ -673,7 +775,7 @@ impl Session {
             other => other,
         };
         if matches!(incoming, Incoming::Message { .. }) || self.limits.idle_counts_pings {
-            self.last_activity = Instant::now();
+            self.last_activity = self.millis(Instant::now());
         }
         if !matches!(self.state, State::Open) {
             // Closing: nothing more reaches JS or is answered.
@@ -683,14 +785,15 @@ impl Session {
         if let Some(wait) = self.over_rate(&incoming) {
             match self.limits.rate_action {
                 RateAction::Close => {
-                    self.metrics
+                    self.metrics()
                         .refuse(self.guards.held.refusal(Rejection::WsRateLimited));
                     self.begin_close(1008, "Rate limit exceeded");
                     return Flow::Continue;
                 }
                 RateAction::Pause => {
-                    self.held_back = Some(incoming);
-                    self.paused_until = Some(Instant::now() + wait);
+                    let busy = self.busy();
+                    busy.held_back = Some(incoming);
+                    busy.paused_until = Some(Instant::now() + wait);
                     return Flow::Stop;
                 }
             }
@@ -699,12 +802,13 @@ impl Session {
             Incoming::Message { data, binary } => self.deliver(data, binary),
             // Past the last few, the oldest is dropped: only the latest ping needs its pong.
             Incoming::Ping(payload) => {
-                if self.pending_pongs.len() == PENDING_PONGS {
-                    self.pending_pongs.remove(0);
+                let pongs = &mut self.busy().pending_pongs;
+                if pongs.len() == PENDING_PONGS {
+                    pongs.remove(0);
                 }
-                self.pending_pongs.push(payload);
+                pongs.push(payload);
             }
-            Incoming::Pong => self.ping_sent = None,
+            Incoming::Pong => self.awaiting_pong = false,
             // Inflated above; fragments and closes are handled before the rate.
             Incoming::Fragment | Incoming::Close(_) | Incoming::Compressed { .. } => {}
         }
@@ -713,7 +817,11 @@ impl Session {
 
     /// A compressed message, inflated (bounded by `wsMaxMessageSize`) and, for text, checked.
     fn inflate(&mut self, data: &[u8], binary: bool) -> Result<Incoming, ReadError> {
-        let Some(deflate) = self.deflate.as_mut() else {
+        let Some(deflate) = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.deflate.as_mut())
+        else {
             return Err(ReadError::Protocol);
         };
         let data = deflate
@@ -735,7 +843,14 @@ impl Session {
             Incoming::Ping(payload) => payload.len(),
             _ => 0,
         };
-        self.rates.as_ref()?.check(size)
+        self.extras.as_ref()?.rates.as_ref()?.check(size)
+    }
+
+    /// No pong is owed any more: the session is closing.
+    fn drop_pongs(&mut self) {
+        if let Some(busy) = self.busy.as_mut() {
+            busy.pending_pongs = Vec::new();
+        }
     }
 
     /// The client's close frame: echo it (RFC 6455 section 5.5.1) unless ours went first.
@@ -746,23 +861,24 @@ impl Session {
         }
         let (code, reason) = frame.unwrap_or((NO_STATUS, String::new()));
         self.registration.handle.stop_sending();
-        self.pending_pongs = Vec::new();
+        self.drop_pongs();
+        let write_buf = &mut self.busy().write_buf;
         if code == NO_STATUS {
-            frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Close), &[]);
+            frame::write_frame(write_buf, OpCode::Control(Control::Close), &[]);
         } else {
-            frame::write_close(&mut self.write_buf, code, &reason);
+            frame::write_close(write_buf, code, &reason);
         }
         self.state = State::Closing {
-            deadline: Instant::now() + CLOSE_TIMEOUT,
+            deadline: self.millis(Instant::now() + CLOSE_TIMEOUT),
             code,
-            reason,
+            reason: reason.into(),
         };
     }
 
     /// A data message within the rate: count it and, valid under the route's `messages`
     /// rules, hand it to JS.
     fn deliver(&mut self, data: Bytes, binary: bool) {
-        self.metrics.ws_received(data.len());
+        self.metrics().ws_received(data.len());
         if !self.valid(&data) {
             return;
         }
@@ -781,13 +897,20 @@ impl Session {
     /// Whether `data` passes the route's `messages` rules; an invalid message is counted, and
     /// closes the session (1007, a strike toward a ban) when the policy says so.
     fn valid(&mut self, data: &[u8]) -> bool {
-        let (Some(policy), Some(validation)) = (&self.limits.messages, &mut self.validation) else {
+        let validation = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.validation.as_mut());
+        let (Some(policy), Some(validation)) = (&self.limits.messages, validation) else {
             return true;
         };
         if policy.rules.check(data).is_ok() {
             return true;
         }
-        self.metrics.reject(Rejection::WsInvalidMessage);
+        self.registration
+            .handle
+            .metrics()
+            .reject(Rejection::WsInvalidMessage);
         validation.invalid = validation.invalid.saturating_add(1);
         let close = policy.on_invalid == InvalidAction::Close
             || (policy.max_invalid > 0 && validation.invalid > policy.max_invalid);
@@ -820,7 +943,7 @@ impl Session {
             ReadError::Protocol => (Rejection::WsProtocolError, 1002),
         };
         let refusal = self.guards.held.refusal(rejection);
-        self.metrics.refuse(RejectRefusal {
+        self.metrics().refuse(RejectRefusal {
             code: Some(Code::Close(code)),
             ..refusal
         });
@@ -833,9 +956,9 @@ impl Session {
             code,
             reason: refusal_reason(code).to_string(),
         });
-        self.pending_pongs = Vec::new();
+        self.drop_pongs();
         self.state = State::Failing {
-            deadline: Instant::now() + CLOSE_TIMEOUT,
+            deadline: self.millis(Instant::now() + CLOSE_TIMEOUT),
             code,
         };
     }
@@ -851,12 +974,12 @@ impl Session {
             return;
         }
         self.registration.handle.stop_sending();
-        self.pending_pongs = Vec::new();
-        frame::write_close(&mut self.write_buf, code, reason);
+        self.drop_pongs();
+        frame::write_close(&mut self.busy().write_buf, code, reason);
         self.state = State::Closing {
-            deadline: Instant::now() + CLOSE_TIMEOUT,
+            deadline: self.millis(Instant::now() + CLOSE_TIMEOUT),
             code,
-            reason: reason.to_string(),
+            reason: reason.into(),
         };
         self.registration.handle.waker.wake();
     }
@@ -867,7 +990,7 @@ impl Session {
         match &self.state {
             State::Closing { code, reason, .. } => End {
                 code: *code,
-                reason: reason.clone(),
+                reason: reason.to_string(),
                 graceful: true,
             },
             State::Failing { .. } => self.end_abnormally(),
@@ -879,7 +1002,7 @@ impl Session {
         match &self.state {
             State::Closing { code, reason, .. } => End {
                 code: *code,
-                reason: reason.clone(),
+                reason: reason.to_string(),
                 graceful: false,
             },
             // The server refused the input first: JS hears that code.
@@ -893,25 +1016,27 @@ impl Session {
     }
 
     /// Idle, ping, pong, send-stall and closing deadlines; `Some` when the session must end
-    /// now.
-    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<End> {
+    /// now. The nearest one left is filed with the hub's deadlines, which wake the session then.
+    fn poll_timers(&mut self) -> Option<End> {
         let now = Instant::now();
-        if self.paused_until.is_some_and(|until| now >= until) {
-            self.paused_until = None;
-            self.registration.handle.waker.wake();
+        if let Some(busy) = self.busy.as_mut() {
+            if busy.paused_until.is_some_and(|until| now >= until) {
+                busy.paused_until = None;
+                self.registration.handle.waker.wake();
+            }
         }
         if self.stall_deadline().is_some_and(|at| now >= at) {
-            self.metrics
+            self.metrics()
                 .refuse(self.guards.held.refusal(Rejection::SendTimeout));
             return Some(self.end_abnormally());
         }
         match &self.state {
-            State::Closing { deadline, .. } if now >= *deadline => {
+            State::Closing { deadline, .. } if now >= self.at(*deadline) => {
                 return Some(self.end_abnormally());
             }
             State::Closing { .. } => {}
             State::Failing { deadline, code } => {
-                if now >= *deadline {
+                if now >= self.at(*deadline) {
                     // JS did not hand the refusal back in time: close without its replies.
                     let code = *code;
                     self.begin_close(code, refusal_reason(code));
@@ -919,42 +1044,39 @@ impl Session {
             }
             State::Open => {
                 let limits = &self.limits;
-                if !limits.idle_timeout.is_zero() && now >= self.last_activity + limits.idle_timeout
+                let last_ping = self.at(self.last_ping);
+                if !limits.idle_timeout.is_zero()
+                    && now >= self.at(self.last_activity) + limits.idle_timeout
                 {
-                    self.metrics
+                    self.metrics()
                         .refuse(self.guards.held.refusal(Rejection::WsIdleTimeout));
                     self.begin_close(1000, "Idle timeout");
-                } else if let Some(sent) = self.ping_sent {
-                    if now >= sent + limits.pong_timeout {
-                        self.metrics
+                } else if self.awaiting_pong {
+                    if now >= last_ping + limits.pong_timeout {
+                        self.metrics()
                             .refuse(self.guards.held.refusal(Rejection::WsPongTimeout));
                         return Some(End::dropped());
                     }
-                } else if !limits.ping_interval.is_zero()
-                    && now >= self.last_ping + limits.ping_interval
+                } else if !limits.ping_interval.is_zero() && now >= last_ping + limits.ping_interval
                 {
-                    frame::write_frame(&mut self.write_buf, OpCode::Control(Control::Ping), &[]);
-                    self.last_ping = now;
-                    self.ping_sent = Some(now);
+                    frame::write_frame(
+                        &mut self.busy().write_buf,
+                        OpCode::Control(Control::Ping),
+                        &[],
+                    );
+                    self.last_ping = self.millis(now);
+                    self.awaiting_pong = true;
                     self.registration.handle.waker.wake();
                 }
             }
         }
-        let deadline = self.next_deadline();
-        if deadline != self.timer_at {
-            if let Some(at) = deadline {
-                match &mut self.timer {
-                    Some(timer) => timer.as_mut().reset(at),
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                }
-            }
-            self.timer_at = deadline;
-        }
-        if let (Some(_), Some(timer)) = (self.timer_at, self.timer.as_mut()) {
-            if timer.as_mut().poll(cx).is_ready() {
-                // Fired between the checks above and now: look again on the next poll.
-                self.timer_at = None;
-                cx.waker().wake_by_ref();
+        if let Some(at) = self.next_deadline() {
+            let hub = &self.registration.hub;
+            let tick = hub.deadlines().tick(at);
+            // An entry still to come at or before this tick wakes the session in time.
+            if self.filed == 0 || tick < self.filed || self.filed <= hub.deadlines().now() {
+                hub.wake_at(tick, self.registration.handle.id);
+                self.filed = tick;
             }
         }
         None
@@ -962,25 +1084,26 @@ impl Session {
 
     fn stall_deadline(&self) -> Option<Instant> {
         let timeout = self.limits.send_timeout;
-        (!timeout.is_zero())
-            .then_some(self.stalled_since?)
-            .map(|since| since + timeout)
+        let since = self.busy.as_ref()?.stalled_since?;
+        (!timeout.is_zero()).then(|| since + timeout)
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let limits = &self.limits;
         let candidates = match &self.state {
             State::Closing { deadline, .. } | State::Failing { deadline, .. } => {
-                [Some(*deadline), self.stall_deadline(), None, None]
+                [Some(self.at(*deadline)), self.stall_deadline(), None, None]
             }
             State::Open => [
-                (!limits.idle_timeout.is_zero()).then(|| self.last_activity + limits.idle_timeout),
-                match self.ping_sent {
-                    Some(sent) => Some(sent + limits.pong_timeout),
-                    None => (!limits.ping_interval.is_zero())
-                        .then(|| self.last_ping + limits.ping_interval),
+                (!limits.idle_timeout.is_zero())
+                    .then(|| self.at(self.last_activity) + limits.idle_timeout),
+                if self.awaiting_pong {
+                    Some(self.at(self.last_ping) + limits.pong_timeout)
+                } else {
+                    (!limits.ping_interval.is_zero())
+                        .then(|| self.at(self.last_ping) + limits.ping_interval)
                 },
-                self.paused_until,
+                self.busy.as_ref().and_then(|busy| busy.paused_until),
                 self.stall_deadline(),
             ],
         };
