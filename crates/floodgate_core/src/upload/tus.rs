@@ -596,7 +596,7 @@ impl Resumable {
             store.append(&worker_id, &worker_upload, info, checksum, receiver)
         });
         let read = read_into(request.into_body(), &sender, &limits).await;
-        let _ = sender.send(Piece::End { whole: read.is_ok() }).await;
+        let _ = sender.send(Piece::End(read.is_ok())).await;
         drop(sender);
         let info = match worker.await.unwrap_or(Patched::Io) {
             Patched::Saved(info) => info,
@@ -683,7 +683,7 @@ impl Resumable {
                         None => {}
                     }
                 }
-                Some(Piece::End { whole }) => break whole,
+                Some(Piece::End(whole)) => break whole,
                 None => break false,
             }
         };
@@ -796,8 +796,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// From the socket side of a `PATCH` to its disk worker.
 enum Piece {
     Data(Bytes),
-    /// The body ended; `whole` when all of it arrived.
-    End { whole: bool },
+    /// The body ended: all of it arrived (`true`) or it was cut short.
+    End(bool),
 }
 
 /// What the disk worker made of a `PATCH`.
