@@ -77,12 +77,14 @@ struct Upload {
     hash: Mutex<Option<(u64, Sha256)>>,
 }
 
-/// Resets `busy` when the `PATCH` ends, however it ends.
-struct Busy<'a>(&'a AtomicBool);
+/// Resets `busy` when the `PATCH` ends, however it ends: held by its disk worker once that
+/// runs, so a `PATCH` whose connection went away keeps the upload until its bytes are written
+/// and counted, and the next `PATCH` cannot interleave with them.
+struct Busy(Arc<Upload>);
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.busy.store(false, Ordering::Release);
     }
 }
 
@@ -529,7 +531,7 @@ impl Resumable {
                 Some(Rejection::ResumableLocked),
             );
         }
-        let _busy = Busy(&upload.busy);
+        let busy = Busy(Arc::clone(upload));
         let headers = request.headers();
         let content_type = headers
             .get(header::CONTENT_TYPE)
@@ -593,6 +595,7 @@ impl Resumable {
         let store = Arc::clone(self);
         let (worker_id, worker_upload) = (id.to_string(), Arc::clone(upload));
         let worker = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             store.append(&worker_id, &worker_upload, info, checksum, receiver)
         });
         let read = read_into(request.into_body(), &sender, &limits).await;
