@@ -29,8 +29,9 @@ app.uploads('/up', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: fal
 app.uploads('/up-sync', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT })
 // /form: multipart forms, without fsync like the Fastify peer.
 app.uploads('/form', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: false, multipart: { maxFiles: 2000, maxParts: 4000 } })
-// /tus: resumable uploads (tus 1.0), without fsync, beside the raw /up.
+// /tus: resumable uploads (tus 1.0), without fsync, beside the raw /up; /tus-sync with it.
 app.uploads('/tus', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, fsync: false, resumable: {} })
+app.uploads('/tus-sync', { dir: process.env.UPLOAD_DIR ?? process.env.ROOT, resumable: {} })
 app.get('/generate', () => new StreamingResponse(chunks(), { mediaType: 'application/octet-stream' }))
 app.sse('/sse', { topics: ['bench'] })
 server.mount('/stream', app)

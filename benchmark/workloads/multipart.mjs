@@ -1,9 +1,13 @@
 // multipart/form-data uploads (curl -F) into a folder: one 256 MiB file, and 1,000 × 64 KiB
 // files in one request. For floodgate also tus: the 256 MiB file in 8 MiB PATCHes against one
-// raw PUT of it, both sent by the same Node client. floodgate's /stream/form (no fsync) against Fastify + @fastify/multipart
+// raw PUT of it, both sent from memory by the same Node client on one keep-alive connection
+// (the file is read once before timing, so the client's file reads are in neither), without
+// fsync and with it (floodgate's default), and the same upload by tus-js-client.
+// floodgate's /stream/form (no fsync) against Fastify + @fastify/multipart
 // writing each file to disk and hashing it (floodgate hashes every file too). GB/s of the body,
 // files/s, the server's CPU seconds and RSS growth.
-import { createReadStream, readdirSync, rmSync, statSync } from 'node:fs'
+import { readFileSync, readdirSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import http from 'node:http'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
@@ -40,41 +44,84 @@ async function form({ port, pids, uploads }, args) {
 // One keep-alive connection for the PUT and for the tus requests, as tus clients use.
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
 
-/** One request whose body is bytes [start, end) of `file`; resolves { status, headers }. */
-function send(port, method, path, headers, file, start, end) {
+/** One request whose body is `body`; resolves { status, headers }. */
+function send(port, method, path, headers, body) {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method, path, headers: { ...headers, 'content-length': String(end - start) }, agent }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path, headers: { ...headers, 'content-length': String(body?.length ?? 0) }, agent }, (res) => {
       res.resume()
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers }))
     })
     req.on('error', reject)
-    if (end > start) createReadStream(file, { start, end: end - 1, highWaterMark: 1024 * 1024 }).pipe(req)
-    else req.end()
+    req.end(body)
   })
 }
 
-/** GB/s of one raw PUT of `file` and of a tus upload of it in 8 MiB PATCHes. */
-async function tusVersusPut({ port, uploads }, file) {
-  const size = statSync(file).size
-  spawnSync('sync')
-  let started = performance.now()
-  const put = await send(port, 'PUT', '/stream/up/raw.bin', {}, file, 0, size)
-  if (put.status !== 201) throw new Error(`PUT answered ${put.status}`)
-  const putSeconds = (performance.now() - started) / 1000
-  spawnSync('sync')
-  const tus = { 'tus-resumable': '1.0.0' }
-  started = performance.now()
-  const created = await send(port, 'POST', '/stream/tus', { ...tus, 'upload-length': String(size), 'upload-metadata': `filename ${Buffer.from('tus.bin').toString('base64')}` }, file, 0, 0)
+/** tus-js-client from the repository's dev dependencies, if installed. */
+function tusClient() {
+  try {
+    return createRequire(new URL('../../package.json', import.meta.url))('tus-js-client')
+  } catch {
+    return null
+  }
+}
+
+const PIECE = 8 * MiB
+const TUS = { 'tus-resumable': '1.0.0' }
+
+/** Seconds of one tus upload of `data` in 8 MiB PATCHes to `mount` by the bench's client. */
+async function tusUpload(port, mount, data) {
+  const started = performance.now()
+  const created = await send(port, 'POST', mount, { ...TUS, 'upload-length': String(data.length), 'upload-metadata': `filename ${Buffer.from('tus.bin').toString('base64')}` })
   if (created.status !== 201) throw new Error(`tus POST answered ${created.status}`)
-  const piece = 8 * MiB
-  for (let offset = 0; offset < size; offset += piece) {
-    const end = Math.min(size, offset + piece)
-    const patched = await send(port, 'PATCH', created.headers.location, { ...tus, 'content-type': 'application/offset+octet-stream', 'upload-offset': String(offset) }, file, offset, end)
+  for (let offset = 0; offset < data.length; offset += PIECE) {
+    const patched = await send(port, 'PATCH', created.headers.location, { ...TUS, 'content-type': 'application/offset+octet-stream', 'upload-offset': String(offset) }, data.subarray(offset, offset + PIECE))
     if (patched.status !== 204) throw new Error(`tus PATCH answered ${patched.status}`)
   }
-  const tusSeconds = (performance.now() - started) / 1000
-  for (const name of readdirSync(uploads)) rmSync(join(uploads, name), { recursive: true, force: true })
-  return { put: size / putSeconds / 1e9, tus: size / tusSeconds / 1e9 }
+  return (performance.now() - started) / 1000
+}
+
+/** Seconds of the same upload by tus-js-client (8 MiB chunks, its own keep-alive agent). */
+function tusJsUpload(tus, port, data) {
+  const started = performance.now()
+  return new Promise((resolve, reject) => {
+    const upload = new tus.Upload(data, {
+      endpoint: `http://127.0.0.1:${port}/stream/tus`,
+      chunkSize: PIECE,
+      metadata: { filename: 'tus-js.bin' },
+      retryDelays: [0, 100], // a keep-alive connection the server closed meanwhile
+      onSuccess: () => resolve((performance.now() - started) / 1000),
+      onError: reject,
+    })
+    upload.start()
+  })
+}
+
+/** GB/s of one raw PUT of `data` and of tus uploads of it in 8 MiB PATCHes, each from memory. */
+async function tusVersusPut({ port, uploads }, data) {
+  const clean = () => {
+    for (const name of readdirSync(uploads)) rmSync(join(uploads, name), { recursive: true, force: true })
+  }
+  const rate = (seconds) => data.length / seconds / 1e9
+  const timed = async (fn) => {
+    spawnSync('sync')
+    const seconds = await fn()
+    clean()
+    return rate(seconds)
+  }
+  const put = (path) => async () => {
+    const started = performance.now()
+    const stored = await send(port, 'PUT', path, {}, data)
+    if (stored.status !== 201) throw new Error(`PUT answered ${stored.status}`)
+    return (performance.now() - started) / 1000
+  }
+  const tus = tusClient()
+  return {
+    put: await timed(put('/stream/up/raw.bin')),
+    tus: await timed(() => tusUpload(port, '/stream/tus', data)),
+    tusJs: tus ? await timed(() => tusJsUpload(tus, port, data)) : NaN,
+    putSync: await timed(put('/stream/up-sync/raw.bin')),
+    tusSync: await timed(() => tusUpload(port, '/stream/tus-sync', data)),
+  }
 }
 
 export default {
@@ -94,11 +141,15 @@ export default {
     const bigRun = big.sort((a, b) => a.seconds - b.seconds)[Math.floor(big.length / 2)]
     const extra = {}
     if (peer === 'floodgate' && !warmup) {
+      const data = readFileSync(join(root, 'big.bin'))
       const tus = []
-      for (let i = 0; i < runs; i++) tus.push(await tusVersusPut({ port, uploads }, join(root, 'big.bin')))
+      for (let i = 0; i < runs; i++) tus.push(await tusVersusPut({ port, uploads }, data))
       extra['raw PUT GB/s (Node client)'] = median(tus, 'put')
       extra['tus GB/s (8 MiB PATCHes)'] = median(tus, 'tus')
       extra['tus ÷ raw PUT'] = median(tus, 'tus') / median(tus, 'put')
+      extra['tus-js-client ÷ raw PUT'] = median(tus, 'tusJs') / median(tus, 'put')
+      extra['raw PUT GB/s fsync'] = median(tus, 'putSync')
+      extra['tus ÷ raw PUT, fsync'] = median(tus, 'tusSync') / median(tus, 'putSync')
     }
     return {
       ...extra,

@@ -4,14 +4,23 @@
 //!
 //! Each upload is two files in the mount's `.tus` folder (a dotfolder, never served): its data
 //! (`<id>.bin`) and its state (`<id>.json`: length, offset, metadata, owner, expiry), the state
-//! rewritten atomically (temporary + rename) after the data it counts was flushed (and synced),
-//! so a crash or restart never counts bytes that are not on disk; the data is cut back to the
-//! recorded offset before the next `PATCH` appends. Bytes of an interrupted `PATCH` that reached
-//! the disk are kept (the point of resuming), unless the `PATCH` carried `Upload-Checksum`:
-//! then only a whole, matching body counts (`460` otherwise). The complete file is renamed from
-//! the `.tus` folder to its name under the mount (same file system, so atomic). One `PATCH` at
-//! a time per upload: another one meanwhile gets `423 Locked`. The servers's state is read back
-//! from the `.tus` folder at `listen`; a sweeper removes uploads past their expiry.
+//! rewritten atomically (temporary + rename) after the data it counts was written, so the
+//! recorded offset never passes the data. Bytes of an interrupted `PATCH` that reached the file
+//! are kept (the point of resuming), unless the `PATCH` carried `Upload-Checksum`: then only a
+//! whole, matching body counts (`460` otherwise) and the rest is cut off at once. The complete
+//! file is renamed from the `.tus` folder to its name under the mount (same file system, so
+//! atomic). One `PATCH` at a time per upload: another one meanwhile gets `423 Locked`. The
+//! state is read back from the `.tus` folder at `listen`; a sweeper removes uploads past their
+//! expiry.
+//!
+//! Durability (`fsync`, the default): the data and the state are synced once, when the upload
+//! completes — the data before its rename, the folder after it (so the name survives a power
+//! loss), then the final state — not at every `PATCH`, which cost a sync of the data and one of
+//! the state per `PATCH`. A process crash (`kill -9`) loses nothing: both files are in the page
+//! cache. After a power loss either file may be older than the client was told; the offset read
+//! back is the smaller of the recorded one and the data's length (`recover`), so it may go
+//! back (the client resumes from there, as tus clients do after a `HEAD`), never past the data.
+//! Bytes past the recorded offset are cut off before the next `PATCH` appends (`open_at`).
 
 use crate::config::ResumableConfig;
 use crate::delivery::body::{self, Body};
@@ -68,12 +77,14 @@ struct Upload {
     hash: Mutex<Option<(u64, Sha256)>>,
 }
 
-/// Resets `busy` when the `PATCH` ends, however it ends.
-struct Busy<'a>(&'a AtomicBool);
+/// Resets `busy` when the `PATCH` ends, however it ends: held by its disk worker once that
+/// runs, so a `PATCH` whose connection went away keeps the upload until its bytes are written
+/// and counted, and the next `PATCH` cannot interleave with them.
+struct Busy(Arc<Upload>);
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.busy.store(false, Ordering::Release);
     }
 }
 
@@ -226,7 +237,7 @@ impl Resumable {
                 let info = std::fs::read(&path)
                     .ok()
                     .and_then(|bytes| serde_json::from_slice::<Info>(&bytes).ok());
-                match info {
+                match info.and_then(|info| self.recover(id, info)) {
                     Some(info) if info.expires > now => {
                         uploads.insert(id.to_string(), Arc::new(Upload::new(info, None)));
                     }
@@ -247,6 +258,17 @@ impl Resumable {
         for (id, upload) in uploads {
             live.entry(id).or_insert(upload);
         }
+    }
+
+    /// An unfinished upload's state as read back: the recorded offset, unless the data is
+    /// shorter (the state is not synced per `PATCH`, so after a power loss it may count bytes
+    /// the disk lost); `None` when its data is gone.
+    fn recover(&self, id: &str, mut info: Info) -> Option<Info> {
+        if info.sha256.is_none() {
+            let length = std::fs::metadata(self.data_path(id)).ok()?.len();
+            info.offset = info.offset.min(length);
+        }
+        Some(info)
     }
 
     fn sweep(&self) {
@@ -273,13 +295,14 @@ impl Resumable {
         let _ = std::fs::remove_file(self.info_path(id));
     }
 
-    /// Writes `info` beside the data: a temporary, synced, renamed over the old state.
-    fn save(&self, id: &str, info: &Info) -> std::io::Result<()> {
+    /// Writes `info` beside the data: a temporary, renamed over the old state (synced first
+    /// with `sync`), so a crash leaves the old state or the new one, never a torn one.
+    fn save(&self, id: &str, info: &Info, sync: bool) -> std::io::Result<()> {
         let path = self.info_path(id);
         let temp = self.state.join(format!("{id}.json.tmp"));
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(&serde_json::to_vec(info).map_err(std::io::Error::other)?)?;
-        if self.fsync {
+        if sync {
             file.sync_data()?;
         }
         std::fs::rename(&temp, &path)
@@ -471,7 +494,7 @@ impl Resumable {
         let created = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&store.state)?;
             std::fs::File::create_new(store.data_path(&created_id))?;
-            store.save(&created_id, &created_info)
+            store.save(&created_id, &created_info, store.fsync)
         })
         .await
         .map_err(std::io::Error::other)
@@ -508,7 +531,7 @@ impl Resumable {
                 Some(Rejection::ResumableLocked),
             );
         }
-        let _busy = Busy(&upload.busy);
+        let busy = Busy(Arc::clone(upload));
         let headers = request.headers();
         let content_type = headers
             .get(header::CONTENT_TYPE)
@@ -559,79 +582,35 @@ impl Resumable {
                 Some(Rejection::BodyTooLarge),
             );
         }
-        let mut received = 0;
-        let mut stop = None;
-        if remaining > 0 {
-            limits.max_size = remaining;
-            let hash = lock(&upload.hash)
-                .take()
-                .filter(|(covered, _)| *covered == offset);
-            let appender = match Appender::open(
-                self.data_path(id),
-                offset,
-                hash.map(|(_, hash)| hash),
-                checksum.clone(),
-                self.fsync,
-            )
-            .await
-            {
-                Ok(appender) => appender,
-                Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR),
-            };
-            let read = read_into(request.into_body(), &appender, &limits).await;
-            let appended = appender.finish().await;
-            let Ok(appended) = appended else {
-                return reply(StatusCode::INTERNAL_SERVER_ERROR);
-            };
-            stop = read.err();
-            let whole = stop.is_none();
-            let keep = match &checksum {
-                None => true,
-                Some(expected) => whole && appended.matches(expected),
-            };
-            if keep {
-                received = appended.written;
-                *lock(&upload.hash) = appended.hash.map(|hash| (offset + received, hash));
-            }
-            if !keep && whole {
+        if let Some(sha256) = &info.sha256 {
+            // Complete already (the offset matched its length): nothing to append.
+            return done(&info, sha256);
+        }
+        limits.max_size = info.length - info.offset;
+        // One blocking worker per `PATCH` does all of its disk work — opening the data, writing
+        // and hashing as the body arrives, the state, and at completion the sync and the
+        // rename — so reading starts at once and the `PATCH` costs one trip to the blocking
+        // pool.
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let store = Arc::clone(self);
+        let (worker_id, worker_upload) = (id.to_string(), Arc::clone(upload));
+        let worker = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
+            store.append(&worker_id, &worker_upload, info, checksum, receiver)
+        });
+        let read = read_into(request.into_body(), &sender, &limits).await;
+        let _ = sender.send(Piece::End(read.is_ok())).await;
+        drop(sender);
+        let info = match worker.await.unwrap_or(Patched::Io) {
+            Patched::Saved(info) => info,
+            Patched::Mismatch => {
                 metrics.reject(Rejection::ChecksumMismatch);
                 return reply(StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST));
             }
-        }
-        let mut info = info;
-        info.offset += received;
-        info.expires = now_ms() + self.config.expiration.as_millis() as u64;
-        let complete = info.offset == info.length && info.sha256.is_none();
-        let store = Arc::clone(self);
-        let (saved_id, mut saved) = (id.to_string(), info.clone());
-        let hash = if complete {
-            lock(&upload.hash).take()
-        } else {
-            None
+            Patched::Exists => return reply(StatusCode::CONFLICT),
+            Patched::Io => return reply(StatusCode::INTERNAL_SERVER_ERROR),
         };
-        let outcome = tokio::task::spawn_blocking(move || -> Result<Info, Finish> {
-            if complete {
-                let sha256 = match hash {
-                    Some((covered, hash)) if covered == saved.length => {
-                        format!("{:x}", hash.finalize())
-                    }
-                    _ => hash_file(&store.data_path(&saved_id)).map_err(|_| Finish::Io)?,
-                };
-                store.place(&saved_id, &saved.name)?;
-                saved.sha256 = Some(sha256);
-            }
-            store.save(&saved_id, &saved).map_err(|_| Finish::Io)?;
-            Ok(saved)
-        })
-        .await
-        .unwrap_or(Err(Finish::Io));
-        let info = match outcome {
-            Ok(info) => info,
-            Err(Finish::Exists) => return reply(StatusCode::CONFLICT),
-            Err(Finish::Io) => return reply(StatusCode::INTERNAL_SERVER_ERROR),
-        };
-        *lock(&upload.info) = info.clone();
-        if let Some(stop) = stop {
+        if let Err(stop) = read {
             return match stop {
                 Stop::Rejected(reason) => {
                     metrics.reject(reason);
@@ -650,44 +629,187 @@ impl Resumable {
                 Stop::Disk => reply(StatusCode::INTERNAL_SERVER_ERROR),
             };
         }
-        let mut response = reply(StatusCode::NO_CONTENT);
-        let headers = response.headers_mut();
-        headers.insert("upload-offset", HeaderValue::from(info.offset));
         match &info.sha256 {
+            Some(sha256) => done(&info, sha256),
             None => {
+                let mut response = reply(StatusCode::NO_CONTENT);
+                let headers = response.headers_mut();
+                headers.insert("upload-offset", HeaderValue::from(info.offset));
                 headers.insert("upload-expires", expires_header(info.expires));
-            }
-            Some(sha256) => {
-                // Not tus headers: what the complete file became, as a raw upload reports it.
-                if let Ok(name) = HeaderValue::from_str(&info.name) {
-                    headers.insert("upload-name", name);
-                }
-                if let Ok(sha256) = HeaderValue::from_str(sha256) {
-                    headers.insert("upload-sha256", sha256);
-                }
+                response
             }
         }
-        response
+    }
+
+    /// The disk side of one `PATCH` (blocking): appends what `pieces` brings at the recorded
+    /// offset, hashing it (the whole file's SHA-256, and the body's own digest when it carries
+    /// `Upload-Checksum`), then records the new offset — or, with a checksum that did not
+    /// match or a body that did not arrive whole, cuts the data back and records nothing.
+    /// The last `PATCH` also places the file. See the module docs for what is synced when.
+    fn append(
+        &self,
+        id: &str,
+        upload: &Upload,
+        mut info: Info,
+        checksum: Option<Checksum>,
+        mut pieces: mpsc::Receiver<Piece>,
+    ) -> Patched {
+        let offset = info.offset;
+        let Ok(mut file) = self.open_at(id, offset) else {
+            return Patched::Io;
+        };
+        // The running hash covers `offset` bytes unless a restart or a failed `PATCH` lost it.
+        let before = lock(&upload.hash)
+            .take()
+            .filter(|(covered, _)| *covered == offset)
+            .map(|(_, hash)| hash);
+        let mut hash = before.clone();
+        let mut body = checksum.as_ref().map(|checksum| match checksum {
+            Checksum::Sha1(_) => BodyHash::Sha1(Sha1::new()),
+            Checksum::Sha256(_) => BodyHash::Sha256(Sha256::new()),
+        });
+        let mut written = 0u64;
+        let whole = loop {
+            match pieces.blocking_recv() {
+                Some(Piece::Data(bytes)) => {
+                    if file.write_all(&bytes).is_err() {
+                        // Whatever went in is past the recorded offset: cut at the next `PATCH`.
+                        return Patched::Io;
+                    }
+                    written += bytes.len() as u64;
+                    if let Some(hash) = &mut hash {
+                        hash.update(&bytes);
+                    }
+                    match &mut body {
+                        Some(BodyHash::Sha1(hasher)) => hasher.update(&bytes),
+                        Some(BodyHash::Sha256(hasher)) => hasher.update(&bytes),
+                        None => {}
+                    }
+                }
+                Some(Piece::End(whole)) => break whole,
+                None => break false,
+            }
+        };
+        let keep = match (&checksum, body) {
+            (None, _) => true,
+            (Some(expected), Some(body)) => whole && body.matches(expected),
+            (Some(_), None) => false,
+        };
+        if !keep {
+            // Nothing of this body counts: cut it off now, the hash is what it was before.
+            if file.set_len(offset).is_err() {
+                return Patched::Io;
+            }
+            *lock(&upload.hash) = before.map(|hash| (offset, hash));
+            if whole {
+                return Patched::Mismatch;
+            }
+            written = 0;
+        }
+        info.offset += written;
+        info.expires = now_ms() + self.config.expiration.as_millis() as u64;
+        if info.offset < info.length {
+            if keep {
+                *lock(&upload.hash) = hash.map(|hash| (info.offset, hash));
+            }
+            // Not synced (see the module docs): a count the disk may not hold yet is bounded
+            // by the data's length when read back.
+            if self.save(id, &info, false).is_err() {
+                return Patched::Io;
+            }
+            *lock(&upload.info) = info.clone();
+            return Patched::Saved(info);
+        }
+        // Complete: hashed (again, if the running hash was lost), synced, renamed, recorded.
+        let sha256 = match hash {
+            Some(hash) => format!("{:x}", hash.finalize()),
+            None => match hash_file(&self.data_path(id)) {
+                Ok(sha256) => sha256,
+                Err(_) => return Patched::Io,
+            },
+        };
+        if self.fsync && file.sync_data().is_err() {
+            return Patched::Io;
+        }
+        drop(file);
+        if let Err(failed) = self.place(id, &info.name) {
+            return failed;
+        }
+        if self.fsync && sync_dir(&self.dir).is_err() {
+            return Patched::Io;
+        }
+        info.sha256 = Some(sha256);
+        if self.save(id, &info, self.fsync).is_err() {
+            return Patched::Io;
+        }
+        *lock(&upload.info) = info.clone();
+        Patched::Saved(info)
+    }
+
+    /// The upload's data, open for writing at `offset`; bytes past it were never counted
+    /// (a `PATCH` cut short with a checksum, a crash before the state was written): dropped.
+    fn open_at(&self, id: &str, offset: u64) -> std::io::Result<std::fs::File> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.data_path(id))?;
+        if file.metadata()?.len() != offset {
+            file.set_len(offset)?;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(file)
     }
 
     /// Renames the complete data to its name under the mount (blocking).
-    fn place(&self, id: &str, name: &str) -> Result<(), Finish> {
+    fn place(&self, id: &str, name: &str) -> Result<(), Patched> {
         let target = self.dir.join(name);
         let data = self.data_path(id);
         if self.overwrite {
-            std::fs::rename(&data, &target).map_err(|_| Finish::Io)
+            std::fs::rename(&data, &target).map_err(|_| Patched::Io)
         } else {
             // Link-then-unlink: fails if the name appeared meanwhile.
             match std::fs::hard_link(&data, &target) {
-                Ok(()) => std::fs::remove_file(&data).map_err(|_| Finish::Io),
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(Finish::Exists),
-                Err(_) => Err(Finish::Io),
+                Ok(()) => std::fs::remove_file(&data).map_err(|_| Patched::Io),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(Patched::Exists),
+                Err(_) => Err(Patched::Io),
             }
         }
     }
 }
 
-enum Finish {
+/// The last answer of an upload: not tus headers, what the complete file became, as a raw
+/// upload reports it.
+fn done(info: &Info, sha256: &str) -> Response<Body> {
+    let mut response = reply(StatusCode::NO_CONTENT);
+    let headers = response.headers_mut();
+    headers.insert("upload-offset", HeaderValue::from(info.offset));
+    if let Ok(name) = HeaderValue::from_str(&info.name) {
+        headers.insert("upload-name", name);
+    }
+    if let Ok(sha256) = HeaderValue::from_str(sha256) {
+        headers.insert("upload-sha256", sha256);
+    }
+    response
+}
+
+/// Makes a rename in `dir` durable (blocking).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// From the socket side of a `PATCH` to its disk worker.
+enum Piece {
+    Data(Bytes),
+    /// The body ended: all of it arrived (`true`) or it was cut short.
+    End(bool),
+}
+
+/// What the disk worker made of a `PATCH`.
+enum Patched {
+    /// The state recorded after it.
+    Saved(Info),
+    /// The body does not match its `Upload-Checksum`: nothing appended.
+    Mismatch,
+    /// Complete, but the name was taken meanwhile (`overwrite: false`).
     Exists,
     Io,
 }
@@ -733,19 +855,34 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Reads a `PATCH` body into the appender under the upload limits, in batches of a few chunks.
-async fn read_into<B>(body: B, appender: &Appender, limits: &UploadLimits) -> Result<(), Stop>
+/// Reads a `PATCH` body to the disk worker under the upload limits; small frames are gathered
+/// into batches of a few chunks, large ones go as they are (as a raw upload's do).
+async fn read_into<B>(
+    body: B,
+    sender: &mpsc::Sender<Piece>,
+    limits: &UploadLimits,
+) -> Result<(), Stop>
 where
     B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
 {
     let batch_size = (limits.chunk_size * 4) as usize;
+    let send = |bytes: Bytes| async move {
+        sender
+            .send(Piece::Data(bytes))
+            .await
+            .map_err(|_| Stop::Disk)
+    };
     let mut batch = BytesMut::new();
     let mut reader = BodyReader::new(body, limits);
     let result = async {
         while let Some(data) = reader.next().await? {
-            batch.extend_from_slice(&data);
-            if batch.len() >= batch_size {
-                appender.write(batch.split().freeze()).await?;
+            if batch.is_empty() && data.len() >= batch_size {
+                send(data).await?;
+            } else {
+                batch.extend_from_slice(&data);
+                if batch.len() >= batch_size {
+                    send(batch.split().freeze()).await?;
+                }
             }
         }
         Ok(())
@@ -753,101 +890,26 @@ where
     .await;
     // What arrived before a stop is written too: without a checksum it counts.
     if !batch.is_empty() {
-        appender.write(batch.freeze()).await?;
+        send(batch.freeze()).await?;
     }
     result
 }
 
-/// What one `PATCH` appended.
-struct Appended {
-    written: u64,
-    hash: Option<Sha256>,
-    checksum: Option<Vec<u8>>,
-}
-
-impl Appended {
-    fn matches(&self, expected: &Checksum) -> bool {
-        match expected {
-            Checksum::Sha1(digest) | Checksum::Sha256(digest) => {
-                self.checksum.as_deref() == Some(digest.as_slice())
-            }
-        }
-    }
-}
-
-/// The disk side of a `PATCH`: a blocking worker appending at the offset, hashing as it goes,
-/// flushing (and syncing) at the end whether the body completed or not.
-struct Appender {
-    sender: mpsc::Sender<Bytes>,
-    worker: tokio::task::JoinHandle<std::io::Result<Appended>>,
-}
-
-enum PatchHash {
+/// The digest a `PATCH` body is checked against.
+enum BodyHash {
     Sha1(Sha1),
     Sha256(Sha256),
 }
 
-impl Appender {
-    async fn open(
-        path: PathBuf,
-        offset: u64,
-        hash: Option<Sha256>,
-        checksum: Option<Checksum>,
-        fsync: bool,
-    ) -> std::io::Result<Self> {
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
-            // Bytes past the recorded offset were never counted: drop them.
-            file.set_len(offset)?;
-            file.seek(SeekFrom::Start(offset))?;
-            Ok(file)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        let (sender, mut receiver) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
-        let worker = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let mut hash = hash;
-            let mut patch = checksum.map(|checksum| match checksum {
-                Checksum::Sha1(_) => PatchHash::Sha1(Sha1::new()),
-                Checksum::Sha256(_) => PatchHash::Sha256(Sha256::new()),
-            });
-            let mut written = 0u64;
-            while let Some(bytes) = receiver.blocking_recv() {
-                file.write_all(&bytes)?;
-                written += bytes.len() as u64;
-                if let Some(hash) = &mut hash {
-                    hash.update(&bytes);
-                }
-                match &mut patch {
-                    Some(PatchHash::Sha1(hasher)) => hasher.update(&bytes),
-                    Some(PatchHash::Sha256(hasher)) => hasher.update(&bytes),
-                    None => {}
-                }
-            }
-            file.flush()?;
-            if fsync {
-                file.sync_data()?;
-            }
-            Ok(Appended {
-                written,
-                hash,
-                checksum: patch.map(|patch| match patch {
-                    PatchHash::Sha1(hasher) => hasher.finalize().to_vec(),
-                    PatchHash::Sha256(hasher) => hasher.finalize().to_vec(),
-                }),
-            })
-        });
-        Ok(Self { sender, worker })
-    }
-
-    async fn write(&self, bytes: Bytes) -> Result<(), Stop> {
-        self.sender.send(bytes).await.map_err(|_| Stop::Disk)
-    }
-
-    async fn finish(self) -> std::io::Result<Appended> {
-        drop(self.sender);
-        self.worker.await.map_err(std::io::Error::other)?
+impl BodyHash {
+    fn matches(self, expected: &Checksum) -> bool {
+        let digest = match self {
+            BodyHash::Sha1(hasher) => hasher.finalize().to_vec(),
+            BodyHash::Sha256(hasher) => hasher.finalize().to_vec(),
+        };
+        match expected {
+            Checksum::Sha1(expected) | Checksum::Sha256(expected) => digest == *expected,
+        }
     }
 }
 
