@@ -440,23 +440,15 @@ async fn echo_deflate(args: Rc<Args>) {
             rtts
         }));
     }
-    let mut rtts = Vec::new();
-    for task in tasks {
-        rtts.extend(task.await.unwrap_or_default());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    rtts.sort_unstable();
-    emit(format!(
-        "{{\"mode\":\"echo\",\"connected\":{opened},\"failed\":{failed},\"broken\":{},\"wrong\":{},\"messages\":{},\"seconds\":{elapsed:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
-        broken.get(),
-        wrong.get(),
-        received.get(),
-        received.get() as f64 / elapsed,
-        quantile_ms(&rtts, 0.5),
-        quantile_ms(&rtts, 0.99),
-        json_error(&error),
-    ));
+    let echoed = Echoed {
+        opened,
+        failed,
+        broken,
+        received,
+        start,
+        cpu_before,
+    };
+    echoed.report(tasks, Some(wrong), &error).await;
 }
 
 /// Each connection keeps `inflight` messages outstanding: sends that many, then one more per echo.
@@ -534,22 +526,56 @@ async fn echo(args: Rc<Args>) {
             rtts
         }));
     }
-    let mut rtts = Vec::new();
-    for task in tasks {
-        rtts.extend(task.await.unwrap_or_default());
+    let echoed = Echoed {
+        opened,
+        failed,
+        broken,
+        received,
+        start,
+        cpu_before,
+    };
+    echoed.report(tasks, None, &error).await;
+}
+
+/// What an echo run counts, reported as its JSON line once its tasks' round trips are in (the
+/// tasks still count until then).
+struct Echoed {
+    opened: usize,
+    failed: usize,
+    broken: Rc<Cell<usize>>,
+    received: Rc<Cell<u64>>,
+    start: Instant,
+    cpu_before: f64,
+}
+
+impl Echoed {
+    async fn report(
+        self,
+        tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+        wrong: Option<Rc<Cell<u64>>>,
+        error: &Option<String>,
+    ) {
+        let mut rtts = Vec::new();
+        for task in tasks {
+            rtts.extend(task.await.unwrap_or_default());
+        }
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - self.cpu_before;
+        rtts.sort_unstable();
+        let wrong = wrong.map_or(String::new(), |wrong| format!("\"wrong\":{},", wrong.get()));
+        let received = self.received.get();
+        emit(format!(
+            "{{\"mode\":\"echo\",\"connected\":{},\"failed\":{},\"broken\":{},{wrong}\"messages\":{},\"seconds\":{elapsed:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
+            self.opened,
+            self.failed,
+            self.broken.get(),
+            received,
+            received as f64 / elapsed,
+            quantile_ms(&rtts, 0.5),
+            quantile_ms(&rtts, 0.99),
+            json_error(error),
+        ));
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    rtts.sort_unstable();
-    emit(format!(
-        "{{\"mode\":\"echo\",\"connected\":{opened},\"failed\":{failed},\"broken\":{},\"messages\":{},\"seconds\":{elapsed:.3},\"msgPerSec\":{:.1},\"p50Ms\":{},\"p99Ms\":{},\"clientCpuS\":{cpu:.2},\"error\":{}}}",
-        broken.get(),
-        received.get(),
-        received.get() as f64 / elapsed,
-        quantile_ms(&rtts, 0.5),
-        quantile_ms(&rtts, 0.99),
-        json_error(&error),
-    ));
 }
 
 /// Counts the events the subscribed sockets receive (one `"t":<epoch ms>` stamp each, which gives
