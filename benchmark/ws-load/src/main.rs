@@ -1222,26 +1222,7 @@ async fn idle(args: Rc<Args>) {
         });
     })
     .await;
-    let connect_seconds = start.elapsed().as_secs_f64();
-    emit(format!("CONNECTED {opened}"));
-    let mut line = String::new();
-    if failed > 0 {
-        emit(format!(
-            "{{\"mode\":\"idle\",\"connected\":{opened},\"failed\":{failed},\"error\":{}}}",
-            json_error(&error)
-        ));
-        return;
-    }
-    let _ = tokio::time::timeout(
-        Duration::from_millis(args.timeout_ms),
-        tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line),
-    )
-    .await;
-    emit(format!(
-        "{{\"mode\":\"idle\",\"connected\":{opened},\"failed\":{failed},\"closed\":{},\"connectSeconds\":{connect_seconds:.3},\"error\":{}}}",
-        closed.get(),
-        json_error(&error),
-    ));
+    idle_report(&args, opened, failed, error, &closed, start).await;
 }
 
 /// An SSE subscription whose response head has arrived: the socket, any body bytes that came
