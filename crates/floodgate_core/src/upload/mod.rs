@@ -13,6 +13,7 @@
 
 pub(crate) mod multipart;
 pub(crate) mod reader;
+pub(crate) mod running_hash;
 pub(crate) mod sink;
 pub(crate) mod tus;
 

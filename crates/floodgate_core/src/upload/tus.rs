@@ -27,6 +27,7 @@ use crate::delivery::body::{self, Body};
 use crate::metrics::{Metrics, Rejection};
 use crate::upload::multipart::sanitize;
 use crate::upload::reader::{BodyReader, Stop};
+use crate::upload::running_hash::{Behind, Handover, HashChain, Running};
 use crate::upload::UploadLimits;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -72,9 +73,9 @@ struct Upload {
     info: Mutex<Info>,
     /// A `PATCH` is being received.
     busy: AtomicBool,
-    /// SHA-256 of the data so far, while it covers exactly `offset` bytes (not after a
-    /// restart: the file is then read again when it completes).
-    hash: Mutex<Option<(u64, Sha256)>>,
+    /// SHA-256 of the data so far, handed from `PATCH` to `PATCH` (lost after a restart:
+    /// the file is then read again when it completes).
+    hash: HashChain,
 }
 
 /// Resets `busy` when the `PATCH` ends, however it ends: held by its disk worker once that
@@ -486,7 +487,7 @@ impl Resumable {
             }
             uploads.insert(
                 id.clone(),
-                Arc::new(Upload::new(info.clone(), Some((0, Sha256::new())))),
+                Arc::new(Upload::new(info.clone(), Some(Running::default()))),
             );
         }
         let store = Arc::clone(self);
@@ -658,60 +659,78 @@ impl Resumable {
         let Ok(mut file) = self.open_at(id, offset) else {
             return Patched::Io;
         };
-        // The running hash covers `offset` bytes unless a restart or a failed `PATCH` lost it.
-        let before = lock(&upload.hash)
-            .take()
-            .filter(|(covered, _)| *covered == offset)
-            .map(|(_, hash)| hash);
-        let mut hash = before.clone();
-        let mut body = checksum.as_ref().map(|checksum| match checksum {
-            Checksum::Sha1(_) => BodyHash::Sha1(Sha1::new()),
-            Checksum::Sha256(_) => BodyHash::Sha256(Sha256::new()),
-        });
+        // Without `Upload-Checksum` every byte written counts: the running hash follows the
+        // writes on a hasher of its own. With one, nothing counts until the body matched, so
+        // the hash is kept here, to be handed on as it was if the body does not count.
+        let mut lane = match &checksum {
+            None => Lane::Behind(upload.hash.behind(offset)),
+            Some(checksum) => {
+                let (running, handover) = upload.hash.take(offset);
+                let body = match checksum {
+                    Checksum::Sha1(_) => BodyHash::Sha1(Sha1::new()),
+                    Checksum::Sha256(_) => BodyHash::Sha256(Sha256::new()),
+                };
+                Lane::InLine(Box::new(InLine {
+                    before: running.clone(),
+                    running,
+                    handover,
+                    body,
+                }))
+            }
+        };
         let mut written = 0u64;
         let whole = loop {
             match pieces.blocking_recv() {
                 Some(Piece::Data(bytes)) => {
                     if file.write_all(&bytes).is_err() {
-                        // Whatever went in is past the recorded offset: cut at the next `PATCH`.
+                        // Whatever went in is past the recorded offset: cut at the next `PATCH`
+                        // (which then finds no hash of that length, and reads the file again).
                         return Patched::Io;
                     }
                     written += bytes.len() as u64;
-                    if let Some(hash) = &mut hash {
-                        hash.update(&bytes);
-                    }
-                    match &mut body {
-                        Some(BodyHash::Sha1(hasher)) => hasher.update(&bytes),
-                        Some(BodyHash::Sha256(hasher)) => hasher.update(&bytes),
-                        None => {}
+                    match &mut lane {
+                        Lane::Behind(behind) => behind.feed(bytes),
+                        Lane::InLine(inline) => {
+                            let InLine { running, body, .. } = &mut **inline;
+                            if let Some(running) = running {
+                                running.update(&bytes);
+                            }
+                            body.update(&bytes);
+                        }
                     }
                 }
                 Some(Piece::End(whole)) => break whole,
                 None => break false,
             }
         };
-        let keep = match (&checksum, body) {
-            (None, _) => true,
-            (Some(expected), Some(body)) => whole && body.matches(expected),
-            (Some(_), None) => false,
-        };
-        if !keep {
-            // Nothing of this body counts: cut it off now, the hash is what it was before.
-            if file.set_len(offset).is_err() {
-                return Patched::Io;
+        match lane {
+            // The hasher hands the hash on once it has caught up with these bytes.
+            Lane::Behind(behind) => drop(behind),
+            Lane::InLine(inline) => {
+                let InLine {
+                    before,
+                    running,
+                    handover,
+                    body,
+                } = *inline;
+                if whole && body.matches(checksum.as_ref()) {
+                    handover.give(running);
+                } else {
+                    // Nothing of this body counts: cut it off now; the hash is as it was.
+                    handover.give(before);
+                    if file.set_len(offset).is_err() {
+                        return Patched::Io;
+                    }
+                    if whole {
+                        return Patched::Mismatch;
+                    }
+                    written = 0;
+                }
             }
-            *lock(&upload.hash) = before.map(|hash| (offset, hash));
-            if whole {
-                return Patched::Mismatch;
-            }
-            written = 0;
         }
         info.offset += written;
         info.expires = now_ms() + self.config.expiration.as_millis() as u64;
         if info.offset < info.length {
-            if keep {
-                *lock(&upload.hash) = hash.map(|hash| (info.offset, hash));
-            }
             // Not synced (see the module docs): a count the disk may not hold yet is bounded
             // by the data's length when read back.
             if self.save(id, &info, false).is_err() {
@@ -721,8 +740,10 @@ impl Resumable {
             return Patched::Saved(info);
         }
         // Complete: hashed (again, if the running hash was lost), synced, renamed, recorded.
-        let sha256 = match hash {
-            Some(hash) => format!("{:x}", hash.finalize()),
+        let (running, handover) = upload.hash.take(info.offset);
+        handover.give(None);
+        let sha256 = match running {
+            Some(running) => running.hex(),
             None => match hash_file(&self.data_path(id)) {
                 Ok(sha256) => sha256,
                 Err(_) => return Patched::Io,
@@ -815,11 +836,11 @@ enum Patched {
 }
 
 impl Upload {
-    fn new(info: Info, hash: Option<(u64, Sha256)>) -> Self {
+    fn new(info: Info, hash: Option<Running>) -> Self {
         Self {
             info: Mutex::new(info),
             busy: AtomicBool::new(false),
-            hash: Mutex::new(hash),
+            hash: HashChain::new(hash),
         }
     }
 }
@@ -902,15 +923,39 @@ enum BodyHash {
 }
 
 impl BodyHash {
-    fn matches(self, expected: &Checksum) -> bool {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            BodyHash::Sha1(hasher) => hasher.update(bytes),
+            BodyHash::Sha256(hasher) => hasher.update(bytes),
+        }
+    }
+
+    fn matches(self, expected: Option<&Checksum>) -> bool {
         let digest = match self {
             BodyHash::Sha1(hasher) => hasher.finalize().to_vec(),
             BodyHash::Sha256(hasher) => hasher.finalize().to_vec(),
         };
         match expected {
-            Checksum::Sha1(expected) | Checksum::Sha256(expected) => digest == *expected,
+            Some(Checksum::Sha1(expected) | Checksum::Sha256(expected)) => digest == *expected,
+            None => false,
         }
     }
+}
+
+/// How one `PATCH` keeps the running hash (see `running_hash`).
+enum Lane {
+    /// No `Upload-Checksum`: hashed behind the writes.
+    Behind(Behind),
+    /// With one: kept here until the body matched.
+    InLine(Box<InLine>),
+}
+
+/// The hash as it was, the hash with this body, and the body's own digest.
+struct InLine {
+    before: Option<Running>,
+    running: Option<Running>,
+    handover: Handover,
+    body: BodyHash,
 }
 
 #[cfg(test)]
