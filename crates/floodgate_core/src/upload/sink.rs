@@ -1,14 +1,15 @@
-//! The disk side of an upload: a blocking worker that hashes and writes the body to its
-//! temporary file, then flushes (and by default syncs) it — pipelined with reading the socket —
-//! and renames it into place (at once, or later for a multipart request's files together).
+//! The disk side of an upload: a blocking worker that writes the body to its temporary file,
+//! then flushes (and by default syncs) it — pipelined with reading the socket, and with hashing
+//! on a `HashLane` of its own — and renames it into place (at once, or later for a multipart
+//! request's files together).
 //!
 //! Reading, hashing and writing on one task would leave the network idle during every disk
 //! write; a bounded channel lets the next frames arrive meanwhile while memory stays a few
 //! batches. The worker only commits on an explicit `Commit`; if the sender goes away (limit
 //! hit, client gone, server closing) it drops the temporary file, which deletes it.
 
+use crate::upload::running_hash::HashLane;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -114,13 +115,14 @@ fn store(
     mut receiver: mpsc::Receiver<Message>,
     fsync: bool,
 ) -> Result<Written, SinkError> {
-    let mut hasher = Sha256::new();
+    let lane = HashLane::start();
     let mut size = 0u64;
     loop {
         match receiver.blocking_recv() {
             None => return Err(SinkError::Abandoned),
             Some(Message::Data(bytes)) => {
-                hasher.update(&bytes);
+                // Hashed while it is written.
+                lane.feed(bytes.clone());
                 temp.write_all(&bytes).map_err(|_| SinkError::Io)?;
                 size += bytes.len() as u64;
             }
@@ -131,11 +133,8 @@ fn store(
     if fsync {
         temp.as_file().sync_data().map_err(|_| SinkError::Io)?;
     }
-    Ok(Written {
-        temp,
-        size,
-        sha256: format!("{:x}", hasher.finalize()),
-    })
+    let sha256 = lane.finish().ok_or(SinkError::Io)?;
+    Ok(Written { temp, size, sha256 })
 }
 
 /// The disk side of a multipart request: one blocking worker for all its files, one after the
@@ -190,19 +189,22 @@ impl FormSink {
 }
 
 fn store_form(mut receiver: mpsc::Receiver<FormMessage>, fsync: bool) {
-    // The open file, its hash and size; `None` after a write failed (the file is dropped and
-    // `Finish` answers `Io`).
-    let mut open: Option<(tempfile::NamedTempFile, Sha256, u64)> = None;
+    // The open file and its size; `None` after a write failed (the file is dropped and
+    // `Finish` answers `Io`). Its hash is on the lane.
+    let lane = HashLane::start();
+    let mut open: Option<(tempfile::NamedTempFile, u64)> = None;
     let mut failed = false;
     while let Some(message) = receiver.blocking_recv() {
         match message {
             FormMessage::Open(temp) => {
-                open = Some((temp, Sha256::new(), 0));
+                // Whatever the lane holds of an earlier file (abandoned, failed) is not this one.
+                lane.reset();
+                open = Some((temp, 0));
                 failed = false;
             }
             FormMessage::Data(bytes) => {
-                if let Some((temp, hasher, size)) = &mut open {
-                    hasher.update(&bytes);
+                if let Some((temp, size)) = &mut open {
+                    lane.feed(bytes.clone());
                     *size += bytes.len() as u64;
                     if temp.write_all(&bytes).is_err() {
                         open = None;
@@ -214,16 +216,13 @@ fn store_form(mut receiver: mpsc::Receiver<FormMessage>, fsync: bool) {
                 let result = match open.take() {
                     None if failed => Err(SinkError::Io),
                     None => Err(SinkError::Abandoned),
-                    Some((mut temp, hasher, size)) => (|| {
+                    Some((mut temp, size)) => (|| {
                         temp.flush()?;
                         if fsync {
                             temp.as_file().sync_data()?;
                         }
-                        Ok(Written {
-                            temp,
-                            size,
-                            sha256: format!("{:x}", hasher.finalize()),
-                        })
+                        let sha256 = lane.finish().ok_or_else(|| io::Error::other("hasher"))?;
+                        Ok(Written { temp, size, sha256 })
                     })()
                     .map_err(|_: io::Error| SinkError::Io),
                 };
