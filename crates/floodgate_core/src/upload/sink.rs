@@ -115,7 +115,7 @@ fn store(
     mut receiver: mpsc::Receiver<Message>,
     fsync: bool,
 ) -> Result<Written, SinkError> {
-    let lane = HashLane::start();
+    let mut lane = HashLane::default();
     let mut size = 0u64;
     loop {
         match receiver.blocking_recv() {
@@ -191,7 +191,7 @@ impl FormSink {
 fn store_form(mut receiver: mpsc::Receiver<FormMessage>, fsync: bool) {
     // The open file and its size; `None` after a write failed (the file is dropped and
     // `Finish` answers `Io`). Its hash is on the lane.
-    let lane = HashLane::start();
+    let mut lane = HashLane::default();
     let mut open: Option<(tempfile::NamedTempFile, u64)> = None;
     let mut failed = false;
     while let Some(message) = receiver.blocking_recv() {

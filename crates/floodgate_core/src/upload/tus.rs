@@ -13,6 +13,10 @@
 //! state is read back from the `.tus` folder at `listen`; a sweeper removes uploads past their
 //! expiry.
 //!
+//! The whole file's SHA-256 runs from `PATCH` to `PATCH` (`running_hash`): without
+//! `Upload-Checksum` a `PATCH`'s bytes are hashed behind its writes and the `PATCH` is answered
+//! once they are written; with one they are hashed in line, and count only if it matches.
+//!
 //! Durability (`fsync`, the default): the data and the state are synced once, when the upload
 //! completes — the data before its rename, the folder after it (so the name survives a power
 //! loss), then the final state — not at every `PATCH`, which cost a sync of the data and one of
