@@ -22,7 +22,7 @@
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Mutex;
 
 /// Batches a file's hasher may be behind its writes (about 1 MiB): hashing and writing the
@@ -69,22 +69,98 @@ impl Handover {
     }
 }
 
-/// A hasher running behind one `PATCH`'s writes; dropping it ends the `PATCH`'s bytes.
+/// The running hash of one `PATCH`: in line while the hash before it was ready and the
+/// `PATCH` is small, else on a hasher behind its writes. Dropping it hands the hash on.
 pub struct Behind {
-    feed: Option<SyncSender<Bytes>>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Hashed here: `start` is where this `PATCH` began.
+    InLine {
+        running: Option<Running>,
+        start: u64,
+        handover: Option<Handover>,
+    },
+    /// On a hasher; `None` once it had no hash to continue.
+    Feeding(Option<SyncSender<Bytes>>),
 }
 
 impl Behind {
-    /// Hands written bytes to the hasher; waits while it is `PATCH_LAG` batches behind.
+    /// Hashes written bytes: in line up to `IN_LINE_UP_TO` of this `PATCH`, then on a hasher
+    /// that may be `PATCH_LAG` batches behind (waiting when it is).
     pub fn feed(&mut self, bytes: Bytes) {
-        if let Some(feed) = &self.feed {
+        if let Stage::InLine {
+            running,
+            start,
+            handover,
+        } = &mut self.stage
+        {
+            let Some(hash) = running else {
+                // No hash covers this data: the completion reads the file again.
+                return;
+            };
+            if hash.covered + bytes.len() as u64 - *start <= IN_LINE_UP_TO {
+                hash.update(&bytes);
+                return;
+            }
+            let (Some(running), Some(handover)) = (running.take(), handover.take()) else {
+                return;
+            };
+            let offset = running.covered;
+            let (give, ready) = sync_channel(1);
+            let _ = give.send(Some(running));
+            self.stage = Stage::Feeding(Some(hasher(ready, offset, handover)));
+        }
+        if let Stage::Feeding(Some(feed)) = &self.stage {
             if feed.send(bytes).is_err() {
                 // The hasher had no hash covering this data (it handed over nothing): the
                 // completion reads the file again.
-                self.feed = None;
+                self.stage = Stage::Feeding(None);
             }
         }
     }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        // On a hasher, the closed feed makes it hand the hash on once it has caught up.
+        if let Stage::InLine {
+            running, handover, ..
+        } = &mut self.stage
+        {
+            if let Some(handover) = handover.take() {
+                handover.give(running.take());
+            }
+        }
+    }
+}
+
+/// Starts a hasher on the blocking pool: it waits for the hash of the first `offset` bytes
+/// from `previous`, continues it with what the returned feed brings, and hands it on when the
+/// feed closes (nothing, and the feed closed early, if no such hash came).
+fn hasher(
+    previous: Receiver<Option<Running>>,
+    offset: u64,
+    handover: Handover,
+) -> SyncSender<Bytes> {
+    let (feed, bytes) = sync_channel::<Bytes>(PATCH_LAG);
+    tokio::task::spawn_blocking(move || {
+        let running = previous
+            .recv()
+            .ok()
+            .flatten()
+            .filter(|running| running.covered == offset);
+        let Some(mut running) = running else {
+            handover.give(None);
+            return;
+        };
+        while let Ok(piece) = bytes.recv() {
+            running.update(&piece);
+        }
+        handover.give(Some(running));
+    });
+    feed
 }
 
 impl HashChain {
@@ -121,28 +197,24 @@ impl HashChain {
         (running, handover)
     }
 
-    /// Starts a hasher (on the blocking pool) that continues the hash of the first `offset`
-    /// bytes with what `Behind::feed` gets, and hands it on when the `Behind` is dropped.
+    /// The running hash of a `PATCH` appending at `offset`: in line if the previous `PATCH`'s
+    /// hasher is done, else on a hasher that waits for it. See `Behind`.
     pub fn behind(&self, offset: u64) -> Behind {
         let (previous, handover) = self.link();
-        let (feed, bytes) = sync_channel::<Bytes>(PATCH_LAG);
-        tokio::task::spawn_blocking(move || {
-            let running = previous
-                .recv()
-                .ok()
-                .flatten()
-                .filter(|running| running.covered == offset);
-            let Some(mut running) = running else {
-                // Dropping `bytes` tells the writer to stop feeding.
-                handover.give(None);
-                return;
-            };
-            while let Ok(piece) = bytes.recv() {
-                running.update(&piece);
-            }
-            handover.give(Some(running));
-        });
-        Behind { feed: Some(feed) }
+        let stage = match previous.try_recv() {
+            Ok(running) => Stage::InLine {
+                running: running.filter(|running| running.covered == offset),
+                start: offset,
+                handover: Some(handover),
+            },
+            Err(TryRecvError::Disconnected) => Stage::InLine {
+                running: None,
+                start: offset,
+                handover: Some(handover),
+            },
+            Err(TryRecvError::Empty) => Stage::Feeding(Some(hasher(previous, offset, handover))),
+        };
+        Behind { stage }
     }
 }
 
@@ -237,19 +309,38 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hashers_behind_continue_in_order() {
         let chain = std::sync::Arc::new(HashChain::new(Some(Running::default())));
-        let data: Vec<u8> = (0..3_000_000u32).map(|n| (n % 251) as u8).collect();
+        let data: Vec<u8> = (0..9_000_000u32).map(|n| (n % 251) as u8).collect();
         let worker = {
             let (chain, data) = (chain.clone(), data.clone());
             tokio::task::spawn_blocking(move || {
-                let mut offset = 0;
-                for part in data.chunks(1_000_000) {
-                    let mut behind = chain.behind(offset as u64);
-                    for piece in part.chunks(64 * 1024) {
-                        behind.feed(Bytes::copy_from_slice(piece));
-                    }
-                    offset += part.len();
+                let pieces = |range: std::ops::Range<usize>| -> Vec<Bytes> {
+                    data[range]
+                        .chunks(64 * 1024)
+                        .map(Bytes::copy_from_slice)
+                        .collect()
+                };
+                // A: in line for its first MiB, then on a hasher.
+                let mut first = chain.behind(0);
+                for piece in pieces(0..3_000_000) {
+                    first.feed(piece);
                 }
-                chain.take(offset as u64)
+                // B starts while A's hasher may still run: B's waits for A's hash.
+                let mut second = chain.behind(3_000_000);
+                let rest = pieces(3_000_000..6_000_000);
+                for piece in &rest[..4] {
+                    second.feed(piece.clone());
+                }
+                drop(first);
+                for piece in &rest[4..] {
+                    second.feed(piece.clone());
+                }
+                drop(second);
+                // C: small pieces, in line or behind, whichever the timing gives.
+                for (at, part) in data[6_000_000..].chunks(500_000).enumerate() {
+                    let mut behind = chain.behind((6_000_000 + at * 500_000) as u64);
+                    behind.feed(Bytes::copy_from_slice(part));
+                }
+                chain.take(data.len() as u64)
             })
         };
         let (running, _) = worker.await.unwrap();
