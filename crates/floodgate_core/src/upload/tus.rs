@@ -3,9 +3,10 @@
 //! how much arrived, `PATCH` appends at that offset, `OPTIONS` lists what the server does.
 //!
 //! Each upload is two files in the mount's `.tus` folder (a dotfolder, never served): its data
-//! (`<id>.bin`) and its state (`<id>.json`: length, offset, metadata, owner, expiry), the state
-//! rewritten atomically (temporary + rename) after the data it counts was written, so the
-//! recorded offset never passes the data. Bytes of an interrupted `PATCH` that reached the file
+//! (`<id>.bin`) and its state (`<id>.json` or `<id>.1.json`: length, offset, metadata, owner,
+//! expiry), the state written after the data it counts was written, into the other of the two
+//! names, the old one removed after it (see `save`), so the recorded offset never passes the
+//! data. Bytes of an interrupted `PATCH` that reached the file
 //! are kept (the point of resuming), unless the `PATCH` carried `Upload-Checksum`: then only a
 //! whole, matching body counts (`460` otherwise) and the rest is cut off at once. The complete
 //! file is renamed from the `.tus` folder to its name under the mount (same file system, so
@@ -77,6 +78,8 @@ struct Upload {
     info: Mutex<Info>,
     /// A `PATCH` is being received.
     busy: AtomicBool,
+    /// Which of the two state files holds the state (`Resumable::save`).
+    slot: AtomicBool,
     /// SHA-256 of the data so far, handed from `PATCH` to `PATCH` (lost after a restart:
     /// the file is then read again when it completes).
     hash: HashChain,
@@ -200,8 +203,12 @@ impl Resumable {
         self.state.join(format!("{id}.bin"))
     }
 
-    fn info_path(&self, id: &str) -> PathBuf {
-        self.state.join(format!("{id}.json"))
+    /// The state's two files, written in turn (`save`): `<id>.json` and `<id>.1.json`.
+    fn info_path(&self, id: &str, slot: bool) -> PathBuf {
+        match slot {
+            false => self.state.join(format!("{id}.json")),
+            true => self.state.join(format!("{id}.1.json")),
+        }
     }
 
     /// At `listen`: reads back the uploads a previous run left (removing expired ones and
@@ -231,27 +238,51 @@ impl Resumable {
             return;
         };
         let now = now_ms();
-        let mut uploads = HashMap::new();
+        // Every upload's states as read (a crash between writing one and removing the other
+        // leaves both; one cut short by a power loss does not parse).
+        let mut states: HashMap<String, Vec<(bool, Option<Info>)>> = HashMap::new();
         let mut data = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
                 continue;
             };
-            if let Some(id) = name.strip_suffix(".json").filter(|id| is_id(id)) {
-                let info = std::fs::read(&path)
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<Info>(&bytes).ok());
-                match info.and_then(|info| self.recover(id, info)) {
-                    Some(info) if info.expires > now => {
-                        uploads.insert(id.to_string(), Arc::new(Upload::new(info, None)));
-                    }
-                    _ => self.remove_files(id),
+            if let Some(stem) = name.strip_suffix(".json") {
+                let (id, slot) = match stem.strip_suffix(".1") {
+                    Some(id) => (id, true),
+                    None => (stem, false),
+                };
+                if is_id(id) {
+                    let info = std::fs::read(&path)
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<Info>(&bytes).ok());
+                    states.entry(id.to_string()).or_default().push((slot, info));
                 }
             } else if let Some(id) = name.strip_suffix(".bin").filter(|id| is_id(id)) {
                 data.push(id.to_string());
             } else if name.ends_with(".json.tmp") {
+                // An earlier version's temporary.
                 let _ = std::fs::remove_file(&path);
+            }
+        }
+        let mut uploads = HashMap::new();
+        for (id, found) in states {
+            // The newest state that parses: offsets and expiries only grow.
+            let newest = found
+                .iter()
+                .filter_map(|(slot, info)| Some((*slot, info.as_ref()?)))
+                .max_by_key(|(_, info)| (info.offset, info.sha256.is_some(), info.expires))
+                .map(|(slot, info)| (slot, info.clone()));
+            let Some((slot, info)) = newest else {
+                self.remove_files(&id);
+                continue;
+            };
+            match self.recover(&id, info) {
+                Some(info) if info.expires > now => {
+                    let _ = std::fs::remove_file(self.info_path(&id, !slot));
+                    uploads.insert(id, Arc::new(Upload::new(info, None, slot)));
+                }
+                _ => self.remove_files(&id),
             }
         }
         for id in data {
@@ -297,20 +328,22 @@ impl Resumable {
 
     fn remove_files(&self, id: &str) {
         let _ = std::fs::remove_file(self.data_path(id));
-        let _ = std::fs::remove_file(self.info_path(id));
+        let _ = std::fs::remove_file(self.info_path(id, false));
+        let _ = std::fs::remove_file(self.info_path(id, true));
     }
 
-    /// Writes `info` beside the data: a temporary, renamed over the old state (synced first
-    /// with `sync`), so a crash leaves the old state or the new one, never a torn one.
-    fn save(&self, id: &str, info: &Info, sync: bool) -> std::io::Result<()> {
-        let path = self.info_path(id);
-        let temp = self.state.join(format!("{id}.json.tmp"));
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&serde_json::to_vec(info).map_err(std::io::Error::other)?)?;
-        if sync {
-            file.sync_data()?;
-        }
-        std::fs::rename(&temp, &path)
+    /// Writes `info` beside the data, into the state file not in use, then removes the one in
+    /// use: a crash leaves the old state, the new one or both (`load` takes the newest that
+    /// parses), never a torn one alone. Two files taken in turn rather than a temporary
+    /// renamed over the state: on ext4 a rename over an existing file starts the new file's
+    /// write-back at once (`auto_da_alloc`), 80 µs alone and a median 0.27 ms per `PATCH`
+    /// under load, against ~10 µs to create a new file and remove the old.
+    fn save(&self, id: &str, upload: &Upload, info: &Info, sync: bool) -> std::io::Result<()> {
+        let current = upload.slot.load(Ordering::Acquire);
+        write_state(&self.info_path(id, !current), info, sync)?;
+        upload.slot.store(!current, Ordering::Release);
+        let _ = std::fs::remove_file(self.info_path(id, current));
+        Ok(())
     }
 
     /// The upload `id`, unless unknown or expired (an expired one is removed).
@@ -491,7 +524,7 @@ impl Resumable {
             }
             uploads.insert(
                 id.clone(),
-                Arc::new(Upload::new(info.clone(), Some(Running::default()))),
+                Arc::new(Upload::new(info.clone(), Some(Running::default()), false)),
             );
         }
         let store = Arc::clone(self);
@@ -499,7 +532,11 @@ impl Resumable {
         let created = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&store.state)?;
             std::fs::File::create_new(store.data_path(&created_id))?;
-            store.save(&created_id, &created_info, store.fsync)
+            write_state(
+                &store.info_path(&created_id, false),
+                &created_info,
+                store.fsync,
+            )
         })
         .await
         .map_err(std::io::Error::other)
@@ -737,7 +774,7 @@ impl Resumable {
         if info.offset < info.length {
             // Not synced (see the module docs): a count the disk may not hold yet is bounded
             // by the data's length when read back.
-            if self.save(id, &info, false).is_err() {
+            if self.save(id, upload, &info, false).is_err() {
                 return Patched::Io;
             }
             *lock(&upload.info) = info.clone();
@@ -764,7 +801,7 @@ impl Resumable {
             return Patched::Io;
         }
         info.sha256 = Some(sha256);
-        if self.save(id, &info, self.fsync).is_err() {
+        if self.save(id, upload, &info, self.fsync).is_err() {
             return Patched::Io;
         }
         *lock(&upload.info) = info.clone();
@@ -816,6 +853,16 @@ fn done(info: &Info, sha256: &str) -> Response<Body> {
     response
 }
 
+/// Writes an upload's state to a file of its own (blocking).
+fn write_state(path: &Path, info: &Info, sync: bool) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(&serde_json::to_vec(info).map_err(std::io::Error::other)?)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
 /// Makes a rename in `dir` durable (blocking).
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -840,10 +887,11 @@ enum Patched {
 }
 
 impl Upload {
-    fn new(info: Info, hash: Option<Running>) -> Self {
+    fn new(info: Info, hash: Option<Running>, slot: bool) -> Self {
         Self {
             info: Mutex::new(info),
             busy: AtomicBool::new(false),
+            slot: AtomicBool::new(slot),
             hash: HashChain::new(hash),
         }
     }
