@@ -300,6 +300,35 @@ export async function serverProcess(t, script) {
   return { port, child, rss: () => residentBytes(child.pid) }
 }
 
+/**
+ * A server process with one StreamingApp (`app` options) at `/` whose uploads mount at `/up`
+ * writes to `dir` with `uploads` options; resolves { port, rss } as `serverProcess`.
+ */
+export function uploadsProcess(t, dir, uploads, app = {}) {
+  return serverProcess(
+    t,
+    `const { Server, StreamingApp } = floodgate
+    const server = new Server()
+    const app = new StreamingApp(${JSON.stringify({ maxUploadSize: '1gb', rateLimitRequests: 0, ...app })})
+    app.uploads('/up', ${JSON.stringify({ dir, ...uploads })})
+    server.mount('/', app)
+    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`,
+  )
+}
+
+/** Runs `action` while sampling `rss` every 10 ms; resolves { result, growth } (growth in MiB). */
+export async function rssGrowthDuring(rss, action) {
+  const before = rss()
+  let peak = before
+  const sampler = setInterval(() => (peak = Math.max(peak, rss())), 10)
+  try {
+    const result = await action()
+    return { result, growth: (Math.max(peak, rss()) - before) / (1024 * 1024) }
+  } finally {
+    clearInterval(sampler)
+  }
+}
+
 /** A process's resident set size in bytes: /proc on Linux, `ps` on macOS, PowerShell on Windows. */
 export function residentBytes(pid) {
   if (process.platform === 'linux') return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024

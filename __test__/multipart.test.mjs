@@ -20,7 +20,8 @@ import {
   chromiumTool,
   needs,
   openInChromium,
-  serverProcess,
+  uploadsProcess,
+  rssGrowthDuring,
 } from './helpers.mjs'
 
 const MiB = 1024 * 1024
@@ -334,25 +335,12 @@ test('raw uploads to a name are unchanged; multipart is parsed only when POSTed 
 test('a form of 1,000 × 64 KiB files keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
   const dir = fixture()
   t.teardown(dir.cleanup)
-  const { port, rss } = await serverProcess(
-    t,
-    `const { Server, StreamingApp } = floodgate
-    const server = new Server()
-    const app = new StreamingApp({ maxUploadSize: '1gb', rateLimitRequests: 0 })
-    app.uploads('/up', { dir: ${JSON.stringify(dir.root)}, fsync: false, multipart: { maxFiles: 1000 } })
-    server.mount('/', app)
-    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`,
-  )
+  const { port, rss } = await uploadsProcess(t, dir.root, { fsync: false, multipart: { maxFiles: 1000 } })
   const parts = Array.from({ length: 1000 }, (_, i) => ({ name: `f${i}`, filename: `f${i}.bin`, data: Buffer.alloc(64 * 1024, i % 251) }))
   t.is((await raw(port, multipart('XyZ', parts.slice(0, 10)), { path: '/up' })).status, 201) // warm up
-  const before = rss()
-  let peak = before
-  const sampler = setInterval(() => (peak = Math.max(peak, rss())), 10)
-  const response = await raw(port, multipart('XyZ', parts), { path: '/up' })
-  clearInterval(sampler)
+  const { result: response, growth } = await rssGrowthDuring(rss, () => raw(port, multipart('XyZ', parts), { path: '/up' }))
   t.is(response.status, 201)
   t.is(files(dir.root).length, 1000)
-  const growth = (peak - before) / MiB
   t.true(growth < 16, `server RSS grew ${growth.toFixed(1)} MiB`)
   t.log(`server RSS growth during a 1,000-file form: ${growth.toFixed(1)} MiB`)
 })

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync, existsSync, mkdirSync, writeFileSync, utimesSync } from 'node:fs'
 import { join } from 'node:path'
 import http from 'node:http'
-import { Server, StreamingApp, fixture, connect, untilClosed, sleep, eventually, request, serverProcess } from './helpers.mjs'
+import { Server, StreamingApp, fixture, connect, untilClosed, sleep, eventually, request, serverProcess, uploadsProcess, rssGrowthDuring } from './helpers.mjs'
 
 const MiB = 1024 * 1024
 
@@ -267,28 +267,15 @@ test('rateLimitRequests: burst, then 429 with Retry-After and RateLimit headers,
 test('a 1 GiB upload keeps the server process memory flat (RSS growth < 16 MiB)', async (t) => {
   const dir = fixture()
   t.teardown(dir.cleanup)
-  const { port, rss } = await serverProcess(
-    t,
-    `const { Server, StreamingApp } = floodgate
-    const server = new Server()
-    const app = new StreamingApp({ maxUploadSize: '2gb', rateLimitRequests: 0 })
-    app.uploads('/up', { dir: ${JSON.stringify(dir.root)} })
-    server.mount('/', app)
-    server.listen({ port: 0 }).then(({ port }) => console.log('READY ' + port))`,
-  )
+  const { port, rss } = await uploadsProcess(t, dir.root, {}, { maxUploadSize: '2gb' })
   await upload(`http://127.0.0.1:${port}/up/warm.bin`, Buffer.alloc(MiB))
-  const before = rss()
-  let peak = before
-  const sampler = setInterval(() => (peak = Math.max(peak, rss())), 20)
   const chunk = Buffer.alloc(MiB, 3)
   async function* gigabyte() {
     for (let i = 0; i < 1024; i++) yield chunk
   }
-  const res = await upload(`http://127.0.0.1:${port}/up/huge.bin`, gigabyte())
-  clearInterval(sampler)
+  const { result: res, growth } = await rssGrowthDuring(rss, () => upload(`http://127.0.0.1:${port}/up/huge.bin`, gigabyte()))
   t.is(res.status, 201)
   t.is(res.json.size, 1024 * MiB)
-  const growth = (peak - before) / MiB
   t.true(growth < 16, `server RSS grew ${growth.toFixed(1)} MiB`)
   t.log(`server RSS growth during a 1 GiB upload: ${growth.toFixed(1)} MiB`)
 })

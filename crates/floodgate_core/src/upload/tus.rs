@@ -103,6 +103,10 @@ pub struct Resumable {
     overwrite: bool,
     fsync: bool,
     uploads: Mutex<HashMap<String, Arc<Upload>>>,
+    /// Set once the uploads a previous run left are read back (shortly after `listen`, which
+    /// does not wait for it): tus requests wait for it, so a client resuming right after a
+    /// restart finds its upload instead of a `404` that would make it start again.
+    loaded: tokio::sync::watch::Sender<bool>,
 }
 
 fn now_ms() -> u64 {
@@ -196,6 +200,7 @@ impl Resumable {
             overwrite,
             fsync,
             uploads: Mutex::new(HashMap::new()),
+            loaded: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -220,8 +225,11 @@ impl Resumable {
         let interval =
             (self.config.expiration / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || store.load()).await;
-            drop(loaded);
+            let loader = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || loader.load()).await;
+            // Also after a panic in `load`: what was not read back is unknown (`404`).
+            store.loaded.send_replace(true);
+            drop(store);
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(store) = weak.upgrade() else { break };
@@ -380,6 +388,9 @@ impl Resumable {
                 HeaderValue::from_static("sha1,sha256"),
             );
             return response;
+        }
+        if !*self.loaded.borrow() {
+            let _ = self.loaded.subscribe().wait_for(|loaded| *loaded).await;
         }
         if request
             .headers()
