@@ -218,9 +218,10 @@ impl HashChain {
     }
 }
 
-/// Bytes of each file hashed in line, before it moves to a lane: for a small file the trips to
-/// another thread and back cost more than the hashing they spare (1,000 × 64 KiB files in one
-/// form took 0.40–0.50 s of server CPU with a lane for every byte, against 0.18–0.27 s in line).
+/// Bytes of each file hashed in line, before it moves to a lane: a small file's hash is over
+/// before a hand-over to another thread and back would pay off, and those trips can only add
+/// (1,000 × 64 KiB files in one form: 0.40–0.50 s of server CPU with a lane for every byte
+/// against 0.23–0.27 s in line in one A/B pair, the same in others; this machine's swings).
 const IN_LINE_UP_TO: u64 = 1024 * 1024;
 
 /// A file's hash for one file after another: in line up to `IN_LINE_UP_TO`, then on a hasher
